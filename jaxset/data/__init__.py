@@ -1,0 +1,81 @@
+"""Datasets: tfds builders (embedded and real formats) and grain input pipelines.
+
+`load(name, split)` is the one way to get a dataset: it prepares the builder on
+first use (array_record files, TensorFlow-free) and returns a random-access
+data source that grain reads. Real datasets read the user's local copy, given
+as `manual_dir` (config flag `--config.data.dir`).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+# name -> "module:BuilderClass" (modules under jaxset.data). Imported lazily so
+# that `import jaxset.data` stays cheap and tfds is only loaded when needed.
+BUILDERS = {
+    # embedded, generated deterministically on first use
+    "synthetic_places": "synthetic_places:SyntheticPlaces",
+    "synthetic_identities": "synthetic_identities:SyntheticIdentities",
+    # place recognition
+    "pittsburgh30k": "places:Pittsburgh30k",
+    "pittsburgh250k": "places:Pittsburgh250k",
+    "tokyo247": "places:Tokyo247",
+    "vpr_folder": "places:VprFolder",
+    # image re-identification
+    "market1501": "reid:Market1501",
+    "dukemtmc_reid": "reid:DukeMTMCReID",
+    "cuhk03_np": "reid:CUHK03NP",
+    # video re-identification (sets)
+    "mars": "video_reid:Mars",
+    "prid2011": "video_reid:Prid2011",
+    "ilids_vid": "video_reid:ILidsVid",
+    # faces
+    "lfw": "faces:Lfw",
+    "face_bin": "faces:FaceBin",
+    "ijb": "faces:Ijb",
+    "youtube_faces": "faces:YoutubeFaces",
+    "mxnet_recordio": "recordio:MxnetRecordio",
+}
+
+
+def default_data_dir() -> Path:
+  """Where prepared datasets live: $JAXSET_DATA_DIR or ~/.cache/jaxset/datasets."""
+  return Path(os.environ.get("JAXSET_DATA_DIR", Path.home() / ".cache" / "jaxset" / "datasets"))
+
+
+def builder_class(name: str):
+  """The tfds builder class registered under `name`."""
+  if name not in BUILDERS:
+    raise ValueError(
+        f"unknown dataset {name!r}. Known datasets: {', '.join(sorted(BUILDERS))}.")
+  module, cls = BUILDERS[name].split(":")
+  return getattr(importlib.import_module(f"jaxset.data.{module}"), cls)
+
+
+def builder(name: str, *, data_dir=None, manual_dir=None, config=None, **kwargs):
+  """Makes the tfds builder for `name`, prepared on first use.
+
+  Args:
+    name: a key of BUILDERS.
+    data_dir: where prepared array_record files go (default_data_dir()).
+    manual_dir: the user's local copy of a real dataset (ignored by the
+      embedded ones).
+    config: a tfds BuilderConfig name, e.g. a size of an embedded dataset.
+    **kwargs: passed to the builder's constructor.
+  """
+  import tensorflow_datasets as tfds
+
+  cls = builder_class(name)
+  data_dir = Path(data_dir) if data_dir else default_data_dir()
+  b = cls(data_dir=str(data_dir), config=config, **kwargs) if config else cls(
+      data_dir=str(data_dir), **kwargs)
+  dl_config = tfds.download.DownloadConfig(
+      manual_dir=str(manual_dir) if manual_dir else None)
+  b.download_and_prepare(download_config=dl_config, file_format="array_record")
+  return b
+
+
+def load(name: str, split: str, **kwargs):
+  """A random-access data source over one split (records are dicts of numpy)."""
+  return builder(name, **kwargs).as_data_source(split)

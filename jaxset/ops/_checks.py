@@ -1,0 +1,80 @@
+"""Input validation shared by every op.
+
+Shape errors are static and always raised, naming the argument. Value errors
+(NaN, labels out of range, empty sets) can only be seen when the values are
+concrete: called eagerly, an op raises; under jit/vmap/pmap the op returns the
+documented finite result instead, and the training loop's NaN guard catches
+anything that still slips through.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(*xs) -> bool:
+  """True when every x holds values we can read (not a tracer)."""
+  return not any(isinstance(x, jax.core.Tracer) for x in xs)
+
+
+def check_rank(name: str, x, min_rank: int, what: str) -> None:
+  """Raises if `x` has fewer than `min_rank` dims; `what` describes the layout."""
+  if jnp.ndim(x) < min_rank:
+    raise ValueError(
+        f"{name} must have at least {min_rank} dims ({what}); got shape "
+        f"{tuple(jnp.shape(x))}.")
+
+
+def check_same(names: Sequence[str], sizes: Sequence[int], what: str) -> None:
+  """Raises if the given sizes differ; the message names every argument."""
+  if len(set(int(s) for s in sizes)) > 1:
+    pairs = ", ".join(f"{n}={s}" for n, s in zip(names, sizes))
+    raise ValueError(f"{what} must agree: {pairs}.")
+
+
+def check_shape(name: str, x, expected: Sequence[int | None], what: str) -> None:
+  """Raises unless x.shape matches `expected` (None matches any size)."""
+  shape = tuple(jnp.shape(x))
+  ok = len(shape) == len(expected) and all(
+      e is None or e == s for e, s in zip(expected, shape))
+  if not ok:
+    exp = tuple("*" if e is None else e for e in expected)
+    raise ValueError(f"{name} must have shape {exp} ({what}); got {shape}.")
+
+
+def check_finite(name: str, x) -> None:
+  """Eagerly raises if x holds NaN or Inf; a no-op under tracing."""
+  if x is None or not is_concrete(x):
+    return
+  a = np.asarray(jax.device_get(x))
+  if not np.issubdtype(a.dtype, np.floating) and a.dtype.kind != "V":
+    # bfloat16 shows up as a void-like ml_dtypes type on some numpy versions.
+    try:
+      a = a.astype(np.float32)
+    except (TypeError, ValueError):
+      return
+  bad = ~np.isfinite(a.astype(np.float32))
+  if bad.any():
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+        f"{name} holds {int(bad.sum())} NaN/Inf value(s) (first at index {idx}). "
+        "Check the upstream model or data (for images: decoding, normalisation); "
+        "jaxset does not silently replace them.")
+
+
+def check_labels(name: str, labels, num_classes: int) -> None:
+  """Eagerly raises if a label is >= num_classes (negative labels mean ignore)."""
+  if not is_concrete(labels):
+    return
+  a = np.asarray(jax.device_get(labels))
+  if not np.issubdtype(a.dtype, np.integer):
+    raise ValueError(f"{name} must be integers; got dtype {a.dtype}.")
+  bad = a >= num_classes
+  if bad.any():
+    raise ValueError(
+        f"{name} has {int(bad.sum())} value(s) >= num_classes={num_classes} "
+        f"(max {int(a.max())}). Labels index the class axis of the logits; use "
+        "-1 to ignore a row, or give the head as many classes as the dataset has.")
