@@ -1,0 +1,282 @@
+"""The training loop every method shares.
+
+It owns what does not differ between methods: the device mesh and batch
+placement, the jit-compiled step with donated state, rng folding, orbax
+checkpoints and automatic resume (state, rng and data-iterator position), the
+NaN/Inf guard, metrics (TensorBoard + JSON lines), the progress bar and the
+evaluation schedule. A method plugs in through a `Task` (train/tasks/*.py),
+which provides only what differs: its state, its stages (each with an input
+iterator and a pure train step) and its evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from train import writers
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus non-parameter collections and the run's base key.
+
+  model_state holds every mutable Flax collection other than params
+  (batch_stats, adaface_stats, ...). rng is folded with the step inside the
+  jitted step, so a resumed run draws the same numbers as an uninterrupted one.
+  """
+  model_state: Any = None
+  rng: Any = None
+
+
+@dataclasses.dataclass
+class Stage:
+  """A contiguous block of steps with one input pipeline and one step function.
+
+  Attributes:
+    name: shown in logs ("pretrain", "quality", ...).
+    steps: how many steps the stage runs.
+    make_iterator: () -> a grain iterator (get_state/set_state) of numpy batches
+      holding this process's share of the global batch.
+    train_step: pure (state, batch) -> (state, metrics); the loop jits it.
+      It folds state.rng with state.step for its randomness.
+  """
+  name: str
+  steps: int
+  make_iterator: Callable[[], Any]
+  train_step: Callable[[TrainState, Any], tuple[TrainState, dict]]
+
+
+class Task(Protocol):
+  """What a method provides to the loop (see train/tasks/)."""
+
+  def create_state(self, config, rng) -> TrainState: ...
+
+  def stages(self, config) -> Sequence[Stage]: ...
+
+  def evaluate(self, state: TrainState, config) -> dict[str, float]: ...
+
+
+class NonFiniteLossError(RuntimeError):
+  """A metric went NaN or Inf: the run stops, the last good checkpoint stays."""
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh with a 'data' axis over every device (all hosts)."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return Mesh(devices.reshape(-1), ("data",))
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Places this process's share of a batch as a global array sharded on 'data'.
+
+  Works the same on one host (the local share is the whole batch) and on many
+  (jax.make_array_from_process_local_data stitches the shares together).
+  """
+  sharding = NamedSharding(mesh, P("data"))
+
+  def put(x):
+    x = np.asarray(x)
+    n = mesh.devices.size // jax.process_count()
+    if x.ndim == 0 or x.shape[0] % n:
+      raise ValueError(
+          f"a batch leaf of shape {x.shape} cannot be split over the {n} local "
+          "devices of the 'data' axis: make the per-process batch size a "
+          "multiple of the local device count.")
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree.map(put, batch)
+
+
+def replicate(tree, mesh: Mesh):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def stage_at(stages: Sequence[Stage], step: int) -> tuple[int, int]:
+  """(stage index, first step of that stage) for a global step."""
+  start = 0
+  for i, s in enumerate(stages):
+    if step < start + s.steps:
+      return i, start
+    start += s.steps
+  return len(stages) - 1, start - stages[-1].steps
+
+
+def _checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory.absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def _save(manager, step, state, iterator, meta, task):
+  import grain
+  items = dict(state=ocp.args.StandardSave(state),
+               data=grain.checkpoint.CheckpointSave(iterator),
+               meta=ocp.args.JsonSave(meta))
+  if hasattr(task, "checkpoint_extra"):  # e.g. NetVLAD's hard-negative cache
+    items["extra"] = ocp.args.StandardSave(task.checkpoint_extra())
+  manager.save(step, args=ocp.args.Composite(**items))
+
+
+def _restore(manager, step, abstract_state, iterator, task):
+  import grain
+  items = dict(state=ocp.args.StandardRestore(abstract_state),
+               data=grain.checkpoint.CheckpointRestore(iterator),
+               meta=ocp.args.JsonRestore())
+  if hasattr(task, "checkpoint_extra"):
+    items["extra"] = ocp.args.StandardRestore(task.checkpoint_extra())
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  if "extra" in items:
+    task.restore_extra(restored["extra"])
+  return restored["state"], restored["meta"]
+
+
+def _first_bad(history) -> tuple[int, str, float] | None:
+  """The first (step, metric, value) in history that is not finite."""
+  for step, metrics in history:
+    for k, v in jax.device_get(metrics).items():
+      if not np.all(np.isfinite(v)):
+        return step, k, float(np.asarray(v).ravel()[0])
+  return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                       task: Task | None = None) -> dict[str, Any]:
+  """Trains `config.method` in `workdir`, resuming from its latest checkpoint.
+
+  Returns a summary: {"step", "before": eval metrics at step 0 (when run),
+  "after": final eval metrics, "best": best eval metrics, "state": the final
+  TrainState}.
+  """
+  from train import tasks  # late import: tasks pull in models and data
+
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  task = task or tasks.get(config.method)
+  is_chief = jax.process_index() == 0
+  mesh = make_mesh()
+
+  log = writers.MetricWriter(workdir, enabled=is_chief)
+  log.announce(config, workdir)
+
+  stages = list(task.stages(config))
+  total_steps = sum(s.steps for s in stages)
+  manager = _checkpoint_manager(workdir / "checkpoints", config.train.keep_checkpoints)
+  best_manager = _checkpoint_manager(workdir / "best", 1)
+
+  rng = jax.random.key(config.seed)
+  state = task.create_state(config, rng)
+  state = replicate(state, mesh)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+  start = 0
+  meta = {"best": None, "before": None}
+  latest = manager.latest_step()
+  # The saved iterator belongs to the stage of the last step run, not the next.
+  stage_idx, _ = stage_at(stages, max((latest or 0) - 1, 0))
+  iterator = stages[stage_idx].make_iterator()
+  if latest is not None:
+    state, meta = _restore(manager, latest, abstract, iterator, task)
+    start = latest
+    log.info(f"resumed from step {latest} ({workdir / 'checkpoints'})")
+  elif hasattr(task, "before_training"):
+    state = task.before_training(state, config)
+
+  if start == 0 and config.eval.at_start:
+    before = task.evaluate(state, config)
+    meta["before"] = before
+    log.scalars(0, before, prefix="eval")
+    log.info("before training: " + writers.fmt(before))
+
+  steps_jitted = {}
+  def jitted(i):
+    if i not in steps_jitted:
+      steps_jitted[i] = jax.jit(stages[i].train_step, donate_argnums=(0,))
+    return steps_jitted[i]
+
+  history = []
+  step = start
+  bar = writers.progress(total_steps, start, enabled=is_chief and config.train.progress_bar)
+  t_log, ex_since = time.perf_counter(), 0
+  best_metric = config.eval.get("best_metric", None)
+  after = None
+  try:
+    while step < total_steps:
+      i, _ = stage_at(stages, step)
+      if i != stage_idx:  # stage boundary: new input pipeline, new step function
+        stage_idx = i
+        iterator = stages[i].make_iterator()
+        if hasattr(task, "on_stage"):
+          state = task.on_stage(state, config, stages[i].name)
+        log.info(f"stage {stages[i].name!r} from step {step}")
+      if hasattr(task, "on_step"):
+        state = task.on_step(state, config, step)
+      batch = next(iterator)
+      ex_since += int(np.shape(jax.tree.leaves(batch)[0])[0]) * jax.process_count()
+      state, metrics = jitted(i)(state, shard_batch(batch, mesh))
+      step += 1
+      history.append((step, metrics))
+      bar.update(1)
+
+      last = step == total_steps
+      do_log = step % config.train.log_every == 0 or last
+      do_ckpt = step % config.train.ckpt_every == 0 or last
+      if do_log or do_ckpt:
+        # Checked before any save, so a checkpoint never holds a NaN state.
+        bad = _first_bad(history)
+        if bad:
+          raise NonFiniteLossError(
+              f"step {bad[0]}: metric {bad[1]!r} is {bad[2]} (not finite). The run "
+              f"stops here; the last good checkpoint is step {manager.latest_step()} "
+              f"in {workdir / 'checkpoints'}. Lower the learning rate, enable "
+              "gradient clipping (config.optim.clip_norm) or check the input data.")
+        history = []
+      if do_log:
+        now = time.perf_counter()
+        values = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
+        values["examples_per_s"] = ex_since / max(now - t_log, 1e-9)
+        log.scalars(step, values, prefix="train")
+        bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}",
+                        ex_s=f"{values['examples_per_s']:.0f}", stage=stages[i].name)
+        t_log, ex_since = now, 0
+
+      if (config.eval.every and step % config.eval.every == 0) or last:
+        after = task.evaluate(state, config)
+        log.scalars(step, after, prefix="eval")
+        bar.write(f"step {step}: " + writers.fmt(after))
+        if best_metric and best_metric in after and (
+            meta["best"] is None or after[best_metric] > meta["best"][best_metric]):
+          meta["best"] = dict(after, step=step)
+          best_manager.save(step, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state)), force=True)
+
+      if do_ckpt:
+        _save(manager, step, state, iterator, meta, task)
+  finally:
+    bar.close()
+    manager.wait_until_finished()
+    best_manager.wait_until_finished()
+    manager.close()
+    best_manager.close()
+    log.close()
+
+  if after is None:
+    after = task.evaluate(state, config)
+  summary = {"step": step, "before": meta["before"], "after": after,
+             "best": meta["best"], "state": state}
+  if is_chief and meta["before"]:
+    print(writers.before_after_table(meta["before"], after), flush=True)
+  return summary
