@@ -167,7 +167,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   workdir.mkdir(parents=True, exist_ok=True)
   task = task or tasks.get(config.method)
   is_chief = jax.process_index() == 0
-  mesh = make_mesh()
+  n_dev = config.train.get("devices", 0)
+  mesh = make_mesh(jax.devices()[:n_dev] if n_dev else None)
 
   log = writers.MetricWriter(workdir, enabled=is_chief)
   log.announce(config, workdir)

@@ -1,0 +1,50 @@
+"""Keys every config shares (DESIGN.md conventions); method files fill them in."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = ""
+  c.seed = 0
+  # True: jax.distributed.initialize() before training (multi-host; reads the
+  # coordinator address from the cluster environment or JAX_COORDINATOR_ADDRESS).
+  c.distributed = False
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = ""            # a key of jaxset.data.BUILDERS
+  c.data.dir = ""             # the user's local copy of a real dataset (manual_dir)
+  c.data.cache_dir = ""       # prepared array_record files; "" = ~/.cache/jaxset/datasets
+  c.data.builder_config = ""  # tfds BuilderConfig name ("" = the builder's default)
+  c.data.image_size = (64, 64)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "small_cnn"
+  c.model.dtype = "float32"   # or "bfloat16" for the compute dtype
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"
+  c.optim.lr = 1e-3
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 0
+  c.optim.milestones = (0.5, 0.75)
+  c.optim.gamma = 0.1
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 0.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 64
+  c.train.log_every = 50
+  c.train.ckpt_every = 500
+  c.train.keep_checkpoints = 3
+  c.train.progress_bar = True
+  c.train.devices = 0         # 0: every device; n: the first n (1-vs-8 checks)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0            # 0: only at the end
+  c.eval.at_start = True      # evaluate the untrained model too (before/after table)
+  c.eval.batch_size = 256
+  c.eval.best_metric = ""
+  return c
