@@ -154,9 +154,12 @@ def _maker(batch, n, k, d, *, bias, mask_kind=None):
 
 
 def _case(name, make, normalize_input):
+  # jit keeps the many FD / check_grads evaluations cheap (one compile per case).
+  @jax.jit
   def fn(*a, **kw):
     return netvlad_ops.netvlad(*a, normalize_input=normalize_input, **kw)
 
+  @jax.jit
   def ref(*a, **kw):
     return reference_netvlad(*a, normalize_input=normalize_input, **kw)
 
