@@ -1,0 +1,97 @@
+"""Margin heads: forward + backward cost next to the bare cosine matmul.
+
+Each row times jit(grad) of mean softmax cross-entropy over the logits of one
+head, INCLUDING the cosine matmul: embeddings [B, D] and class weights [D, C]
+are L2-normalised, multiplied, turned into logits by the head, and the
+gradient is taken w.r.t. both (as in training). The baseline is s * cos + CE.
+The target: margin_logits and adaface_logits within 1.3x of the baseline.
+
+    python -m benchmarks.ops_margins [--batch 256 --dim 512 --classes 50000]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks.common import format_rows, peak_bytes, time_fn
+from jaxset.ops import margins
+
+SCALE = 64.0
+
+
+def _normalise(x, axis):
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=axis, keepdims=True) + 1e-12)
+
+
+def _cosines(emb, weights):
+  return _normalise(emb, 1) @ _normalise(weights, 0)
+
+
+def _plain_arcface(cos, labels, m2=0.5):
+  """The usual autodiff ArcFace: phi over the whole matrix, one-hot select."""
+  sin = jnp.sqrt(jnp.clip(1.0 - cos * cos, 0.0, 1.0))
+  phi = cos * math.cos(m2) - sin * math.sin(m2)
+  phi = jnp.where(cos > math.cos(math.pi - m2), phi, cos - m2 * math.sin(m2))
+  one_hot = jax.nn.one_hot(labels, cos.shape[1], dtype=bool)
+  return SCALE * jnp.where(one_hot, phi, cos)
+
+
+def _heads(labels, quality, norms):
+  stats = margins.adaface_init_stats()
+  return {
+      ("baseline", "s*cos (bare matmul)"): lambda c: SCALE * c,
+      ("margin_logits", "exact arcface"):
+          lambda c: margins.margin_logits(c, labels, scale=SCALE, m2=0.5),
+      ("margin_logits", "straight_through"):
+          lambda c: margins.margin_logits(c, labels, scale=SCALE, m2=0.5,
+                                          grad="straight_through"),
+      ("margin_logits", "plain autodiff"): lambda c: _plain_arcface(c, labels),
+      ("eqface_logits", "paper"):
+          lambda c: margins.eqface_logits(c, labels, quality, scale=SCALE),
+      ("adaface_logits", "official"):
+          lambda c: margins.adaface_logits(c, norms, labels, stats)[0],
+  }
+
+
+def rows(batch: int = 256, dim: int = 512, classes: int = 50_000, repeats: int = 5):
+  """One dict per head: op, variant, shape, ms, peak_mb, ratio (to baseline)."""
+  rng = np.random.default_rng(0)
+  emb = jnp.asarray(rng.standard_normal((batch, dim)), jnp.float32)
+  weights = jnp.asarray(rng.standard_normal((dim, classes)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, classes, batch), jnp.int32)
+  quality = jnp.asarray(rng.uniform(0.2, 1.0, batch), jnp.float32)
+  norms = jnp.linalg.norm(emb, axis=1)
+  out = []
+  base_ms = None
+  for (op, variant), head in _heads(labels, quality, norms).items():
+    def loss(e, w, head=head):
+      logits = head(_cosines(e, w))
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    step = jax.grad(loss, argnums=(0, 1))
+    ms = time_fn(step, emb, weights, repeats=repeats)
+    base_ms = ms if base_ms is None else base_ms
+    out.append({"op": op, "variant": variant, "shape": f"B{batch} D{dim} C{classes}",
+                "ms": round(ms, 1), "peak_mb": round(peak_bytes(step, emb, weights) / 2**20, 1),
+                "ratio": round(ms / base_ms, 3)})
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("--batch", type=int, default=256)
+  p.add_argument("--dim", type=int, default=512)
+  p.add_argument("--classes", type=int, default=50_000)
+  p.add_argument("--repeats", type=int, default=5)
+  a = p.parse_args()
+  r = rows(a.batch, a.dim, a.classes, a.repeats)
+  print(f"devices: {jax.devices()}")
+  print(format_rows(r, ["op", "variant", "shape", "ms", "peak_mb", "ratio"]))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,245 @@
+"""Gradient checks for the margin heads (jaxset/ops/margins.py).
+
+References are plain-jnp forwards over the whole [B, C] matrix with a one-hot
+select (no custom_vjp, no scatter), so autodiff of them is an independent
+check of the custom backward. `paper_grad` writes REFERENCE.md section 1's
+formulas out by hand:
+
+* exact combined margin: dL/dcos_ij = s * g_ij, times f'(cos) at the target,
+  f' = m1*sin(theta + m2)/sin(theta) ("cosine" mode, ArcFace: the factor
+  sin(theta + m)/sin(theta)) or m1*sin(m1*theta + m2)/sin(theta) ("angle");
+* straight-through: dL/dcos = s * g everywhere;
+* EQFace loss (6): dL/dcos_ij = s_i*S*g_ij (times f' at the target),
+  dL/ds_i = S * sum_j g_ij * base_ij;
+* AdaFace: target column s * g * GST with
+  GST = cos(g_angle) + cos(theta)*sin(g_angle)/sqrt(1 - cos^2(theta)),
+  g_angle = -m*z_hat; other columns s * g.
+
+Cosines are drawn in [-0.9, 0.9] (away from +-1 and from the ArcFace fallback
+boundary) so that finite differences are meaningful.
+
+Straight-through is, by design, not the derivative of its forward, so finite
+differences of the raw op cannot match it. Its case checks
+`st(cos) - stop_gradient(st(cos) - s*cos)`: the same backward (the subtracted
+term carries none), with a forward (s*cos) whose true derivative is what
+straight-through claims, so the finite-difference and check_grads rows test
+the straight-through backward. tests/test_ops_margins.py checks the raw
+straight-through op against its stop-gradient reference as well.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxset.gradcheck import GradCase
+from jaxset.ops import margins
+
+_B, _C = 4, 5
+
+
+def _labels(rng, b=_B, c=_C, ignore=True):
+  labels = rng.integers(0, c, b)
+  if ignore:
+    labels[-1] = -1
+  return labels
+
+
+def _cos(rng, b=_B, c=_C):
+  return rng.uniform(-0.9, 0.9, (b, c))
+
+
+def _one_hot(labels, c):
+  return (labels[:, None] == jnp.arange(c)[None, :]) & (labels[:, None] >= 0)
+
+
+# --------------------------------------------------------------------------
+# Plain references (full matrix, one-hot select, autodiff).
+
+
+def reference_margin_base(cos, labels, *, m1=1.0, m2=0.0, m3=0.0, m1_mode="cosine",
+                          fallback="arcface"):
+  """Combined-margin cosines (before the scale), plain jnp over every entry."""
+  theta = jnp.arccos(cos)
+  if m1_mode == "cosine":
+    phi = m1 * jnp.cos(theta + m2) - m3
+  else:
+    phi = jnp.cos(m1 * theta + m2) - m3
+  if fallback == "arcface" and m2 > 0:
+    phi = jnp.where(cos <= math.cos(math.pi - m2), m1 * (cos - m2 * math.sin(m2)) - m3, phi)
+  return jnp.where(_one_hot(labels, cos.shape[1]), phi, cos)
+
+
+def reference_margin_logits(cos, *, labels, scale, grad="exact", **margin):
+  base = reference_margin_base(cos, labels, **margin)
+  if grad == "straight_through":
+    # The margin as a constant added to cos: autodiff gives s * g.
+    base = cos + jax.lax.stop_gradient(base - cos)
+  return scale * base
+
+
+def reference_eqface_logits(cos, quality, *, labels, scale, quality_transform="paper",
+                            grad="exact", **margin):
+  base = reference_margin_base(cos, labels, **margin)
+  if grad == "straight_through":
+    base = cos + jax.lax.stop_gradient(base - cos)
+  q = quality if quality_transform == "paper" else jnp.clip(quality - 0.2, 0.0, 1.0) * 1.2
+  return scale * q[:, None] * base
+
+
+def reference_adaface_logits(cos, *, norms, labels, stats, m=0.4, h=0.333, scale=64.0,
+                             t_alpha=0.01, eps=1e-3):
+  """The official head, line by line, over the whole matrix."""
+  norms = jax.lax.stop_gradient(jnp.clip(norms, 0.001, 100.0))
+  mean_b = jnp.mean(norms)
+  std_b = jnp.std(norms, ddof=1)
+  mean = t_alpha * mean_b + (1 - t_alpha) * stats["mean"]
+  std = t_alpha * std_b + (1 - t_alpha) * stats["std"]
+  z = jnp.clip(h * (norms - mean) / (std + eps), -1, 1)
+  one_hot = _one_hot(labels, cos.shape[1])
+  cos = jnp.clip(cos, -1 + eps, 1 - eps)
+  theta = jnp.arccos(cos) + jnp.where(one_hot, -m * z[:, None], 0)
+  theta = jnp.clip(theta, eps, math.pi - eps)
+  logits = jnp.cos(theta) - jnp.where(one_hot, m * z[:, None] + m, 0)
+  return scale * logits, {"mean": mean, "std": std}
+
+
+# --------------------------------------------------------------------------
+# The papers' gradients, written out.
+
+
+def paper_margin_factor(cos_t, *, m1=1.0, m2=0.0, m1_mode="cosine"):
+  """d target / d cos: m1*sin(theta + m2)/sin(theta) or m1*sin(m1*theta + m2)/sin(theta)."""
+  theta = jnp.arccos(cos_t)
+  arg = theta + m2 if m1_mode == "cosine" else m1 * theta + m2
+  return m1 * jnp.sin(arg) / jnp.sin(theta)
+
+
+def _target_factor(cos, labels, margin):
+  one_hot = _one_hot(labels, cos.shape[1])
+  factor = paper_margin_factor(cos, m1=margin.get("m1", 1.0), m2=margin.get("m2", 0.0),
+                               m1_mode=margin.get("m1_mode", "cosine"))
+  return jnp.where(one_hot, factor, 1.0)
+
+
+def paper_margin_grad(args, fixed, cot):
+  (cos,) = args
+  fixed = dict(fixed)
+  labels, scale, grad = fixed.pop("labels"), fixed.pop("scale"), fixed.pop("grad", "exact")
+  if grad == "straight_through":
+    return (scale * cot,)
+  return (scale * cot * _target_factor(cos, labels, fixed),)
+
+
+def paper_eqface_grad(args, fixed, cot):
+  cos, quality = args
+  fixed = dict(fixed)
+  labels, scale = fixed.pop("labels"), fixed.pop("scale")
+  grad = fixed.pop("grad", "exact")
+  transform = fixed.pop("quality_transform", "paper")
+  if transform == "paper":
+    r, dr_dq = quality, jnp.ones_like(quality)
+  else:
+    r = jnp.clip(quality - 0.2, 0.0, 1.0) * 1.2
+    dr_dq = jnp.where((quality > 0.2) & (quality < 1.2), 1.2, 0.0)
+  factor = 1.0 if grad == "straight_through" else _target_factor(cos, labels, fixed)
+  d_cos = scale * r[:, None] * cot * factor
+  base = reference_margin_base(cos, labels, **fixed)
+  d_quality = scale * dr_dq * jnp.sum(cot * base, axis=1)  # EQFace: S * sum_j g_ij base_ij
+  return d_cos, d_quality
+
+
+def paper_adaface_gst(cos_t, z_hat, m):
+  """AdaFace's GST factor: cos(g) + cos(theta) sin(g) / sqrt(1 - cos^2 theta), g = -m z."""
+  g = -m * z_hat
+  return jnp.cos(g) + cos_t * jnp.sin(g) / jnp.sqrt(1 - cos_t ** 2)
+
+
+def paper_adaface_grad(args, fixed, cot):
+  (cos,) = args
+  logits_cot, _ = cot
+  _, new = reference_adaface_logits(cos, **fixed)
+  m, h, eps = fixed.get("m", 0.4), fixed.get("h", 0.333), fixed.get("eps", 1e-3)
+  norms = jnp.clip(fixed["norms"], 0.001, 100.0)
+  z = jnp.clip(h * (norms - new["mean"]) / (new["std"] + eps), -1, 1)
+  one_hot = _one_hot(fixed["labels"], cos.shape[1])
+  factor = jnp.where(one_hot, paper_adaface_gst(cos, z[:, None], m), 1.0)
+  return (fixed.get("scale", 64.0) * logits_cot * factor,)
+
+
+# --------------------------------------------------------------------------
+# Cases.
+
+
+def _frozen_straight_through(fn, scale):
+  """st(cos) - stop_gradient(st(cos) - s*cos): see the module docstring."""
+  def wrapped(cos, **fixed):
+    out = fn(cos, **fixed)
+    return out - jax.lax.stop_gradient(out - scale * cos)
+  return wrapped
+
+
+def _margin_op(cos, *, labels, **kw):
+  return margins.margin_logits(cos, labels, **kw)
+
+
+def _eqface_op(cos, quality, *, labels, **kw):
+  return margins.eqface_logits(cos, labels, quality, **kw)
+
+
+def _adaface_op(cos, *, norms, labels, stats, **kw):
+  return margins.adaface_logits(cos, norms, labels, stats, **kw)
+
+
+def _margin_case(name, eq, **margin):
+  def make(rng):
+    return (_cos(rng),), {"labels": jnp.asarray(_labels(rng)), "scale": 16.0, **margin}
+  return GradCase(name=name, fn=_margin_op, reference=reference_margin_logits,
+                  paper_grad=paper_margin_grad, make=make, paper_eq=eq)
+
+
+def cases() -> list[GradCase]:
+  out = [
+      _margin_case("margin_logits[arcface exact]", "s*sin(t+m)/sin(t)", m2=0.5),
+      _margin_case("margin_logits[cosface]", "s*g", m3=0.35),
+      _margin_case("margin_logits[sphereface angle]", "s*m1*sin(m1 t)/sin(t)",
+                   m1=1.35, m1_mode="angle"),
+      _margin_case("margin_logits[combined cosine]", "s*m1*sin(t+m2)/sin(t)",
+                   m1=0.9, m2=0.3, m3=0.2),
+      _margin_case("margin_logits[combined angle]", "s*m1*sin(m1 t+m2)/sin(t)",
+                   m1=1.1, m2=0.2, m3=0.15, m1_mode="angle"),
+  ]
+
+  def make_st(rng):
+    return (_cos(rng),), {"labels": jnp.asarray(_labels(rng)), "scale": 16.0, "m2": 0.5,
+                          "grad": "straight_through"}
+  out.append(GradCase(
+      name="margin_logits[arcface straight]",
+      fn=_frozen_straight_through(_margin_op, 16.0),
+      reference=_frozen_straight_through(reference_margin_logits, 16.0),
+      paper_grad=paper_margin_grad, make=make_st, paper_eq="s*g"))
+
+  for transform, lo, hi in (("paper", 0.05, 1.0), ("official", 0.25, 0.95)):
+    def make_eq(rng, transform=transform, lo=lo, hi=hi):
+      return ((_cos(rng), rng.uniform(lo, hi, _B)),
+              {"labels": jnp.asarray(_labels(rng)), "scale": 16.0, "m2": 0.5,
+               "quality_transform": transform})
+    out.append(GradCase(
+        name=f"eqface_logits[{transform}]", fn=_eqface_op,
+        reference=reference_eqface_logits, paper_grad=paper_eqface_grad, make=make_eq,
+        paper_eq="dL/ds_i = S sum_j g_ij base_ij"))
+
+  def make_ada(rng):
+    # Norms spread so that z_hat is inside (-1, 1) for some rows and clipped
+    # for others; stats chosen so that both happen.
+    norms = jnp.asarray([5.0, 19.0, 21.0, 60.0])
+    stats = {"mean": jnp.asarray(20.0), "std": jnp.asarray(6.0)}
+    return (_cos(rng),), {"norms": norms, "labels": jnp.asarray(_labels(rng)),
+                          "stats": stats, "m": 0.4, "scale": 16.0}
+  out.append(GradCase(
+      name="adaface_logits", fn=_adaface_op, reference=reference_adaface_logits,
+      paper_grad=paper_adaface_grad, make=make_ada,
+      paper_eq="GST cos(g)+c sin(g)/sqrt(1-c^2)"))
+  return out
