@@ -1,0 +1,152 @@
+"""Person re-identification: CMC and mAP as torchreid computes them (Market-1501 protocol).
+
+Per query: rank the gallery by distance; drop gallery entries that share the
+query's pid AND camera (same-camera true matches are too easy); skip the query
+if no true match remains; CMC(r) = 1 if the first remaining true match is at
+rank <= r; AP = sum_k precision@k * rel_k / num_rel over the remaining list.
+CMC and mAP average over the valid (not skipped) queries.
+
+Distractors (pid 0 in Market-1501) are ordinary gallery entries that never match
+a query, so they stay. Junk (pid -1) images are dropped by the loaders; if they do
+reach the gallery, torchreid keeps them as non-matches (only same pid + same
+camera is removed); pass junk_pids=(-1,) to remove them for every query as
+Market-1501's original MATLAB evaluation does.
+
+Ties: torchreid ranks with np.argsort (quicksort; its order among exactly equal
+distances depends on the numpy build). jaxset uses a stable sort, so equal
+distances keep gallery order: identical to torchreid except where exact ties
+straddle a true match, and deterministic everywhere.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxset.eval.retrieval import pairwise_sq_distances
+from jaxset.ops import _checks
+
+
+def _first_ranks_and_ap(dist: np.ndarray, q_pids, g_pids, q_cams, g_cams, junk: np.ndarray):
+  """Per query: 0-based rank of the first kept true match (-1 if none) and AP."""
+  order = np.argsort(dist, axis=1, kind="stable")
+  gp = g_pids[order]
+  gc = g_cams[order]
+  match = gp == q_pids[:, None]
+  keep = ~(match & (gc == q_cams[:, None])) & ~junk[order]
+  rel = match & keep
+  kept_rank = np.cumsum(keep, axis=1)  # 1-based rank among kept entries
+  hits = np.cumsum(rel, axis=1)
+  num_rel = rel.sum(axis=1)
+  valid = num_rel > 0
+  first = np.where(valid, np.argmax(rel, axis=1), 0)
+  first_rank = np.where(valid, kept_rank[np.arange(len(first)), first] - 1, -1)
+  precision = hits / np.maximum(kept_rank, 1)
+  ap = np.where(valid, (precision * rel).sum(axis=1) / np.maximum(num_rel, 1), 0.0)
+  return first_rank, ap, valid
+
+
+def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, gallery_cams,
+                           max_rank: int = 50, junk_pids: Sequence[int] = ()):
+  """CMC and mAP from a [Q, G] distance matrix (smaller = more similar).
+
+  Args:
+    distances: [Q, G] float.
+    query_ids, gallery_ids: [Q], [G] int person ids.
+    query_cams, gallery_cams: [Q], [G] int camera ids.
+    max_rank: CMC length; capped at G (as torchreid does).
+    junk_pids: gallery pids removed for every query (default: none, torchreid).
+
+  Returns:
+    dict with "cmc" (float64 [max_rank], cmc[r] = fraction of valid queries whose
+    first true match is at rank <= r + 1), "rank1", "rank5", "rank10" (0.0 where
+    beyond the gallery size), "mAP", "num_valid_queries", "ap" ([Q] float64, 0 for
+    skipped queries) and "valid" ([Q] bool). Raises ValueError if no query has a
+    true match left (torchreid asserts).
+  """
+  dist = np.asarray(distances)
+  _checks.check_rank("distances", dist, 2, "[num_query, num_gallery]")
+  nq, ng = dist.shape
+  q_pids = np.asarray(query_ids).reshape(-1)
+  g_pids = np.asarray(gallery_ids).reshape(-1)
+  q_cams = np.asarray(query_cams).reshape(-1)
+  g_cams = np.asarray(gallery_cams).reshape(-1)
+  _checks.check_same(("distances rows", "query_ids", "query_cams"),
+                     (nq, q_pids.size, q_cams.size), "Query counts")
+  _checks.check_same(("distances cols", "gallery_ids", "gallery_cams"),
+                     (ng, g_pids.size, g_cams.size), "Gallery counts")
+  _checks.check_finite("distances", dist)
+  if ng == 0 or nq == 0:
+    raise ValueError(f"Need at least one query and one gallery entry; got Q={nq}, G={ng}.")
+  if max_rank < 1:
+    raise ValueError(f"max_rank must be >= 1; got {max_rank}.")
+  max_rank = min(int(max_rank), ng)
+  junk = np.isin(g_pids, np.asarray(list(junk_pids), g_pids.dtype))
+  first_rank, ap, valid = _first_ranks_and_ap(dist, q_pids, g_pids, q_cams, g_cams, junk)
+  return _summarise(first_rank, ap, valid, max_rank)
+
+
+def _summarise(first_rank, ap, valid, max_rank):
+  num_valid = int(valid.sum())
+  if num_valid == 0:
+    raise ValueError(
+        "No query has a true match in the gallery once same-pid same-camera entries "
+        "are removed; check that query and gallery ids/cameras come from the same "
+        "split and are not swapped.")
+  fr = first_rank[valid]
+  cmc = np.array([(fr <= r).mean() for r in range(max_rank)], np.float64)
+  at = lambda r: float(cmc[r - 1]) if r <= max_rank else 0.0
+  return {"cmc": cmc, "rank1": at(1), "rank5": at(5), "rank10": at(10),
+          "mAP": float(ap[valid].mean()), "num_valid_queries": num_valid,
+          "ap": ap, "valid": valid}
+
+
+def cmc_map(query_features, gallery_features, query_ids, gallery_ids, query_cams,
+            gallery_cams, max_rank: int = 50, metric: str = "euclidean", *,
+            chunk_size: int = 256, junk_pids: Sequence[int] = ()):
+  """CMC and mAP from features (torchreid's evaluate_rank, Market-1501 rules).
+
+  metric: "euclidean" (squared Euclidean, torchreid's default; same ranking as
+  Euclidean) or "cosine" (1 - cosine similarity). Distances are computed on the
+  JAX device, `chunk_size` queries at a time, so the full Q x G matrix is never
+  built. Returns the dict of `cmc_map_from_distances`.
+  """
+  if metric not in ("euclidean", "cosine"):
+    raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}.")
+  qf = np.asarray(query_features, np.float32)
+  gf = np.asarray(gallery_features, np.float32)
+  _checks.check_rank("query_features", qf, 2, "[num_query, dim]")
+  _checks.check_rank("gallery_features", gf, 2, "[num_gallery, dim]")
+  _checks.check_same(("query_features dim", "gallery_features dim"),
+                     (qf.shape[1], gf.shape[1]), "Feature sizes")
+  _checks.check_finite("query_features", qf)
+  _checks.check_finite("gallery_features", gf)
+  nq, ng = qf.shape[0], gf.shape[0]
+  q_pids = np.asarray(query_ids).reshape(-1)
+  g_pids = np.asarray(gallery_ids).reshape(-1)
+  q_cams = np.asarray(query_cams).reshape(-1)
+  g_cams = np.asarray(gallery_cams).reshape(-1)
+  _checks.check_same(("query_features", "query_ids", "query_cams"),
+                     (nq, q_pids.size, q_cams.size), "Query counts")
+  _checks.check_same(("gallery_features", "gallery_ids", "gallery_cams"),
+                     (ng, g_pids.size, g_cams.size), "Gallery counts")
+  if ng == 0 or nq == 0:
+    raise ValueError(f"Need at least one query and one gallery entry; got Q={nq}, G={ng}.")
+  if max_rank < 1:
+    raise ValueError(f"max_rank must be >= 1; got {max_rank}.")
+  junk = np.isin(g_pids, np.asarray(list(junk_pids), g_pids.dtype))
+  g_dev = jnp.asarray(gf)
+  step = max(1, min(int(chunk_size), nq))
+  parts = []
+  for s in range(0, nq, step):
+    block = qf[s:s + step]
+    padded = np.concatenate([block, np.zeros((step - block.shape[0], qf.shape[1]), np.float32)])
+    d = np.asarray(pairwise_sq_distances(jnp.asarray(padded), g_dev, metric=metric))
+    d = d[:block.shape[0]]
+    parts.append(_first_ranks_and_ap(d, q_pids[s:s + step], g_pids,
+                                     q_cams[s:s + step], g_cams, junk))
+  first_rank = np.concatenate([p[0] for p in parts])
+  ap = np.concatenate([p[1] for p in parts])
+  valid = np.concatenate([p[2] for p in parts])
+  return _summarise(first_rank, ap, valid, min(int(max_rank), ng))
