@@ -1,0 +1,85 @@
+"""Classifier heads shared by the face models: the cosine classifier and margin heads."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxset.ops import margins as margin_ops
+
+__all__ = ["safe_norm", "l2_normalize", "CosineClassifier", "MarginHead"]
+
+Dtype = Any
+
+
+def safe_norm(x, axis: int = -1, eps: float = 1e-12):
+  """L2 norm along `axis`, computed in float32 at least: sqrt(max(sum x^2, eps)).
+
+  The floor keeps the gradient finite at x = 0 (there it is zero); the zero
+  vector therefore reports norm sqrt(eps) = 1e-6, not 0.
+  """
+  x = jnp.asarray(x)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis), eps))
+
+
+def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
+  """x / max(||x||, sqrt(eps)) in float32 at least; the zero vector maps to 0."""
+  x = jnp.asarray(x)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return x / jnp.expand_dims(safe_norm(x, axis, eps), axis)
+
+
+class CosineClassifier(nn.Module):
+  """cos = normalize(embeddings) @ normalize(W), W [D, num_classes] ("kernel").
+
+  The class-weight matrix of ArcFace / CosFace / AdaFace / EQFace, column j
+  the class centre W_j. __call__(embeddings [B, D]) -> cos [B, num_classes]
+  float32 (the matmul runs in `dtype`, the normalisation in float32).
+  kernel init: normal(0, 0.01), as insightface.
+  """
+  num_classes: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, embeddings):
+    if embeddings.ndim != 2:
+      raise ValueError(f"embeddings must be [batch, dim]; got shape {embeddings.shape}.")
+    w = self.param("kernel", nn.initializers.normal(0.01),
+                   (embeddings.shape[-1], self.num_classes), jnp.float32)
+    e = l2_normalize(embeddings, -1).astype(self.dtype)
+    w = l2_normalize(w, 0).astype(self.dtype)
+    return jnp.dot(e, w, preferred_element_type=jnp.float32).astype(jnp.float32)
+
+
+class MarginHead(nn.Module):
+  """ArcFace / CosFace / combined-margin head: CosineClassifier + margin_logits.
+
+  Defaults (m1, m2, m3) = (1, 0.5, 0): ArcFace; CosFace is (1, 0, 0.35).
+  __call__(embeddings [B, D], labels [B] int or None) -> dict:
+    cos [B, C] float32; logits [B, C]: the margin logits of
+    jaxset.ops.margins.margin_logits when labels are given (labels < 0: no
+    margin on that row), scale * cos otherwise (evaluation).
+  Parameters: "classifier" (CosineClassifier).
+  """
+  num_classes: int
+  scale: float = 64.0
+  m1: float = 1.0
+  m2: float = 0.5
+  m3: float = 0.0
+  grad: str = "exact"
+  m1_mode: str = "cosine"
+  fallback: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, embeddings, labels=None):
+    cos = CosineClassifier(self.num_classes, self.dtype, name="classifier")(embeddings)
+    if labels is None:
+      logits = self.scale * cos
+    else:
+      logits = margin_ops.margin_logits(
+          cos, labels, scale=self.scale, m1=self.m1, m2=self.m2, m3=self.m3,
+          grad=self.grad, m1_mode=self.m1_mode, fallback=self.fallback)
+    return {"cos": cos, "logits": logits}
