@@ -60,10 +60,10 @@ def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, galler
 
   Returns:
     dict with "cmc" (float64 [max_rank], cmc[r] = fraction of valid queries whose
-    first true match is at rank <= r + 1), "rank1", "rank5", "rank10" (0.0 where
-    beyond the gallery size), "mAP", "num_valid_queries", "ap" ([Q] float64, 0 for
-    skipped queries) and "valid" ([Q] bool). Raises ValueError if no query has a
-    true match left (torchreid asserts).
+    first true match is at rank <= r + 1), "rank1", "rank5", "rank10" (from the
+    first-match ranks, whatever max_rank), "mAP", "num_valid_queries", "ap" ([Q]
+    float64, 0 for skipped queries) and "valid" ([Q] bool). Raises ValueError if
+    no query has a true match left (torchreid asserts).
   """
   dist = np.asarray(distances)
   _checks.check_rank("distances", dist, 2, "[num_query, num_gallery]")
@@ -96,7 +96,8 @@ def _summarise(first_rank, ap, valid, max_rank):
         "split and are not swapped.")
   fr = first_rank[valid]
   cmc = np.array([(fr <= r).mean() for r in range(max_rank)], np.float64)
-  at = lambda r: float(cmc[r - 1]) if r <= max_rank else 0.0
+  # From the first-match ranks, so rank-10 is right even when max_rank < 10.
+  at = lambda r: float((fr < r).mean())
   return {"cmc": cmc, "rank1": at(1), "rank5": at(5), "rank10": at(10),
           "mAP": float(ap[valid].mean()), "num_valid_queries": num_valid,
           "ap": ap, "valid": valid}
