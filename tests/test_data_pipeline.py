@@ -344,3 +344,42 @@ def test_resize_and_bad_input():
     transforms.random_flip(image.astype(np.float32), np.random.default_rng(0))
   with pytest.raises(ValueError, match="kinds"):
     transforms.random_degradation(image, np.random.default_rng(0), kinds=("rain",))
+
+
+def test_tfds_source_metadata_cache_and_pk(tmp_path, monkeypatch):
+  import PIL.Image
+  import tensorflow_datasets as tfds
+
+  class PipelineTestIdentities(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "label": tfds.features.Scalar(np.int64),
+          "degradation": tfds.features.Scalar(np.float32),
+          "filename": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(24):
+        yield i, {"image": PIL.Image.fromarray(_image(i)), "label": i % 6,
+                  "degradation": i / 24, "filename": f"{i}.png"}
+
+  b = PipelineTestIdentities(data_dir=str(tmp_path))
+  b.download_and_prepare(file_format="array_record")
+  src = b.as_data_source("train")
+  meta = pipeline.read_metadata(src)
+  assert set(meta) == {"label", "degradation", "filename"}
+  assert meta["label"].dtype == np.int64 and meta["degradation"].dtype == np.float32
+  order = np.array([int(f.split(".")[0]) for f in meta["filename"]])
+  np.testing.assert_array_equal(meta["label"], order % 6)
+  assert list(tmp_path.rglob("jaxset_metadata_train.npz"))
+  monkeypatch.setattr(pipeline, "fetch", None)  # a second read must come from the cache
+  again = pipeline.read_metadata(src)
+  assert all(np.array_equal(meta[k], again[k]) for k in meta)
+  monkeypatch.undo()
+  batch = _take(pipeline.pk_batches(src, p=3, k=2, shard=(0, 1), **FAST), 1)[0]
+  np.testing.assert_array_equal(_decode(batch["image"]) % 6, batch["label"])

@@ -27,6 +27,7 @@ training loop then assembles global arrays with
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
 import sys
@@ -76,6 +77,8 @@ def _metadata_cache_path(source) -> Path | None:
   if info is None or split is None or not getattr(info, "data_dir", None):
     return None
   safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(split))
+  if safe != str(split):  # "train[:50%]" and "train[50%:]" must not collide
+    safe += "-" + hashlib.sha1(str(split).encode()).hexdigest()[:8]
   return Path(info.data_dir) / f"jaxset_metadata_{safe}.npz"
 
 
@@ -134,6 +137,12 @@ def read_metadata(source, keys: Sequence[str] | None = None, *,
             continue
           rows.setdefault(k, []).append(v)
     columns = {k: _column(v) for k, v in rows.items()}
+    if image_keys is not None:  # tfds gives Python scalars: restore the schema dtype
+      features = source.dataset_info.features
+      for k, col in columns.items():
+        dtype = getattr(features[k], "np_dtype", None) if k in features else None
+        if dtype is not None and col.dtype.kind in "biuf":
+          columns[k] = col.astype(dtype)
     if path is not None:
       tmp = path.with_name(path.name + ".tmp.npz")
       try:
