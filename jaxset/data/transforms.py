@@ -62,9 +62,13 @@ def random_crop(image, rng: np.random.Generator, *, pad: int = 4) -> np.ndarray:
   if pad <= 0:
     return image
   h, w = image.shape[:2]
-  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-  y, x = rng.integers(0, 2 * pad + 1, size=2)
-  return padded[y:y + h, x:x + w]
+  dy, dx = (int(v) - pad for v in rng.integers(0, 2 * pad + 1, size=2))
+  # out[y, x] = image[y + dy, x + dx] where inside, else 0 (no padded copy).
+  out = np.zeros_like(image)
+  ys, yd = slice(max(dy, 0), h + min(dy, 0)), slice(max(-dy, 0), h - max(dy, 0))
+  xs, xd = slice(max(dx, 0), w + min(dx, 0)), slice(max(-dx, 0), w - max(dx, 0))
+  out[yd, xd] = image[ys, xs]
+  return out
 
 
 def random_flip(image, rng: np.random.Generator, *, p: float = 0.5) -> np.ndarray:
@@ -75,18 +79,21 @@ def random_flip(image, rng: np.random.Generator, *, p: float = 0.5) -> np.ndarra
 
 def color_jitter(image, rng: np.random.Generator, *, brightness: float = 0.2,
                  contrast: float = 0.2, saturation: float = 0.2) -> np.ndarray:
-  """Random brightness, contrast and saturation factors in [1-s, 1+s]
-  (torchvision ColorJitter semantics, fixed order)."""
+  """Random brightness b, contrast c and saturation s factors, each uniform in
+  [1 - v, 1 + v], applied in that order (ColorJitter-like, one fused pass):
+  y = b*x; y = c*(y - mean(y)) + mean(y); y = s*(y - gray(y)) + gray(y)."""
   image = _check_image(image)
-  x = image.astype(np.float32)
   b, c, s = (1.0 + rng.uniform(-v, v) if v > 0 else 1.0
              for v in (brightness, contrast, saturation))
-  x = x * b
-  x = (x - x.mean()) * c + x.mean()
-  if x.shape[2] == 3:
+  x = image.astype(np.float32)
+  scale = b * c
+  shift = (1.0 - c) * b * float(x.mean())
+  if x.shape[2] == 3 and s != 1.0:
     gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
-    x = (x - gray[..., None]) * s + gray[..., None]
-  return _to_uint8(x)
+    y = (s * scale) * x + ((1.0 - s) * scale * gray + shift)[..., None]
+  else:
+    y = scale * x + shift
+  return _to_uint8(y)
 
 
 def gaussian_blur(image, rng: np.random.Generator, *, max_sigma: float = 2.0
