@@ -1,0 +1,240 @@
+"""CASN, Consistent Attentive Siamese Networks (Zheng et al., CVPR 2019).
+
+No public code exists; this follows the paper's description (REFERENCE.md,
+seeds/casn.md):
+
+* Identification module (IDE): backbone -> global average pool -> FC
+  (feature f) -> ReLU -> FC (identity logits). Two FC layers, no BatchNorm in
+  the head, so that each example's Grad-CAM depends on that example only.
+* Identification attention (attention mining, as GAIN): Grad-CAM of the
+  predicted identity on the last conv map, a soft mask
+  T = sigmoid(w (cam - sigma)) of the most attended region, and a penalty on
+  the classifier still predicting that identity on image * (1 - T).
+* Siamese module: BCE same/different logit from FC((f1 - f2)^2) (the
+  squared difference; siamese="abs" uses |f1 - f2|). Logit > 0 means "same".
+* Siamese attention: the indicator of feature dims voting "same", i.e. whose
+  contribution w_j * d_j to the Siamese logit is positive; Grad-CAM of
+  (indicator . f) gives M1, M2; jaxset.ops.losses.attention_consistency_loss
+  (horizontal max-pool, threshold, resize, ||.||^2 for positive pairs).
+
+The attention losses differentiate through Grad-CAM (gradients of
+gradients); `casn_loss` returns the total and the parts.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxset.models import backbones
+from jaxset.ops import grad_cam as grad_cam_ops
+from jaxset.ops import losses as loss_ops
+
+__all__ = ["CASN", "CASNLossConfig", "identification_loss", "identification_attention",
+           "identification_attention_loss", "siamese_indicator", "siamese_attention_maps",
+           "siamese_attention_loss", "casn_loss"]
+
+Dtype = Any
+
+
+class CASN(nn.Module):
+  """IDE identification network + Siamese verification head.
+
+  Attributes:
+    num_classes: training identities.
+    backbone: "resnet50" (real data) or "small_cnn" (embedded sets).
+    feature_dim: size of the feature f (the first FC).
+    siamese: "squared" (FC on (f1 - f2)^2) or "abs" (FC on |f1 - f2|).
+    dtype: backbone compute dtype.
+
+  __call__(images_a [B, H, W, 3], images_b [B, H, W, 3] or None, train=False)
+  -> dict: feature_map [B, h, w, C], features [B, F], logits [B, num_classes];
+  with images_b also feature_map_b, features_b, logits_b and siamese_logits
+  [B] (one BatchNorm batch for both images). The head methods below take a
+  feature map, so Grad-CAM can differentiate them:
+    feature_map(images, train) -> [B, h, w, C]
+    features_from_map(feature_map) -> [B, F]
+    logits_from_features(features) -> [B, C]
+    logits_from_map(feature_map) -> [B, C]
+    siamese_logits(features_a, features_b) -> [B]
+  """
+  num_classes: int
+  backbone: str = "resnet50"
+  feature_dim: int = 512
+  siamese: str = "squared"
+  dtype: Dtype = jnp.float32
+  backbone_kwargs: Any = None
+
+  def setup(self):
+    if self.siamese not in ("squared", "abs"):
+      raise ValueError(f"siamese must be 'squared' or 'abs'; got {self.siamese!r}.")
+    self.trunk = backbones.create_backbone(self.backbone, self.dtype,
+                                           **(self.backbone_kwargs or {}))
+    self.embed = nn.Dense(self.feature_dim, param_dtype=jnp.float32)
+    self.classifier = nn.Dense(self.num_classes, param_dtype=jnp.float32)
+    self.verifier = nn.Dense(1, param_dtype=jnp.float32)
+
+  def feature_map(self, images, train: bool = False):
+    return self.trunk(images, train)
+
+  def features_from_map(self, feature_map):
+    return self.embed(jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2)))
+
+  def logits_from_features(self, features):
+    return self.classifier(nn.relu(features))
+
+  def logits_from_map(self, feature_map):
+    return self.logits_from_features(self.features_from_map(feature_map))
+
+  def pair_difference(self, features_a, features_b):
+    diff = features_a - features_b
+    return diff * diff if self.siamese == "squared" else jnp.abs(diff)
+
+  def siamese_logits(self, features_a, features_b):
+    return self.verifier(self.pair_difference(features_a, features_b))[:, 0]
+
+  def __call__(self, images_a, images_b=None, train: bool = False):
+    n = images_a.shape[0]
+    images = images_a if images_b is None else jnp.concatenate([images_a, images_b])
+    fmap = self.feature_map(images, train)
+    features = self.features_from_map(fmap)
+    logits = self.logits_from_features(features)
+    out = {"feature_map": fmap[:n], "features": features[:n], "logits": logits[:n]}
+    if images_b is not None:
+      out.update(feature_map_b=fmap[n:], features_b=features[n:], logits_b=logits[n:],
+                 siamese_logits=self.siamese_logits(features[:n], features[n:]))
+    return out
+
+
+class CASNLossConfig(NamedTuple):
+  """Weights and constants of the CASN objective.
+
+  id_weight, ia_weight, verification_weight, sa_weight: the four terms.
+  mask_scale (w) and mask_threshold (sigma): the soft mask
+    sigmoid(w (cam - sigma)) of attention mining (GAIN's w = 10, sigma = 0.5,
+    on the max-normalised Grad-CAM).
+  consistency_threshold, consistency_size: attention_consistency_loss's
+    relative threshold and profile length (None = the map height).
+  """
+  id_weight: float = 1.0
+  ia_weight: float = 1.0
+  verification_weight: float = 1.0
+  sa_weight: float = 1.0
+  mask_scale: float = 10.0
+  mask_threshold: float = 0.5
+  consistency_threshold: float = 0.5
+  consistency_size: int | None = None
+
+
+def identification_loss(logits, labels):
+  """Mean softmax cross-entropy over rows with labels >= 0 (0 if none)."""
+  valid = labels >= 0
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+  return jnp.sum(jnp.where(valid, ce, 0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _head_apply(model, params, method):
+  return lambda *args: model.apply({"params": params}, *args, method=method)
+
+
+def identification_attention(model: CASN, params, feature_map, classes):
+  """Grad-CAM [B, h, w] (max-normalised to [0, 1]) of logit `classes` [B]."""
+  logits_fn = _head_apply(model, params, CASN.logits_from_map)
+  score = lambda fm: jnp.take_along_axis(logits_fn(fm), classes[:, None], axis=1)[:, 0]
+  return grad_cam_ops.grad_cam(score, feature_map, normalize=True)
+
+
+def identification_attention_loss(model: CASN, variables, images, feature_map, logits, *,
+                                  config: CASNLossConfig = CASNLossConfig(),
+                                  train: bool = True):
+  """Attention mining: the predicted identity's probability on the masked image.
+
+  c = argmax logits (no gradient); cam = Grad-CAM of logit c, normalised to
+  [0, 1] and resized to the image; T = sigmoid(w (cam - sigma));
+  I* = I (1 - T); loss = mean_b softmax(model(I*))[b, c_b]. Gradients reach
+  the backbone through both the mask (Grad-CAM, second order) and I*.
+  The masked pass's BatchNorm statistics are discarded.
+  Returns (loss, cam [B, h, w]).
+  """
+  params = variables["params"]
+  classes = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
+  cam = identification_attention(model, params, feature_map, classes)
+  b, h, w = images.shape[:3]
+  cam_up = jax.image.resize(cam, (b, h, w), method="linear")
+  soft_mask = jax.nn.sigmoid(config.mask_scale * (cam_up - config.mask_threshold))
+  masked = images.astype(jnp.float32) * (1.0 - soft_mask[..., None])
+  if train:
+    out, _ = model.apply(variables, masked, train=True, mutable=["batch_stats"])
+  else:
+    out = model.apply(variables, masked)
+  probs = jax.nn.softmax(out["logits"].astype(jnp.float32), axis=-1)
+  loss = jnp.mean(jnp.take_along_axis(probs, classes[:, None], axis=1))
+  return loss, cam
+
+
+def siamese_indicator(model: CASN, params, features_a, features_b):
+  """[B, F] 0/1: dims whose contribution w_j d_j to the Siamese logit is > 0
+  ("voting same"), d = the pair difference; no gradient."""
+  d = model.apply({"params": params}, features_a, features_b, method=CASN.pair_difference)
+  w = params["verifier"]["kernel"][:, 0]
+  return jax.lax.stop_gradient((d * w > 0).astype(jnp.float32))
+
+
+def siamese_attention_maps(model: CASN, params, feature_map_a, feature_map_b, indicator):
+  """M1, M2 [B, h, w]: Grad-CAM of (indicator . f) on each image's map, in [0, 1]."""
+  feats = _head_apply(model, params, CASN.features_from_map)
+  score = lambda fm: jnp.sum(indicator * feats(fm), axis=-1)
+  m1 = grad_cam_ops.grad_cam(score, feature_map_a, normalize=True)
+  m2 = grad_cam_ops.grad_cam(score, feature_map_b, normalize=True)
+  return m1, m2
+
+
+def siamese_attention_loss(model: CASN, params, feature_map_a, feature_map_b, features_a,
+                           features_b, same, *, config: CASNLossConfig = CASNLossConfig()):
+  """Mean attention_consistency_loss(M1, M2, same) over pairs (0 for negatives).
+  Returns (loss, (M1, M2))."""
+  ind = siamese_indicator(model, params, features_a, features_b)
+  m1, m2 = siamese_attention_maps(model, params, feature_map_a, feature_map_b, ind)
+  per_pair = loss_ops.attention_consistency_loss(
+      m1, m2, same, threshold=config.consistency_threshold, size=config.consistency_size)
+  return jnp.mean(per_pair), (m1, m2)
+
+
+def casn_loss(model: CASN, params, batch_stats, batch, *,
+              config: CASNLossConfig = CASNLossConfig(), train: bool = True):
+  """The CASN objective on a batch of pairs.
+
+  batch: images_a, images_b [B, H, W, 3]; labels_a, labels_b [B] int (-1 =
+  unknown identity); same [B] 0/1.
+  total = id_weight * (CE(a) + CE(b)) / 2 + ia_weight * attention mining (both
+  images) + verification_weight * mean BCE + sa_weight * consistency.
+
+  Returns (total, aux) with aux = {"metrics": {id, ia, verification, sa},
+  "batch_stats": the updated statistics (unchanged when train=False)}.
+  """
+  variables = {"params": params, "batch_stats": batch_stats}
+  if train:
+    out, updates = model.apply(variables, batch["images_a"], batch["images_b"], train=True,
+                               mutable=["batch_stats"])
+    new_stats = updates["batch_stats"]
+  else:
+    out, new_stats = model.apply(variables, batch["images_a"], batch["images_b"]), batch_stats
+  l_id = 0.5 * (identification_loss(out["logits"], batch["labels_a"])
+                + identification_loss(out["logits_b"], batch["labels_b"]))
+  images = jnp.concatenate([batch["images_a"], batch["images_b"]])
+  fmaps = jnp.concatenate([out["feature_map"], out["feature_map_b"]])
+  logits = jnp.concatenate([out["logits"], out["logits_b"]])
+  l_ia, _ = identification_attention_loss(model, variables, images, fmaps, logits,
+                                          config=config, train=train)
+  l_ver = jnp.mean(loss_ops.verification_bce(out["siamese_logits"], batch["same"]))
+  l_sa, _ = siamese_attention_loss(model, params, out["feature_map"], out["feature_map_b"],
+                                   out["features"], out["features_b"], batch["same"],
+                                   config=config)
+  total = (config.id_weight * l_id + config.ia_weight * l_ia
+           + config.verification_weight * l_ver + config.sa_weight * l_sa)
+  metrics = {"id": l_id, "ia": l_ia, "verification": l_ver, "sa": l_sa, "total": total}
+  return total, {"metrics": metrics, "batch_stats": new_stats}

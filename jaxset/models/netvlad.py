@@ -1,0 +1,204 @@
+"""NetVLAD place recognition model (Arandjelovic et al., CVPR 2016) and pooling baselines.
+
+backbone (VGG16 cropped at conv5_3 before ReLU) -> local descriptors [B, N, D]
+-> pooling -> optional PCA-whitening (Dense, set from data) -> L2.
+
+pooling="netvlad": jaxset.ops.netvlad.netvlad (eq. (3)-(4), intra-norm + L2),
+  output K*D flattened [K, D] row-major (see ops.netvlad for MATLAB order).
+pooling="avg" / "max" / "gem": jaxset.ops.pooling over the descriptors
+  (the f_avg / f_max baselines of the paper, and GeM with a learned p).
+
+Initialisation from data (the official recipe): run the model's
+`local_descriptors` on ~500 images, sample ~100 descriptors per image,
+k-means them (jaxset.ops.netvlad.kmeans on `descriptors_as_seen`), then
+`init_netvlad_params(model, params, centroids, descriptors)`. PCA-whitening:
+`fit_pca_whitening(vectors, dim)` on pooled training vectors, then
+`set_pca_params(params, mean, projection)`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxset.models import backbones
+from jaxset.models.heads import l2_normalize
+from jaxset.ops import netvlad as netvlad_ops
+from jaxset.ops import pooling as pooling_ops
+
+__all__ = ["NetVLADPool", "NetVLADModel", "descriptors_as_seen", "init_netvlad_params",
+           "fit_pca_whitening", "set_pca_params"]
+
+Dtype = Any
+POOLINGS = ("netvlad", "avg", "max", "gem")
+
+
+class NetVLADPool(nn.Module):
+  """The NetVLAD layer's parameters around jaxset.ops.netvlad.netvlad.
+
+  Params: "centroids" [K, D], "assign_weight" [K, D] (row k = w_k) and, for
+  assignment="paper", "assign_bias" [K] (b_k; the official "v1" layer,
+  assignment="official", has none). Random init until init_netvlad_params.
+  descriptors [B, N, D], mask [B, N] or None -> [B, K*D] float32.
+  """
+  num_clusters: int = 64
+  assignment: str = "paper"
+  normalize_input: bool = True
+
+  @nn.compact
+  def __call__(self, descriptors, mask=None):
+    if self.assignment not in ("paper", "official"):
+      raise ValueError(f"assignment must be 'paper' or 'official'; got {self.assignment!r}.")
+    k, d = self.num_clusters, descriptors.shape[-1]
+    c = self.param("centroids", nn.initializers.normal(1.0 / d ** 0.5), (k, d), jnp.float32)
+    w = self.param("assign_weight", nn.initializers.normal(1.0 / d ** 0.5), (k, d),
+                   jnp.float32)
+    b = None
+    if self.assignment == "paper":
+      b = self.param("assign_bias", nn.initializers.zeros, (k,), jnp.float32)
+    return netvlad_ops.netvlad(descriptors.astype(jnp.float32), c, w, b, mask,
+                               self.normalize_input)
+
+
+class NetVLADModel(nn.Module):
+  """Backbone + NetVLAD (or avg / max / GeM) + optional PCA-whitening.
+
+  Attributes:
+    backbone: trunk name, "vgg16" (paper) or "small_cnn" / "resnet18" etc.
+    pooling: "netvlad" | "avg" | "max" | "gem".
+    num_clusters: K (64).
+    assignment: "paper" (w_k = 2 alpha c_k, b_k = -alpha |c_k|^2) or "official"
+      (w_k = alpha c_k / |c_k|, no bias), used by init_netvlad_params.
+    normalize_input: L2-normalise each descriptor before NetVLAD (official v1).
+    gem_p: initial GeM exponent (a learned parameter "gem_p").
+    pca_dim: if set, a Dense "pca" layer to this size (4096 in the paper)
+      followed by L2; set its params with set_pca_params.
+    dtype: backbone compute dtype.
+
+  __call__(images [B, H, W, 3] uint8, train=False) -> dict (float32):
+    descriptor [B, out]: the L2-normalised image representation (after PCA
+      when pca_dim is set); out = pca_dim, K*D (netvlad) or D.
+    pooled     [B, K*D or D]: the pooled vector before PCA (what
+      fit_pca_whitening is fitted on).
+  local_descriptors(images, train=False) -> [B, h*w, D] float32, the conv map
+  flattened row-major (for k-means initialisation).
+  """
+  backbone: str = "vgg16"
+  pooling: str = "netvlad"
+  num_clusters: int = 64
+  assignment: str = "paper"
+  normalize_input: bool = True
+  gem_p: float = 3.0
+  pca_dim: int | None = None
+  dtype: Dtype = jnp.float32
+  backbone_kwargs: Any = None
+
+  def setup(self):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling must be one of {POOLINGS}; got {self.pooling!r}.")
+    self.trunk = backbones.create_backbone(self.backbone, self.dtype,
+                                           **(self.backbone_kwargs or {}))
+    if self.pooling == "netvlad":
+      self.vlad = NetVLADPool(self.num_clusters, self.assignment, self.normalize_input)
+    if self.pooling == "gem":
+      self.p = self.param("gem_p", nn.initializers.constant(self.gem_p), (), jnp.float32)
+    if self.pca_dim is not None:
+      self.pca = nn.Dense(self.pca_dim, param_dtype=jnp.float32)
+
+  def local_descriptors(self, images, train: bool = False):
+    fmap = self.trunk(images, train)
+    b, h, w, d = fmap.shape
+    return jnp.reshape(fmap, (b, h * w, d)).astype(jnp.float32)
+
+  def __call__(self, images, train: bool = False):
+    x = self.local_descriptors(images, train)
+    if self.pooling == "netvlad":
+      pooled = self.vlad(x)
+    elif self.pooling == "avg":
+      pooled = l2_normalize(pooling_ops.mean_pool(x))
+    elif self.pooling == "max":
+      pooled = l2_normalize(pooling_ops.max_pool(x))
+    else:
+      pooled = l2_normalize(pooling_ops.gem_pool(x, p=self.p))
+    descriptor = pooled
+    if self.pca_dim is not None:
+      descriptor = l2_normalize(self.pca(pooled))
+    return {"descriptor": descriptor, "pooled": pooled}
+
+
+def descriptors_as_seen(model: NetVLADModel, descriptors):
+  """Local descriptors [..., D] as the NetVLAD layer sees them (L2-normalised when
+  model.normalize_input): feed these to ops.netvlad.kmeans."""
+  return l2_normalize(descriptors) if model.normalize_input else jnp.asarray(descriptors)
+
+
+def init_netvlad_params(model: NetVLADModel, params, centroids, descriptors=None, *,
+                        alpha=None):
+  """NetVLAD params from k-means centroids (paper sec. 3.1 / official alpha rule).
+
+  Args:
+    model: the NetVLADModel (its assignment and normalize_input are used).
+    params: the model's params (variables["params"]); not modified.
+    centroids: [K, D] k-means centres of descriptors_as_seen(model, local descriptors).
+    descriptors: [M, D] raw local descriptors for the alpha rule
+      (ops.netvlad.netvlad_alpha); needed unless alpha is given.
+    alpha: the assignment sharpness, overriding the rule.
+
+  Returns:
+    a new params tree with vlad/{centroids, assign_weight[, assign_bias]} set.
+  """
+  if model.pooling != "netvlad":
+    raise ValueError(f"init_netvlad_params needs pooling='netvlad'; got {model.pooling!r}.")
+  k = params["vlad"]["centroids"].shape
+  if tuple(jnp.shape(centroids)) != tuple(k):
+    raise ValueError(f"centroids must be {tuple(k)} (num_clusters, descriptor dim); got "
+                     f"{tuple(jnp.shape(centroids))}.")
+  if alpha is None:
+    if descriptors is None:
+      raise ValueError("give the training descriptors (for the alpha rule) or alpha.")
+    alpha = netvlad_ops.netvlad_alpha(descriptors_as_seen(model, descriptors), centroids)
+  new = netvlad_ops.netvlad_params_from_centroids(jnp.asarray(centroids, jnp.float32), alpha,
+                                                  form=model.assignment)
+  vlad = dict(params["vlad"])
+  vlad["centroids"] = new["centroids"]
+  vlad["assign_weight"] = new["assign_weight"]
+  if new["assign_bias"] is not None:
+    vlad["assign_bias"] = new["assign_bias"]
+  return {**params, "vlad": vlad}
+
+
+def fit_pca_whitening(vectors, dim: int, eps: float = 1e-9):
+  """PCA-whitening fitted on training vectors (NetVLAD sec. 5: K*D -> 4096).
+
+  vectors [M, Din] -> (mean [Din], projection [Din, dim]) with
+  y = (x - mean) @ projection: the top `dim` principal directions, each
+  divided by sqrt(its variance + eps), so the training vectors come out
+  decorrelated with unit variance. Computed with an SVD of the centred data
+  (no Din x Din covariance), in float32. Raises if dim > min(M - 1, Din)
+  (there are not that many non-trivial directions).
+  """
+  x = jnp.asarray(vectors, jnp.float32)
+  if x.ndim != 2:
+    raise ValueError(f"vectors must be [M, Din]; got shape {x.shape}.")
+  m, d = x.shape
+  if not 1 <= dim <= min(m - 1, d):
+    raise ValueError(f"dim={dim} must be in [1, min(M - 1, Din)] = [1, {min(m - 1, d)}]; "
+                     "fit on more vectors or ask for fewer dimensions.")
+  mean = jnp.mean(x, axis=0)
+  _, s, vt = jnp.linalg.svd(x - mean, full_matrices=False)
+  var = s[:dim] ** 2 / (m - 1)
+  return mean, vt[:dim].T / jnp.sqrt(var + eps)
+
+
+def set_pca_params(params, mean, projection):
+  """Sets the "pca" Dense so that pca(x) = (x - mean) @ projection. Returns new params."""
+  if "pca" not in params:
+    raise ValueError("params has no 'pca' layer: build NetVLADModel(pca_dim=...).")
+  shape = params["pca"]["kernel"].shape
+  if tuple(projection.shape) != tuple(shape):
+    raise ValueError(f"projection must be {tuple(shape)}; got {tuple(projection.shape)}.")
+  projection = jnp.asarray(projection, jnp.float32)
+  return {**params, "pca": {"kernel": projection,
+                            "bias": -jnp.asarray(mean, jnp.float32) @ projection}}
