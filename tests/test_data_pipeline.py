@@ -383,3 +383,15 @@ def test_tfds_source_metadata_cache_and_pk(tmp_path, monkeypatch):
   monkeypatch.undo()
   batch = _take(pipeline.pk_batches(src, p=3, k=2, shard=(0, 1), **FAST), 1)[0]
   np.testing.assert_array_equal(_decode(batch["image"]) % 6, batch["label"])
+
+
+def test_worker_processes_give_the_same_batches():
+  make = lambda workers: pipeline.pk_batches(
+      SOURCE, p=2, k=2, seed=4, image_fn=transforms.train_augment(), shard=(0, 1),
+      num_threads=1, prefetch=2, worker_count=workers)
+  it = iter(make(2))
+  try:
+    got = [next(it) for _ in range(4)]
+  finally:
+    it.close()
+  assert all(_equal(a, b) for a, b in zip(_take(make(0), 4), got))
