@@ -298,18 +298,15 @@ def _group(keys: np.ndarray, order: np.ndarray | None = None
   return {int(keys[g[0]]): g for g in np.split(idx, cuts)}
 
 
-def _take_meta(meta: Mapping[str, np.ndarray], idx: np.ndarray, fill_mask=None) -> dict:
+def _take_meta(meta: Mapping[str, np.ndarray], idx: np.ndarray) -> dict:
+  """Metadata rows `idx`: integers as int32, degradation as float32."""
   out = {}
   for k, col in meta.items():
-    v = col[np.maximum(idx, 0)]
+    v = col[idx]
     if k == "degradation":
       v = v.astype(np.float32)
-      if fill_mask is not None:
-        v = np.where(fill_mask, v, np.float32(-1))
     elif np.issubdtype(v.dtype, np.integer):
       v = v.astype(np.int32)
-      if fill_mask is not None:
-        v = np.where(fill_mask, v, -1)
     out[k] = v
   return out
 
@@ -324,6 +321,12 @@ _COMMON_ARGS_DOC = """
     worker_count: > 0 adds grain multiprocess prefetch (absl flags are marked
       parsed for it); the image_fn and any miner must then be picklable.
 """
+
+
+def _with_common_args(fn):
+  """Appends the arguments every sampler shares to fn's docstring."""
+  fn.__doc__ = fn.__doc__.rstrip() + _COMMON_ARGS_DOC
+  return fn
 
 
 # --------------------------------------------------------------------------
@@ -364,6 +367,7 @@ class _PKMaker:
     return batch
 
 
+@_with_common_args
 def pk_batches(source, *, p: int, k: int, seed: int = 0,
                image_fn: ImageFn | None = None, shard=None,
                num_steps: int | None = None,
@@ -383,7 +387,7 @@ def pk_batches(source, *, p: int, k: int, seed: int = 0,
     tracklet int32; degradation float32, -1 unknown).
   P_local = P / process_count: every process gets whole identities, so P must
   divide by the process count. For in-batch pairs (CASN) use `pk_pairs(P, K)`.
-  Args:""" + _COMMON_ARGS_DOC
+  Args:"""
   if p < 1 or k < 1:
     raise ValueError(f"p and k must be >= 1; got p={p}, k={k}.")
   meta = read_metadata(source)
@@ -505,6 +509,7 @@ class _SetMaker:
                              self.local.start, self.image_fn)
 
 
+@_with_common_args
 def set_batches(source, *, batch_size: int, set_size: int | tuple[int, int],
                 seed: int = 0, contiguous: bool = False,
                 image_fn: ImageFn | None = None, shard=None,
@@ -522,7 +527,7 @@ def set_batches(source, *, batch_size: int, set_size: int | tuple[int, int],
     images uint8 [B, S_max, H, W, 3] (padding is zeros), mask bool [B, S_max],
     label / camera / tracklet int32 [B], degradation float32 [B, S_max]
     (-1 for padding or unknown), index int64 [B, S_max] (-1 for padding).
-  Args:""" + _COMMON_ARGS_DOC
+  Args:"""
   tracks = _Tracklets(source, set_size, contiguous)
   maker = _SetMaker(source, tracks, batch_size, seed, image_fn, _resolve_shard(shard))
   return _to_dataset(maker, num_steps, num_threads=num_threads, prefetch=prefetch,
@@ -577,6 +582,7 @@ class _SetTripletMaker:
             "negative": build(neg, _NEG)}
 
 
+@_with_common_args
 def set_triplet_batches(source, *, batch_size: int, set_size: int | tuple[int, int],
                         seed: int = 0, contiguous: bool = False,
                         image_fn: ImageFn | None = None, shard=None,
@@ -590,7 +596,7 @@ def set_triplet_batches(source, *, batch_size: int, set_size: int | tuple[int, i
   tracklet. Positive: another tracklet of the same identity, from another
   camera when one exists. Negative: a tracklet of a uniformly drawn other
   identity. Set sizes follow `set_size` independently for the three.
-  Args:""" + _COMMON_ARGS_DOC
+  Args:"""
   tracks = _Tracklets(source, set_size, contiguous)
   maker = _SetTripletMaker(source, tracks, batch_size, seed, image_fn,
                            _resolve_shard(shard))
@@ -683,6 +689,7 @@ class _TupleMaker:
     }
 
 
+@_with_common_args
 def netvlad_tuples(database, queries, *, batch_size: int = 4, num_positives: int = 4,
                    num_negatives: int = 10, seed: int = 0, pos_radius: float = 10.0,
                    neg_radius: float = 25.0, negative_pool: int = 1000,
@@ -711,8 +718,7 @@ def netvlad_tuples(database, queries, *, batch_size: int = 4, num_positives: int
     query_index int64 [B], positive_index / negative_index int64 (-1 padding),
     the indices into `queries` / `database` the task needs for its caches.
   Args:
-    database, queries: data sources with "image" and "utm" float [2] metres.""" \
-      + _COMMON_ARGS_DOC
+    database, queries: data sources with "image" and "utm" float [2] metres."""
   if num_positives < 1 or num_negatives < 1:
     raise ValueError(
         f"num_positives and num_negatives must be >= 1; got {num_positives}, "
@@ -768,6 +774,7 @@ class _PairMaker:
     }
 
 
+@_with_common_args
 def pair_batches(source, *, batch_size: int, seed: int = 0,
                  image_fn: ImageFn | None = None, shard=None,
                  num_steps: int | None = None, num_threads: int = 2,
@@ -782,7 +789,7 @@ def pair_batches(source, *, batch_size: int, seed: int = 0,
 
   Returns: image_a, image_b uint8 [B, H, W, 3], same bool [B],
     index_a, index_b int64 [B].
-  Args:""" + _COMMON_ARGS_DOC
+  Args:"""
   if batch_size < 2 or batch_size % 2:
     raise ValueError(f"batch_size must be even and >= 2; got {batch_size}.")
   labels = read_metadata(source, ["label"])["label"].astype(np.int64)
@@ -837,8 +844,13 @@ def eval_batches(source, *, batch_size: int, image_fn: ImageFn | None = None,
   records (or only `keys`); strings are left out (read_metadata has them).
   An empty split gives no batches.
   Args:
-    image_fn: deterministic per record (rng seed 0, step, record index); use
-      transforms.eval_transform(size) to resize.""" + _COMMON_ARGS_DOC
+    source: a random-access data source.
+    batch_size: the global batch size (divisible by the process count).
+    image_fn: `fn(image, rng) -> image`, rng seeded by the record index, so
+      deterministic; use transforms.eval_transform((H, W)) to resize.
+    keys: the record keys to return (default: images and numeric columns).
+    shard: (process_index, process_count); default process_shard().
+    num_threads / prefetch: grain background threads and batches buffered."""
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
   maker = _EvalMaker(source, batch_size, image_fn, _resolve_shard(shard), keys)
