@@ -395,3 +395,25 @@ def test_worker_processes_give_the_same_batches():
   finally:
     it.close()
   assert all(_equal(a, b) for a, b in zip(_take(make(0), 4), got))
+
+
+def test_embedded_synthetic_identities(tmp_path):
+  from jaxset.data import load
+
+  src = load("synthetic_identities", "train", config="tiny", data_dir=tmp_path)
+  meta = pipeline.read_metadata(src)
+  assert {"label", "tracklet", "camera", "frame", "degradation"} <= set(meta)
+  assert meta["degradation"].dtype == np.float32
+  batch = _take(pipeline.pk_batches(src, p=4, k=2, shard=(0, 1), **FAST), 1)[0]
+  assert batch["image"].shape == (8, 64, 32, 3)
+  np.testing.assert_array_equal(meta["label"][batch["index"]], batch["label"])
+  sets = _take(pipeline.set_batches(src, batch_size=4, set_size=(2, 4), shard=(0, 1),
+                                    **FAST), 1)[0]
+  for i in range(4):
+    idx = sets["index"][i][sets["mask"][i]]
+    assert (meta["tracklet"][idx] == sets["tracklet"][i]).all()
+  pairs = load("synthetic_identities", "pairs", config="tiny", data_dir=tmp_path)
+  batches = list(pipeline.eval_batches(pairs, batch_size=16, shard=(0, 1), **FAST))
+  assert batches[0]["image_a"].shape == (16, 64, 32, 3)
+  assert batches[0]["degradation_a"].dtype == np.float32
+  assert sum(int(b["valid"].sum()) for b in batches) == len(pairs)
