@@ -255,14 +255,17 @@ def inspect_dataset(name: str, *, data_dir=None, manual_dir=None, config=None, o
 def main(argv=None):
   from absl import app, flags
 
-  flags.DEFINE_string("dataset", None, "a key of jaxset.data.BUILDERS", required=True)
-  flags.DEFINE_string("config", None, "builder config, e.g. tiny")
-  flags.DEFINE_string("data_dir", None, "prepared datasets (default $JAXSET_DATA_DIR)")
-  flags.DEFINE_string("manual_dir", None, "local copy of a real dataset")
-  flags.DEFINE_string("out", "contact_sheet.png", "contact sheet PNG path ('' for none)")
+  if "dataset" not in flags.FLAGS:  # main() may run more than once in a process (tests)
+    flags.DEFINE_string("dataset", None, "a key of jaxset.data.BUILDERS")
+    flags.DEFINE_string("config", None, "builder config, e.g. tiny")
+    flags.DEFINE_string("data_dir", None, "prepared datasets (default $JAXSET_DATA_DIR)")
+    flags.DEFINE_string("manual_dir", None, "local copy of a real dataset")
+    flags.DEFINE_string("out", "contact_sheet.png", "contact sheet PNG path ('' for none)")
 
   def run(_):
     f = flags.FLAGS
+    if not f.dataset:
+      raise app.UsageError("--dataset is required, e.g. --dataset=synthetic_identities")
     inspect_dataset(f.dataset, data_dir=f.data_dir, manual_dir=f.manual_dir, config=f.config,
                     out=f.out)
 
