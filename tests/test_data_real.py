@@ -133,3 +133,398 @@ def test_places_errors(tmp_path):
   with pytest.raises(formats.DatasetFormatError, match=r"split 'test_queries'.*empty"):
     build("vpr_folder", manual, tmp_path / "x7")
   assert no_prepared_version(tmp_path / "x7" / "data_vpr_folder")
+
+
+# ---------------------------------------------------------------- image re-ID
+
+def test_market1501_junk_dropped_distractor_kept(tmp_path):
+  manual = tmp_path / "market"
+  fx.write_market(manual / "Market-1501-v15.09.15")   # an unpacked archive folder is found
+  b = build("market1501", manual, tmp_path)
+  assert set(b.info.splits.keys()) == {"train", "query", "gallery"}
+  train, query, gallery = rows(b, "train"), rows(b, "query"), rows(b, "gallery")
+  assert [text(r["filename"]) for r in train] == [f"bounding_box_train/{n}" for n in fx.MARKET_TRAIN]
+  assert [int(r["identity"]) for r in train] == [2, 2, 7, 10]
+  assert [int(r["label"]) for r in train] == [0, 0, 1, 2]
+  assert [int(r["camera"]) for r in train] == [0, 1, 2, 5]
+  assert [int(r["frame"]) for r in train] == [451, 301, 15537, 2452]
+  assert [fx.index(r["image"]) for r in train] == [0, 1, 2, 3]
+  # Gallery in name order: -1 (junk) dropped, 0000 (distractor) kept with label 0.
+  g = [(text(r["filename"]).split("/")[1], int(r["identity"]), int(r["label"])) for r in gallery]
+  assert g == [("0000_c1s1_000000_01.jpg", 0, 0), ("0001_c2s1_000301_01.jpg", 1, 1),
+               ("0003_c1s1_000200_02.jpg", 3, 2), ("0003_c5s1_002452_01.jpg", 3, 2)]
+  assert [int(r["label"]) for r in query] == [0, 1]
+  r = train[0]
+  assert (int(r["tracklet"]), float(r["degradation"]), int(r["degradation_type"])) == (-1, -1.0, -1)
+  assert r["image"].shape == (8, 8, 3)
+
+
+def test_duke_and_cuhk03_configs(tmp_path):
+  manual = tmp_path / "duke"
+  fx.write_duke(manual)
+  b = build("dukemtmc_reid", manual, tmp_path)
+  train = rows(b, "train")
+  assert [(int(r["identity"]), int(r["camera"]), int(r["frame"])) for r in train] == [
+      (1, 1, 46182), (1, 4, 51341), (3, 7, 67)]
+  assert [int(r["label"]) for r in train] == [0, 0, 1]
+  assert int(rows(b, "gallery")[1]["camera"]) == 7   # c8: the 8th camera
+  manual = tmp_path / "cuhk"
+  fx.write_cuhk03(manual)
+  det = build("cuhk03_np", manual, tmp_path / "d")
+  lab = build("cuhk03_np", manual, tmp_path / "l", config="labeled")
+  assert len(det.as_data_source("train")) == 4 and len(lab.as_data_source("train")) == 2
+  assert len(lab.as_data_source("gallery")) == 4
+
+
+def test_reid_errors(tmp_path):
+  manual = tmp_path / "m"
+  fx.write_market(manual)
+  fx.write_image(manual / "query" / "0005_cam1_x.jpg")
+  with pytest.raises(formats.DatasetFormatError,
+                     match=r"query/0005_cam1_x\.jpg: expected a file name like PPPP_cCsS_FFFFFF_BB"):
+    build("market1501", manual, tmp_path / "a")
+  (manual / "query" / "0005_cam1_x.jpg").unlink()
+  fx.write_image(manual / "query" / "0005_c9s1_000001_00.jpg")
+  with pytest.raises(formats.DatasetFormatError, match=r"camera number in 1\.\.6; found camera 9"):
+    build("market1501", manual, tmp_path / "b")
+  (manual / "query" / "0005_c9s1_000001_00.jpg").unlink()
+  for p in (manual / "query").iterdir():
+    p.unlink()
+  with pytest.raises(formats.DatasetFormatError, match=r"split 'query'.*empty"):
+    build("market1501", manual, tmp_path / "c")
+  assert no_prepared_version(tmp_path / "c" / "data_market1501")
+  (manual / "query").rmdir()
+  with pytest.raises(FileNotFoundError, match=r"query: expected the folder query/.*holds "
+                     r"bounding_box_test/, bounding_box_train/"):
+    build("market1501", manual, tmp_path / "d")
+  # A listed image that PIL cannot read names the file.
+  manual = tmp_path / "m2"
+  fx.write_market(manual)
+  (manual / "query" / "0001_c1s1_001051_00.jpg").write_bytes(b"\xff\xd8 truncated")
+  with pytest.raises(formats.DatasetFormatError, match=r"0001_c1s1_001051_00\.jpg: expected an "
+                     r"encoded JPEG/PNG image"):
+    build("market1501", manual, tmp_path / "e")
+  assert no_prepared_version(tmp_path / "e" / "data_market1501")
+
+
+# ---------------------------------------------------------------- video re-ID
+
+def test_mars_tracklets_and_query_split(tmp_path):
+  manual = tmp_path / "mars"
+  fx.write_mars(manual)
+  b = build("mars", manual, tmp_path)
+  train = rows(b, "train")
+  assert [(int(r["identity"]), int(r["camera"]), int(r["tracklet"]), int(r["frame"]))
+          for r in train] == [(2, 0, 0, 1), (2, 0, 0, 2), (2, 0, 0, 3), (2, 1, 1, 1), (2, 1, 1, 2),
+                              (7, 3, 2, 1), (7, 3, 2, 2)]
+  assert [int(r["label"]) for r in train] == [0] * 5 + [1] * 2
+  assert [fx.index(r["image"]) for r in train] == list(range(1, 8))
+  query, gallery = rows(b, "query"), rows(b, "gallery")
+  # query_IDX = [1, 3] (1-based): test tracks 0 and 2.
+  assert sorted({int(r["tracklet"]) for r in query}) == [0, 2]
+  assert [int(r["identity"]) for r in query] == [1, 1, 5]
+  # Gallery: tracks 1, 3, 4 (distractor pid 0 kept); track 5 (pid -1, junk) dropped.
+  assert sorted({int(r["tracklet"]) for r in gallery}) == [1, 3, 4]
+  assert sorted({int(r["identity"]) for r in gallery}) == [0, 1, 5]
+  assert text(gallery[0]["filename"]) == "bbox_test/0001/0001C3T0001F001.jpg"
+
+
+def test_mars_errors(tmp_path):
+  import scipy.io
+  manual = tmp_path / "mars"
+  fx.write_mars(manual)
+  scipy.io.savemat(str(manual / "info" / "tracks_test_info.mat"),
+                   {"track_test_info": np.ones((3, 3))})
+  with pytest.raises(formats.DatasetFormatError, match=r"shape \(tracks, 4\).*found shape \(3, 3\)"):
+    build("mars", manual, tmp_path / "a")
+  scipy.io.savemat(str(manual / "info" / "tracks_test_info.mat"),
+                   {"wrong_name": np.ones((3, 4))})
+  with pytest.raises(formats.DatasetFormatError,
+                     match=r"expected a variable named track_test_info; found variables \['wrong_name'\]"):
+    build("mars", manual, tmp_path / "b")
+  fx.write_mars(manual)
+  scipy.io.savemat(str(manual / "info" / "tracks_train_info.mat"),
+                   {"track_train_info": np.asarray([[1, 99, 2, 1]], np.float64)})
+  with pytest.raises(formats.DatasetFormatError, match=r"row 1: 1 <= start <= end <= 7"):
+    build("mars", manual, tmp_path / "c")
+
+
+def test_prid2011_all_and_seeded_half_split(tmp_path):
+  manual = tmp_path / "prid"
+  fx.write_prid(manual)
+  b = build("prid2011", manual, tmp_path)
+  every = rows(b, "full")
+  assert len(every) == (5 + 6) * 2
+  assert len({int(r["tracklet"]) for r in every}) == 11
+  assert {int(r["camera"]) for r in every} == {0, 1}
+  assert [int(r["frame"]) for r in every[:2]] == [1, 2]
+  train, test = rows(b, "train"), rows(b, "test")
+  tr, te = {int(r["identity"]) for r in train}, {int(r["identity"]) for r in test}
+  # Persons in both cameras (1..5) are split 2 / 3; person 6 (cam_b only) is in neither.
+  assert len(tr) == 2 and len(te) == 3 and tr | te == {1, 2, 3, 4, 5} and not tr & te
+  assert sorted({int(r["label"]) for r in train}) == [0, 1]
+  assert b.info.metadata["train_identities"] == sorted(tr)
+  # Every split seed is deterministic; different seeds give different splits.
+  again = build("prid2011", manual, tmp_path / "again")
+  assert {int(r["identity"]) for r in rows(again, "train")} == tr
+  splits = {tuple(build("prid2011", manual, tmp_path / f"s{k}", config=f"split_{k}")
+                  .info.metadata["train_identities"]) for k in range(4)}
+  assert len(splits) > 1
+
+
+def test_ilids_vid_and_errors(tmp_path):
+  manual = tmp_path / "ilids"
+  fx.write_ilids(manual)
+  b = build("ilids_vid", manual, tmp_path)
+  every = rows(b, "full")
+  assert [int(r["frame"]) for r in every[:2]] == [1, 2]
+  assert text(every[0]["filename"]) == "sequences/cam1/person001/cam1_person001_00001.png"
+  assert len(rows(b, "train")) + len(rows(b, "test")) == len(every)
+  (manual / "sequences" / "cam2" / "p7").mkdir()
+  with pytest.raises(formats.DatasetFormatError, match=r"p7: expected person folders named personNNN"):
+    build("ilids_vid", manual, tmp_path / "a")
+  (manual / "sequences" / "cam2" / "p7").rmdir()
+  (manual / "sequences" / "cam2" / "person009").mkdir()
+  with pytest.raises(formats.DatasetFormatError, match=r"person009: expected the frames .*no images"):
+    build("ilids_vid", manual, tmp_path / "b")
+  with pytest.raises(FileNotFoundError, match=r"expected multi_shot in"):
+    build("prid2011", manual, tmp_path / "c")
+
+
+# ---------------------------------------------------------------- faces
+
+def test_lfw_images_and_pairs_folds_in_file_order(tmp_path):
+  manual = tmp_path / "lfw"
+  fx.write_lfw(manual, folds=2, per_fold=2)
+  b = build("lfw", manual, tmp_path)
+  images = rows(b, "images")
+  assert len(images) == sum(fx.LFW_PEOPLE.values())
+  assert [int(r["identity"]) for r in images] == [0, 0, 0, 1, 1, 2, 3, 3]
+  assert [int(r["label"]) for r in images] == [0, 0, 0, 1, 1, 2, 3, 3]
+  assert text(images[0]["filename"]) == "Alice_A/Alice_A_0001.jpg"
+  assert set(images[0]) == set(formats.IDENTITY_KEYS)
+  pairs = rows(b, "pairs")
+  assert set(pairs[0]) == set(formats.PAIR_KEYS)
+  assert [int(r["fold"]) for r in pairs] == [0, 0, 0, 0, 1, 1, 1, 1]
+  assert [int(r["same"]) for r in pairs] == [1, 1, 0, 0, 1, 1, 0, 0]
+  # Image numbers follow the file: Alice 1 (image 0) vs Alice 2 (fold 0) / Alice 3 (fold 1).
+  assert [(fx.index(r["image_a"]), fx.index(r["image_b"])) for r in pairs[::4]] == [(0, 1), (0, 2)]
+  # Dan 2 (image 7) vs Bob 1 / Bob 2 (images 3 / 4).
+  assert (fx.index(pairs[3]["image_a"]), fx.index(pairs[3]["image_b"])) == (7, 3)
+  assert (fx.index(pairs[7]["image_a"]), fx.index(pairs[7]["image_b"])) == (7, 4)
+  assert float(pairs[0]["degradation_a"]) == -1.0
+
+
+def test_lfw_errors(tmp_path):
+  manual = tmp_path / "lfw"
+  lines = fx.write_lfw(manual, folds=1, per_fold=2)
+  bad = list(lines)
+  bad[3] = "Alice_A\t3\tCarol"      # line 4: a mismatched pair without the second number
+  fx.write_lfw(manual, lines=bad)
+  with pytest.raises(formats.DatasetFormatError, match=r"pairs\.txt:4: expected a mismatched pair "
+                     r"\"name1 n1 name2 n2\" \(fold 1, pair 1\); found 'Alice_A 3 Carol'"):
+    build("lfw", manual, tmp_path / "a")
+  fx.write_lfw(manual, lines=lines[:-1])
+  with pytest.raises(formats.DatasetFormatError, match=r"expected 4 pair lines.*found 3"):
+    build("lfw", manual, tmp_path / "b")
+  fx.write_lfw(manual, lines=["ten 300"] + lines[1:])
+  with pytest.raises(formats.DatasetFormatError, match=r"pairs\.txt:1: expected a header"):
+    build("lfw", manual, tmp_path / "c")
+  bad = list(lines)
+  bad[1] = "Alice_A\t1\t9"
+  fx.write_lfw(manual, lines=bad)
+  with pytest.raises(FileNotFoundError, match=r"pairs\.txt:2: expected the image .*Alice_A_0009\.jpg"):
+    build("lfw", manual, tmp_path / "d")
+  assert no_prepared_version(tmp_path / "d" / "data_lfw")
+
+
+def test_face_bin_pairs_and_folds(tmp_path):
+  manual = tmp_path / "bins"
+  manual.mkdir()
+  issame = fx.write_face_bin(manual / "lfw.bin", n_pairs=20)
+  fx.write_face_bin(manual / "cfp_fp.bin", n_pairs=10)
+  b = build("face_bin", manual, tmp_path)
+  pairs = rows(b, "pairs")
+  assert [int(r["same"]) for r in pairs] == [int(s) for s in issame]
+  assert [int(r["fold"]) for r in pairs] == [i * 10 // 20 for i in range(20)]
+  assert [(fx.index(r["image_a"]), fx.index(r["image_b"])) for r in pairs[:3]] == [
+      (0, 1), (2, 3), (4, 5)]
+  assert pairs[0]["image_a"].shape == (112, 112, 3)
+  cfp = build("face_bin", manual, tmp_path / "cfp", config="cfp_fp")
+  assert [int(r["fold"]) for r in rows(cfp, "pairs")] == list(range(10))
+
+
+def test_face_bin_errors(tmp_path):
+  manual = tmp_path / "bins"
+  manual.mkdir()
+  fx.write_face_bin(manual / "lfw.bin", n_pairs=4)
+  (manual / "lfw.bin").write_bytes((manual / "lfw.bin").read_bytes()[:200])   # truncated
+  with pytest.raises(formats.DatasetFormatError, match=r"lfw\.bin: expected a pickle of .*does not "
+                     r"unpickle"):
+    build("face_bin", manual, tmp_path / "a")
+  (manual / "lfw.bin").write_bytes(pickle.dumps(([b"x"] * 3, [True, False])))
+  with pytest.raises(formats.DatasetFormatError, match=r"found 3 images for 2 flags"):
+    build("face_bin", manual, tmp_path / "b")
+  (manual / "lfw.bin").write_bytes(pickle.dumps(([b"not an image", b"x"], [True])))
+  with pytest.raises(formats.DatasetFormatError, match=r"lfw\.bin image 0: expected an encoded"):
+    build("face_bin", manual, tmp_path / "c")
+  # A pickle that would run code is refused, not executed.
+  (manual / "lfw.bin").write_bytes(pickle.dumps((Path("x"), [True])))
+  with pytest.raises(formats.DatasetFormatError, match=r"refusing to load pathlib"):
+    build("face_bin", manual, tmp_path / "d")
+  with pytest.raises(FileNotFoundError, match=r"agedb_30\.bin: expected the file"):
+    build("face_bin", manual, tmp_path / "e", config="agedb_30")
+
+
+def test_ijb_templates_and_pairs(tmp_path):
+  manual = tmp_path / "ijb"
+  fx.write_ijb(manual / "IJBC")
+  fx.write_ijb(manual / "IJBB", prefix="ijbb")
+  b = build("ijb", manual / "IJBC", tmp_path)
+  images = rows(b, "images")
+  assert [(text(r["filename"]), int(r["template"]), int(r["media"])) for r in images] == [
+      ("1.jpg", 1, 11), ("2.jpg", 1, 11), ("3.jpg", 1, 12), ("4.jpg", 2, 21), ("5.jpg", 3, 31)]
+  assert all(int(r["identity"]) == -1 and int(r["label"]) == -1 for r in images)
+  assert [fx.index(r["image"]) for r in images] == list(range(5))
+  pairs = rows(b, "template_pairs")
+  assert [(int(r["template_a"]), int(r["template_b"]), int(r["same"])) for r in pairs] == [
+      (1, 2, 1), (1, 3, 0), (2, 3, 0)]
+  assert set(pairs[0]) == {"template_a", "template_b", "same"}
+  bb = build("ijb", manual / "IJBB", tmp_path / "b", config="b")
+  assert len(bb.as_data_source("images")) == 5
+
+
+def test_ijb_errors(tmp_path):
+  manual = tmp_path / "ijb"
+  fx.write_ijb(manual)
+  with pytest.raises(FileNotFoundError, match=r"meta/ijbb_face_tid_mid\.txt"):
+    build("ijb", manual, tmp_path / "a", config="b")
+  (manual / "meta" / "ijbc_face_tid_mid.txt").write_text("1.jpg 1 11\n2.jpg one 11\n")
+  with pytest.raises(formats.DatasetFormatError, match=r"ijbc_face_tid_mid\.txt:2: expected "
+                     r"\"image template_id media_id\": 3 fields; found '2.jpg one 11'"):
+    build("ijb", manual, tmp_path / "b")
+  (manual / "meta" / "ijbc_face_tid_mid.txt").write_text("1.jpg 1 11\n4.jpg 2 21\n")
+  (manual / "meta" / "ijbc_template_pair_label.txt").write_text("1 2 1\n1 3 0\n")
+  with pytest.raises(formats.DatasetFormatError, match=r"ijbc_template_pair_label\.txt:2: expected "
+                     r"two template ids of the face list"):
+    build("ijb", manual, tmp_path / "c")
+
+
+def test_youtube_faces_frames_and_set_pairs(tmp_path):
+  manual = tmp_path / "ytf"
+  fx.write_ytf(manual)
+  b = build("youtube_faces", manual, tmp_path)
+  frames = rows(b, "frames")
+  assert len(frames) == 4 * 3
+  assert [int(r["frame"]) for r in frames[:3]] == [1, 2, 3]     # frame order, not name order
+  assert [int(r["tracklet"]) for r in frames[::3]] == [0, 1, 2, 3]
+  assert [int(r["identity"]) for r in frames[::3]] == [0, 0, 1, 2]
+  assert text(frames[3]["filename"]) == "Aaron_A/1/1.1.jpg"
+  pairs = rows(b, "set_pairs")
+  assert [(int(r["tracklet_a"]), int(r["tracklet_b"]), int(r["same"]), int(r["fold"]))
+          for r in pairs] == [(0, 1, 1, 0), (0, 2, 0, 0), (3, 2, 0, 1)]
+
+
+def test_youtube_faces_errors(tmp_path):
+  manual = tmp_path / "ytf"
+  fx.write_ytf(manual, splits_lines=["split number, first name, second name, is same",
+                                     "1, Aaron_A/0, Aaron_A/7, 1"])
+  with pytest.raises(formats.DatasetFormatError, match=r"splits\.txt:2: expected a video "
+                     r"'Aaron_A/7'.*no such video folder"):
+    build("youtube_faces", manual, tmp_path / "a")
+  fx.write_ytf(manual, splits_lines=["1, Aaron_A/0, Aaron_A/1, yes"])
+  with pytest.raises(formats.DatasetFormatError, match=r"splits\.txt:1: expected 'split number"):
+    build("youtube_faces", manual, tmp_path / "b")
+  fx.write_ytf(manual)
+  fx.write_image(manual / "frame_images_DB" / "Beth_B" / "2" / "frame9.jpg")
+  with pytest.raises(formats.DatasetFormatError, match=r"frame9\.jpg: expected a frame name "
+                     r"2\.<frame>\.jpg"):
+    build("youtube_faces", manual, tmp_path / "c")
+
+
+# ---------------------------------------------------------------- MXNet RecordIO
+
+def test_recordio_source_and_builder(tmp_path):
+  from jaxset.data.recordio import RecordioSource
+  manual = tmp_path / "rec"
+  info = fx.write_recordio(manual, images_per_id=(2, 3), first_label=5)
+  src = RecordioSource(manual)
+  assert len(src) == 5 and src.num_classes == 2
+  recs = [src[i] for i in range(len(src))]
+  assert [int(r["identity"]) for r in recs] == [5, 5, 6, 6, 6]
+  assert [int(r["label"]) for r in recs] == [0, 0, 1, 1, 1]
+  assert [fx.index(r["image"]) for r in recs] == [1, 2, 3, 4, 5]
+  assert recs[0]["image"].shape == (8, 8, 3) and recs[0]["image"].dtype == np.uint8
+  assert recs[-1]["filename"] == b"train.rec#5" and src[-1]["filename"] == b"train.rec#5"
+  assert set(recs[0]) == set(formats.IDENTITY_KEYS)
+  again = pickle.loads(pickle.dumps(src))          # grain workers get a copy
+  assert int(again[3]["label"]) == 1
+  with pytest.raises(IndexError):
+    src[5]
+  b = build("mxnet_recordio", manual, tmp_path)
+  train = rows(b, "train")
+  assert [int(r["label"]) for r in train] == [0, 0, 1, 1, 1]
+  assert [fx.index(r["image"]) for r in train] == [1, 2, 3, 4, 5]
+  assert b.info.metadata["num_classes"] == 2
+  assert info["n_images"] == 5
+
+
+def test_recordio_without_header_and_multipart(tmp_path):
+  from jaxset.data.recordio import MAGIC, RecordioSource
+  manual = tmp_path / "plain"
+  fx.write_recordio(manual, images_per_id=(1, 2), with_header=False, first_label=9)
+  # Without record 0 every key is a record; identity records (flag 2) would read as
+  # images, so write a plain im2rec-style file instead.
+  manual.joinpath("train.idx").unlink()
+  recs, idx, off = b"", [], 0
+  for k, lab in enumerate((9, 4, 9)):
+    blob = fx.frame_record(fx.pack_record(0, lab, k, 0, fx.image_bytes(k, "PNG")))
+    idx.append(f"{k}\t{off}")
+    recs += blob
+    off += len(blob)
+  # A multi-part record: the writer splits a payload where it holds the magic number
+  # (here in trailing bytes after the PNG's end, which decoders ignore).
+  payload = fx.pack_record(0, 4, 3, 0, fx.image_bytes(3, "PNG") + np.uint32(MAGIC).tobytes() + b"tail")
+  cut = payload.index(np.uint32(MAGIC).tobytes())
+  part1, part2 = payload[:cut], payload[cut + 4:]
+  idx.append(f"3\t{off}")
+  recs += fx.frame_record(part1, cflag=1) + fx.frame_record(part2, cflag=3)
+  manual.joinpath("train.rec").write_bytes(recs)
+  manual.joinpath("train.idx").write_text("\n".join(idx) + "\n")
+  src = RecordioSource(manual)
+  assert [int(src[i]["identity"]) for i in range(4)] == [9, 4, 9, 4]
+  assert [int(src[i]["label"]) for i in range(4)] == [1, 0, 1, 0]
+  assert fx.index(src[3]["image"]) == 3
+
+
+def test_recordio_errors(tmp_path):
+  from jaxset.data.recordio import RecordioSource
+  manual = tmp_path / "rec"
+  fx.write_recordio(manual)
+  data = bytearray((manual / "train.rec").read_bytes())
+  idx = (manual / "train.idx").read_text().splitlines()
+  offset2 = int(idx[2].split("\t")[1])
+  # A bad magic at record key 2.
+  bad = bytearray(data)
+  bad[offset2:offset2 + 4] = b"\0\0\0\0"
+  (manual / "train.rec").write_bytes(bytes(bad))
+  src = RecordioSource(manual)
+  with pytest.raises(formats.DatasetFormatError, match=rf"record key 2 \(offset {offset2}\): "
+                     r"expected magic 0xced7230a at offset \d+; found 0x00000000"):
+    src[1]
+  with pytest.raises(formats.DatasetFormatError, match=r"record key 2.*expected magic"):
+    build("mxnet_recordio", manual, tmp_path / "a")
+  assert no_prepared_version(tmp_path / "a" / "data_mxnet_recordio")
+  # A truncated file: the last identity record loses its tail.
+  (manual / "train.rec").write_bytes(bytes(data[:-6]))
+  with pytest.raises(formats.DatasetFormatError, match=r"payload bytes at offset \d+; found \d+ "
+                     r"\(truncated file\)"):
+    RecordioSource(manual)
+  # A bad .idx line names the line.
+  (manual / "train.rec").write_bytes(bytes(data))
+  (manual / "train.idx").write_text("\n".join(idx[:3] + ["7 x"] + idx[3:]) + "\n")
+  with pytest.raises(formats.DatasetFormatError, match=r"train\.idx:4: expected \"key<TAB>offset\""):
+    RecordioSource(manual)
+  (manual / "train.idx").unlink()
+  with pytest.raises(FileNotFoundError, match=r"train\.idx: expected the file the RecordIO index"):
+    RecordioSource(manual)

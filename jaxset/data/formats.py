@@ -92,6 +92,23 @@ def require_file(path, what: str) -> Path:
   return path
 
 
+def find_root(root: Path, marker: str) -> Path:
+  """`root` if it holds `marker`, else its only subfolder that does (an unpacked archive).
+
+  Raises FileNotFoundError naming the marker and what `root` holds.
+  """
+  root = Path(root)
+  if (root / marker).exists():
+    return root
+  inner = [p for p in root.iterdir() if p.is_dir() and (p / marker).exists()]
+  if len(inner) == 1:
+    return inner[0]
+  raise FileNotFoundError(
+      f"{root / marker}: expected {marker} in {root} (or in one of its subfolders); "
+      f"{'found it in several: ' + ', '.join(map(str, inner)) if inner else 'it is missing'} "
+      f"({describe_dir(root)}).")
+
+
 def image_files(folder: Path) -> list[Path]:
   """Image files directly in `folder`, sorted by name."""
   return sorted(p for p in Path(folder).iterdir()
@@ -217,7 +234,8 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
   Subclasses set SPLIT_FEATURES (split -> keys), MANUAL_DOWNLOAD_INSTRUCTIONS,
   and implement `_read(root) -> {split: rows}` where rows is a list (or a sized
   iterable) of dicts holding the split's keys; image values are paths or
-  encoded bytes. Records keep the order of `rows` (disable_shuffling).
+  encoded bytes (then an optional "_where_<key>" entry names their origin in
+  error messages). Records keep the order of `rows` (disable_shuffling).
   """
   VERSION = tfds.core.Version("1.0.0")
   SPLIT_FEATURES: Mapping[str, Sequence[str]] = {}
@@ -265,7 +283,8 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
       for name in names:
         value = row.get(name)
         if name in IMAGE_KEYS:
-          where = value if isinstance(value, (str, os.PathLike)) else row.get("filename", name)
+          where = (value if isinstance(value, (str, os.PathLike))
+                   else row.get(f"_where_{name}") or row.get("filename") or name)
           full[name] = blank if value is None else encoded_image(value, where)
         elif value is not None:
           full[name] = value
