@@ -179,50 +179,58 @@ def _person(img, a: dict, cam: dict, cx: float, feet: float, scale: float, phase
   swing = 1.5 * u * np.sin(phase)
   hip, shoulder = feet - 24 * u, feet - 43 * u
   half = 6.5 * u * wd
+  def box(y0, y1, x0, x1, colour):
+    render.paint_box(img, y0, y1, x0, x1, colour)
+
   # Legs (trousers / shorts / skirt) and shoes.
   for side in (-1.0, 1.0):
     lx = cx + side * (2.4 * u * wd + stride * 0.5)
-    render.paint_box(img, hip, feet - 1.2 * u, lx - 2.0 * u, lx + 2.0 * u, a["bottom"])
+    box(hip, feet - 1.2 * u, lx - 2.0 * u, lx + 2.0 * u, a["bottom"])
     if a["bottom_style"] == 1:
-      render.paint_box(img, hip + 10 * u, feet - 1.2 * u, lx - 1.6 * u, lx + 1.6 * u, a["skin"])
-    render.paint_box(img, feet - 2.2 * u, feet, lx - 2.0 * u, lx + 2.6 * u, a["shoes"])
+      box(hip + 10 * u, feet - 1.2 * u, lx - 1.6 * u, lx + 1.6 * u, a["skin"])
+    box(feet - 2.2 * u, feet, lx - 2.0 * u, lx + 2.6 * u, a["shoes"])
   if a["bottom_style"] == 2:
-    render.paint_box(img, hip - 1 * u, hip + 9 * u, cx - half - 1.5 * u, cx + half + 1.5 * u, a["bottom"])
+    box(hip - 1 * u, hip + 9 * u, cx - half - 1.5 * u, cx + half + 1.5 * u, a["bottom"])
   # Arms behind the torso edges, swinging opposite to the legs.
   for side in (-1.0, 1.0):
-    ax = cx + side * (half + 1.3 * u)
-    render.paint_box(img, shoulder + 1 * u + side * swing, hip + 1 * u + side * swing, ax - 1.3 * u, ax + 1.3 * u, a["top"] if a["long_sleeves"] else a["skin"])
+    ax, dy = cx + side * (half + 1.3 * u), side * swing
+    box(shoulder + 1 * u + dy, hip + 1 * u + dy, ax - 1.3 * u, ax + 1.3 * u,
+        a["top"] if a["long_sleeves"] else a["skin"])
     if not a["long_sleeves"]:
-      render.paint_box(img, shoulder + side * swing, shoulder + 7 * u + side * swing, ax - 1.5 * u, ax + 1.5 * u, a["top"])
+      box(shoulder + dy, shoulder + 7 * u + dy, ax - 1.5 * u, ax + 1.5 * u, a["top"])
   # Torso with its pattern; a chest logo seen from the front only.
-  render.paint_box(img, shoulder, hip, cx - half, cx + half, lambda yy, xx: _top_colour(a, yy - shoulder, (xx - cx) * mirror))
+  box(shoulder, hip, cx - half, cx + half,
+      lambda yy, xx: _top_colour(a, yy - shoulder, (xx - cx) * mirror))
   if a["logo"] and not back:
     lx = cx - mirror * 2.0 * u
-    render.paint_box(img, shoulder + 4 * u, shoulder + 8 * u, lx - 2 * u, lx + 2 * u, a["logo_colour"])
+    box(shoulder + 4 * u, shoulder + 8 * u, lx - 2 * u, lx + 2 * u, a["logo_colour"])
   if a["bag"] == 1:  # backpack: a block from behind, straps from the front
     if back:
-      render.paint_box(img, shoulder + 2 * u, hip - 2 * u, cx - half + 1 * u, cx + half - 1 * u, a["bag_colour"])
+      box(shoulder + 2 * u, hip - 2 * u, cx - half + 1 * u, cx + half - 1 * u, a["bag_colour"])
     else:
       for side in (-1.0, 1.0):
-        render.paint_box(img, shoulder, shoulder + 12 * u, cx + side * 3.5 * u - 0.7 * u, cx + side * 3.5 * u + 0.7 * u, a["bag_colour"] * 0.6)
+        sx = cx + side * 3.5 * u
+        box(shoulder, shoulder + 12 * u, sx - 0.7 * u, sx + 0.7 * u, a["bag_colour"] * 0.6)
   elif a["bag"] == 2:  # side bag on the right hip; mirrored cameras see it on the left
     bx = cx + mirror * (half + 2.5 * u) * (-1.0 if back else 1.0)
-    render.paint_box(img, hip - 6 * u, hip + 3 * u, bx - 2.5 * u, bx + 2.5 * u, a["bag_colour"])
+    box(hip - 6 * u, hip + 3 * u, bx - 2.5 * u, bx + 2.5 * u, a["bag_colour"])
   # Head: face with a hair cap from the front, all hair from behind.
   hy = feet - 49 * u
   render.paint_ellipse(img, hy, cx, 5.2 * u, 4.2 * u, a["hair"] if back else a["skin"])
   if a["hair_style"] == 2:
-    render.paint_box(img, hy - 6.0 * u, hy - 2.0 * u, cx - 4.8 * u, cx + 4.8 * u, a["hat"])
+    box(hy - 6.0 * u, hy - 2.0 * u, cx - 4.8 * u, cx + 4.8 * u, a["hat"])
   else:
     render.paint_ellipse(img, hy - 2.0 * u, cx, 3.8 * u, 4.6 * u, a["hair"], y_max=hy - 0.5 * u)
     if a["hair_style"] == 1:
       for side in (-1.0, 1.0):
-        render.paint_box(img, hy - 2 * u, hy + 7 * u, cx + side * 4.2 * u - 1.2 * u, cx + side * 4.2 * u + 1.2 * u, a["hair"])
+        lx = cx + side * 4.2 * u
+        box(hy - 2 * u, hy + 7 * u, lx - 1.2 * u, lx + 1.2 * u, a["hair"])
   return img, (feet - 55 * u, feet, cx - half - 3 * u, cx + half + 3 * u)
 
 
 def render_tracklet(identity: int, camera: int, tracklet: int, frames: int, height: int,
-                    width: int, seed: int, degradation: list[tuple[int, float]]) -> list[np.ndarray]:
+                    width: int, seed: int,
+                    degradation: list[tuple[int, float]]) -> list[np.ndarray]:
   """The uint8 frames [H, W, 3] of one tracklet.
 
   `degradation` gives (type id, level) per frame. Deterministic in all arguments.
@@ -243,10 +251,12 @@ def render_tracklet(identity: int, camera: int, tracklet: int, frames: int, heig
     box = None
     if kind != BACKGROUND:
       cx = cx0 + drift * (f - frames / 2) + rng.normal(0, 0.4)
-      img, box = _person(img, a, cam, cx, feet + rng.normal(0, 0.4), scale * rng.uniform(0.98, 1.02),
+      img, box = _person(img, a, cam, cx, feet + rng.normal(0, 0.4),
+                         scale * rng.uniform(0.98, 1.02),
                          phase0 + 0.9 * f, height, width)
     img = render.colour_transform(img, gain=cam["gain"] * light, tint=cam["tint"],
-                                  saturation=cam["saturation"], gamma=cam["gamma"], offset=cam["offset"])
+                                  saturation=cam["saturation"], gamma=cam["gamma"],
+                                  offset=cam["offset"])
     if kind == BLUR:
       img = render.gaussian_blur(img, 0.5 + 2.5 * level)
     elif kind == NOISE:
@@ -263,7 +273,10 @@ def render_tracklet(identity: int, camera: int, tracklet: int, frames: int, heig
         ob = (-1, y0 + frac * (y1 - y0), x0 - 2, x1 + 2)
       else:
         side = rng.choice([-1, 1])
-        ob = (-1, height + 1, -1, x0 + frac * (x1 - x0)) if side < 0 else (-1, height + 1, x1 - frac * (x1 - x0), width + 1)
+        if side < 0:
+          ob = (-1, height + 1, -1, x0 + frac * (x1 - x0))
+        else:
+          ob = (-1, height + 1, x1 - frac * (x1 - x0), width + 1)
       tex = render.textures(64)[rng.integers(len(render.TEXTURE_NAMES))]
       colour = render.hsv_colour(rng.uniform(), rng.uniform(0.1, 0.8), rng.uniform(0.2, 0.8))
       render.paint_box(img, *ob, lambda yy, xx: np.clip(
@@ -340,7 +353,8 @@ def _pairs(c: IdentitiesConfig, test_ids, test_frames):
   groups = np.array_split(np.asarray(test_ids), NUM_FOLDS)
   pairs, set_pairs = [], []
   for fold, group in enumerate(groups):
-    for n, rows, is_set in ((c.pairs_per_fold, pairs, False), (c.set_pairs_per_fold, set_pairs, True)):
+    for n, rows, is_set in ((c.pairs_per_fold, pairs, False),
+                            (c.set_pairs_per_fold, set_pairs, True)):
       for i in range(n):
         same = int(i < n // 2)
         if same:
@@ -435,7 +449,8 @@ class SyntheticIdentities(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict(feats),
         metadata=tfds.core.MetadataDict(degradation_types=list(DEGRADATION_TYPES),
                                         num_folds=NUM_FOLDS,
-                                        split_features={k: list(v) for k, v in SPLIT_FEATURES.items()}),
+                                        split_features={k: list(v)
+                                                        for k, v in SPLIT_FEATURES.items()}),
     )
 
   def _split_generators(self, dl_manager):
