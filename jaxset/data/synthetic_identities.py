@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxset.data import render
+from jaxset.data import formats, render
 
 DEGRADATION_TYPES = ("clean", "blur", "noise", "lowres", "occlusion", "background")
 CLEAN, BLUR, NOISE, LOWRES, OCCLUSION, BACKGROUND = range(6)
@@ -374,42 +373,16 @@ def _pairs(c: IdentitiesConfig, test_ids, test_frames):
   return pairs, set_pairs
 
 
-# Features of each split. tfds stores one feature set per dataset, so records
-# hold the union (unused fields hold a blank image / -1 / "") and
+# Features of each split (the schemas shared with the real datasets, see
+# jaxset.data.formats). tfds stores one feature set per dataset, so records hold
+# the union (unused fields hold a blank image / -1 / "") and
 # SyntheticIdentities.as_data_source returns only the split's own fields.
-RECORD_FEATURES = ("image", "label", "identity", "camera", "tracklet", "frame", "degradation",
-                   "degradation_type", "filename")
 SPLIT_FEATURES = {
-    "train": RECORD_FEATURES, "query": RECORD_FEATURES, "gallery": RECORD_FEATURES,
-    "pairs": ("image_a", "image_b", "same", "fold", "degradation_a", "degradation_b"),
-    "set_pairs": ("tracklet_a", "tracklet_b", "same", "fold"),
+    "train": formats.IDENTITY_KEYS, "query": formats.IDENTITY_KEYS,
+    "gallery": formats.IDENTITY_KEYS, "pairs": formats.PAIR_KEYS,
+    "set_pairs": formats.SET_PAIR_KEYS,
 }
-_IMAGES = ("image", "image_a", "image_b")
-_FLOATS = ("degradation", "degradation_a", "degradation_b")
-
-
-class SplitSource(Sequence):
-  """A random-access source returning only `keys` of each record of `source`."""
-
-  def __init__(self, source, keys):
-    self.source, self.keys = source, tuple(keys)
-
-  def __len__(self):
-    return len(self.source)
-
-  def _select(self, record):
-    return {k: record[k] for k in self.keys}
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return [self[i] for i in range(*index.indices(len(self)))]
-    return self._select(self.source[index])
-
-  def __getitems__(self, indices):
-    return [self._select(r) for r in self.source.__getitems__(list(indices))]
-
-  def __repr__(self):
-    return f"SplitSource({self.source!r}, keys={self.keys})"
+_IMAGES, _FLOATS = formats.IMAGE_KEYS, formats.FLOAT_KEYS
 
 
 class SyntheticIdentities(tfds.core.GeneratorBasedBuilder):
@@ -485,4 +458,4 @@ class SyntheticIdentities(tfds.core.GeneratorBasedBuilder):
     keys = SPLIT_FEATURES[split]
     decoders = {k: tfds.decode.SkipDecoding() for k in _IMAGES if k not in keys}
     decoders.update(kwargs.pop("decoders", None) or {})
-    return SplitSource(super().as_data_source(split, decoders=decoders, **kwargs), keys)
+    return formats.SplitSource(super().as_data_source(split, decoders=decoders, **kwargs), keys)
