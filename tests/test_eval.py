@@ -491,3 +491,11 @@ def test_spearman_matches_scipy_with_ties():
   assert E.spearman([1, 2, 2, 3], [3, 2, 2, 1]) == pytest.approx(-1.0)
   assert E.spearman([5, 5, 5], [1, 2, 3]) == 0.0  # constant: documented 0
   assert E.quality_degradation_spearman([0.9, 0.7, 0.2], [0, 1, 2]) == -1.0
+
+
+def test_nearest_neighbors_float64_under_x64(x64):
+  # squared gaps of 1e-12 and 4e-12 vanish in float32 (eps 1e-7 on ||x||^2 = 1) but
+  # not in float64: the search must keep the input precision.
+  db = np.array([[1.0 + 2e-6], [1.0 + 1e-6], [5.0]])
+  d, i = E.nearest_neighbors(np.array([[1.0]]), db, 2, chunk_size=3)
+  np.testing.assert_array_equal(i, [[1, 0]])

@@ -9,6 +9,7 @@ rows of the pairs (see `template_pair_scores` / `rows_of`).
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 
 from jaxset.eval.verification import l2_normalize
 from jaxset.ops import _checks
@@ -17,9 +18,12 @@ MODES = ("ijb", "mean", "quality")
 
 
 def _segment_sum(x: np.ndarray, seg: np.ndarray, n: int) -> np.ndarray:
-  out = np.zeros((n,) + x.shape[1:], np.float64)
-  np.add.at(out, seg, x)
-  return out
+  """Row sums per segment id in [0, n); empty segments give zeros."""
+  # A sparse [n, N] indicator times x: one pass over the rows. np.add.at and
+  # np.add.reduceat(axis=0) are 10-50x slower at IJB-C sizes (470k x 512).
+  ind = scipy.sparse.csr_matrix(
+      (np.ones(seg.size), (seg, np.arange(seg.size))), shape=(n, seg.size))
+  return np.asarray(ind @ x, np.float64)
 
 
 def aggregate_templates(features, template_ids, media_ids=None, weights=None,
@@ -90,10 +94,13 @@ def aggregate_templates(features, template_ids, media_ids=None, weights=None,
       media_tmpl = tinv
       nm = n
     else:
-      keys, media_inv = np.unique(np.stack([tinv, mids], 1), axis=0, return_inverse=True)
+      mu, minv = np.unique(mids, return_inverse=True)
+      # media are grouped within their template: key = (template, media) pair.
+      keys, media_inv = np.unique(tinv.astype(np.int64) * mu.size + minv.reshape(-1),
+                                  return_inverse=True)
       media_inv = media_inv.reshape(-1)
-      media_tmpl = keys[:, 0]
-      nm = keys.shape[0]
+      media_tmpl = keys // mu.size
+      nm = keys.size
     counts = np.bincount(media_inv, minlength=nm)[:, None]
     media = _segment_sum(x, media_inv, nm) / counts
     out = _segment_sum(media, media_tmpl, nt)
