@@ -41,10 +41,13 @@ def aggregate_templates(features, template_ids, media_ids=None, weights=None,
       media_ids=None makes every image its own media: template = sum of images.
     "mean": the plain mean of the images' features (media ignored); then L2.
     "quality": QAN eq. (2), R_a(S) = sum_i mu_i R_i / sum_i mu_i, weights = mu_i
-      (required, >= 0). This is also the quality-weighted average used with
-      EQFace scores (the EQFace paper weights each frame's feature by its
-      predicted quality s_i); jaxset implements exactly this normalised weighted
-      mean. A set whose weights are all 0 falls back to the unweighted mean.
+      (required, >= 0). Use it with EQFace scores s_i as the weights for
+      EQFace-style quality-weighted video aggregation: jaxset implements exactly
+      this normalised weighted mean. EQFace's progressive (online, frame by
+      frame) aggregation scheme could not be checked against the paper text
+      here and has no separate implementation; the batch weighted mean above is
+      what it converges to if every frame is kept. A set whose weights are all 0
+      falls back to the unweighted mean.
 
   Args:
     features: [N, D] per-image features.
