@@ -45,8 +45,8 @@ def aggregate_templates(features, template_ids, media_ids=None, weights=None,
       EQFace-style quality-weighted video aggregation: jaxset implements exactly
       this normalised weighted mean. EQFace's progressive (online, frame by
       frame) aggregation scheme could not be checked against the paper text
-      here and has no separate implementation; the batch weighted mean above is
-      what it converges to if every frame is kept. A set whose weights are all 0
+      here and has no separate implementation (a running quality-weighted mean
+      over all frames equals the batch form above). A set whose weights are all 0
       falls back to the unweighted mean.
 
   Args:
