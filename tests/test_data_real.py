@@ -90,9 +90,12 @@ def test_vpr_folder_parses_names(tmp_path):
 
 
 def test_places_errors(tmp_path):
-  # Missing manual dir.
+  # Missing manual dir, or none given (tfds then looks in <data_dir>/downloads/manual).
   with pytest.raises(FileNotFoundError, match=r"expected the dataset's local copy.*does not exist"):
     build("pittsburgh30k", tmp_path / "nowhere", tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"(?s)downloads/manual: expected the dataset's local copy"
+                     r".*datasets/pitts30k_train\.mat"):
+    build("pittsburgh30k", None, tmp_path / "none")
   # A missing .mat names where it looked and what the folder holds.
   manual = tmp_path / "p1"
   fx.write_pittsburgh(manual, sets=("train", "val"))
@@ -117,6 +120,12 @@ def test_places_errors(tmp_path):
                      [[0], [0]], ["000/000110_pitch1_yaw1.jpg"], [[0], [0]])
   with pytest.raises(FileNotFoundError, match=r"000/missing\.jpg: expected the database image"):
     build("pittsburgh30k", manual, tmp_path / "x4")
+  # A train dbStruct saved under the val name.
+  fx.write_db_struct(manual / "datasets" / "pitts30k_val.mat", "train", ["a.jpg"], [[0], [0]],
+                     ["b.jpg"], [[0], [0]])
+  with pytest.raises(formats.DatasetFormatError, match=r"expected dbStruct\.whichSet = 'val'; "
+                     r"found 'train'"):
+    build("pittsburgh30k", manual, tmp_path / "x4b")
   # Not a .mat at all.
   (manual / "datasets" / "pitts30k_val.mat").write_bytes(b"not a mat file")
   with pytest.raises(formats.DatasetFormatError, match=r"cannot read"):
@@ -205,6 +214,10 @@ def test_reid_errors(tmp_path):
                      r"encoded JPEG/PNG image"):
     build("market1501", manual, tmp_path / "e")
   assert no_prepared_version(tmp_path / "e" / "data_market1501")
+  # Once fixed, the same data_dir builds completely: the failed run left nothing behind.
+  fx.write_image(manual / "query" / "0001_c1s1_001051_00.jpg", 10)
+  fixed = build("market1501", manual, tmp_path / "e")
+  assert [len(fixed.as_data_source(s)) for s in ("train", "query", "gallery")] == [4, 2, 4]
 
 
 # ---------------------------------------------------------------- video re-ID
@@ -461,6 +474,10 @@ def test_recordio_source_and_builder(tmp_path):
   assert int(again[3]["label"]) == 1
   with pytest.raises(IndexError):
     src[5]
+  meta = src.metadata()
+  np.testing.assert_array_equal(meta["label"], [0, 0, 1, 1, 1])
+  np.testing.assert_array_equal(meta["identity"], [5, 5, 6, 6, 6])
+  assert meta["filename"][0] == "train.rec#1" and meta["degradation"].dtype == np.float32
   b = build("mxnet_recordio", manual, tmp_path)
   train = rows(b, "train")
   assert [int(r["label"]) for r in train] == [0, 0, 1, 1, 1]

@@ -134,6 +134,7 @@ class _DbStructBuilder(formats.ManualBuilder):
   DB_DIRS = ("",)
   DB_SUFFIXES = ("",)      # "" = as listed; ".png" = listed name with .png
   TIMESTAMPS = False
+  CHECK_WHICH_SET = True   # catches a train .mat saved under the test name
 
   def _metadata(self):
     return dict(thresholds=getattr(self, "_thresholds", {}),
@@ -167,7 +168,7 @@ class _DbStructBuilder(formats.ManualBuilder):
     for set_name, mat_name in self.MAT_NAMES.items():
       path = self._find_mat(root, mat_name)
       db = read_db_struct(path, timestamps=self.TIMESTAMPS)
-      if db["which_set"] and db["which_set"] != set_name:
+      if self.CHECK_WHICH_SET and db["which_set"] and db["which_set"] != set_name:
         raise format_error(path, f"dbStruct.whichSet = {set_name!r}", repr(db["which_set"]))
       self._thresholds[set_name] = db["thresholds"]
       for kind, names, utm, dirs, suffixes, time_key in (
@@ -219,6 +220,7 @@ class Tokyo247(_DbStructBuilder):
   DB_SUFFIXES = (".png", "")
   QUERY_DIRS = ("247query_subset_v2", "queries")
   TIMESTAMPS = True
+  CHECK_WHICH_SET = False  # one file: nothing to confuse it with
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   <manual_dir>/datasets/tokyo247.mat   (dbStruct with dbTimeStamp / qTimeStamp; also
       accepted directly in <manual_dir>)

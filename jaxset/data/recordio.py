@@ -89,7 +89,8 @@ class RecordioSource:
       as_data_source; False gives the encoded bytes.
 
   Record i is a dict of IDENTITY_KEYS: label (contiguous class index), identity
-  (the stored label), camera / tracklet / frame / degradation_type = -1,
+  (the stored label; with the insightface header, that of the class's first
+  image), camera / tracklet / frame / degradation_type = -1,
   degradation = -1.0, filename = b"<prefix>.rec#<key>". Malformed records raise
   DatasetFormatError naming the key, the offset and what was found.
   """
@@ -128,19 +129,28 @@ class RecordioSource:
         raise format_error(self.idx_path, f"keys 1..{end - 1} (images and identities, from "
                            "the header record 0)", f"no key {missing[0]}")
       label = np.full(len(keys), -1, np.int64)
+      class_identity = np.full(end - first, -1, np.int64)
       for c, k in enumerate(range(first, end)):
         lab, flag, _ = unpack_payload(self.read_payload(k), self._where(k))
-        if flag < 2 or not 1 <= lab[0] <= lab[1] <= first:
-          raise format_error(self._where(k), f"an identity record with labels [start, end) in "
-                             f"1..{first}", f"flag {flag}, labels {lab.tolist()}")
+        if flag < 2 or not 1 <= lab[0] < lab[1] <= first:
+          raise format_error(self._where(k), f"an identity record with labels [start, end), "
+                             f"start < end, in 1..{first}", f"flag {flag}, labels {lab.tolist()}")
         label[int(lab[0]) - 1:int(lab[1]) - 1] = c
+        # One header read per class: its images share the stored label.
+        class_identity[c] = self._identity(int(lab[0]))
+      if (label < 0).any():
+        k = int(keys[np.argmax(label < 0)])
+        raise format_error(self._where(k), "every image key inside one identity record's range",
+                           "an image of no identity")
       self.num_classes = end - first
+      identity = class_identity[label]
     else:
       keys = np.asarray(sorted(self._offsets), np.int64)
-      ids = np.asarray([self._identity(int(k)) for k in keys], np.int64)
-      uniq, label = np.unique(ids, return_inverse=True)
+      identity = np.asarray([self._identity(int(k)) for k in keys], np.int64)
+      uniq, label = np.unique(identity, return_inverse=True)
       self.num_classes = len(uniq)
     self.keys, self.labels = keys, label.astype(np.int64)
+    self.identities = identity.astype(np.int64)
 
   def _where(self, key):
     return f"{self.rec_path} record key {key} (offset {self._offsets.get(key)})"
@@ -192,7 +202,7 @@ class RecordioSource:
   def record(self, i: int, decode: bool | None = None) -> dict:
     """Record i (see the class docstring)."""
     key = int(self.keys[i])
-    labels, _, image = unpack_payload(self.read_payload(key), self._where(key))
+    _, _, image = unpack_payload(self.read_payload(key), self._where(key))
     decode = self.decode if decode is None else decode
     if decode:
       from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -202,10 +212,19 @@ class RecordioSource:
       except OSError as e:
         raise format_error(self._where(key), "an encoded image after the header",
                            f"{len(image)} bytes PIL cannot read ({e})") from e
-    return dict(image=image, label=np.int64(self.labels[i]), identity=np.int64(int(labels[0])),
+    return dict(image=image, label=np.int64(self.labels[i]), identity=np.int64(self.identities[i]),
                 camera=np.int64(-1), tracklet=np.int64(-1), frame=np.int64(-1),
                 degradation=np.float32(-1.0), degradation_type=np.int64(-1),
                 filename=f"{self.rec_path.name}#{key}".encode())
+
+  def metadata(self) -> dict[str, np.ndarray]:
+    """The non-image columns of every record, [N] each, without reading the images."""
+    n = len(self)
+    minus = np.full(n, -1, np.int64)
+    return dict(label=self.labels.copy(), identity=self.identities.copy(), camera=minus.copy(),
+                tracklet=minus.copy(), frame=minus.copy(),
+                degradation=np.full(n, -1.0, np.float32), degradation_type=minus.copy(),
+                filename=np.asarray([f"{self.rec_path.name}#{k}" for k in self.keys], np.str_))
 
   def __getitem__(self, i):
     if isinstance(i, slice):
