@@ -33,6 +33,17 @@ def no_prepared_version(data_dir: Path):
       not list(data_dir.glob("**/dataset_info.json"))
 
 
+REAL = [n for n in jdata.BUILDERS if not n.startswith("synthetic_")]
+
+
+def test_every_real_builder_documents_its_layout():
+  for name in REAL:
+    cls = jdata.builder_class(name)
+    assert issubclass(cls, formats.ManualBuilder), name
+    assert "<manual_dir>" in cls.MANUAL_DOWNLOAD_INSTRUCTIONS, name
+    assert cls.SPLIT_FEATURES and cls.__doc__, name
+
+
 # ---------------------------------------------------------------- places
 
 def test_pittsburgh30k_splits_utm_and_thresholds(tmp_path):
@@ -171,7 +182,9 @@ def test_market1501_junk_dropped_distractor_kept(tmp_path):
 def test_duke_and_cuhk03_configs(tmp_path):
   manual = tmp_path / "duke"
   fx.write_duke(manual)
+  fx.write_image(manual / "bounding_box_test" / "0019_c8_f0100000.jpg", 3, mode="L")  # grayscale
   b = build("dukemtmc_reid", manual, tmp_path)
+  assert rows(b, "gallery")[1]["image"].shape == (8, 8, 3)   # stored as RGB
   train = rows(b, "train")
   assert [(int(r["identity"]), int(r["camera"]), int(r["frame"])) for r in train] == [
       (1, 1, 46182), (1, 4, 51341), (3, 7, 67)]
