@@ -117,14 +117,16 @@ def image_files(folder: Path) -> list[Path]:
 
 def manual_root(dl_manager, instructions: str) -> Path:
   """The user's local copy (tfds manual_dir), with a clear error when absent or empty."""
-  where = getattr(dl_manager, "_manual_dir", None)
+  try:
+    return Path(dl_manager.manual_dir)
+  except (AssertionError, ValueError, OSError):  # missing, empty, a file, not enabled
+    pass
+  where = getattr(dl_manager, "_manual_dir", None)  # for the message only
   path = Path(where) if where else None
-  if path is None or not path.is_dir() or not any(path.iterdir()):
-    found = "no manual_dir was given" if path is None else describe_dir(path)
-    raise FileNotFoundError(
-        f"{path}: expected the dataset's local copy (pass it as manual_dir, e.g. "
-        f"--config.data.dir); found: {found}. Expected layout:\n{instructions}")
-  return path
+  found = "no manual_dir was given" if path is None else describe_dir(path)
+  raise FileNotFoundError(
+      f"{path}: expected the dataset's local copy (pass it as manual_dir, e.g. "
+      f"--config.data.dir); found: {found}. Expected layout:\n{instructions}")
 
 
 def encoded_image(image, where) -> bytes:
