@@ -171,7 +171,7 @@ def mars_name(pid: int, cam: int, track: int, frame: int) -> str:
 
 
 def write_mars(root: Path) -> dict:
-  """MARS: bbox_{train,test}/<pid>/, info/{train,test}_name.txt, tracks_*_info.mat, query_IDX.mat."""
+  """MARS: bbox_{train,test}/<pid>/ and info/ (name lists, track tables, query_IDX.mat)."""
   root = Path(root)
   train_tracks = [(2, 1, 1, 3), (2, 2, 1, 2), (7, 4, 1, 2)]       # pid, cam, track, frames
   test_tracks = [(1, 1, 1, 2), (1, 3, 1, 2), (5, 2, 1, 1), (5, 6, 1, 2), (0, 1, 1, 1),

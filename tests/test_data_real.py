@@ -104,7 +104,8 @@ def test_places_errors(tmp_path):
   # Missing manual dir, or none given (tfds then looks in <data_dir>/downloads/manual).
   with pytest.raises(FileNotFoundError, match=r"expected the dataset's local copy.*does not exist"):
     build("pittsburgh30k", tmp_path / "nowhere", tmp_path)
-  with pytest.raises(FileNotFoundError, match=r"(?s)downloads/manual: expected the dataset's local copy"
+  with pytest.raises(FileNotFoundError,
+                     match=r"(?s)downloads/manual: expected the dataset's local copy"
                      r".*datasets/pitts30k_train\.mat"):
     build("pittsburgh30k", None, tmp_path / "none")
   # A missing .mat names where it looked and what the folder holds.
@@ -124,7 +125,8 @@ def test_places_errors(tmp_path):
   # A UTM array stored N x 2 instead of 2 x N.
   fx.write_db_struct(manual / "datasets" / "pitts30k_val.mat", "val", ["a.jpg", "c.jpg", "d.jpg"],
                      np.zeros((2, 3)), ["b.jpg"], [[0], [0]], replace={"utmDb": np.zeros((3, 2))})
-  with pytest.raises(formats.DatasetFormatError, match=r"utmDb of shape \(2, 3\).*found shape \(3, 2\)"):
+  with pytest.raises(formats.DatasetFormatError,
+                     match=r"utmDb of shape \(2, 3\).*found shape \(3, 2\)"):
     build("pittsburgh30k", manual, tmp_path / "x3")
   # A listed image that is not on disk.
   fx.write_db_struct(manual / "datasets" / "pitts30k_val.mat", "val", ["000/missing.jpg"],
@@ -163,7 +165,8 @@ def test_market1501_junk_dropped_distractor_kept(tmp_path):
   b = build("market1501", manual, tmp_path)
   assert set(b.info.splits.keys()) == {"train", "query", "gallery"}
   train, query, gallery = rows(b, "train"), rows(b, "query"), rows(b, "gallery")
-  assert [text(r["filename"]) for r in train] == [f"bounding_box_train/{n}" for n in fx.MARKET_TRAIN]
+  assert [text(r["filename"]) for r in train] == [
+      f"bounding_box_train/{n}" for n in fx.MARKET_TRAIN]
   assert [int(r["identity"]) for r in train] == [2, 2, 7, 10]
   assert [int(r["label"]) for r in train] == [0, 0, 1, 2]
   assert [int(r["camera"]) for r in train] == [0, 1, 2, 5]
@@ -203,7 +206,8 @@ def test_reid_errors(tmp_path):
   fx.write_market(manual)
   fx.write_image(manual / "query" / "0005_cam1_x.jpg")
   with pytest.raises(formats.DatasetFormatError,
-                     match=r"query/0005_cam1_x\.jpg: expected a file name like PPPP_cCsS_FFFFFF_BB"):
+                     match=r"query/0005_cam1_x\.jpg: expected a file name like "
+                     r"PPPP_cCsS_FFFFFF_BB"):
     build("market1501", manual, tmp_path / "a")
   (manual / "query" / "0005_cam1_x.jpg").unlink()
   fx.write_image(manual / "query" / "0005_c9s1_000001_00.jpg")
@@ -261,12 +265,14 @@ def test_mars_errors(tmp_path):
   fx.write_mars(manual)
   scipy.io.savemat(str(manual / "info" / "tracks_test_info.mat"),
                    {"track_test_info": np.ones((3, 3))})
-  with pytest.raises(formats.DatasetFormatError, match=r"shape \(tracks, 4\).*found shape \(3, 3\)"):
+  with pytest.raises(formats.DatasetFormatError,
+                     match=r"shape \(tracks, 4\).*found shape \(3, 3\)"):
     build("mars", manual, tmp_path / "a")
   scipy.io.savemat(str(manual / "info" / "tracks_test_info.mat"),
                    {"wrong_name": np.ones((3, 4))})
   with pytest.raises(formats.DatasetFormatError,
-                     match=r"expected a variable named track_test_info; found variables \['wrong_name'\]"):
+                     match=r"expected a variable named track_test_info; "
+                     r"found variables \['wrong_name'\]"):
     build("mars", manual, tmp_path / "b")
   fx.write_mars(manual)
   scipy.io.savemat(str(manual / "info" / "tracks_train_info.mat"),
@@ -307,11 +313,13 @@ def test_ilids_vid_and_errors(tmp_path):
   assert text(every[0]["filename"]) == "sequences/cam1/person001/cam1_person001_00001.png"
   assert len(rows(b, "train")) + len(rows(b, "test")) == len(every)
   (manual / "sequences" / "cam2" / "p7").mkdir()
-  with pytest.raises(formats.DatasetFormatError, match=r"p7: expected person folders named personNNN"):
+  with pytest.raises(formats.DatasetFormatError,
+                     match=r"p7: expected person folders named personNNN"):
     build("ilids_vid", manual, tmp_path / "a")
   (manual / "sequences" / "cam2" / "p7").rmdir()
   (manual / "sequences" / "cam2" / "person009").mkdir()
-  with pytest.raises(formats.DatasetFormatError, match=r"person009: expected the frames .*no images"):
+  with pytest.raises(formats.DatasetFormatError,
+                     match=r"person009: expected the frames .*no images"):
     build("ilids_vid", manual, tmp_path / "b")
   with pytest.raises(FileNotFoundError, match=r"expected multi_shot in"):
     build("prid2011", manual, tmp_path / "c")
@@ -359,7 +367,8 @@ def test_lfw_errors(tmp_path):
   bad = list(lines)
   bad[1] = "Alice_A\t1\t9"
   fx.write_lfw(manual, lines=bad)
-  with pytest.raises(FileNotFoundError, match=r"pairs\.txt:2: expected the image .*Alice_A_0009\.jpg"):
+  with pytest.raises(FileNotFoundError,
+                     match=r"pairs\.txt:2: expected the image .*Alice_A_0009\.jpg"):
     build("lfw", manual, tmp_path / "d")
   assert no_prepared_version(tmp_path / "d" / "data_lfw")
 
@@ -514,7 +523,8 @@ def test_recordio_without_header_and_multipart(tmp_path):
     off += len(blob)
   # A multi-part record: the writer splits a payload where it holds the magic number
   # (here in trailing bytes after the PNG's end, which decoders ignore).
-  payload = fx.pack_record(0, 4, 3, 0, fx.image_bytes(3, "PNG") + np.uint32(MAGIC).tobytes() + b"tail")
+  magic = np.uint32(MAGIC).tobytes()
+  payload = fx.pack_record(0, 4, 3, 0, fx.image_bytes(3, "PNG") + magic + b"tail")
   cut = payload.index(np.uint32(MAGIC).tobytes())
   part1, part2 = payload[:cut], payload[cut + 4:]
   idx.append(f"3\t{off}")
@@ -553,7 +563,8 @@ def test_recordio_errors(tmp_path):
   # A bad .idx line names the line.
   (manual / "train.rec").write_bytes(bytes(data))
   (manual / "train.idx").write_text("\n".join(idx[:3] + ["7 x"] + idx[3:]) + "\n")
-  with pytest.raises(formats.DatasetFormatError, match=r"train\.idx:4: expected \"key<TAB>offset\""):
+  with pytest.raises(formats.DatasetFormatError,
+                     match=r"train\.idx:4: expected \"key<TAB>offset\""):
     RecordioSource(manual)
   (manual / "train.idx").unlink()
   with pytest.raises(FileNotFoundError, match=r"train\.idx: expected the file the RecordIO index"):

@@ -41,7 +41,8 @@ def parse_lfw_pairs(path: Path, image_path) -> list[dict]:
   lines = [(i + 1, ln.split()) for i, ln in enumerate(path.read_text().splitlines())]
   lines = [(n, f) for n, f in lines if f]
   if not lines:
-    raise format_error(path, 'a header line "folds pairs_per_fold" (e.g. "10 300")', "an empty file")
+    raise format_error(path, 'a header line "folds pairs_per_fold" (e.g. "10 300")',
+                       "an empty file")
   head_no, head = lines[0]
   try:
     nums = [int(x) for x in head]

@@ -231,7 +231,7 @@ class Tokyo247(_DbStructBuilder):
 
 
 def parse_vpr_name(path: Path) -> dict:
-  """Fields of a VPR-folder file name @east@north@zone@letter@lat@lon@pano@...@timestamp@note@.jpg."""
+  """Fields of a VPR-folder name @east@north@zone@letter@lat@lon@pano@...@timestamp@note@.jpg."""
   parts = path.stem.split("@")
   expected = ("a name @UTM_east@UTM_north@zone@letter@lat@lon@pano@tile@heading@pitch@roll"
               "@height@timestamp@note@.jpg with numeric UTM_east and UTM_north")
@@ -258,7 +258,7 @@ class VprFolder(formats.ManualBuilder):
   SPLIT_FEATURES = {s: formats.PLACE_KEYS for s in PLACE_SPLITS}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   <manual_dir>/images/{train,val,test}/{database,queries}/
-      @UTM_east@UTM_north@zone@letter@lat@lon@pano@tile@heading@pitch@roll@height@timestamp@note@.jpg
+    @UTM_east@UTM_north@zone@letter@lat@lon@pano@tile@heading@pitch@roll@height@timestamp@note@.jpg
   (only the set folders you have are needed; each present folder must hold images)
 """
 
@@ -266,7 +266,8 @@ class VprFolder(formats.ManualBuilder):
     return dict(pos_dist_thr=POS_DIST_THR, non_triv_pos_dist_sq_thr=NON_TRIV_POS_DIST_SQ_THR)
 
   def _read(self, root: Path):
-    images = formats.require_dir(root / "images", "images/ with {train,val,test}/{database,queries}/")
+    images = formats.require_dir(root / "images",
+                                 "images/ with {train,val,test}/{database,queries}/")
     splits = {}
     for name in PLACE_SPLITS:
       set_name, kind = name.split("_")

@@ -114,13 +114,13 @@ class RecordioSource:
   def _index(self):
     header = None
     if 0 in self._offsets:
-      labels, flag, _ = unpack_payload(self.read_payload(0), self._where(0))
+      labels, flag, _ = unpack_payload(self.read_payload(0), self.where(0))
       if flag > 0:
         header = (int(labels[0]), int(labels[1]))
     if header is not None:
       first, end = header
       if not 1 <= first <= end:
-        raise format_error(self._where(0), "header labels [first identity key, end] with "
+        raise format_error(self.where(0), "header labels [first identity key, end] with "
                            "1 <= first <= end", f"{header}")
       keys = np.arange(1, first, dtype=np.int64)
       missing = [k for k in list(range(1, first)) + list(range(first, end))
@@ -131,16 +131,16 @@ class RecordioSource:
       label = np.full(len(keys), -1, np.int64)
       class_identity = np.full(end - first, -1, np.int64)
       for c, k in enumerate(range(first, end)):
-        lab, flag, _ = unpack_payload(self.read_payload(k), self._where(k))
+        lab, flag, _ = unpack_payload(self.read_payload(k), self.where(k))
         if flag < 2 or not 1 <= lab[0] < lab[1] <= first:
-          raise format_error(self._where(k), f"an identity record with labels [start, end), "
+          raise format_error(self.where(k), f"an identity record with labels [start, end), "
                              f"start < end, in 1..{first}", f"flag {flag}, labels {lab.tolist()}")
         label[int(lab[0]) - 1:int(lab[1]) - 1] = c
         # One header read per class: its images share the stored label.
         class_identity[c] = self._identity(int(lab[0]))
       if (label < 0).any():
         k = int(keys[np.argmax(label < 0)])
-        raise format_error(self._where(k), "every image key inside one identity record's range",
+        raise format_error(self.where(k), "every image key inside one identity record's range",
                            "an image of no identity")
       self.num_classes = end - first
       identity = class_identity[label]
@@ -152,11 +152,12 @@ class RecordioSource:
     self.keys, self.labels = keys, label.astype(np.int64)
     self.identities = identity.astype(np.int64)
 
-  def _where(self, key):
+  def where(self, key) -> str:
+    """The file, key and offset of a record, for messages."""
     return f"{self.rec_path} record key {key} (offset {self._offsets.get(key)})"
 
   def _identity(self, key):
-    labels, _, _ = unpack_payload(self.read_payload(key), self._where(key))
+    labels, _, _ = unpack_payload(self.read_payload(key), self.where(key))
     return int(labels[0])
 
   # -- bytes
@@ -174,19 +175,19 @@ class RecordioSource:
     while True:
       head = self._pread(8, offset)
       if len(head) < 8:
-        raise format_error(self._where(key), "an 8-byte record header",
+        raise format_error(self.where(key), "an 8-byte record header",
                            f"{len(head)} bytes at offset {offset} (truncated file)")
       magic, lrecord = struct.unpack("<II", head)
       if magic != MAGIC:
-        raise format_error(self._where(key), f"magic 0x{MAGIC:08x} at offset {offset}",
+        raise format_error(self.where(key), f"magic 0x{MAGIC:08x} at offset {offset}",
                            f"0x{magic:08x}")
       cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
       data = self._pread(length, offset + 8)
       if len(data) < length:
-        raise format_error(self._where(key), f"{length} payload bytes at offset {offset + 8}",
+        raise format_error(self.where(key), f"{length} payload bytes at offset {offset + 8}",
                            f"{len(data)} (truncated file)")
       if (first and cflag not in (0, 1)) or (not first and cflag not in (2, 3)) or cflag > 3:
-        raise format_error(self._where(key), "continuation flags 0, or 1 then 2... then 3",
+        raise format_error(self.where(key), "continuation flags 0, or 1 then 2... then 3",
                            f"flag {cflag} at offset {offset}")
       parts.append(data)
       if cflag in (0, 3):
@@ -202,7 +203,7 @@ class RecordioSource:
   def record(self, i: int, decode: bool | None = None) -> dict:
     """Record i (see the class docstring)."""
     key = int(self.keys[i])
-    _, _, image = unpack_payload(self.read_payload(key), self._where(key))
+    _, _, image = unpack_payload(self.read_payload(key), self.where(key))
     decode = self.decode if decode is None else decode
     if decode:
       from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -210,7 +211,7 @@ class RecordioSource:
         with Image.open(io.BytesIO(image)) as im:
           image = np.asarray(im.convert("RGB"))
       except OSError as e:
-        raise format_error(self._where(key), "an encoded image after the header",
+        raise format_error(self.where(key), "an encoded image after the header",
                            f"{len(image)} bytes PIL cannot read ({e})") from e
     return dict(image=image, label=np.int64(self.labels[i]), identity=np.int64(self.identities[i]),
                 camera=np.int64(-1), tracklet=np.int64(-1), frame=np.int64(-1),
@@ -265,7 +266,7 @@ class _Rows:
   def __iter__(self):
     for i in range(len(self.source)):
       r = self.source.record(i, decode=False)
-      r["_where_image"] = self.source._where(int(self.source.keys[i]))  # pylint: disable=protected-access
+      r["_where_image"] = self.source.where(int(self.source.keys[i]))
       yield r
 
 

@@ -23,7 +23,8 @@ from jaxset.data.formats import format_error
 
 REID_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
-MARKET_PATTERN = re.compile(r"^(?P<pid>-?\d+)_c(?P<cam>\d)s(?P<seq>\d+)_(?P<frame>\d+)_(?P<box>\d+)$")
+MARKET_PATTERN = re.compile(
+    r"^(?P<pid>-?\d+)_c(?P<cam>\d)s(?P<seq>\d+)_(?P<frame>\d+)_(?P<box>\d+)$")
 DUKE_PATTERN = re.compile(r"^(?P<pid>-?\d+)_c(?P<cam>\d+)_f(?P<frame>\d+)$")
 # CUHK03-NP ships Market-style names; the sequence and box fields are optional here.
 CUHK03_PATTERN = re.compile(
