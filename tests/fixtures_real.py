@@ -242,8 +242,9 @@ def write_face_bin(path: Path, n_pairs: int = 10, protocol: int = 2) -> list[boo
   return issame
 
 
-def write_ijb(root: Path, prefix: str = "ijbc") -> None:
-  """<root>/meta/{prefix}_face_tid_mid.txt, {prefix}_template_pair_label.txt, loose_crop/."""
+def write_ijb(root: Path, prefix: str = "ijbc", landmarks: bool = True) -> None:
+  """<root>/meta/{prefix}_face_tid_mid.txt, _template_pair_label.txt, [_name_5pts_score.txt],
+  and loose_crop/. Image k's landmarks are x = 10 k + j, y = j (j = 0..4), score k / 10."""
   root = Path(root)
   rows = [("1.jpg", 1, 11), ("2.jpg", 1, 11), ("3.jpg", 1, 12), ("4.jpg", 2, 21), ("5.jpg", 3, 31)]
   for i, (img, _, _) in enumerate(rows):
@@ -252,6 +253,10 @@ def write_ijb(root: Path, prefix: str = "ijbc") -> None:
   (root / "meta" / f"{prefix}_face_tid_mid.txt").write_text(
       "".join(f"{a} {b} {c}\n" for a, b, c in rows))
   (root / "meta" / f"{prefix}_template_pair_label.txt").write_text("1 2 1\n1 3 0\n2 3 0\n")
+  if landmarks:
+    (root / "meta" / f"{prefix}_name_5pts_score.txt").write_text("".join(
+        f"{img} " + " ".join(f"{10 * k + j} {j}" for j in range(5)) + f" {k / 10}\n"
+        for k, (img, _, _) in enumerate(rows)))
 
 
 YTF_VIDEOS = {"Aaron_A": (0, 1), "Beth_B": (2,), "Carl_C": (0,)}

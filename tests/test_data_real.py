@@ -414,19 +414,24 @@ def test_face_bin_errors(tmp_path):
 def test_ijb_templates_and_pairs(tmp_path):
   manual = tmp_path / "ijb"
   fx.write_ijb(manual / "IJBC")
-  fx.write_ijb(manual / "IJBB", prefix="ijbb")
+  fx.write_ijb(manual / "IJBB", prefix="ijbb", landmarks=False)
   b = build("ijb", manual / "IJBC", tmp_path)
   images = rows(b, "images")
   assert [(text(r["filename"]), int(r["template"]), int(r["media"])) for r in images] == [
       ("1.jpg", 1, 11), ("2.jpg", 1, 11), ("3.jpg", 1, 12), ("4.jpg", 2, 21), ("5.jpg", 3, 31)]
   assert all(int(r["identity"]) == -1 and int(r["label"]) == -1 for r in images)
   assert [fx.index(r["image"]) for r in images] == list(range(5))
+  np.testing.assert_array_equal(images[2]["landmarks"], [[20 + j, j] for j in range(5)])
+  assert images[2]["landmarks"].dtype == np.float32
+  assert [round(float(r["detector_score"]), 3) for r in images] == [0.0, 0.1, 0.2, 0.3, 0.4]
   pairs = rows(b, "template_pairs")
   assert [(int(r["template_a"]), int(r["template_b"]), int(r["same"])) for r in pairs] == [
       (1, 2, 1), (1, 3, 0), (2, 3, 0)]
   assert set(pairs[0]) == {"template_a", "template_b", "same"}
   bb = build("ijb", manual / "IJBB", tmp_path / "b", config="b")
-  assert len(bb.as_data_source("images")) == 5
+  bb_images = rows(bb, "images")
+  assert len(bb_images) == 5 and float(bb_images[0]["detector_score"]) == -1.0
+  assert not bb_images[0]["landmarks"].any()
 
 
 def test_ijb_errors(tmp_path):
@@ -434,6 +439,11 @@ def test_ijb_errors(tmp_path):
   fx.write_ijb(manual)
   with pytest.raises(FileNotFoundError, match=r"meta/ijbb_face_tid_mid\.txt"):
     build("ijb", manual, tmp_path / "a", config="b")
+  (manual / "meta" / "ijbc_name_5pts_score.txt").write_text("1.jpg 1 2 3\n")
+  with pytest.raises(formats.DatasetFormatError, match=r"ijbc_name_5pts_score\.txt:1: expected "
+                     r"\"image x1 y1 \.\.\. x5 y5 score\": 12 fields; found '1\.jpg 1 2 3'"):
+    build("ijb", manual, tmp_path / "a2")
+  (manual / "meta" / "ijbc_name_5pts_score.txt").unlink()
   (manual / "meta" / "ijbc_face_tid_mid.txt").write_text("1.jpg 1 11\n2.jpg one 11\n")
   with pytest.raises(formats.DatasetFormatError, match=r"ijbc_face_tid_mid\.txt:2: expected "
                      r"\"image template_id media_id\": 3 fields; found '2.jpg one 11'"):

@@ -6,9 +6,11 @@ Splits and their keys (formats.*_KEYS, as in synthetic_identities):
   "pairs" (PAIR_KEYS) from pairs.txt, folds in file order.
 - face_bin: "pairs" from an insightface <name>.bin (config = name), fold =
   i * 10 // P for pair i of P.
-- ijb: "images" (IDENTITY_KEYS + template, media; identity/label -1: the meta
-  files hold no subject ids) and "template_pairs" (template_a, template_b,
-  same). Config "c" (IJB-C, default) or "b" (IJB-B).
+- ijb: "images" (IDENTITY_KEYS + template, media, landmarks [5, 2] float32,
+  detector_score float32; identity/label -1: the meta files hold no subject
+  ids) and "template_pairs" (template_a, template_b, same). Config "c" (IJB-C,
+  default) or "b" (IJB-B). The crops are not aligned: align them with the
+  five landmarks (insightface weights features by detector_score).
 - youtube_faces: "frames" (IDENTITY_KEYS; tracklet = video, frame = frame
   number) and "set_pairs" (SET_PAIR_KEYS) from splits.txt.
 """
@@ -210,6 +212,29 @@ def _int_table(path: Path, columns: int, what: str, first_text: bool = False) ->
   return out
 
 
+def read_landmarks(path: Path) -> dict | None:
+  """image -> (landmarks [5, 2] float32, detector score) from an IJB *_name_5pts_score.txt.
+
+  None when the file is absent (it is optional).
+  """
+  if not path.is_file():
+    return None
+  out = {}
+  for no, line in enumerate(path.read_text().splitlines(), 1):
+    f = line.split()
+    if not f:
+      continue
+    try:
+      if len(f) != 12:
+        raise ValueError
+      values = np.asarray([float(x) for x in f[1:]], np.float32)
+    except ValueError:
+      raise format_error(f"{path}:{no}", '"image x1 y1 ... x5 y5 score": 12 fields',
+                         repr(line)) from None
+    out[f[0]] = (values[:10].reshape(5, 2), float(values[10]))
+  return out
+
+
 @dataclasses.dataclass
 class IjbConfig(tfds.core.BuilderConfig):
   """Which IJB release: file prefix ijbb_ or ijbc_."""
@@ -218,13 +243,18 @@ class IjbConfig(tfds.core.BuilderConfig):
 
 class Ijb(formats.ManualBuilder):
   """IJB-B / IJB-C template verification (insightface's IJB_release layout)."""
-  SPLIT_FEATURES = {"images": formats.IDENTITY_KEYS + ("template", "media"),
+  SPLIT_FEATURES = {"images": formats.IDENTITY_KEYS + ("template", "media", "landmarks",
+                                                      "detector_score"),
                     "template_pairs": ("template_a", "template_b", "same")}
+  EXTRA_FEATURES = {"landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
+                    "detector_score": tfds.features.Scalar(np.float32)}
   BUILDER_CONFIGS = [IjbConfig(name="c", prefix="ijbc", description="IJB-C (ijbc_* files)."),
                      IjbConfig(name="b", prefix="ijbb", description="IJB-B (ijbb_* files).")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   <manual_dir>/meta/ijbc_face_tid_mid.txt        lines "image template_id media_id"
   <manual_dir>/meta/ijbc_template_pair_label.txt lines "template_1 template_2 label"
+  <manual_dir>/meta/ijbc_name_5pts_score.txt    optional: lines "image x1 y1 ... x5 y5 score"
+                                                 (without it landmarks are 0, scores -1)
   <manual_dir>/loose_crop/<image>                the face crops
   (the IJBC/ folder of insightface's IJB_release, or its parent; IJB-B: ijbb_* files, config "b")
 """
@@ -237,13 +267,19 @@ class Ijb(formats.ManualBuilder):
     pairs_path = root / "meta" / f"{prefix}_template_pair_label.txt"
     pairs = _int_table(pairs_path, 3, '"template_1 template_2 label"')
     crops = formats.require_dir(root / "loose_crop", "loose_crop/ with the face crops")
+    points = read_landmarks(root / "meta" / f"{prefix}_name_5pts_score.txt")
     images = []
     for name, tid, mid in faces:
       p = crops / name
       if not p.is_file():
         raise FileNotFoundError(f"{p}: expected the image listed in {root / faces_name}; it is "
                                 f"missing ({formats.describe_dir(p.parent)}).")
-      images.append(formats.identity_row(p, name, -1, template=tid, media=mid))
+      if points is not None and name not in points:
+        raise format_error(root / "meta" / f"{prefix}_name_5pts_score.txt",
+                           f"a line for every image of {faces_name}", f"none for {name!r}")
+      marks, score = points[name] if points is not None else (np.zeros((5, 2), np.float32), -1.0)
+      images.append(formats.identity_row(p, name, -1, template=tid, media=mid, landmarks=marks,
+                                         detector_score=np.float32(score)))
     templates = {tid for _, tid, _ in faces}
     out_pairs = []
     for no, (a, b, label) in enumerate(pairs, 1):

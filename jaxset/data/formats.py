@@ -15,8 +15,8 @@ switches between embedded and real data with one flag:
 - SET_PAIR_KEYS: tracklet_a, tracklet_b, same, fold.
 
 tfds keeps one feature set per dataset, so a dataset with several kinds of
-split stores the union of their keys (absent keys hold a 1x1 black image / -1 /
-""), and `as_data_source(split)` returns only the split's own keys.
+split stores the union of their keys (absent keys hold a 1x1 black image, "" or
+-1 in the feature's shape), and `as_data_source(split)` returns only the split's own keys.
 
 Errors: every problem with the user's copy raises DatasetFormatError (a
 ValueError) or FileNotFoundError saying where it looked, what it expected and
@@ -290,14 +290,11 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
           full[name] = blank if value is None else encoded_image(value, where)
         elif value is not None:
           full[name] = value
-        elif name in FLOAT_KEYS:
-          full[name] = np.float32(-1.0)
         elif name in TEXT_KEYS:
           full[name] = ""
-        elif name == "utm":
-          full[name] = np.zeros(2, np.float64)
-        else:
-          full[name] = -1
+        else:  # a key of another kind of split: -1 of the feature's shape and dtype
+          feature = self.info.features[name]
+          full[name] = np.full(feature.shape, -1, feature.np_dtype)
       yield i, full
 
   def as_data_source(self, split=None, **kwargs):
