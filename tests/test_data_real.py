@@ -65,6 +65,7 @@ def test_pittsburgh30k_splits_utm_and_thresholds(tmp_path):
     # Two cutouts per panorama in the fixture: 0000P0 / 0000P1.
     assert [int(r["panorama"]) for r in db] == [10 * k, 10 * k, 10 * k + 1, 10 * k + 1]
     assert all(int(r["timestamp"]) == 0 for r in db + q)
+    assert all(int(r["panorama"]) == -1 for r in q)   # as in synthetic_places
   th = b.info.metadata["thresholds"]
   assert th["test"] == {"posDistThr": 25.0, "posDistSqThr": 625.0, "nonTrivPosDistSqThr": 100.0}
   # The metadata survives a reload from disk.
@@ -83,6 +84,7 @@ def test_tokyo247_png_substitution_and_timestamps(tmp_path):
   assert [int(r["panorama"]) for r in db] == [7, 7, 7, 8, 8, 8]
   assert [int(r["timestamp"]) for r in db] == list(range(20150101, 20150107))
   assert [int(r["timestamp"]) for r in q] == [20150301, 20150302]
+  assert [int(r["panorama"]) for r in q] == [-1, -1]
   np.testing.assert_array_equal(np.stack([r["utm"] for r in q]), t["utm_q"].T)
 
 

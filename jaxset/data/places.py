@@ -10,7 +10,8 @@ The positive-distance thresholds of each dbStruct (posDistThr = 25 m,
 posDistSqThr, nonTrivPosDistSqThr = 100 m^2) are stored in the builder's
 metadata: `builder.info.metadata["thresholds"][<train|val|test>]`.
 
-Panorama ids: database cutouts of one panorama share an id, parsed from the
+Panorama ids (database splits; queries get -1, as in synthetic_places):
+database cutouts of one panorama share an id, parsed from the
 file name: the stem without its cutout suffix ("_pitchP_yawY", "_yawY" or a
 final "_NNN" index); the stem's number when it is all digits, otherwise ids in
 order of first appearance within the split. Pittsburgh has 24 cutouts per
@@ -176,7 +177,8 @@ class _DbStructBuilder(formats.ManualBuilder):
           ("queries", db["q_images"], db["utm_q"], self.QUERY_DIRS, ("",), "q_time")):
         rows = []
         found = [self._resolve(root, dirs, suffixes, n, kind) for n in names]
-        panos = panorama_ids([rel for _, rel in found])
+        panos = (panorama_ids([rel for _, rel in found]) if kind == "database"
+                 else [-1] * len(found))
         times = db.get(time_key, np.zeros(len(names), np.int64))
         for (p, rel), xy, pano, t in zip(found, utm, panos, times):
           rows.append(dict(image=p, utm=np.asarray(xy, np.float64), filename=rel,
@@ -252,7 +254,8 @@ class VprFolder(formats.ManualBuilder):
 
   Splits: those of {train,val,test}_{database,queries} whose folder exists.
   UTM comes from the file name; panorama ids number the distinct non-empty
-  pano fields in order of first appearance within the split (-1 if empty);
+  pano fields of a database split in order of first appearance (-1 if empty,
+  and for queries);
   the timestamp field is used when it is all digits (else 0).
   """
   SPLIT_FEATURES = {s: formats.PLACE_KEYS for s in PLACE_SPLITS}
@@ -277,7 +280,8 @@ class VprFolder(formats.ManualBuilder):
       rows, panos = [], {}
       for p in formats.image_files(folder):
         f = parse_vpr_name(p)
-        pano = -1 if not f["pano"] else panos.setdefault(f["pano"], len(panos))
+        pano = (-1 if not f["pano"] or kind == "queries"
+                else panos.setdefault(f["pano"], len(panos)))
         rows.append(dict(image=p, utm=f["utm"], filename=f"{set_name}/{kind}/{p.name}",
                          timestamp=f["timestamp"], panorama=pano))
       splits[name] = rows
