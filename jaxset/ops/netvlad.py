@@ -72,6 +72,39 @@ def _validate(descriptors, centroids, assign_weight=None, assign_bias=None, mask
   return k, d
 
 
+def _varying_axes(x) -> frozenset:
+  """The shard_map mesh axes along which x varies (empty outside shard_map)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "manual_axis_type", None)
+  if mat is not None:
+    return frozenset(mat.varying)
+  return frozenset(getattr(aval, "vma", ()))
+
+
+def _vary_like(params, like):
+  """Marks replicated params as varying along `like`'s shard_map axes.
+
+  Under jax.shard_map (check_vma=True) a custom_vjp backward must return a
+  cotangent with its primal's type; the parameter cotangents are computed from
+  per-device descriptors and so vary across devices. Casting the parameters to
+  varying first makes the types agree, and autodiff of that cast is the psum
+  that adds up the per-device parameter gradients. A no-op outside shard_map.
+  """
+  axes = _varying_axes(like)
+  if not axes:
+    return params
+
+  def cast(p):
+    missing = tuple(sorted(axes - _varying_axes(p)))
+    if not missing:
+      return p
+    if hasattr(jax.lax, "pcast"):
+      return jax.lax.pcast(p, missing, to="varying")
+    return jax.lax.pvary(p, missing)
+
+  return tuple(cast(p) for p in params)
+
+
 def _prepare(descriptors, mask, dtype):
   """Flattens leading dims to one batch dim; masked descriptors are zeroed.
 
@@ -198,9 +231,9 @@ def netvlad(descriptors, centroids, assign_weight, assign_bias=None, mask=None,
   dtype = _compute_dtype(descriptors, centroids, assign_weight, assign_bias)
   lead, x, m = _prepare(descriptors, mask, dtype)
   b = jnp.zeros((k,), dtype) if assign_bias is None else jnp.asarray(assign_bias).astype(dtype)
-  y = _netvlad_core(x, jnp.asarray(centroids).astype(dtype),
-                    jnp.asarray(assign_weight).astype(dtype), b, m,
-                    bool(normalize_input), float(eps))
+  c, w, b = _vary_like((jnp.asarray(centroids).astype(dtype),
+                        jnp.asarray(assign_weight).astype(dtype), b), x)
+  y = _netvlad_core(x, c, w, b, m, bool(normalize_input), float(eps))
   return jnp.reshape(y, lead + (k * d,)).astype(jnp.result_type(descriptors))
 
 
