@@ -20,6 +20,7 @@ import PIL.ImageFont
 from jaxset.data import builder
 from jaxset.data.pipeline import neighbours_within, read_metadata
 
+_TIMES_OF_DAY = ("day", "morning", "overcast", "dusk", "night", "harsh")  # synthetic_places
 DEGRADATION_NAMES = ("clean", "blur", "noise", "lowres", "occlusion", "background")
 
 
@@ -201,7 +202,7 @@ def places_sheet(database, queries, name: str, rows: int = 8, neighbours: int = 
     row += [(_first_image(database[int(i)]), f"{d[i]:.1f} m") for i in nearest]
     cells.append(row)
     fname = str(q.get("filename", [""] * len(q["utm"]))[qi])
-    tag = [p for p in fname.split("@") if p in ("morning", "overcast", "dusk", "night", "harsh")]
+    tag = [p for p in fname.split("@") if p in _TIMES_OF_DAY]
     labels.append(f"q {qi}" + (f"\n{tag[0]}" if tag else ""))
   cols = ["query"] + [f"db #{k + 1}" for k in range(neighbours)]
   title = f"{name}: each query, then its nearest database images (UTM distance)"

@@ -15,9 +15,9 @@ offline on first use (see jaxset.data.load):
 - database images: every `db_spacing` metres along the centre of each street,
   4 headings (2 per side), at daytime;
 - queries: random positions (up to 2.5 m off the centre line), headings within
-  15 degrees of a database heading, pitch and roll jitter, at other times of
-  day (morning, overcast, dusk, night with lit windows, harsh sun with shadows),
-  with occluders (cars, people, trees), blur and noise.
+  10 degrees of a database heading, pitch and roll jitter, at six times of day
+  in turn (day, morning, overcast, dusk, night with lit windows, harsh sun with
+  shadows), with occluders (cars, people, trees), blur and noise.
 
 Every query has database images within 10 m (NON_TRIV_POS_DIST_SQ_THR) by
 construction. Records are stored in generation order.
@@ -53,16 +53,19 @@ class PlacesConfig(tfds.core.BuilderConfig):
   horizontal_streets: int = 3   # per district
   vertical_streets: int = 4     # per district
   db_spacing: float = 6.0       # metres between database places along a street
-  queries: int = 250            # per split
+  queries: int = 250            # val and test queries
+  train_queries: int = 1000
   seed: int = 20260402
 
 
 CONFIGS = (
     PlacesConfig(name="default", description="3 districts of 3x4 streets (240 m x 360 m), "
-                 "database every 6 m x 4 headings (~1360 per split), 250 queries per split, "
+                 "database every 6 m x 4 headings (1388 per split), 1000 train queries, "
+                 "250 val and 250 test queries, "
                  "64x64 images."),
     PlacesConfig(name="tiny", description="For tests: 2x2 streets 60 m apart, 20 queries per split.",
-                 block=60.0, horizontal_streets=2, vertical_streets=2, db_spacing=10.0, queries=20),
+                 block=60.0, horizontal_streets=2, vertical_streets=2, db_spacing=10.0, queries=20,
+                 train_queries=20),
 )
 
 
@@ -137,8 +140,8 @@ _LIGHT = {  # gain, tint, saturation, sky colour, lit-window probability, shadow
     "day": (1.0, (1.0, 1.0, 1.0), 1.0, (0.55, 0.72, 0.95), 0.0, False),
     "morning": (0.9, (1.12, 0.95, 0.78), 1.0, (0.95, 0.75, 0.55), 0.05, False),
     "overcast": (0.85, (1.0, 1.0, 1.02), 0.35, (0.76, 0.76, 0.79), 0.0, False),
-    "dusk": (0.55, (1.15, 0.80, 0.95), 0.9, (0.55, 0.32, 0.45), 0.35, False),
-    "night": (0.22, (0.80, 0.85, 1.25), 0.8, (0.04, 0.06, 0.14), 0.6, False),
+    "dusk": (0.6, (1.15, 0.80, 0.95), 0.9, (0.55, 0.32, 0.45), 0.35, False),
+    "night": (0.3, (0.80, 0.85, 1.25), 0.8, (0.04, 0.06, 0.14), 0.6, False),
     "harsh": (1.2, (1.05, 1.0, 0.92), 1.1, (0.45, 0.65, 0.98), 0.0, True),
 }
 
@@ -306,20 +309,20 @@ def generate(config: PlacesConfig) -> dict[str, list[dict]]:
         pano += 1
     lengths = np.asarray([st.length for st in streets])
     queries = []
-    for qi in range(c.queries):
+    for qi in range(c.train_queries if split == "train" else c.queries):
       rng = np.random.default_rng([c.seed, 30, k, qi])
       si = int(rng.choice(len(streets), p=lengths / lengths.sum()))
       st = streets[si]
       s = float(rng.uniform(0.0, st.length))
       lateral = float(rng.uniform(-2.5, 2.5))
       side = int(rng.choice([-1, 1]))
-      yaw = float(rng.choice(DB_YAWS) + np.clip(rng.normal(0, 7.0), -15, 15))
-      time = TIMES[1 + qi % (len(TIMES) - 1)]
+      yaw = float(rng.choice(DB_YAWS) + np.clip(rng.normal(0, 5.0), -10, 10))
+      time = TIMES[qi % len(TIMES)]
       img = render_view(c, facades, si, side, s, lateral, yaw,
                         0.62 * c.height + rng.uniform(-3, 3), rng.uniform(-4, 4), time, rng,
-                        int(rng.integers(1, 5)), float(rng.uniform(0.0, 1.2)))
+                        int(rng.integers(0, 4)), float(rng.uniform(0.0, 1.0)))
       utm = _world(origin, st, s, lateral)
-      hour = {"morning": 7, "overcast": 13, "dusk": 19, "night": 23, "harsh": 12}[time]
+      hour = {"day": 12, "morning": 7, "overcast": 13, "dusk": 19, "night": 23, "harsh": 12}[time]
       ts = _QUERY_TIME + int(rng.integers(0, 365)) * 86400 + hour * 3600
       queries.append({"image": render.encode(img, "jpeg"), "utm": utm, "timestamp": ts,
                       "panorama": -1,
