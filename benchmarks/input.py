@@ -85,19 +85,30 @@ def fake_places(num_db=2000, num_q=500, seed=0):
 
 
 def sources(fake: bool):
-  """(identities_train, places_db, places_q, note)."""
+  """(identities_train, places_db, places_q, note); each dataset falls back to
+  its fake when its embedded builder is missing or fails."""
+  ids = db = q = None
+  used = []
   if not fake:
+    from jaxset.data import load
     try:
-      from jaxset.data import load
       ids = load("synthetic_identities", "train")
+      used.append("synthetic_identities (tfds)")
+    except Exception as e:  # builder not there yet: same shapes, in memory
+      print(f"synthetic_identities unavailable ({type(e).__name__}: {e})")
+    try:
       db = load("synthetic_places", "train_database")
       q = load("synthetic_places", "train_queries")
-      return ids, db, q, "embedded tfds datasets"
-    except Exception as e:  # builders not there yet: same shapes, in memory
-      print(f"embedded builders unavailable ({type(e).__name__}: {e}); "
-            "using fake in-memory sources of the same shapes")
-  db, q = fake_places()
-  return fake_identities(), db, q, "fake in-memory sources (PNG decoded per read)"
+      used.append("synthetic_places (tfds)")
+    except Exception as e:
+      print(f"synthetic_places unavailable ({type(e).__name__}: {e})")
+  if ids is None:
+    ids = fake_identities()
+    used.append("FAKE identities (in memory, PNG decoded per read)")
+  if db is None:
+    db, q = fake_places()
+    used.append("FAKE places (in memory, PNG decoded per read)")
+  return ids, db, q, ", ".join(used)
 
 
 def measure(make, images_per_batch, seconds, warmup=3):
@@ -109,7 +120,10 @@ def measure(make, images_per_batch, seconds, warmup=3):
     next(it)
   n, t = 0, time.perf_counter()
   while time.perf_counter() - t < seconds or n < 5:
-    next(it)
+    try:
+      next(it)
+    except StopIteration:  # a finite (evaluation) iterator ran out
+      break
     n += 1
   rate = n / (time.perf_counter() - t)
   if hasattr(it, "close"):
