@@ -372,18 +372,21 @@ def test_adaface_global_stats_under_pmap_and_shard_map():
   mesh = _mesh()
   spec = NamedSharding(mesh, P("data"))
   args = [jax.device_put(x, spec) for x in (cos, norms, labels)]
-  for axis_name in ("data", None):
-    sm = jax.shard_map(lambda c, n, l, a=axis_name: jax.tree.map(
-        lambda x: x[None], per_device(c, n, l, a)[1]), mesh=mesh,
-        in_specs=(P("data"), P("data"), P("data")), out_specs=P("data"))
-    new = sm(*args)
-    if axis_name:
-      np.testing.assert_allclose(new["mean"], np.full(8, want["mean"]), rtol=1e-6)
-      np.testing.assert_allclose(new["std"], np.full(8, want["std"]), rtol=1e-6)
-    else:
-      # The official code's per-device statistics: they differ across devices.
-      assert np.ptp(np.asarray(new["mean"])) > 1e-3
-      assert not np.allclose(np.asarray(new["std"]), float(want["std"]), rtol=1e-4)
+
+  def both(c, n, l):
+    # Global statistics (axis_name) and the official per-device ones (None).
+    glob = per_device(c, n, l, "data")[1]
+    local = per_device(c, n, l, None)[1]
+    return jax.tree.map(lambda x: x[None], (glob, local))
+
+  sm = jax.jit(jax.shard_map(both, mesh=mesh, in_specs=(P("data"),) * 3, out_specs=P("data")))
+  glob, local = sm(*args)
+  np.testing.assert_allclose(glob["mean"], np.full(8, want["mean"]), rtol=1e-6)
+  np.testing.assert_allclose(glob["std"], np.full(8, want["std"]), rtol=1e-6)
+  # The official code's per-device statistics differ across devices and from
+  # the global batch's.
+  assert np.ptp(np.asarray(local["mean"])) > 1e-3
+  assert not np.allclose(np.asarray(local["std"]), float(want["std"]), rtol=1e-4)
 
 
 # --------------------------------------------------------------------------
@@ -411,35 +414,34 @@ def test_jit_vmap_pmap_shard_map_agree(which):
   def close(a, b):
     np.testing.assert_allclose(np.asarray(a).reshape(np.shape(b)), b, rtol=1e-5, atol=1e-5)
 
-  close(jax.jit(f)(cos, labels, q), want)
-  for a, b in zip(jax.jit(grad_f)(cos, labels, q), want_g):
-    close(a, b)
   split = lambda x: x.reshape((8, 2) + x.shape[1:])
-  close(jax.vmap(f)(split(cos), split(labels), split(q)), want)
-  for a, b in zip(jax.vmap(grad_f)(split(cos), split(labels), split(q)), want_g):
-    close(a, b)
-  close(jax.pmap(f)(split(cos), split(labels), split(q)), want)
-  for a, b in zip(jax.pmap(grad_f)(split(cos), split(labels), split(q)), want_g):
-    close(a, b)
+  got = jax.jit(lambda c, l, q: (f(c, l, q), grad_f(c, l, q)))(cos, labels, q)
+  vm = jax.jit(jax.vmap(lambda c, l, q: (f(c, l, q), grad_f(c, l, q))))(
+      split(cos), split(labels), split(q))
+  pm = jax.pmap(lambda c, l, q: (f(c, l, q), grad_f(c, l, q)))(
+      split(cos), split(labels), split(q))
   mesh = _mesh()
   spec = NamedSharding(mesh, P("data"))
   args = [jax.device_put(x, spec) for x in (cos, labels, q)]
-  sm = jax.shard_map(f, mesh=mesh, in_specs=(P("data"),) * 3, out_specs=P("data"))
-  close(sm(*args), want)
-  smg = jax.shard_map(grad_f, mesh=mesh, in_specs=(P("data"),) * 3, out_specs=P("data"))
-  for a, b in zip(jax.jit(smg)(*args), want_g):
-    close(a, b)
+  sm = jax.jit(jax.shard_map(lambda c, l, q: (f(c, l, q), grad_f(c, l, q)), mesh=mesh,
+                             in_specs=(P("data"),) * 3, out_specs=P("data")))(*args)
+  for out, grads in (got, vm, pm, sm):
+    close(out, want)
+    for a, b in zip(grads, want_g):
+      close(a, b)
 
 
 # --------------------------------------------------------------------------
 # Properties.
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
-    b=st.integers(1, 5), c=st.integers(1, 6),
+    # Few distinct shapes and margins: each new combination compiles.
+    b=st.sampled_from([1, 3]), c=st.sampled_from([1, 4]),
     seed=st.integers(0, 2**16),
-    m1=st.floats(0.8, 1.5), m2=st.floats(0.0, 0.6), m3=st.floats(0.0, 0.4),
+    m1=st.sampled_from([0.8, 1.0, 1.35]), m2=st.sampled_from([0.0, 0.5]),
+    m3=st.sampled_from([0.0, 0.35]),
     mode=st.sampled_from(["cosine", "angle"]),
     grad=st.sampled_from(["exact", "straight_through"]),
     dtype=st.sampled_from([jnp.float32, jnp.bfloat16]),
@@ -468,8 +470,8 @@ def test_property_margin(b, c, seed, m1, m2, m3, mode, grad, dtype):
   assert g.dtype == dtype and np.isfinite(np.asarray(g, np.float32)).all()
 
 
-@settings(max_examples=15, deadline=None)
-@given(b=st.integers(1, 5), c=st.integers(1, 6), seed=st.integers(0, 2**16),
+@settings(max_examples=8, deadline=None)
+@given(b=st.sampled_from([1, 3]), c=st.sampled_from([1, 4]), seed=st.integers(0, 2**16),
        dtype=st.sampled_from([jnp.float32, jnp.bfloat16]))
 def test_property_eqface_adaface(b, c, seed, dtype):
   rng = np.random.default_rng(seed)

@@ -179,6 +179,9 @@ def _margin_rows_bwd(p, res, g):
 
 
 _margin_rows.defvjp(_margin_rows_fwd, _margin_rows_bwd)
+# One executable per shape and margin when called eagerly (op-by-op dispatch
+# of the ~30 small ops is slower than the matmul-free work itself).
+_margin_rows_jit = jax.jit(_margin_rows, static_argnums=3)
 
 
 def _check_common(cos, labels):
@@ -249,7 +252,7 @@ def margin_logits(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0
   _check_common(cos, labels)
   p = _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad=False)
   row_scale = jnp.full((cos.shape[0],), scale, _compute_dtype(cos))
-  return _margin_rows(cos, labels, row_scale, p)
+  return _margin_rows_jit(cos, labels, row_scale, p)
 
 
 def eqface_logits(cos, labels, quality, *, scale: float, m1: float = 1.0,
@@ -291,7 +294,7 @@ def eqface_logits(cos, labels, quality, *, scale: float, m1: float = 1.0,
   q = jnp.asarray(quality).astype(_compute_dtype(cos))
   if quality_transform == "official":
     q = jnp.clip(q - 0.2, 0.0, 1.0) * 1.2
-  return _margin_rows(cos, labels, scale * q, p)
+  return _margin_rows_jit(cos, labels, scale * q, p)
 
 
 # --------------------------------------------------------------------------
@@ -474,6 +477,12 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
   _checks.check_finite("norms", norms)
   if not isinstance(stats, dict) or set(stats) != {"mean", "std"}:
     raise ValueError("stats must be a dict {'mean', 'std'}; start from adaface_init_stats().")
+  p = _Ada(float(m), float(scale), float(eps))
+  return _adaface_step(cos, norms, labels, stats, p, float(h), float(t_alpha), axis_name)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _adaface_step(cos, norms, labels, stats, p, h, t_alpha, axis_name):
   ct = _compute_dtype(cos)
   old_mean, old_std = jnp.asarray(stats["mean"]), jnp.asarray(stats["std"])
   # Statistics in float32 at least (float64 if the norms or stats are);
@@ -485,8 +494,7 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
   n, batch_mean, batch_std = _batch_norm_stats(norms, axis_name)
   new_mean = t_alpha * batch_mean + (1.0 - t_alpha) * old_mean
   new_std = jnp.where(n > 1, t_alpha * batch_std + (1.0 - t_alpha) * old_std, old_std)
-  z_hat = adaface_norm_scaler(norms, new_mean, new_std, h=h, eps=eps).astype(ct)
-  p = _Ada(float(m), float(scale), float(eps))
+  z_hat = adaface_norm_scaler(norms, new_mean, new_std, h=h, eps=p.eps).astype(ct)
   logits = _adaface_rows(cos, labels, lax.stop_gradient(z_hat), p)
   new_stats = {"mean": new_mean.astype(jnp.asarray(stats["mean"]).dtype),
                "std": new_std.astype(jnp.asarray(stats["std"]).dtype)}
