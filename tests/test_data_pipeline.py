@@ -417,3 +417,22 @@ def test_embedded_synthetic_identities(tmp_path):
   assert batches[0]["image_a"].shape == (16, 64, 32, 3)
   assert batches[0]["degradation_a"].dtype == np.float32
   assert sum(int(b["valid"].sum()) for b in batches) == len(pairs)
+
+
+def test_embedded_synthetic_places(tmp_path):
+  from jaxset.data import load
+
+  db = load("synthetic_places", "train_database", config="tiny", data_dir=tmp_path)
+  q = load("synthetic_places", "train_queries", config="tiny", data_dir=tmp_path)
+  db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
+  q_utm = pipeline.read_metadata(q, ["utm"])["utm"]
+  assert db_utm.shape == (len(db), 2) and db_utm.dtype == np.float64
+  batch = _take(pipeline.netvlad_tuples(db, q, batch_size=2, num_positives=2,
+                                        num_negatives=3, shard=(0, 1), **FAST), 1)[0]
+  assert batch["query"].shape == (2, 64, 64, 3)
+  assert batch["negatives"].shape == (2, 3, 64, 64, 3)
+  for i, qi in enumerate(batch["query_index"]):
+    pos = batch["positive_index"][i][batch["pos_mask"][i]]
+    assert len(pos) and (np.linalg.norm(db_utm[pos] - q_utm[qi], axis=1) <= 10).all()
+    neg = batch["negative_index"][i][batch["neg_mask"][i]]
+    assert (np.linalg.norm(db_utm[neg] - q_utm[qi], axis=1) > 25).all()
