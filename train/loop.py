@@ -224,7 +224,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
           state = task.on_stage(state, config, stages[i].name)
         log.info(f"stage {stages[i].name!r} from step {step}")
       if hasattr(task, "on_step"):
-        state = task.on_step(state, config, step)
+        # A task may ask for a fresh iterator at the same position, dropping
+        # prefetched batches (NetVLAD after a hard-negative cache refresh).
+        res = task.on_step(state, config, step)
+        state, fresh = res if isinstance(res, tuple) else (res, False)
+        if fresh:
+          position = iterator.get_state()
+          iterator = stages[i].make_iterator()
+          iterator.set_state(position)
       batch = next(iterator)
       ex_since += int(np.shape(jax.tree.leaves(batch)[0])[0]) * jax.process_count()
       state, metrics = jitted(i)(state, shard_batch(batch, mesh))

@@ -10,11 +10,10 @@ Flags:
 """
 from __future__ import annotations
 
-import difflib
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -46,6 +45,8 @@ def _parse_flags(argv):
 
 
 def main(argv):
+  # orbax and grain log every checkpoint step at INFO through absl.
+  logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:

@@ -1,0 +1,26 @@
+"""ArcFace (Deng et al., CVPR 2019): the fixed-margin baseline of AdaFace and EQFace.
+
+Embedded default (offline, CPU, a few minutes):
+  python -m train.main --config=configs/arcface.py
+CosFace instead: --config.model.head=cosface --config.model.margin=0.35
+MS1M-V2 RecordIO with IResNet-100 (your local copy):
+  python -m train.main --config=configs/arcface.py:ms1m --config.data.dir=/data/faces_emore
+"""
+import ml_collections
+
+from configs.faces_base import face_config, ms1m_preset
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  c = face_config()
+  c.method = "arcface"
+  c.model.head = "arcface"
+  c.model.margin = 0.5              # m2 (arcface) or m3 (cosface)
+  # Unused by the fixed-margin heads; kept so that AdaFace and ArcFace share one task.
+  c.model.h = 0.333
+  c.model.t_alpha = 0.01
+  if preset in (None, "", "default"):
+    return c
+  if preset == "ms1m":
+    return ms1m_preset(c)
+  raise ValueError(f"unknown preset {preset!r} for configs/arcface.py; use ms1m.")

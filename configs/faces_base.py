@@ -1,0 +1,57 @@
+"""Keys shared by the face-recognition configs (AdaFace, ArcFace, EQFace)."""
+import ml_collections
+
+from configs.base import base_config
+
+
+def face_config() -> ml_collections.ConfigDict:
+  c = base_config()
+  c.data.name = "synthetic_identities"
+  c.data.image_size = (64, 32)
+  c.data.k = 4                      # images per identity in a P x K batch
+  c.data.augment = True
+  c.data.flip = True
+
+  c.model.backbone = "small_cnn"
+  c.model.embedding_dim = 128
+  c.model.dropout_rate = 0.0
+  c.model.scale = 32.0              # s; 64 in the papers with 512-D embeddings
+  c.model.margin_grad = "exact"     # or "straight_through" (current insightface)
+  c.model.pretrained = ""
+
+  c.optim.name = "adam"
+  c.optim.lr = 1e-3
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 50
+  c.train.steps = 800
+  c.train.batch_size = 64
+  c.train.log_every = 50
+  c.train.ckpt_every = 400
+  c.eval.batch_size = 256
+  c.eval.best_metric = "pair_acc"
+  return c
+
+
+def ms1m_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """MS1M-style training as insightface / AdaFace: IResNet, 112x112, SGD."""
+  c.data.name = "mxnet_recordio"
+  c.data.image_size = (112, 112)
+  c.data.k = 2
+  c.model.backbone = "iresnet100"
+  c.model.embedding_dim = 512
+  c.model.scale = 64.0
+  c.model.dtype = "bfloat16"
+  c.optim.name = "sgd"
+  c.optim.lr = 0.1
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4
+  c.optim.schedule = "step"
+  c.optim.milestones = (12 / 26, 20 / 26, 24 / 26)  # AdaFace: epochs 12, 20, 24 of 26
+  c.optim.gamma = 0.1
+  c.optim.warmup_steps = 0
+  c.train.batch_size = 512
+  c.train.steps = 26 * 5_800_000 // 512
+  c.train.log_every = 100
+  c.train.ckpt_every = 5000
+  c.eval.every = 5000
+  return c

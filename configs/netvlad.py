@@ -1,0 +1,86 @@
+"""NetVLAD (Arandjelovic et al., CVPR 2016): weakly supervised place recognition.
+
+Embedded default (offline, CPU, a few minutes):
+  python -m train.main --config=configs/netvlad.py
+Pittsburgh 30k with VGG16, as the paper (your local copy of the dataset):
+  python -m train.main --config=configs/netvlad.py:pitts30k \
+      --config.data.dir=/data/pittsburgh --config.model.pretrained=vgg16.msgpack
+Baselines with the same backbone and budget: --config.model.pooling=avg|max|gem
+"""
+import ml_collections
+
+from configs.base import base_config
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  c = base_config()
+  c.method = "netvlad"
+  c.data.name = "synthetic_places"
+  c.data.image_size = (64, 64)
+
+  c.model.backbone = "small_cnn"
+  c.model.pooling = "netvlad"       # or avg | max | gem (the paper's baselines)
+  c.model.num_clusters = 64         # K
+  c.model.assignment = "paper"      # w = 2 alpha c, b = -alpha |c|^2; "official": v1
+  c.model.normalize_input = True
+  c.model.pretrained = ""           # converted backbone weights (python -m jaxset.convert)
+
+  c.kmeans = ml_collections.ConfigDict()
+  c.kmeans.num_images = 500         # official: 100 descriptors from each of 500 images
+  c.kmeans.descriptors_per_image = 100
+  c.kmeans.iters = 20
+
+  c.tuples = ml_collections.ConfigDict()
+  c.tuples.num_positives = 4        # potential positives per query (within pos_radius)
+  c.tuples.num_negatives = 10       # paper: 10 hardest
+  c.tuples.negative_pool = 1000     # paper: from 1000 random far database images
+  c.tuples.pos_radius = 10.0        # non-trivial potential positives (m)
+  c.tuples.neg_radius = 25.0        # negatives are farther than this (m)
+
+  c.mining = ml_collections.ConfigDict()
+  c.mining.enabled = True
+  c.mining.refresh_every = 1000     # queries between feature-cache refreshes (paper)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.margin = 0.1
+  c.loss.squared = True             # paper; False = plain distance of the PyTorch ports
+
+  c.optim.name = "adam"
+  c.optim.lr = 3e-4
+  c.optim.schedule = "cosine"
+  c.train.steps = 600
+  c.train.batch_size = 4            # queries (tuples) per step, as the paper
+  c.train.log_every = 25
+  c.train.ckpt_every = 200
+
+  c.eval.split = "test"
+  c.eval.recall_ns = (1, 5, 10, 20)
+  c.eval.pos_radius = 25.0
+  c.eval.batch_size = 128
+  c.eval.best_metric = "recall@1"
+
+  if preset in (None, "", "default"):
+    return c
+  if preset in ("pitts30k", "pitts250k"):
+    c.data.name = "pittsburgh30k" if preset == "pitts30k" else "pittsburgh250k"
+    c.data.image_size = (480, 640)
+    c.model.backbone = "vgg16"
+    c.model.assignment = "official"
+    c.tuples.num_positives = 10
+    c.optim.name = "sgd"
+    c.optim.lr = 1e-3               # VGG16 + NetVLAD: 0.001, halved every 5 epochs
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 1e-3
+    c.optim.schedule = "step"
+    c.optim.milestones = tuple(i / 6 for i in range(1, 6))
+    c.optim.gamma = 0.5
+    epochs, queries = 30, (7416 if preset == "pitts30k" else 7824)
+    c.train.steps = epochs * queries // c.train.batch_size
+    c.train.log_every = 100
+    c.train.ckpt_every = 2000
+    c.eval.split = "val"
+    c.eval.every = 2000
+    c.eval.batch_size = 32
+    c.model.dtype = "bfloat16"
+    return c
+  raise ValueError(f"unknown preset {preset!r} for configs/netvlad.py; use pitts30k or pitts250k.")

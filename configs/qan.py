@@ -1,0 +1,66 @@
+"""QAN (Liu et al., CVPR 2017): quality aware network for set-to-set recognition.
+
+Embedded default (offline, CPU, a few minutes):
+  python -m train.main --config=configs/qan.py
+MARS (video re-ID; your local copy):
+  python -m train.main --config=configs/qan.py:mars --config.data.dir=/data/MARS
+"""
+import ml_collections
+
+from configs.base import base_config
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  c = base_config()
+  c.method = "qan"
+  c.data.name = "synthetic_identities"
+  c.data.image_size = (64, 32)
+  c.data.k = 4                      # P x K batches in the softmax pretraining stage
+  c.data.augment = True
+
+  c.model.backbone = "small_cnn"
+  c.model.feature_dim = 128
+  c.model.embedding_dim = 128
+  c.model.num_parts = 1             # >1: one quality score per horizontal part (official)
+  c.model.quality_input = "trunk"   # paper fig. 2; "image": the released code
+
+  c.qan = ml_collections.ConfigDict()
+  c.qan.pretrain_fraction = 0.4     # single-image softmax stage (sec. 3.2)
+  c.qan.sets_per_batch = 16         # anchor sets per step (plus as many pos. and neg.)
+  c.qan.set_size = 8
+  c.qan.set_size_range = (4, 8)     # variable set sizes, padded with masks; () = fixed
+  c.qan.margin = 0.4                # triplet margin on L2-normalised set embeddings
+  c.qan.softmax_weight = 0.0        # >0: keep a frame identity loss (official code)
+
+  c.optim.name = "adam"
+  c.optim.lr = 1e-3
+  c.optim.schedule = "cosine"
+  c.train.steps = 600
+  c.train.batch_size = 64           # images per pretraining step (P x K)
+  c.train.log_every = 50
+  c.train.ckpt_every = 300
+  c.eval.batch_size = 32            # sets per evaluation batch
+  c.eval.best_metric = "set_rank1"
+  if preset in (None, "", "default"):
+    return c
+  if preset in ("mars", "prid2011", "ilids_vid"):
+    c.data.name = preset
+    c.data.image_size = (256, 128)
+    c.model.backbone = "resnet50"
+    c.model.num_parts = 3
+    c.model.feature_dim = 512
+    c.model.embedding_dim = 512
+    c.qan.margin = 1.2              # official code, with L2-normalised features
+    c.qan.softmax_weight = 1.0
+    c.optim.name = "sgd"
+    c.optim.lr = 1e-3
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 5e-4
+    c.optim.schedule = "step"
+    c.train.steps = 40_000
+    c.train.log_every = 100
+    c.train.ckpt_every = 2000
+    c.eval.every = 5000
+    c.model.dtype = "bfloat16"
+    return c
+  raise ValueError(f"unknown preset {preset!r} for configs/qan.py; use mars, prid2011 or ilids_vid.")

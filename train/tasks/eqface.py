@@ -1,0 +1,132 @@
+"""EQFace (Liu et al., CVPR 2021): a quality head trained inside the margin loss.
+
+The paper's three steps run in one job, their lengths in config.eqface.steps
+(fractions of config.train.steps), with steps 2-3 repeated config.eqface.cycles
+times (sec. 3.4):
+  1. s_i = 1: backbone and classifier train with the combined margin loss (3);
+  2. the backbone is frozen (inference-mode BatchNorm, no gradient) and the
+     quality head learns s_i through loss (6);
+  3. the quality head is frozen and its s_i weight loss (6) while the backbone
+     and classifier train again.
+One optax.multi_transform over the parameter groups serves all steps: a frozen
+group's update is zero and its optimiser state is carried over untouched, so
+the TrainState keeps one structure (and one checkpoint format) across steps.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxset.models import EQFace
+from jaxset.models.eqface import GROUPS, param_labels, stage_trainable
+from jaxset.ops.margins import eqface_logits
+from train import loop, optim
+from train.tasks import common, identities
+from train.tasks.adaface import softmax_loss
+
+
+class Task:
+
+  def model(self, config):
+    m = config.model
+    return EQFace(num_classes=identities.num_classes(config), backbone=m.backbone,
+                  embedding_dim=m.embedding_dim, dropout_rate=m.dropout_rate,
+                  quality_form=m.quality_form, quality_hidden=m.quality_hidden,
+                  dtype=common.compute_dtype(config))
+
+  def schedule(self, config):
+    """[(step number 1|2|3, steps)] for the whole run."""
+    f1, f2, f3 = config.eqface.steps
+    cycles = config.eqface.cycles
+    total = config.train.steps
+    s1 = int(round(f1 * total))
+    rest = total - s1
+    per = rest / cycles
+    plan = [(1, s1)]
+    done = s1
+    for c in range(cycles):
+      n2 = int(round(per * f2 / (f2 + f3)))
+      n3 = (int(round(per * (c + 1))) if c < cycles - 1 else rest) - (done - s1) - n2
+      plan += [(2, n2), (3, n3)]
+      done += n2 + n3
+    return [(k, n) for k, n in plan if n > 0]
+
+  def create_state(self, config, rng):
+    h, w = config.data.image_size
+    model = self.model(config)
+    sample = jnp.zeros((1, h, w, 3), jnp.uint8)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), sample))["params"]
+    base = optim.make_optimizer(config.optim, config.train.steps)
+    tx = optax.multi_transform({g: base for g in GROUPS}, param_labels(params))
+    return common.create_state(model, config, rng, sample, config.train.steps, tx=tx)
+
+  def stages(self, config):
+    model = self.model(config)
+    m = config.model
+    official = config.eqface.official_stage2
+
+    def make_step(k):
+      trainable = stage_trainable(k, official)
+
+      def train_step(state, batch):
+        labels = batch["label"]
+
+        def loss_fn(params):
+          out, new_state = model.apply(
+              {"params": params, **state.model_state}, batch["image"], train=True,
+              frozen_backbone=(k == 2), mutable=list(state.model_state),
+              rngs=common.step_rng(state))
+          if k == 1:
+            q = jnp.ones_like(out["quality"])
+          elif k == 2:
+            q = out["quality"]
+          else:
+            q = jax.lax.stop_gradient(out["quality"])
+          logits = eqface_logits(out["cos"], labels, q, scale=m.scale, m1=m.m1, m2=m.m2,
+                                 m3=m.m3, quality_transform=m.quality_transform,
+                                 grad=m.margin_grad)
+          return softmax_loss(logits, labels), (new_state, out)
+
+        (loss, (new_state, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        grads = {g: (v if g in trainable else jax.tree.map(jnp.zeros_like, v))
+                 for g, v in grads.items()}
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        inner = {g: (opt_state.inner_states[g] if g in trainable
+                     else state.opt_state.inner_states[g]) for g in GROUPS}
+        opt_state = opt_state._replace(inner_states=inner)
+        updates = {g: (v if g in trainable else jax.tree.map(jnp.zeros_like, v))
+                   for g, v in updates.items()}
+        state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state, model_state=new_state)
+        return state, {"loss": loss, "quality_mean": jnp.mean(out["quality"]),
+                       "norm_mean": jnp.mean(out["norm"])}
+
+      return train_step
+
+    return [loop.Stage(f"step{k}", n, lambda: identities.pk_iterator(config), make_step(k))
+            for k, n in self.schedule(config)]
+
+  def evaluate(self, state, config):
+    model = self.model(config)
+
+    def describe(state, batch):
+      out = model.apply({"params": state.params, **state.model_state}, batch["image"])
+      return {"f": out["embedding"], "quality": out["quality"]}
+
+    def describe_pair(state, batch):
+      v = {"params": state.params, **state.model_state}
+      return {"a": model.apply(v, batch["image_a"])["embedding"],
+              "b": model.apply(v, batch["image_b"])["embedding"]}
+
+    q = identities.split_embeddings(describe, state, config, "query")
+    g = identities.split_embeddings(describe, state, config, "gallery")
+    out = identities.pair_metrics(describe_pair, state, config)
+    out.update(identities.reid_metrics(q, g))
+    quality = np.concatenate([q["quality"], g["quality"]])
+    deg = np.concatenate([q["degradation"], g["degradation"]])
+    out.update(identities.quality_correlation(quality, deg, "quality"))
+    return out

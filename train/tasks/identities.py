@@ -1,0 +1,66 @@
+"""Evaluation and batching shared by the identity methods (QAN, EQFace, AdaFace, ArcFace, CASN).
+
+The embedded synthetic_identities (and the real re-ID / face datasets) share
+one schema: train / query / gallery splits of images with label, identity,
+camera, tracklet and ground-truth degradation, plus "pairs" for 10-fold image
+verification and "set_pairs" for tracklet verification.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from jaxset.data import pipeline
+from jaxset.eval import cmc_map, kfold_verification_accuracy, spearman
+from train.tasks import common
+
+
+def num_classes(config) -> int:
+  """Identities of the training split (the classifier's width)."""
+  labels = pipeline.read_metadata(common.source(config, "train"), ["label"])["label"]
+  if len(labels) == 0:
+    raise ValueError(f"the train split of {config.data.name!r} is empty.")
+  return int(labels.max()) + 1
+
+
+def pk_iterator(config, split: str = "train"):
+  """P identities x K images per batch; P*K = config.train.batch_size."""
+  p, k = config.train.batch_size // config.data.k, config.data.k
+  ds = pipeline.pk_batches(common.source(config, split), p=p, k=k, seed=config.seed,
+                           image_fn=common.image_fn(config, train=True))
+  return iter(ds)
+
+
+def split_embeddings(describe, state, config, split: str) -> dict:
+  """Runs describe(state, batch) -> {"f": ..., ...} over a split plus its metadata."""
+  src = common.source(config, split)
+  out = common.extract(describe, state, src, config, keys=["image"])
+  meta = pipeline.read_metadata(src)
+  return {**out, **{k: v for k, v in meta.items() if k not in out}}
+
+
+def reid_metrics(q: dict, g: dict, key: str = "f") -> dict:
+  """torchreid CMC rank-1/5 and mAP, query vs gallery (cross-camera)."""
+  r = cmc_map(q[key], g[key], q["identity"], g["identity"], q["camera"], g["camera"])
+  return {"rank1": float(r["rank1"]), "rank5": float(r["rank5"]), "mAP": float(r["mAP"])}
+
+
+def pair_metrics(describe_pair, state, config) -> dict:
+  """10-fold verification accuracy on the "pairs" split (insightface protocol)."""
+  src = common.source(config, "pairs")
+  out = common.extract(describe_pair, state, src, config, keys=["image_a", "image_b"])
+  meta = pipeline.read_metadata(src, ["same", "fold"])
+  res = kfold_verification_accuracy(out["a"], out["b"], meta["same"].astype(bool),
+                                    fold_ids=meta["fold"])
+  return {"pair_acc": float(res["accuracy_mean"])}
+
+
+def quality_correlation(quality, degradation, name: str) -> dict:
+  """Spearman rho of a predicted quality against the ground-truth degradation.
+
+  Images with unknown degradation (-1, real datasets) are left out; a good
+  quality estimate gives rho close to -1.
+  """
+  known = degradation >= 0
+  if known.sum() < 3:
+    return {}
+  return {f"{name}_spearman": float(spearman(quality[known], degradation[known]))}

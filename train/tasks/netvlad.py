@@ -1,0 +1,249 @@
+"""NetVLAD (Arandjelovic et al., CVPR 2016): weakly supervised place recognition.
+
+What differs from the shared loop:
+- before training, the NetVLAD centroids come from k-means on the backbone's
+  local descriptors of database images, with the official alpha rule;
+- tuples (query, potential positives within 10 m, negatives beyond 25 m) are
+  trained with the weakly supervised ranking loss (best potential positive);
+- hard negatives are mined from a cache of database and query features that is
+  recomputed every `config.mining.refresh_every` queries (paper: 1000): a query's
+  negatives are the hardest of `negative_pool` random far images plus the
+  hardest found for it at the last refresh. The cache is part of the checkpoint
+  and the data iterator is rebuilt after each refresh, so a resumed run mines
+  exactly what an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxset.data import pipeline
+from jaxset.eval import recall_at_n
+from jaxset.models import NetVLADModel
+from jaxset.models.netvlad import descriptors_as_seen, init_netvlad_params
+from jaxset.ops import netvlad as netvlad_ops
+from jaxset.ops.losses import weakly_supervised_ranking_loss
+from train import loop
+from train.tasks import common
+
+
+class Task:
+
+  def __init__(self):
+    self.cache = None  # {"db": [N, F] f16, "queries": [Q, F] f16, "hard": [Q, M] int}
+    self._db_src = self._q_src = None
+
+  # -- model and state ------------------------------------------------------
+  def model(self, config):
+    m = config.model
+    return NetVLADModel(backbone=m.backbone, pooling=m.pooling, num_clusters=m.num_clusters,
+                        assignment=m.assignment, normalize_input=m.normalize_input,
+                        dtype=common.compute_dtype(config))
+
+  def create_state(self, config, rng):
+    h, w = config.data.image_size
+    sample = jnp.zeros((1, h, w, 3), jnp.uint8)
+    return common.create_state(self.model(config), config, rng, sample, config.train.steps)
+
+  def _sources(self, config):
+    if self._db_src is None:
+      self._db_src = common.source(config, "train_database")
+      self._q_src = common.source(config, "train_queries")
+    return self._db_src, self._q_src
+
+  # -- hooks ------------------------------------------------------------------
+  def before_training(self, state, config):
+    """k-means centroids and alpha from the untrained backbone's descriptors."""
+    if config.model.pooling != "netvlad":
+      return state
+    model = self.model(config)
+    db, _ = self._sources(config)
+    rng = np.random.default_rng(config.seed)
+    n = min(config.kmeans.num_images, len(db))
+    subset = _Subset(db, np.sort(rng.choice(len(db), n, replace=False)))
+
+    def local(state, batch):
+      variables = {"params": state.params, **state.model_state}
+      return {"d": model.apply(variables, batch["image"], method=model.local_descriptors)}
+
+    desc = common.extract(local, state, subset, config, keys=["image"])["d"]  # [n, hw, D]
+    per = min(config.kmeans.descriptors_per_image, desc.shape[1])
+    pick = np.stack([rng.choice(desc.shape[1], per, replace=False) for _ in range(n)])
+    sample = np.take_along_axis(desc, pick[..., None], axis=1).reshape(-1, desc.shape[-1])
+    seen = descriptors_as_seen(model, jnp.asarray(sample))
+    centroids = netvlad_ops.kmeans(seen, config.model.num_clusters,
+                                   key=jax.random.key(config.seed), iters=config.kmeans.iters)
+    params = init_netvlad_params(model, jax.device_get(state.params), centroids,
+                                 jnp.asarray(sample))
+    state = state.replace(params=loop.replicate(params, loop.make_mesh()))
+    return state
+
+  def on_step(self, state, config, step):
+    """Refreshes the hard-negative cache every refresh_every queries."""
+    if not config.mining.enabled:
+      return state
+    every = max(1, config.mining.refresh_every // config.train.batch_size)
+    if self.cache is None or step % every == 0:
+      self._refresh(state, config)
+      return state, True  # rebuild the iterator: prefetched tuples used the old cache
+    return state
+
+  def checkpoint_extra(self):
+    return self.cache if self.cache is not None else self._empty_cache
+
+  def restore_extra(self, extra):
+    self.cache = {k: np.asarray(v) for k, v in extra.items()}
+
+  # -- mining -------------------------------------------------------------------
+  def _refresh(self, state, config):
+    model = self.model(config)
+    db, queries = self._sources(config)
+
+    def describe(state, batch):
+      variables = {"params": state.params, **state.model_state}
+      return {"f": model.apply(variables, batch["image"])["descriptor"]}
+
+    # float16: the cache is stored in checkpoints and mined in this precision,
+    # in the uninterrupted and the resumed run alike.
+    fdb = common.extract(describe, state, db, config, keys=["image"])["f"].astype(np.float16)
+    fq = common.extract(describe, state, queries, config, keys=["image"])["f"].astype(np.float16)
+    m = config.tuples.num_negatives
+    hard = np.full((len(fq), m), -1, np.int64)
+    rng = np.random.default_rng([config.seed, int(jax.device_get(state.step))])
+    for q, far in enumerate(self._far(config)):
+      if len(far) == 0:
+        continue
+      cand = far if len(far) <= config.tuples.negative_pool else rng.choice(
+          far, config.tuples.negative_pool, replace=False)
+      hard[q, :min(m, len(cand))] = self._hardest(fq[q], fdb, cand, m)
+    self.cache = {"db": fdb, "queries": fq, "hard": hard}
+
+  def _far(self, config):
+    if not hasattr(self, "_far_lists"):
+      db, queries = self._sources(config)
+      db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
+      q_utm = pipeline.read_metadata(queries, ["utm"])["utm"]
+      near = pipeline.neighbours_within(q_utm, db_utm, config.tuples.neg_radius)
+      all_db = np.arange(len(db_utm))
+      self._far_lists = [np.setdiff1d(all_db, n) for n in near]
+      self._pos_lists = pipeline.neighbours_within(q_utm, db_utm, config.tuples.pos_radius)
+    return self._far_lists
+
+  @staticmethod
+  def _hardest(fq, fdb, candidates, m):
+    d = np.sum((fdb[candidates].astype(np.float32) - fq.astype(np.float32)) ** 2, axis=1)
+    return candidates[np.argsort(d, kind="stable")[:m]]
+
+  def miner(self, config):
+    """negative_miner for the sampler: the m hardest of candidates + cached hard ones
+    that violate the margin against the best potential positive (paper sec. 4)."""
+    margin, m = config.loss.margin, config.tuples.num_negatives
+
+    def mine(q, candidates):
+      cache = self.cache
+      prev = cache["hard"][q]
+      pool = np.unique(np.concatenate([candidates, prev[prev >= 0]]))
+      fq = cache["queries"][q].astype(np.float32)
+      d_neg = np.sum((cache["db"][pool].astype(np.float32) - fq) ** 2, axis=1)
+      pos = self._pos_lists[q]
+      d_pos = np.min(np.sum((cache["db"][pos].astype(np.float32) - fq) ** 2, axis=1))
+      order = np.argsort(d_neg, kind="stable")
+      violating = order[d_neg[order] < d_pos + margin]
+      # When too few violate, fill with the next hardest: a query keeps learning
+      # signal, and its loss terms are zero for the ones that do not violate.
+      chosen = np.concatenate([violating, order[len(violating):]])[:m]
+      return pool[chosen]
+
+    return mine
+
+  # -- stages -------------------------------------------------------------------
+  def stages(self, config):
+    model = self.model(config)
+    cfg_loss = config.loss
+    h, w = config.data.image_size
+    db, queries = self._sources(config)
+    self._far(config)
+    f = config.tuples.num_negatives
+    self._empty_cache = {
+        "db": np.zeros((len(db), self._dim(config)), np.float16),
+        "queries": np.zeros((len(queries), self._dim(config)), np.float16),
+        "hard": np.full((len(queries), f), -1, np.int64)}
+
+    def make_iterator():
+      ds = pipeline.netvlad_tuples(
+          db, queries, batch_size=config.train.batch_size,
+          num_positives=config.tuples.num_positives,
+          num_negatives=config.tuples.num_negatives, seed=config.seed,
+          pos_radius=config.tuples.pos_radius, neg_radius=config.tuples.neg_radius,
+          negative_pool=config.tuples.negative_pool,
+          negative_miner=self.miner(config) if config.mining.enabled else None,
+          image_fn=common.image_fn(config, train=True))
+      return iter(ds)
+
+    def train_step(state, batch):
+      b, p = batch["pos_mask"].shape
+      m = batch["neg_mask"].shape[1]
+      images = jnp.concatenate([batch["query"], batch["positives"].reshape(b * p, h, w, 3),
+                                batch["negatives"].reshape(b * m, h, w, 3)])
+
+      def loss_fn(params):
+        out, new_state = model.apply({"params": params, **state.model_state}, images,
+                                     train=True, mutable=list(state.model_state))
+        d = out["descriptor"]
+        q, pos, neg = d[:b], d[b:b + b * p].reshape(b, p, -1), d[b + b * p:].reshape(b, m, -1)
+        per_query = weakly_supervised_ranking_loss(
+            q, pos, neg, batch["pos_mask"], batch["neg_mask"], margin=cfg_loss.margin,
+            squared=cfg_loss.squared)
+        return jnp.mean(per_query), new_state
+
+      (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      state = state.apply_gradients(grads=grads, model_state=new_state)
+      return state, {"loss": loss, "grad_norm": _global_norm(grads)}
+
+    return [loop.Stage("train", config.train.steps, make_iterator, train_step)]
+
+  def _dim(self, config):
+    h, w = config.data.image_size
+    shapes = jax.eval_shape(
+        lambda: self.model(config).init(jax.random.key(0), jnp.zeros((1, h, w, 3), jnp.uint8)))
+    out = jax.eval_shape(
+        lambda v: self.model(config).apply(v, jnp.zeros((1, h, w, 3), jnp.uint8)), shapes)
+    return out["descriptor"].shape[-1]
+
+  # -- evaluation ----------------------------------------------------------------
+  def evaluate(self, state, config):
+    """Recall@N on held-out queries (config.eval.split: val or test)."""
+    model = self.model(config)
+    split = config.eval.split
+    db = common.source(config, f"{split}_database")
+    queries = common.source(config, f"{split}_queries")
+
+    def describe(state, batch):
+      variables = {"params": state.params, **state.model_state}
+      return {"f": model.apply(variables, batch["image"])["descriptor"]}
+
+    fdb = common.extract(describe, state, db, config, keys=["image"])["f"]
+    fq = common.extract(describe, state, queries, config, keys=["image"])["f"]
+    db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
+    q_utm = pipeline.read_metadata(queries, ["utm"])["utm"]
+    recalls = recall_at_n(fq, fdb, q_utm, db_utm, ns=tuple(config.eval.recall_ns),
+                          pos_radius=config.eval.pos_radius)
+    return {f"recall@{n}": float(r) for n, r in recalls.items()}
+
+
+class _Subset:
+  """A view of some records of a data source."""
+
+  def __init__(self, src, indices):
+    self.src, self.indices = src, np.asarray(indices)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.src[int(self.indices[i])]
+
+
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

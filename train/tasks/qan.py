@@ -1,0 +1,165 @@
+"""QAN (Liu et al., CVPR 2017): quality-aware set embedding, trained without quality labels.
+
+Two stages (sec. 3.2): single-image softmax pretraining of the trunk and
+feature branch, then set triplet training through quality_pool, where the
+quality branch learns from eq. (8) alone. Evaluation is set-level: tracklet
+verification on "set_pairs" (10-fold), tracklet re-identification (query
+vs gallery tracklets, rank-1/mAP), and the Spearman correlation of the
+learned per-frame quality mu with the ground-truth degradation.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxset.data import pipeline
+from jaxset.eval import cmc_map, kfold_verification_accuracy
+from jaxset.models import QAN
+from jaxset.models.heads import l2_normalize
+from jaxset.ops.losses import set_triplet_loss
+from train import loop
+from train.tasks import common, identities
+from train.tasks.adaface import softmax_loss
+
+
+def fill_padding(images, mask):
+  """Padded frames repeat the set's first frame: they get no pooling weight, and
+  BatchNorm statistics see real frames instead of black ones."""
+  return jnp.where(mask[:, :, None, None, None], images, images[:, :1])
+
+
+class Task:
+
+  def model(self, config):
+    m = config.model
+    return QAN(backbone=m.backbone, feature_dim=m.feature_dim, embedding_dim=m.embedding_dim,
+               num_parts=m.num_parts, num_classes=identities.num_classes(config),
+               quality_input=m.quality_input, dtype=common.compute_dtype(config))
+
+  def create_state(self, config, rng):
+    h, w = config.data.image_size
+    s = config.qan.set_size
+    return common.create_state(self.model(config), config, rng,
+                               jnp.zeros((1, s, h, w, 3), jnp.uint8), config.train.steps,
+                               mask=jnp.ones((1, s), bool))
+
+  def stages(self, config):
+    model = self.model(config)
+    cq = config.qan
+
+    def pretrain_step(state, batch):
+      def loss_fn(params):
+        logits, new_state = model.apply(
+            {"params": params, **state.model_state}, batch["image"], train=True,
+            method=model.classify, mutable=list(state.model_state))
+        return softmax_loss(logits, batch["label"]), new_state
+
+      (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      return state.apply_gradients(grads=grads, model_state=new_state), {"loss": loss}
+
+    def set_step(state, batch):
+      parts = [batch["anchor"], batch["positive"], batch["negative"]]
+      images = jnp.concatenate([fill_padding(p["images"], p["mask"]) for p in parts])
+      mask = jnp.concatenate([p["mask"] for p in parts])
+      labels = jnp.concatenate([p["label"] for p in parts])
+      b = parts[0]["mask"].shape[0]
+
+      def loss_fn(params):
+        out, new_state = model.apply({"params": params, **state.model_state}, images, mask,
+                                     train=True, mutable=list(state.model_state))
+        e = l2_normalize(out["embedding"])
+        triplet = jnp.mean(set_triplet_loss(e[:b], e[b:2 * b], e[2 * b:], margin=cq.margin))
+        loss = triplet
+        if cq.softmax_weight:
+          # The official code keeps an identity loss on the frames during set training.
+          s = mask.shape[1]
+          frame_labels = jnp.where(mask, labels[:, None], -1).reshape(-1)
+          logits = out["frame_logits"].reshape(-1, out["frame_logits"].shape[-1])
+          loss = loss + cq.softmax_weight * softmax_loss(logits, frame_labels)
+        return loss, (new_state, out, triplet)
+
+      (loss, (new_state, out, triplet)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(state.params)
+      q = out["quality"] if out["quality"].ndim == 2 else jnp.mean(out["quality"], -1)
+      deg = jnp.concatenate([p["degradation"] for p in parts])
+      clean = mask & (deg >= 0) & (deg < 0.05)
+      bad = mask & (deg >= 0.5)
+      metrics = {"loss": loss, "triplet": triplet,
+                 "mu_clean": jnp.sum(q * clean) / jnp.maximum(jnp.sum(clean), 1),
+                 "mu_degraded": jnp.sum(q * bad) / jnp.maximum(jnp.sum(bad), 1)}
+      return state.apply_gradients(grads=grads, model_state=new_state), metrics
+
+    def sets_iterator():
+      ds = pipeline.set_triplet_batches(
+          common.source(config, "train"), batch_size=cq.sets_per_batch,
+          set_size=tuple(cq.set_size_range) if cq.set_size_range else cq.set_size,
+          seed=config.seed, image_fn=common.image_fn(config, train=True))
+      return iter(ds)
+
+    n_pre = int(round(cq.pretrain_fraction * config.train.steps))
+    return [loop.Stage("pretrain", n_pre, lambda: identities.pk_iterator(config), pretrain_step),
+            loop.Stage("sets", config.train.steps - n_pre, sets_iterator, set_step)]
+
+  # -- evaluation ------------------------------------------------------------------
+  def _tracklet_sets(self, config, split):
+    """Every tracklet of a split as one padded set (all its frames, in order)."""
+    src = common.source(config, split)
+    meta = pipeline.read_metadata(src)
+    order = np.lexsort((meta["frame"], meta["tracklet"]))
+    tids, starts = np.unique(meta["tracklet"][order], return_index=True)
+    groups = np.split(order, starts[1:])
+    s = max(len(g) for g in groups)
+    images = np.stack([r["image"] for r in pipeline.fetch(src, np.arange(len(src)))])
+    h, w = images.shape[1:3]
+    sets = []
+    for t, g in zip(tids, groups):
+      imgs = np.zeros((s, h, w, 3), np.uint8)
+      imgs[:len(g)] = images[g]
+      imgs[len(g):] = images[g[0]]
+      m = np.zeros(s, bool)
+      m[:len(g)] = True
+      sets.append({"images": imgs, "mask": m})
+    first = np.array([g[0] for g in groups])
+    info = {"tracklet": tids, "identity": meta["identity"][first],
+            "camera": meta["camera"][first], "frames": groups,
+            "degradation": meta["degradation"]}
+    return sets, info
+
+  def evaluate(self, state, config):
+    model = self.model(config)
+
+    def describe(state, batch):
+      out = model.apply({"params": state.params, **state.model_state}, batch["images"],
+                        batch["mask"])
+      q = out["quality"] if out["quality"].ndim == 2 else jnp.mean(out["quality"], -1)
+      return {"f": l2_normalize(out["embedding"]), "mu": q}
+
+    feats, infos = {}, {}
+    for split in ("query", "gallery"):
+      sets, info = self._tracklet_sets(config, split)
+      feats[split] = common.extract(describe, state, sets, config)
+      infos[split] = info
+    r = cmc_map(feats["query"]["f"], feats["gallery"]["f"], infos["query"]["identity"],
+                infos["gallery"]["identity"], infos["query"]["camera"],
+                infos["gallery"]["camera"])
+    out = {"set_rank1": float(r["rank1"]), "set_mAP": float(r["mAP"])}
+
+    # Tracklet verification: set_pairs refer to tracklet ids of query + gallery.
+    row = {}
+    for split in ("query", "gallery"):
+      for i, t in enumerate(infos[split]["tracklet"]):
+        row[int(t)] = (split, i)
+    pairs = pipeline.read_metadata(common.source(config, "set_pairs"))
+    fa = np.stack([feats[row[int(t)][0]]["f"][row[int(t)][1]] for t in pairs["tracklet_a"]])
+    fb = np.stack([feats[row[int(t)][0]]["f"][row[int(t)][1]] for t in pairs["tracklet_b"]])
+    acc = kfold_verification_accuracy(fa, fb, pairs["same"].astype(bool), fold_ids=pairs["fold"])
+    out["set_pair_acc"] = float(acc["accuracy_mean"])
+
+    mus, degs = [], []
+    for split in ("query", "gallery"):
+      for i, g in enumerate(infos[split]["frames"]):
+        mus.append(feats[split]["mu"][i][:len(g)])
+        degs.append(infos[split]["degradation"][g])
+    out.update(identities.quality_correlation(np.concatenate(mus), np.concatenate(degs), "mu"))
+    return out
