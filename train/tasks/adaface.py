@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import traverse_util
 
@@ -67,22 +66,4 @@ class Task:
                        lambda: identities.pk_iterator(config), train_step)]
 
   def evaluate(self, state, config):
-    model = self.model(config)
-
-    def describe(state, batch):
-      out = model.apply({"params": state.params, **state.model_state}, batch["image"])
-      return {"f": out["embedding"], "norm": out["norm"]}
-
-    def describe_pair(state, batch):
-      v = {"params": state.params, **state.model_state}
-      return {"a": model.apply(v, batch["image_a"])["embedding"],
-              "b": model.apply(v, batch["image_b"])["embedding"]}
-
-    q = identities.split_embeddings(describe, state, config, "query")
-    g = identities.split_embeddings(describe, state, config, "gallery")
-    out = identities.pair_metrics(describe_pair, state, config)
-    out.update(identities.reid_metrics(q, g))
-    norms = np.concatenate([q["norm"], g["norm"]])
-    deg = np.concatenate([q["degradation"], g["degradation"]])
-    out.update(identities.quality_correlation(norms, deg, "norm"))
-    return out
+    return identities.face_metrics(self.model(config), state, config, "norm", "norm")

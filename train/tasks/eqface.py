@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxset.models import EQFace
@@ -111,22 +110,4 @@ class Task:
             for k, n in self.schedule(config)]
 
   def evaluate(self, state, config):
-    model = self.model(config)
-
-    def describe(state, batch):
-      out = model.apply({"params": state.params, **state.model_state}, batch["image"])
-      return {"f": out["embedding"], "quality": out["quality"]}
-
-    def describe_pair(state, batch):
-      v = {"params": state.params, **state.model_state}
-      return {"a": model.apply(v, batch["image_a"])["embedding"],
-              "b": model.apply(v, batch["image_b"])["embedding"]}
-
-    q = identities.split_embeddings(describe, state, config, "query")
-    g = identities.split_embeddings(describe, state, config, "gallery")
-    out = identities.pair_metrics(describe_pair, state, config)
-    out.update(identities.reid_metrics(q, g))
-    quality = np.concatenate([q["quality"], g["quality"]])
-    deg = np.concatenate([q["degradation"], g["degradation"]])
-    out.update(identities.quality_correlation(quality, deg, "quality"))
-    return out
+    return identities.face_metrics(self.model(config), state, config, "quality", "quality")

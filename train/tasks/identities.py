@@ -64,3 +64,27 @@ def quality_correlation(quality, degradation, name: str) -> dict:
   if known.sum() < 3:
     return {}
   return {f"{name}_spearman": float(spearman(quality[known], degradation[known]))}
+
+
+def face_metrics(model, state, config, quality_key: str, name: str) -> dict:
+  """Pair accuracy, rank-1/mAP and Spearman(quality_key output, degradation).
+
+  `model` returns a dict with "embedding" and `quality_key` ("norm" for
+  AdaFace/ArcFace, "quality" for EQFace) for a batch of images.
+  """
+  def describe(state, batch):
+    out = model.apply({"params": state.params, **state.model_state}, batch["image"])
+    return {"f": out["embedding"], "q": out[quality_key]}
+
+  def describe_pair(state, batch):
+    v = {"params": state.params, **state.model_state}
+    return {"a": model.apply(v, batch["image_a"])["embedding"],
+            "b": model.apply(v, batch["image_b"])["embedding"]}
+
+  q = split_embeddings(describe, state, config, "query")
+  g = split_embeddings(describe, state, config, "gallery")
+  out = pair_metrics(describe_pair, state, config)
+  out.update(reid_metrics(q, g))
+  out.update(quality_correlation(np.concatenate([q["q"], g["q"]]),
+                                 np.concatenate([q["degradation"], g["degradation"]]), name))
+  return out
