@@ -19,6 +19,7 @@ the official initialisation's size.
 from __future__ import annotations
 
 import argparse
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,9 @@ import numpy as np
 
 from benchmarks.common import format_rows, peak_bytes, time_fn
 from jaxset.gradcheck.netvlad import reference_netvlad
-from jaxset.ops import netvlad as nv
+
+# The module, not the function that jaxset.ops re-exports under the same name.
+nv = importlib.import_module("jaxset.ops.netvlad")
 
 EPS = 1e-12
 

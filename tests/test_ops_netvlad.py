@@ -1,5 +1,6 @@
 """Tests for jaxset.ops.netvlad: values, gradients, memory form, devices, init, bad input."""
 import functools
+import importlib
 import math
 
 import jax
@@ -14,8 +15,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxset import gradcheck
-from jaxset.gradcheck import netvlad as netvlad_cases
-from jaxset.ops import netvlad as nv
+# Modules by full name: jaxset.ops.netvlad and jaxset.gradcheck.netvlad would
+# otherwise resolve to the function `netvlad` that the packages re-export.
+netvlad_cases = importlib.import_module("jaxset.gradcheck.netvlad")
+nv = importlib.import_module("jaxset.ops.netvlad")
 
 reference_netvlad = netvlad_cases.reference_netvlad
 

@@ -19,12 +19,15 @@ with r = sqrt(eps + |.|^2) throughout.
 """
 from __future__ import annotations
 
+import importlib
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxset.gradcheck import GradCase
-from jaxset.ops import netvlad as netvlad_ops
+
+# The module, not the function that jaxset.ops re-exports under the same name.
+netvlad_ops = importlib.import_module("jaxset.ops.netvlad")
 
 EPS = netvlad_ops.DEFAULT_EPS
 
