@@ -26,9 +26,15 @@ insightface embedding BN1d has a weight frozen at 1: a different value
 raises, since the Flax layer has no scale.
 
 Anything else missing or unexpected raises ValueError listing the missing
-and the unexpected keys. Note: the AdaFace repository's own net.py layout
-(input_layer / body / output_layer) is NOT this layout; convert such
-checkpoints' keys to the insightface names first.
+and the unexpected keys.
+
+AdaFace's own net.py layout (input_layer / body / output_layer, e.g. the
+official adaface_ir101_*.ckpt under "state_dict" with "model." prefixes) is
+detected and renamed to the insightface names (body.n -> layer{s}.{j}). Its
+network differs in three settings, so build the model with
+backbone_kwargs=backbones.ADAFACE_KWARGS: BGR input, (x - 127.5) / 127.5,
+and a subsampling shortcut (MaxPool2d(1, 2)) in the first block instead of
+a conv1x1 projection. Its embedding BN1d has no affine parameters.
 
 CLI:
   python -m jaxset.convert --arch=iresnet100 --checkpoint=model.pt --out=params.msgpack
@@ -49,7 +55,7 @@ import numpy as np
 
 from jaxset.models import backbones
 
-__all__ = ["ARCHS", "convert_state_dict", "save_variables", "load_variables",
+__all__ = ["ARCHS", "convert_state_dict", "detect_layout", "save_variables", "load_variables",
            "load_torch_checkpoint", "main"]
 
 ARCHS = ("vgg16", "resnet18", "resnet50", "iresnet50", "iresnet100")
@@ -90,7 +96,42 @@ def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
 
 
-def _target(arch: str, sd: Mapping[str, Any]):
+_IRESNET_STAGES = {"iresnet50": (3, 4, 14, 3), "iresnet100": (3, 13, 30, 3)}
+_ADAFACE_RES_LAYER = ("bn1", "conv1", "bn2", "prelu", "conv2", "bn3")
+_ADAFACE_TOP = {"input_layer.0": "conv1", "input_layer.1": "bn1", "input_layer.2": "prelu",
+                "output_layer.0": "bn2", "output_layer.3": "fc", "output_layer.4": "features"}
+
+
+def detect_layout(state_dict: Mapping[str, Any]) -> str:
+  """"adaface" for AdaFace's net.py names (input_layer / body / output_layer),
+  else "standard" (torchvision / insightface names)."""
+  keys = _unwrap(state_dict)
+  return "adaface" if any(k.startswith("input_layer.") for k in keys) else "standard"
+
+
+def _rename_adaface(sd: dict, arch: str) -> dict:
+  """AdaFace net.py keys -> insightface iresnet keys (body.n -> layer{s}.{j})."""
+  where = [(s + 1, j) for s, n in enumerate(_IRESNET_STAGES[arch]) for j in range(n)]
+  out = {}
+  for key, value in sd.items():
+    new = key
+    m = re.fullmatch(r"body\.(\d+)\.(res_layer|shortcut_layer)\.(\d+)\.(\w+)", key)
+    if m and int(m.group(1)) < len(where):
+      s, j = where[int(m.group(1))]
+      idx = int(m.group(3))
+      if m.group(2) == "res_layer" and idx < len(_ADAFACE_RES_LAYER):
+        new = f"layer{s}.{j}.{_ADAFACE_RES_LAYER[idx]}.{m.group(4)}"
+      elif m.group(2) == "shortcut_layer":
+        new = f"layer{s}.{j}.downsample.{idx}.{m.group(4)}"
+    else:
+      prefix, _, leaf = key.rpartition(".")
+      if prefix in _ADAFACE_TOP:
+        new = f"{_ADAFACE_TOP[prefix]}.{leaf}"
+    out[new] = value
+  return out
+
+
+def _target(arch: str, sd: Mapping[str, Any], layout: str = "standard"):
   """The Flax module for `arch` and an input shape giving the checkpoint's fc size."""
   if arch in ("iresnet50", "iresnet100"):
     side = 7
@@ -102,7 +143,8 @@ def _target(arch: str, sd: Mapping[str, Any]):
         raise ValueError(
             f"fc.weight has {in_features} input features; expected 512 * s * s (a square "
             "s x s map, s = input side / 16: 7 for 112x112 faces).")
-    return backbones.FaceEmbedder(arch), (1, 16 * side, 16 * side, 3)
+    kwargs = backbones.ADAFACE_KWARGS if layout == "adaface" else None
+    return backbones.FaceEmbedder(arch, backbone_kwargs=kwargs), (1, 16 * side, 16 * side, 3)
   return backbones.create_backbone(arch), (1, 64, 64, 3)
 
 
@@ -167,7 +209,13 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict:
   if arch not in ARCHS:
     raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}.")
   sd = {k: _to_numpy(v) for k, v in _unwrap(state_dict).items()}
-  module, shape = _target(arch, sd)
+  layout = detect_layout(sd)
+  if layout == "adaface":
+    if arch not in _IRESNET_STAGES:
+      raise ValueError(f"this is an AdaFace (net.py) checkpoint; arch must be iresnet50 or "
+                       f"iresnet100, got {arch!r}.")
+    sd = _rename_adaface(sd, arch)
+  module, shape = _target(arch, sd, layout)
   abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(shape, jnp.uint8))
   out, todo, used, missing = {}, [], set(), []
   for collection in ("params", "batch_stats"):
@@ -233,11 +281,14 @@ def main(argv=None) -> None:
   parser.add_argument("--allow_pickle", action="store_true",
                       help="torch.load with weights_only=False (trusted files only)")
   args = parser.parse_args(argv)
-  variables = convert_state_dict(load_torch_checkpoint(args.checkpoint, args.allow_pickle),
-                                 args.arch)
+  checkpoint = load_torch_checkpoint(args.checkpoint, args.allow_pickle)
+  variables = convert_state_dict(checkpoint, args.arch)
   save_variables(variables, args.out)
   n = sum(int(np.size(x)) for x in jax.tree.leaves(variables["params"]))
   print(f"wrote {args.out}: arch={args.arch}, {n:,} parameters")
+  if detect_layout(checkpoint) == "adaface":
+    print("AdaFace layout: build the model with "
+          "backbone_kwargs=jaxset.models.backbones.ADAFACE_KWARGS (BGR, /127.5, pool shortcut)")
 
 
 if __name__ == "__main__":

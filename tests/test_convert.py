@@ -69,6 +69,23 @@ def test_iresnet50_parity_and_adaface_wrapping():
   np.testing.assert_allclose(out["norm"], np.linalg.norm(emb.numpy(), axis=-1), rtol=1e-4)
 
 
+def test_adaface_netpy_layout_parity():
+  net = tr.randomize_(tr.TorchAdaFaceIR(side=2), seed=6)  # 32x32 input
+  images = _images((2, 32, 32, 3), seed=7)
+  x = (images[..., ::-1].astype(np.float32) - 127.5) / 127.5  # BGR, /127.5
+  with torch.no_grad():
+    fmap, emb = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+  ckpt = {"state_dict": {**{f"model.{k}": v for k, v in net.state_dict().items()},
+                         "head.kernel": torch.zeros(512, 10)}}
+  assert convert.detect_layout(ckpt) == "adaface"
+  variables = convert.convert_state_dict(ckpt, "iresnet50")
+  assert "downsample_conv" not in variables["params"]["trunk"]["layer1_0"]
+  model = backbones.FaceEmbedder("iresnet50", backbone_kwargs=backbones.ADAFACE_KWARGS)
+  out = model.apply(variables, jnp.asarray(images))
+  _close(out["feature_map"], _nhwc(fmap))
+  _close(out["embedding"], emb.numpy())
+
+
 def test_iresnet100_layout_converts():
   # Layer counts only (3, 13, 30, 3): keys and shapes, no forward pass.
   net = tr.torch_iresnet100(fc_scale=1)

@@ -178,6 +178,47 @@ def torch_iresnet100(fc_scale=7 * 7):
   return TorchIResNet([3, 13, 30, 3], fc_scale)
 
 
+class TorchAdaFaceBlockIR(nn.Module):
+  """AdaFace net.py BasicBlockIR: names shortcut_layer / res_layer."""
+
+  def __init__(self, in_channel, depth, stride):
+    super().__init__()
+    if in_channel == depth:
+      self.shortcut_layer = nn.MaxPool2d(1, stride)
+    else:
+      self.shortcut_layer = nn.Sequential(nn.Conv2d(in_channel, depth, 1, stride, bias=False),
+                                          nn.BatchNorm2d(depth))
+    self.res_layer = nn.Sequential(
+        nn.BatchNorm2d(in_channel), nn.Conv2d(in_channel, depth, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(depth), nn.PReLU(depth), nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(depth))
+
+  def forward(self, x):
+    return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class TorchAdaFaceIR(nn.Module):
+  """AdaFace net.py Backbone (mode "ir"): input_layer / body / output_layer."""
+
+  def __init__(self, layers=(3, 4, 14, 3), side=7):
+    super().__init__()
+    self.input_layer = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False),
+                                     nn.BatchNorm2d(64), nn.PReLU(64))
+    blocks, c = [], 64
+    for depth, n in zip((64, 128, 256, 512), layers):
+      blocks.append(TorchAdaFaceBlockIR(c, depth, 2))
+      blocks += [TorchAdaFaceBlockIR(depth, depth, 1) for _ in range(n - 1)]
+      c = depth
+    self.body = nn.Sequential(*blocks)
+    self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(0.4), nn.Flatten(),
+                                      nn.Linear(512 * side * side, 512),
+                                      nn.BatchNorm1d(512, affine=False))
+
+  def forward(self, x):
+    fmap = self.body(self.input_layer(x))
+    return fmap, self.output_layer(fmap)
+
+
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
   """Random weights AND random BN running stats / PReLU slopes, then eval mode.
 

@@ -33,6 +33,7 @@ from jaxset.models.heads import safe_norm
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "normalize_images", "PReLU", "SmallCNN",
     "ResNet", "ResNet18", "ResNet50", "VGG16", "IResNet", "IResNet50", "IResNet100",
+    "ADAFACE_KWARGS",
     "EmbeddingHead", "FaceEmbedder", "BACKBONES", "create_backbone",
 ]
 
@@ -232,10 +233,16 @@ class VGG16(nn.Module):
 
 
 class IBasicBlock(nn.Module):
-  """BN - conv3x3 - BN - PReLU - conv3x3(stride) - BN, plus the (projected) shortcut."""
+  """BN - conv3x3 - BN - PReLU - conv3x3(stride) - BN, plus the shortcut.
+
+  The shortcut is a conv1x1(stride)-BN projection when the width or the
+  resolution changes; with pool_shortcut (AdaFace's net.py) a strided block
+  that keeps its width uses MaxPool2d(1, stride), i.e. subsampling, instead.
+  """
   features: int
   stride: int = 1
   dtype: Dtype = jnp.float32
+  pool_shortcut: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -246,7 +253,9 @@ class IBasicBlock(nn.Module):
     y = _conv(self.features, 3, self.stride, dtype=self.dtype, name="conv2")(y)
     y = _bn(train, self.dtype, "bn3")(y)
     residual = x
-    if self.stride != 1 or x.shape[-1] != self.features:
+    if x.shape[-1] == self.features and self.pool_shortcut:
+      residual = x[:, ::self.stride, ::self.stride]
+    elif self.stride != 1 or x.shape[-1] != self.features:
       residual = _conv(self.features, 1, self.stride, dtype=self.dtype,
                        name="downsample_conv")(x)
       residual = _bn(train, self.dtype, "downsample_bn")(residual)
@@ -260,22 +269,34 @@ class IResNet(nn.Module):
   (7x7 at 112x112). The embedding layer is `EmbeddingHead` (see FaceEmbedder).
   `input_scale`: (x - 127.5) / input_scale; 128 as the MXNet-era insightface
   models, 127.5 for arcface_torch / AdaFace checkpoints.
+  `bgr`: reverse the channels first (AdaFace's models take BGR).
+  `pool_shortcut`: AdaFace's net.py shortcut (see IBasicBlock); ADAFACE_KWARGS
+  holds all three settings for the official AdaFace checkpoints.
   """
   stage_sizes: Sequence[int] = (3, 4, 14, 3)
   input_scale: float = 128.0
+  bgr: bool = False
+  pool_shortcut: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images, train: bool = False):
+    if self.bgr:
+      images = jnp.asarray(images)[..., ::-1]
     x = normalize_images(images, "insightface", self.dtype, self.input_scale)
     x = _conv(64, 3, dtype=self.dtype, name="conv1")(x)
     x = _bn(train, self.dtype, "bn1")(x)
     x = PReLU(self.dtype, name="prelu")(x)
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
-        x = IBasicBlock(64 * 2 ** i, 2 if j == 0 else 1, self.dtype,
+        x = IBasicBlock(64 * 2 ** i, 2 if j == 0 else 1, self.dtype, self.pool_shortcut,
                         name=f"layer{i + 1}_{j}")(x, train)
     return x
+
+
+# The official AdaFace checkpoints (net.py IR-50 / IR-101): BGR input,
+# (x - 127.5) / 127.5, subsampling shortcut in the first block.
+ADAFACE_KWARGS = {"input_scale": 127.5, "bgr": True, "pool_shortcut": True}
 
 
 def IResNet50(dtype: Dtype = jnp.float32, **kw):
