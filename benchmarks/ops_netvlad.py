@@ -4,7 +4,7 @@ Each netvlad row times jit(grad) of <ct, netvlad(x)> w.r.t. the descriptors,
 centroids and assignment weights, for the official "v1" layer (L2-normalised
 input, no bias) at 4 images of 30x40 conv5 descriptors, D=512, K=64:
 
-  custom_vjp          jaxset.ops.netvlad (matmul form, hand-written backward)
+  custom_vjp          jaxset.ops.netvlad_layer (matmul form, hand-written backward)
   plain autodiff      the same matmul forward, differentiated by jax
   per-cluster loop    the PyTorch ports: for each cluster, the N x D residual
                       x - c_k, weighted by a_k and summed (K separate maps)
@@ -29,7 +29,7 @@ from benchmarks.common import format_rows, peak_bytes, time_fn
 from jaxset.gradcheck.netvlad import reference_netvlad
 
 # The module, not the function that jaxset.ops re-exports under the same name.
-nv = importlib.import_module("jaxset.ops.netvlad")
+nv = importlib.import_module("jaxset.ops.netvlad_layer")
 
 EPS = 1e-12
 

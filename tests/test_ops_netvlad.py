@@ -1,4 +1,4 @@
-"""Tests for jaxset.ops.netvlad: values, gradients, memory form, devices, init, bad input."""
+"""Tests for jaxset.ops.netvlad_layer: values, gradients, memory form, devices, init, bad input."""
 import functools
 import importlib
 import math
@@ -15,10 +15,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxset import gradcheck
-# Modules by full name: jaxset.ops.netvlad and jaxset.gradcheck.netvlad would
+# Modules by full name: jaxset.ops.netvlad_layer and jaxset.gradcheck.netvlad would
 # otherwise resolve to the function `netvlad` that the packages re-export.
 netvlad_cases = importlib.import_module("jaxset.gradcheck.netvlad")
-nv = importlib.import_module("jaxset.ops.netvlad")
+nv = importlib.import_module("jaxset.ops.netvlad_layer")
 
 reference_netvlad = netvlad_cases.reference_netvlad
 

@@ -27,7 +27,7 @@ import numpy as np
 from jaxset.gradcheck import GradCase
 
 # The module, not the function that jaxset.ops re-exports under the same name.
-netvlad_ops = importlib.import_module("jaxset.ops.netvlad")
+netvlad_ops = importlib.import_module("jaxset.ops.netvlad_layer")
 
 EPS = netvlad_ops.DEFAULT_EPS
 
