@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxset.models import adaface, backbones, casn, eqface, heads, netvlad, qan
-from jaxset.ops import netvlad as netvlad_ops
+from jaxset.ops import netvlad_layer as netvlad_ops
 
 TINY = {"widths": (8, 16, 16, 16)}  # a fast SmallCNN for the tests
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxset.models import backbones
-from jaxset.ops import grad_cam as grad_cam_ops
+from jaxset.ops import attention as grad_cam_ops
 from jaxset.ops import losses as loss_ops
 
 __all__ = ["CASN", "CASNLossConfig", "identification_loss", "identification_attention",

@@ -3,14 +3,14 @@
 backbone (VGG16 cropped at conv5_3 before ReLU) -> local descriptors [B, N, D]
 -> pooling -> optional PCA-whitening (Dense, set from data) -> L2.
 
-pooling="netvlad": jaxset.ops.netvlad.netvlad (eq. (3)-(4), intra-norm + L2),
-  output K*D flattened [K, D] row-major (see ops.netvlad for MATLAB order).
+pooling="netvlad": jaxset.ops.netvlad_layer.netvlad (eq. (3)-(4), intra-norm + L2),
+  output K*D flattened [K, D] row-major (see ops.netvlad_layer for MATLAB order).
 pooling="avg" / "max" / "gem": jaxset.ops.pooling over the descriptors
   (the f_avg / f_max baselines of the paper, and GeM with a learned p).
 
 Initialisation from data (the official recipe): run the model's
 `local_descriptors` on ~500 images, sample ~100 descriptors per image,
-k-means them (jaxset.ops.netvlad.kmeans on `descriptors_as_seen`), then
+k-means them (jaxset.ops.netvlad_layer.kmeans on `descriptors_as_seen`), then
 `init_netvlad_params(model, params, centroids, descriptors)`. PCA-whitening:
 `fit_pca_whitening(vectors, dim)` on pooled training vectors, then
 `set_pca_params(params, mean, projection)`.
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxset.models import backbones
 from jaxset.models.heads import l2_normalize
-from jaxset.ops import netvlad as netvlad_ops
+from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops import pooling as pooling_ops
 
 __all__ = ["NetVLADPool", "NetVLADModel", "descriptors_as_seen", "init_netvlad_params",
@@ -36,7 +36,7 @@ POOLINGS = ("netvlad", "avg", "max", "gem")
 
 
 class NetVLADPool(nn.Module):
-  """The NetVLAD layer's parameters around jaxset.ops.netvlad.netvlad.
+  """The NetVLAD layer's parameters around jaxset.ops.netvlad_layer.netvlad.
 
   Params: "centroids" [K, D], "assign_weight" [K, D] (row k = w_k) and, for
   assignment="paper", "assign_bias" [K] (b_k; the official "v1" layer,
@@ -130,7 +130,7 @@ class NetVLADModel(nn.Module):
 
 def descriptors_as_seen(model: NetVLADModel, descriptors):
   """Local descriptors [..., D] as the NetVLAD layer sees them (L2-normalised when
-  model.normalize_input): feed these to ops.netvlad.kmeans."""
+  model.normalize_input): feed these to ops.netvlad_layer.kmeans."""
   return l2_normalize(descriptors) if model.normalize_input else jnp.asarray(descriptors)
 
 
@@ -143,7 +143,7 @@ def init_netvlad_params(model: NetVLADModel, params, centroids, descriptors=None
     params: the model's params (variables["params"]); not modified.
     centroids: [K, D] k-means centres of descriptors_as_seen(model, local descriptors).
     descriptors: [M, D] raw local descriptors for the alpha rule
-      (ops.netvlad.netvlad_alpha); needed unless alpha is given.
+      (ops.netvlad_layer.netvlad_alpha); needed unless alpha is given.
     alpha: the assignment sharpness, overriding the rule.
 
   Returns:
