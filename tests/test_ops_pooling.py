@@ -62,7 +62,7 @@ def test_custom_vjp_equals_autodiff_of_reference(x64):
   want = jax.grad(loss(qan_cases.reference_quality_pool), argnums=(0, 1))(x, q)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-12)
-  jax.test_util.check_grads(lambda x, q: quality_pool(x, q, mask), (x, q), order=2,
+  jax.test_util.check_grads(lambda x, q: quality_pool(x, q, mask), (x, q), order=1,
                             modes=("rev",))
 
 

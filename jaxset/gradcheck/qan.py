@@ -165,8 +165,8 @@ def _make_quality_pool(shape, masked):
 
 
 def _make_segment(rng):
-  ids = np.array([0, 0, 0, 2, 2, 1, 2, 1])  # interleaved, unsorted
-  x = rng.standard_normal((ids.size, 3))
+  ids = np.array([0, 0, 2, 1, 2, 1])  # interleaved, unsorted
+  x = rng.standard_normal((ids.size, 2))
   mu = rng.uniform(0.1, 1.0, ids.size)
   return (x, mu), {"segment_ids": ids, "num_segments": 3}
 
@@ -205,11 +205,11 @@ def cases() -> list[GradCase]:
   return [
       GradCase(name="quality_pool", fn=pooling.quality_pool,
                reference=reference_quality_pool, paper_grad=paper_grad_quality_pool,
-               make=_make_quality_pool((2, 5, 3), masked=False), order=2,
+               make=_make_quality_pool((2, 4, 2), masked=False), order=2,
                paper_eq="QAN eq.(7)-(8) exact (x 1/sum mu)"),
       GradCase(name="quality_pool/masked", fn=pooling.quality_pool,
                reference=reference_quality_pool, paper_grad=paper_grad_quality_pool,
-               make=_make_quality_pool((2, 2, 4, 3), masked=True), order=2,
+               make=_make_quality_pool((2, 2, 3, 2), masked=True), order=2,
                paper_eq="QAN eq.(7)-(8) exact (x 1/sum mu)"),
       GradCase(name="segment_quality_pool", fn=pooling.segment_quality_pool,
                reference=reference_segment_quality_pool,
