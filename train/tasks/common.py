@@ -54,8 +54,13 @@ def create_state(model, config, rng, sample, total_steps: int, tx=None, **apply_
   variables = dict(variables)
   params = variables.pop("params")
   tx = tx or optim.make_optimizer(config.optim, total_steps)
-  return loop.TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                                model_state=variables, rng=state_rng)
+  state = loop.TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                                 model_state=variables, rng=state_rng)
+  if config.model.get("pretrained"):
+    state = load_pretrained(state, config.model.pretrained)
+    # The optimiser state was built for the random init; rebuild it for the new params.
+    state = state.replace(opt_state=tx.init(state.params))
+  return state
 
 
 def step_rng(state, name: str = "dropout"):
@@ -94,3 +99,68 @@ def _jit_cache(fn):
   if fn not in _JITTED:
     _JITTED[fn] = jax.jit(fn)
   return _JITTED[fn]
+
+
+
+def _subtrees(tree, prefix=()):
+  """Every dict node of a nested dict with its path, shallowest first."""
+  out = [(prefix, tree)]
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out += _subtrees(v, prefix + (k,))
+  return sorted(out, key=lambda pv: len(pv[0]))
+
+
+def load_pretrained(state, path: str):
+  """Loads converted backbone weights (python -m jaxset.convert) into the state.
+
+  The file holds Flax variables {"params", "batch_stats"} of one backbone
+  module (VGG16 / ResNet) or of a FaceEmbedder (IResNet). They replace the
+  subtree of state.params (and of state.model_state["batch_stats"]) whose
+  parameter names and shapes match them exactly, wherever the model keeps its
+  backbone. No match is an error naming the closest subtree's differences, so
+  a checkpoint for the wrong architecture never loads silently.
+  """
+  from flax import traverse_util
+  from jaxset.convert import load_variables
+
+  def shapes(tree):
+    return {"/".join(k): tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(tree).items()}
+
+  loaded = load_variables(path)
+  want = shapes(loaded["params"])
+  params = jax.device_get(state.params)
+  best = None
+  for prefix, node in _subtrees(params):
+    got = shapes(node)
+    if got == want:
+      break
+    diff = len(set(got) ^ set(want))
+    if best is None or diff < best[0]:
+      best = (diff, prefix, got)
+  else:
+    _, prefix, got = best
+    missing, unexpected = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+    wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+    raise ValueError(
+        f"{path} matches no part of the model. Closest: params/{'/'.join(prefix)}, "
+        f"which also needs {missing[:6]}, does not have {unexpected[:6]}, and differs in "
+        f"shape at {wrong[:6]}. Convert the checkpoint for --config.model.backbone "
+        "(python -m jaxset.convert --arch=...).")
+
+  def put(tree, sub):
+    tree = jax.tree.map(lambda x: x, tree)  # fresh containers: the state is not mutated
+    node = tree
+    for key in prefix[:-1]:
+      node = node[key]
+    old = node[prefix[-1]]
+    node[prefix[-1]] = jax.tree.map(lambda v, t: np.asarray(v, t.dtype), sub, old)
+    return tree
+
+  model_state = dict(state.model_state)
+  if "batch_stats" in loaded:
+    if "batch_stats" not in model_state:
+      raise ValueError(f"{path} has BatchNorm statistics but the model keeps none.")
+    model_state["batch_stats"] = put(jax.device_get(model_state["batch_stats"]),
+                                     loaded["batch_stats"])
+  return state.replace(params=put(params, loaded["params"]), model_state=model_state)
