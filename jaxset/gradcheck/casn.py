@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxset.gradcheck import GradCase
 from jaxset.ops import losses
-from jaxset.ops.grad_cam import grad_cam
+from jaxset.ops.attention import grad_cam
 
 
 # --------------------------------------------------------------------------

@@ -343,7 +343,7 @@ def attention_consistency_loss(map_a, map_b, same, *, threshold: float = 0.5,
 
   Args:
     map_a, map_b: [B, H, W] attention maps of the two images of each pair
-      (Grad-CAM maps, >= 0; see jaxset.ops.grad_cam).
+      (Grad-CAM maps, >= 0; see jaxset.ops.attention).
     same: [B] 0/1 labels (bool, int or float); 1 = same identity.
     threshold: relative threshold in [0, 1] (Python float).
     size: length of the resized profile; None keeps H.
