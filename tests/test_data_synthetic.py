@@ -93,7 +93,8 @@ def test_identities_deterministic(id_dir, tmp_path):
 
 def test_identities_splits_and_labels(id_dir):
   c = TINY_ID
-  m = {s: read_metadata(_load("synthetic_identities", s, id_dir)) for s in ("train", "query", "gallery")}
+  m = {s: read_metadata(_load("synthetic_identities", s, id_dir))
+       for s in ("train", "query", "gallery")}
   train_ids = set(m["train"]["identity"].tolist())
   test_ids = set(m["query"]["identity"].tolist())
   assert train_ids.isdisjoint(test_ids)
@@ -115,7 +116,8 @@ def test_identities_splits_and_labels(id_dir):
     t, f = m[s]["tracklet"], m[s]["frame"]
     starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
     assert len(starts) == len(set(t.tolist()))  # each tracklet is one contiguous run
-    np.testing.assert_array_equal(f, np.arange(len(t)) - np.repeat(starts, np.diff(np.r_[starts, len(t)])))
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(t)]))
+    np.testing.assert_array_equal(f, np.arange(len(t)) - run_start)
     assert np.all(np.bincount(t)[sorted(set(t.tolist()))] == c.frames)
 
 
@@ -226,7 +228,8 @@ def test_inspect_writes_contact_sheet(name, id_dir, place_dir, tmp_path, capsys)
   assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 10
   if name == "synthetic_identities":
     c = TINY_ID
-    assert stats["train"]["count"] == c.train_identities * c.cameras * c.tracklets_per_camera * c.frames
+    per_identity = c.cameras * c.tracklets_per_camera * c.frames
+    assert stats["train"]["count"] == c.train_identities * per_identity
     assert set(stats["train"]["degradation"]) == set(si.DEGRADATION_TYPES)
     assert "occlusion" in text
   else:

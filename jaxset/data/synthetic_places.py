@@ -63,7 +63,8 @@ CONFIGS = (
                  "database every 6 m x 4 headings (1388 per split), 1000 train queries, "
                  "250 val and 250 test queries, "
                  "64x64 images."),
-    PlacesConfig(name="tiny", description="For tests: 2x2 streets 60 m apart, 20 queries per split.",
+    PlacesConfig(name="tiny",
+                 description="For tests: 2x2 streets 60 m apart, 20 queries per split.",
                  block=60.0, horizontal_streets=2, vertical_streets=2, db_spacing=10.0, queries=20,
                  train_queries=20),
 )
@@ -85,11 +86,13 @@ def styles(seed: int) -> list[dict]:
   for _ in range(NUM_STYLES):
     pool.append(dict(
         texture=int(rng.integers(len(render.TEXTURE_NAMES))),
-        tint=render.hsv_colour(rng.uniform(0.0, 0.65), rng.uniform(0.05, 0.55), rng.uniform(0.45, 0.95)),
+        tint=render.hsv_colour(rng.uniform(0.0, 0.65), rng.uniform(0.05, 0.55),
+                               rng.uniform(0.45, 0.95)),
         contrast=float(rng.uniform(0.4, 1.2)),
         floor=float(rng.uniform(3.0, 4.2)), column=float(rng.uniform(2.0, 4.5)),
         window_w=float(rng.uniform(0.3, 0.7)), window_h=float(rng.uniform(0.35, 0.7)),
-        glass=render.hsv_colour(rng.uniform(0.5, 0.7), rng.uniform(0.1, 0.5), rng.uniform(0.1, 0.35)),
+        glass=render.hsv_colour(rng.uniform(0.5, 0.7), rng.uniform(0.1, 0.5),
+                                rng.uniform(0.1, 0.35)),
         shop=render.hsv_colour(rng.uniform(), rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.9)),
     ))
   return pool
@@ -243,16 +246,19 @@ def _occluders(img, count: int, horizon: float, rng: np.random.Generator, night:
   h, w = img.shape[:2]
   for _ in range(count):
     kind = rng.choice(3, p=[0.5, 0.3, 0.2])
-    colour = render.hsv_colour(rng.uniform(), rng.uniform(0.2, 0.9), rng.uniform(0.2, 0.9)) * min(1.0, gain + 0.2)
+    colour = render.hsv_colour(rng.uniform(), rng.uniform(0.2, 0.9), rng.uniform(0.2, 0.9))
+    colour = colour * min(1.0, gain + 0.2)
     if kind == 0:  # car
       cw, ch = rng.uniform(0.25, 0.55) * w, rng.uniform(0.14, 0.24) * h
       x0, bottom = rng.uniform(-0.2 * w, w), rng.uniform(0.9, 1.05) * h
       render.paint_box(img, bottom - ch, bottom - 0.3 * ch, x0, x0 + cw, colour)
-      render.paint_box(img, bottom - 1.5 * ch, bottom - ch, x0 + 0.2 * cw, x0 + 0.8 * cw, 0.3 * colour)
+      render.paint_box(img, bottom - 1.5 * ch, bottom - ch, x0 + 0.2 * cw, x0 + 0.8 * cw,
+                       0.3 * colour)
       for wx in (x0 + 0.2 * cw, x0 + 0.8 * cw):
         render.paint_ellipse(img, bottom - 0.3 * ch, wx, 0.2 * ch, 0.2 * ch, (0.05, 0.05, 0.05))
       if night:
-        render.paint_box(img, bottom - 0.8 * ch, bottom - 0.6 * ch, x0, x0 + 0.08 * cw, (1.0, 0.95, 0.7))
+        render.paint_box(img, bottom - 0.8 * ch, bottom - 0.6 * ch, x0, x0 + 0.08 * cw,
+                         (1.0, 0.95, 0.7))
     elif kind == 1:  # pedestrian
       ph, px = rng.uniform(0.2, 0.4) * h, rng.uniform(0, w)
       bottom = rng.uniform(0.85, 1.0) * h
@@ -302,8 +308,8 @@ def generate(config: PlacesConfig) -> dict[str, list[dict]]:
             occ = int(rng.uniform() < 0.2)
             img = render_view(c, facades, si, side, float(s), 0.0, yaw, 0.62 * c.height, 0.0,
                               "day", rng, occ, 0.0)
-            db.append({"image": render.encode(img, "jpeg"), "utm": utm, "timestamp": _DB_TIME + pano,
-                       "panorama": pano,
+            db.append({"image": render.encode(img, "jpeg"), "utm": utm,
+                       "timestamp": _DB_TIME + pano, "panorama": pano,
                        "filename": f"{split}/database/@{utm[0]:.2f}@{utm[1]:.2f}@pano{pano:05d}"
                                    f"@yaw{_heading_deg(st, side, yaw):03d}@.jpg"})
         pano += 1
@@ -373,7 +379,8 @@ class SyntheticPlaces(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {name: self._generate_examples(rows) for name, rows in generate(self.builder_config).items()}
+    records = generate(self.builder_config)
+    return {name: self._generate_examples(rows) for name, rows in records.items()}
 
   def _generate_examples(self, rows):
     for i, row in enumerate(rows):
