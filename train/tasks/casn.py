@@ -96,3 +96,6 @@ class Task:
     same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
     out["attention_inconsistency"] = float(np.mean(c[same]))
     return out
+
+  def curves(self, state, config):
+    return identities.face_curves(self.model(config), state, config, None)

@@ -111,3 +111,6 @@ class Task:
 
   def evaluate(self, state, config):
     return identities.face_metrics(self.model(config), state, config, "quality", "quality")
+
+  def curves(self, state, config):
+    return identities.face_curves(self.model(config), state, config, "quality", "quality")

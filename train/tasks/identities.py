@@ -88,3 +88,52 @@ def face_metrics(model, state, config, quality_key: str, name: str) -> dict:
   out.update(quality_correlation(np.concatenate([q["q"], g["q"]]),
                                  np.concatenate([q["degradation"], g["degradation"]]), name))
   return out
+
+
+def face_curves(model, state, config, quality_key: str | None, name: str = "quality") -> dict:
+  """Curves for train.eval's plots: CMC, pair ROC, and with a quality output,
+  error-versus-reject and quality against the true degradation."""
+  from jaxset.eval import error_vs_reject, roc_curve
+
+  def describe(state, batch):
+    out = model.apply({"params": state.params, **state.model_state}, batch["image"])
+    res = {"f": out["embedding"] if "embedding" in out else out["features"]}
+    if quality_key:
+      res["q"] = out[quality_key]
+    return res
+
+  def describe_pair(state, batch):
+    v = {"params": state.params, **state.model_state}
+    res = {}
+    for side in ("a", "b"):
+      out = model.apply(v, batch[f"image_{side}"])
+      res[side] = out["embedding"] if "embedding" in out else out["features"]
+      if quality_key:
+        res[f"q{side}"] = out[quality_key]
+    return res
+
+  q = split_embeddings(describe, state, config, "query")
+  g = split_embeddings(describe, state, config, "gallery")
+  r = cmc_map(q["f"], g["f"], q["identity"], g["identity"], q["camera"], g["camera"])
+  curves = {"cmc": {"x": np.arange(1, len(r["cmc"]) + 1), "y": r["cmc"], "xlabel": "rank",
+                    "ylabel": "matching rate", "title": f"CMC (mAP {r['mAP']:.3f})"}}
+  src = common.source(config, "pairs")
+  p = common.extract(describe_pair, state, src, config, keys=["image_a", "image_b"])
+  same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
+  a = p["a"] / np.linalg.norm(p["a"], axis=1, keepdims=True).clip(1e-12)
+  b = p["b"] / np.linalg.norm(p["b"], axis=1, keepdims=True).clip(1e-12)
+  scores = np.sum(a * b, axis=1)
+  fpr, tpr, _ = roc_curve(scores, same)
+  curves["roc"] = {"x": np.maximum(fpr, 1e-4), "y": tpr, "xlabel": "false accept rate",
+                   "ylabel": "true accept rate", "logx": True, "title": "pair ROC"}
+  if quality_key:
+    erc = error_vs_reject(scores, same, p["qa"], p["qb"], fnmr=0.1)
+    curves["erc"] = {"x": erc["reject_fractions"], "y": erc["fnmr"], "xlabel": "fraction rejected",
+                     "ylabel": "FNMR", "title": f"error vs reject ({name})",
+                     "series": {f"lowest {name} first": (erc["reject_fractions"], erc["fnmr"]),
+                                "random": (erc["reject_fractions"], erc["fnmr_random"])}}
+    curves[f"{name}_vs_degradation"] = {
+        "x": np.concatenate([q["degradation"], g["degradation"]]),
+        "y": np.concatenate([q["q"], g["q"]]), "kind": "scatter",
+        "xlabel": "true degradation", "ylabel": name, "title": f"{name} vs degradation"}
+  return curves

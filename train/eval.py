@@ -1,0 +1,144 @@
+"""`python -m train.eval --config=configs/<method>.py --workdir=runs/<run>`.
+
+Evaluates a run's checkpoint (the latest by default; --checkpoint=best or a
+step number) with the method's own protocol on any split the config can name
+(override the data with --config.data.name / --config.data.dir as for
+training), and writes <out>/report.json plus PNG plots of the curves the task
+reports (Recall@N, ROC, CMC, error-versus-reject, quality against
+degradation). A missing or unreadable checkpoint is an error that says where
+it looked and what it found there.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py[:preset]",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "the training run's directory")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number")
+_OUT = flags.DEFINE_string("out", None, "report folder (default <workdir>/eval_<step>)")
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint where the run should have one."""
+
+
+def _listing(d: Path) -> str:
+  if not d.exists():
+    return "the folder does not exist"
+  entries = sorted(p.name for p in d.iterdir())
+  return f"it holds {entries[:12]}" if entries else "it is empty"
+
+
+def restore_state(task, config, workdir: Path, which: str = "latest"):
+  """(state, step) from <workdir>/checkpoints (latest or a step) or <workdir>/best."""
+  import jax
+  import orbax.checkpoint as ocp
+  from train import loop
+
+  directory = workdir / ("best" if which == "best" else "checkpoints")
+  if not directory.is_dir():
+    raise CheckpointError(
+        f"no checkpoint folder at {directory}: {_listing(workdir)}. Train first "
+        f"(python -m train.main --config=... --workdir={workdir}) or give the run's --workdir.")
+  manager = ocp.CheckpointManager(directory.absolute())
+  steps = manager.all_steps()
+  if not steps:
+    raise CheckpointError(
+        f"no finished checkpoint in {directory}: {_listing(directory)} (a "
+        "*.orbax-checkpoint-tmp folder is a save that was interrupted).")
+  step = max(steps) if which in ("latest", "best") else int(which)
+  if step not in steps:
+    raise CheckpointError(f"no checkpoint for step {step} in {directory}; steps there: {steps}.")
+  state = task.create_state(config, jax.random.key(config.seed))
+  state = loop.replicate(state, loop.make_mesh())
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+  except Exception as e:  # orbax raises many types for truncated or foreign files
+    raise CheckpointError(
+        f"the checkpoint of step {step} in {directory / str(step)} could not be read "
+        f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+        f"{_listing(directory / str(step))}. It may be corrupt, or from another config "
+        "(a different model or dataset changes the state's shapes).") from None
+  finally:
+    manager.close()
+  return restored["state"], step
+
+
+def plot_curves(curves: dict, out: Path) -> list[str]:
+  """One PNG per curve: {"name": {"x", "y", "xlabel", "ylabel"[, "series"]}}."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  written = []
+  for name, c in curves.items():
+    fig, ax = plt.subplots(figsize=(4.5, 3.5), dpi=120)
+    series = c.get("series") or {name: (c["x"], c["y"])}
+    for label, (x, y) in series.items():
+      if c.get("kind") == "scatter":
+        ax.scatter(x, y, s=4, alpha=0.4, label=label)
+      else:
+        ax.plot(x, y, label=label)
+    ax.set_xlabel(c.get("xlabel", "")), ax.set_ylabel(c.get("ylabel", ""))
+    if c.get("logx"):
+      ax.set_xscale("log")
+    ax.set_title(c.get("title", name), fontsize=9)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+      ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / f"{name}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(str(path))
+  return written
+
+
+def evaluate_run(config, workdir, which: str = "latest", out=None) -> dict:
+  """Restores, evaluates and writes the report; returns it."""
+  import numpy as np
+  from train import tasks
+
+  workdir = Path(workdir)
+  task = tasks.get(config.method)
+  state, step = restore_state(task, config, workdir, which)
+  metrics = task.evaluate(state, config)
+  curves = task.curves(state, config) if hasattr(task, "curves") else {}
+  out = Path(out) if out else workdir / f"eval_{which}_{step}"
+  out.mkdir(parents=True, exist_ok=True)
+  plots = plot_curves(curves, out)
+  report = {"method": config.method, "dataset": config.data.name, "checkpoint": which,
+            "step": step, "metrics": metrics, "plots": plots,
+            "curves": {k: {kk: np.asarray(vv).tolist() for kk, vv in v.items()
+                           if kk in ("x", "y")} for k, v in curves.items()}}
+  (out / "report.json").write_text(json.dumps(report, indent=2))
+  return report
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError("--config and --workdir are required.")
+  try:
+    report = evaluate_run(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _OUT.value)
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  from train import writers
+  print(f"step {report['step']} ({report['checkpoint']}): " + writers.fmt(report["metrics"]))
+  print(f"report: {Path(report['plots'][0]).parent if report['plots'] else _OUT.value}"
+        f" ({len(report['plots'])} plots)")
+
+
+if __name__ == "__main__":
+  app.run(main)
