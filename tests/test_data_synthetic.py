@@ -215,6 +215,11 @@ def test_places_deterministic_and_no_rebuild(place_dir, tmp_path, monkeypatch):
   assert len(_load("synthetic_places", "test_queries", tmp_path)) == TINY_PLACES.queries
 
 
+def test_places_bad_query_times_raise():
+  with pytest.raises(ValueError, match="query_times"):
+    sp.generate(sp.PlacesConfig(name="x", query_times=("noon",)))
+
+
 # --------------------------------------------------------------------------
 # inspect
 

@@ -55,6 +55,7 @@ class PlacesConfig(tfds.core.BuilderConfig):
   db_spacing: float = 6.0       # metres between database places along a street
   queries: int = 250            # val and test queries
   train_queries: int = 1000
+  query_times: tuple[str, ...] = ("day", "morning", "overcast", "dusk", "night", "harsh")
   seed: int = 20260402
 
 
@@ -289,6 +290,9 @@ def _heading_deg(street: Street, side: int, yaw: float) -> int:
 def generate(config: PlacesConfig) -> dict[str, list[dict]]:
   """All records of all splits (images JPEG-encoded), deterministic in `config`."""
   c = config
+  unknown = [t for t in c.query_times if t not in _LIGHT]
+  if unknown or not c.query_times:
+    raise ValueError(f"query_times must be a non-empty subset of {TIMES}; got {c.query_times}.")
   out = {}
   for k, split in enumerate(SPLITS):
     origin, streets = district(c, k)
@@ -323,7 +327,7 @@ def generate(config: PlacesConfig) -> dict[str, list[dict]]:
       lateral = float(rng.uniform(-2.5, 2.5))
       side = int(rng.choice([-1, 1]))
       yaw = float(rng.choice(DB_YAWS) + np.clip(rng.normal(0, 5.0), -10, 10))
-      time = TIMES[qi % len(TIMES)]
+      time = c.query_times[qi % len(c.query_times)]
       img = render_view(c, facades, si, side, s, lateral, yaw,
                         0.62 * c.height + rng.uniform(-3, 3), rng.uniform(-4, 4), time, rng,
                         int(rng.integers(0, 4)), float(rng.uniform(0.0, 1.0)))
