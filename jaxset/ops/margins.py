@@ -382,22 +382,21 @@ def _adaface_rows(cos, labels, z_hat, p):
 
 def _adaface_rows_fwd(cos, labels, z_hat, p):
   logits, (safe, drop, c_t, z) = _adaface_impl(cos, labels, z_hat, p)
-  # The logits, not cos, are kept for the clamp mask: the cross-entropy that
-  # follows keeps them anyway, so no extra [B, C] buffer stays alive.
-  return logits, (logits, safe, drop, c_t, z)
+  # The clamp's gradient mask is kept as bool (1 byte per entry), not cos:
+  # neither cos nor the logits are otherwise alive in the backward.
+  ct = c_t.dtype
+  inside = (cos.astype(ct) >= -1.0 + p.eps) & (cos.astype(ct) <= 1.0 - p.eps)
+  return logits, (inside, safe, drop, c_t, z, _dtype_tag(cos))
 
 
 def _adaface_rows_bwd(p, res, g):
-  logits, safe, drop, c_t, z = res
+  inside, safe, drop, c_t, z, cos_tag = res
   ct = c_t.dtype
   rows = jnp.arange(g.shape[0])
   g_t = g[rows, safe].astype(ct)
-  # Non-target: d(s * clip(cos))/dcos = s strictly inside the clamp, 0 where it
-  # binds, read off the non-target logits s * clip(cos). (torch.clamp's
-  # backward also passes cos exactly at +-(1 - eps); a measure-zero difference.)
-  bound = (p.scale * jnp.asarray(1.0 - p.eps, ct)).astype(logits.dtype)
-  inside = jnp.abs(logits) < bound
-  d_cos = jnp.where(inside, p.scale * g.astype(ct), 0.0).astype(logits.dtype)
+  # Non-target: d(s * clip(cos))/dcos = s inside the clamp (bounds inclusive,
+  # as torch.clamp's backward), 0 where it binds.
+  d_cos = jnp.where(inside, p.scale * g.astype(ct), 0.0).astype(cos_tag.dtype)
   gst = adaface_gradient_scaling_term(c_t, z, p.m, p.eps)
   d_cos = _patch(d_cos, rows, drop, p.scale * g_t * gst)
   # Norms are stop-gradient in AdaFace: z_hat gets no gradient.
