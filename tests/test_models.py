@@ -242,10 +242,11 @@ def test_variants_forward_backward(name):
 
 def test_avg_max_pooling_and_cosface_forward():
   images = _images((2, 32, 32, 3))
-  for pooling in ("avg", "max"):
+  v = None
+  for pooling in ("avg", "max"):  # no pooling params: one init serves both
     model = netvlad.NetVLADModel(backbone="small_cnn", pooling=pooling,
                                  backbone_kwargs=TINY)
-    v = jax.jit(model.init)(jax.random.key(0), images)
+    v = jax.jit(model.init)(jax.random.key(0), images) if v is None else v
     out = jax.jit(model.apply)(v, images)
     assert out["descriptor"].shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(out["descriptor"], axis=-1), 1.0, rtol=1e-5)
