@@ -22,7 +22,7 @@ from jaxset.data import pipeline
 from jaxset.eval import recall_at_n
 from jaxset.models import NetVLADModel
 from jaxset.models.netvlad import descriptors_as_seen, init_netvlad_params
-from jaxset.ops import netvlad as netvlad_ops
+from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops.losses import weakly_supervised_ranking_loss
 from train import loop
 from train.tasks import common
