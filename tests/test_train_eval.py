@@ -1,0 +1,79 @@
+"""python -m train.eval: report and plots from a run's checkpoint; clear errors otherwise."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configs import arcface as arcface_config
+from train import eval as train_eval
+from train import loop
+
+
+def _config(cache_dir):
+  c = arcface_config.get_config()
+  c.data.builder_config = "tiny"
+  c.data.cache_dir = str(cache_dir)
+  c.model.embedding_dim = 16
+  c.train.steps = 4
+  c.train.batch_size = 16
+  c.train.log_every = 2
+  c.train.ckpt_every = 2
+  c.train.progress_bar = False
+  c.eval.at_start = False
+  c.eval.batch_size = 32
+  return c
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("eval")
+  config = _config(root / "data")
+  loop.train_and_evaluate(config, root / "run")
+  return config, root / "run"
+
+
+def test_report_and_plots_from_latest_checkpoint(run, tmp_path):
+  config, workdir = run
+  report = train_eval.evaluate_run(config, workdir, "latest", tmp_path / "out")
+  assert report["step"] == 4
+  assert {"pair_acc", "rank1", "mAP", "norm_spearman"} <= set(report["metrics"])
+  names = sorted(Path(p).name for p in report["plots"])
+  assert names == ["cmc.png", "erc.png", "norm_vs_degradation.png", "roc.png"]
+  saved = json.loads((tmp_path / "out" / "report.json").read_text())
+  assert saved["metrics"] == pytest.approx(report["metrics"])
+  # The same numbers as the training run's own final evaluation.
+  last = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()
+          if '"eval"' in l][-1]
+  assert report["metrics"]["rank1"] == pytest.approx(last["rank1"])
+
+
+def test_missing_checkpoint_says_where_it_looked(run, tmp_path):
+  config, _ = run
+  with pytest.raises(train_eval.CheckpointError, match=r"no checkpoint folder at .*checkpoints.*does not exist"):
+    train_eval.evaluate_run(config, tmp_path / "nothing_here")
+  (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+  with pytest.raises(train_eval.CheckpointError, match=r"no finished checkpoint .*it is empty"):
+    train_eval.evaluate_run(config, tmp_path / "empty")
+
+
+def test_corrupt_checkpoint_says_what_it_found(run, tmp_path):
+  config, workdir = run
+  broken = tmp_path / "broken"
+  shutil.copytree(workdir, broken)
+  for f in (broken / "checkpoints" / "4" / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+      f.write_bytes(b"\0garbage")
+  with pytest.raises(train_eval.CheckpointError, match=r"step 4 .* could not be read"):
+    train_eval.evaluate_run(config, broken)
+
+
+def test_cli_exit_code_and_message_on_missing_run(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "train.eval", "--config=configs/arcface.py",
+       f"--workdir={tmp_path / 'none'}"], capture_output=True, text=True,
+      cwd=Path(__file__).resolve().parents[1])
+  assert out.returncode == 1
+  assert "no checkpoint folder at" in out.stderr
