@@ -29,6 +29,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.kmeans.num_images = 500         # official: 100 descriptors from each of 500 images
   c.kmeans.descriptors_per_image = 100
   c.kmeans.iters = 20
+  # Train-mode passes (batches of eval.batch_size database images) that set the
+  # BatchNorm running statistics before k-means: a backbone trained from scratch
+  # otherwise gets centroids for its init statistics (mean 0, var 1), not for
+  # the descriptors training and evaluation see. 0 for pretrained backbones.
+  c.kmeans.bn_calibration_batches = 32
 
   c.tuples = ml_collections.ConfigDict()
   c.tuples.num_positives = 4        # potential positives per query (within pos_radius)
@@ -66,6 +71,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_size = (480, 640)
     c.model.backbone = "vgg16"
     c.model.assignment = "official"
+    c.kmeans.bn_calibration_batches = 0  # VGG16 has no BatchNorm; weights are pretrained
     c.tuples.num_positives = 10
     c.optim.name = "sgd"
     c.optim.lr = 1e-3               # VGG16 + NetVLAD: 0.001, halved every 5 epochs

@@ -54,14 +54,25 @@ class Task:
 
   # -- hooks ------------------------------------------------------------------
   def before_training(self, state, config):
-    """k-means centroids and alpha from the untrained backbone's descriptors."""
-    if config.model.pooling != "netvlad":
-      return state
+    """BatchNorm statistics, then k-means centroids and alpha, from training images.
+
+    A backbone trained from scratch (SmallCNN) starts with running statistics
+    (mean 0, var 1) that match neither its train-mode batch statistics nor
+    the data; k-means on those eval-mode descriptors gives centroids for a
+    different descriptor distribution than the one training then sees. So the
+    running statistics are first set from train-mode passes over database
+    images (config.kmeans.bn_calibration_batches; 0 skips it, e.g. for a
+    pretrained backbone whose statistics come with its weights).
+    """
     model = self.model(config)
     db, _ = self._sources(config)
     rng = np.random.default_rng(config.seed)
     n = min(config.kmeans.num_images, len(db))
     subset = _Subset(db, np.sort(rng.choice(len(db), n, replace=False)))
+    if config.kmeans.get("bn_calibration_batches", 0) and "batch_stats" in state.model_state:
+      state = self._calibrate_batch_stats(state, config, model, subset)
+    if config.model.pooling != "netvlad":
+      return state
 
     def local(state, batch):
       variables = {"params": state.params, **state.model_state}
@@ -77,6 +88,27 @@ class Task:
     params = init_netvlad_params(model, jax.device_get(state.params), centroids,
                                  jnp.asarray(sample))
     state = state.replace(params=loop.replicate(params, loop.make_mesh()))
+    return state
+
+  def _calibrate_batch_stats(self, state, config, model, subset):
+    """Running BN statistics from train-mode forward passes over `subset` (in order)."""
+
+    @jax.jit
+    def update(state, images):
+      _, new = model.apply({"params": state.params, **state.model_state}, images, train=True,
+                           mutable=["batch_stats"])
+      return state.replace(model_state={**state.model_state, **new})
+
+    bs = config.eval.batch_size
+    done = 0
+    while done < config.kmeans.bn_calibration_batches:
+      for batch in pipeline.eval_batches(subset, batch_size=bs, keys=["image"],
+                                         image_fn=common.image_fn(config, False)):
+        if done == config.kmeans.bn_calibration_batches:
+          break
+        images = batch["image"][batch["valid"]]
+        state = update(state, jnp.asarray(images)) if len(images) == bs else state
+        done += 1
     return state
 
   def on_step(self, state, config, step):
@@ -184,8 +216,13 @@ class Task:
     def train_step(state, batch):
       b, p = batch["pos_mask"].shape
       m = batch["neg_mask"].shape[1]
-      images = jnp.concatenate([batch["query"], batch["positives"].reshape(b * p, h, w, 3),
-                                batch["negatives"].reshape(b * m, h, w, 3)])
+      # Masked (padding) slots hold zero images; they do not enter the loss but
+      # would enter the BatchNorm batch statistics: show BN the query instead.
+      query = batch["query"][:, None]
+      positives = jnp.where(batch["pos_mask"][..., None, None, None], batch["positives"], query)
+      negatives = jnp.where(batch["neg_mask"][..., None, None, None], batch["negatives"], query)
+      images = jnp.concatenate([batch["query"], positives.reshape(b * p, h, w, 3),
+                                negatives.reshape(b * m, h, w, 3)])
 
       def loss_fn(params):
         out, new_state = model.apply({"params": params, **state.model_state}, images,
