@@ -95,4 +95,9 @@ def load_checkpoint_state(workdir, step: int) -> dict:
   with ocp.StandardCheckpointer() as ckpt:
     tree = ckpt.restore(path)
   import jax
-  return jax.tree.map(np.asarray, tree)
+
+  def to_numpy(x):
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    return np.asarray(x)
+  return jax.tree.map(to_numpy, tree)

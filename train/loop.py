@@ -70,6 +70,10 @@ class Task(Protocol):
   def evaluate(self, state: TrainState, config) -> dict[str, float]: ...
 
 
+# Tests only: after saving the checkpoint of this step, sleep (to be killed).
+_TEST_SLEEP_AFTER_STEP = int(os.environ.get("JAXSET_TEST_SLEEP_AFTER_STEP", "-1"))
+
+
 class NonFiniteLossError(RuntimeError):
   """A metric went NaN or Inf: the run stops, the last good checkpoint stays."""
 
@@ -196,8 +200,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   elif hasattr(task, "before_training"):
     state = task.before_training(state, config)
 
+  def evaluate(state):
+    # Evaluation extracts features over every device; with train.devices=n the
+    # state lives on the first n only, so copy it everywhere first.
+    return task.evaluate(replicate(state, make_mesh()) if n_dev else state, config)
+
   if start == 0 and config.eval.at_start:
-    before = task.evaluate(state, config)
+    before = evaluate(state)
     meta["before"] = before
     log.scalars(0, before, prefix="eval")
     log.info("before training: " + writers.fmt(before))
@@ -262,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         t_log, ex_since = now, 0
 
       if (config.eval.every and step % config.eval.every == 0) or last:
-        after = task.evaluate(state, config)
+        after = evaluate(state)
         log.scalars(step, after, prefix="eval")
         bar.write(f"step {step}: " + writers.fmt(after))
         if best_metric and best_metric in after and (
@@ -273,6 +282,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
       if do_ckpt:
         _save(manager, step, state, iterator, meta, task)
+        if step == _TEST_SLEEP_AFTER_STEP:
+          # Test hook: hold here, checkpoint on disk, so a test can kill the
+          # process between two known steps (tests/test_train_resume.py).
+          manager.wait_until_finished()
+          time.sleep(3600)
   finally:
     bar.close()
     manager.wait_until_finished()
@@ -282,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     log.close()
 
   if after is None:
-    after = task.evaluate(state, config)
+    after = evaluate(state)
   summary = {"step": step, "before": meta["before"], "after": after,
              "best": meta["best"], "state": state}
   if is_chief and meta["before"]:
