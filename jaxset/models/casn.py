@@ -3,9 +3,15 @@
 No public code exists; this follows the paper's description (REFERENCE.md,
 seeds/casn.md):
 
-* Identification module (IDE): backbone -> global average pool -> FC
-  (feature f) -> ReLU -> FC (identity logits). Two FC layers, no BatchNorm in
-  the head, so that each example's Grad-CAM depends on that example only.
+* Identification module (IDE): backbone -> global average pool (or, with
+  parts = p > 1, PCB's p horizontal stripes, concatenated) -> FC ->
+  BatchNorm1d (feature f) -> ReLU -> FC (identity logits): the two FC layers
+  of IDE with the BatchNorm of the common IDE implementations (head_norm=True;
+  False drops it). Without it f is tiny at init (GAP of a ReLU map through a
+  lecun-normal FC, |f| ~ 0.1) and a plain softmax over 160 classes barely
+  moves in 600 steps. Grad-CAM differentiates the head with BatchNorm in
+  inference mode (running statistics), so each example's map depends on that
+  example only; the training forward pass uses the batch statistics.
 * Identification attention (attention mining, as GAIN): Grad-CAM of the
   predicted identity on the last conv map, a soft mask
   T = sigmoid(w (cam - sigma)) of the most attended region, and a penalty on
@@ -35,7 +41,7 @@ from jaxset.ops import losses as loss_ops
 
 __all__ = ["CASN", "CASNLossConfig", "identification_loss", "identification_attention",
            "identification_attention_loss", "siamese_indicator", "siamese_attention_maps",
-           "siamese_attention_loss", "casn_loss"]
+           "siamese_attention_loss", "casn_loss", "zero_map_fraction"]
 
 Dtype = Any
 
@@ -49,6 +55,10 @@ class CASN(nn.Module):
     feature_dim: size of the feature f (the first FC).
     siamese: "squared" (FC on (f1 - f2)^2) or "abs" (FC on |f1 - f2|).
     dtype: backbone compute dtype.
+    head_norm: BatchNorm1d on f (IDE's FC-BN); False: FC only.
+    parts: 1 = global average pool (IDE); p > 1 = PCB-style pooling of p
+      horizontal stripes, concatenated before the FC (the paper's CASN+PCB
+      variant; p must divide the map height).
 
   __call__(images_a [B, H, W, 3], images_b [B, H, W, 3] or None, train=False)
   -> dict: feature_map [B, h, w, C], features [B, F], logits [B, num_classes];
@@ -56,7 +66,7 @@ class CASN(nn.Module):
   [B] (one BatchNorm batch for both images). The head methods below take a
   feature map, so Grad-CAM can differentiate them:
     feature_map(images, train) -> [B, h, w, C]
-    features_from_map(feature_map) -> [B, F]
+    features_from_map(feature_map, train) -> [B, F]
     logits_from_features(features) -> [B, C]
     logits_from_map(feature_map) -> [B, C]
     siamese_logits(features_a, features_b) -> [B]
@@ -67,21 +77,39 @@ class CASN(nn.Module):
   siamese: str = "squared"
   dtype: Dtype = jnp.float32
   backbone_kwargs: Any = None
+  head_norm: bool = True
+  parts: int = 1
 
   def setup(self):
+    if self.parts < 1:
+      raise ValueError(f"parts must be >= 1 (1 = global average pool); got {self.parts}.")
     if self.siamese not in ("squared", "abs"):
       raise ValueError(f"siamese must be 'squared' or 'abs'; got {self.siamese!r}.")
     self.trunk = backbones.create_backbone(self.backbone, self.dtype,
                                            **(self.backbone_kwargs or {}))
     self.embed = nn.Dense(self.feature_dim, param_dtype=jnp.float32)
+    if self.head_norm:
+      self.embed_norm = nn.BatchNorm(momentum=0.9, epsilon=1e-5, param_dtype=jnp.float32)
     self.classifier = nn.Dense(self.num_classes, param_dtype=jnp.float32)
     self.verifier = nn.Dense(1, param_dtype=jnp.float32)
 
   def feature_map(self, images, train: bool = False):
     return self.trunk(images, train)
 
-  def features_from_map(self, feature_map):
-    return self.embed(jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2)))
+  def pool(self, feature_map):
+    """[B, h, w, C] -> [B, parts * C]: average of each horizontal stripe."""
+    b, h, _, c = feature_map.shape
+    if h % self.parts:
+      raise ValueError(f"parts={self.parts} must divide the feature map height {h}; "
+                       "pick a divisor (1 = global average pool).")
+    x = feature_map.astype(jnp.float32).reshape(b, self.parts, h // self.parts, -1, c)
+    return jnp.mean(x, axis=(2, 3)).reshape(b, self.parts * c)
+
+  def features_from_map(self, feature_map, train: bool = False):
+    f = self.embed(self.pool(feature_map))
+    if self.head_norm:
+      f = self.embed_norm(f, use_running_average=not train)
+    return f
 
   def logits_from_features(self, features):
     return self.classifier(nn.relu(features))
@@ -100,7 +128,7 @@ class CASN(nn.Module):
     n = images_a.shape[0]
     images = images_a if images_b is None else jnp.concatenate([images_a, images_b])
     fmap = self.feature_map(images, train)
-    features = self.features_from_map(fmap)
+    features = self.features_from_map(fmap, train)
     logits = self.logits_from_features(features)
     out = {"feature_map": fmap[:n], "features": features[:n], "logits": logits[:n]}
     if images_b is not None:
@@ -137,13 +165,22 @@ def identification_loss(logits, labels):
   return jnp.sum(jnp.where(valid, ce, 0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def _head_apply(model, params, method):
-  return lambda *args: model.apply({"params": params}, *args, method=method)
+def zero_map_fraction(maps, eps: float = 1e-12):
+  """Fraction of [B, h, w] attention maps whose maximum is <= eps (all zero)."""
+  return jnp.mean((jnp.max(maps, axis=(1, 2)) <= eps).astype(jnp.float32))
 
 
-def identification_attention(model: CASN, params, feature_map, classes):
-  """Grad-CAM [B, h, w] (max-normalised to [0, 1]) of logit `classes` [B]."""
-  logits_fn = _head_apply(model, params, CASN.logits_from_map)
+def _head_apply(model, variables, method):
+  # Inference-mode head (BatchNorm on running statistics): per-example scores.
+  return lambda *args: model.apply(variables, *args, method=method)
+
+
+def identification_attention(model: CASN, variables, feature_map, classes):
+  """Grad-CAM [B, h, w] (max-normalised to [0, 1]) of logit `classes` [B].
+
+  variables: {"params", "batch_stats"} (the head's BatchNorm runs on its
+  running statistics)."""
+  logits_fn = _head_apply(model, variables, CASN.logits_from_map)
   score = lambda fm: jnp.take_along_axis(logits_fn(fm), classes[:, None], axis=1)[:, 0]
   return grad_cam_ops.grad_cam(score, feature_map, normalize=True)
 
@@ -160,9 +197,8 @@ def identification_attention_loss(model: CASN, variables, images, feature_map, l
   The masked pass's BatchNorm statistics are discarded.
   Returns (loss, cam [B, h, w]).
   """
-  params = variables["params"]
   classes = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
-  cam = identification_attention(model, params, feature_map, classes)
+  cam = identification_attention(model, variables, feature_map, classes)
   b, h, w = images.shape[:3]
   cam_up = jax.image.resize(cam, (b, h, w), method="linear")
   soft_mask = jax.nn.sigmoid(config.mask_scale * (cam_up - config.mask_threshold))
@@ -184,21 +220,24 @@ def siamese_indicator(model: CASN, params, features_a, features_b):
   return jax.lax.stop_gradient((d * w > 0).astype(jnp.float32))
 
 
-def siamese_attention_maps(model: CASN, params, feature_map_a, feature_map_b, indicator):
-  """M1, M2 [B, h, w]: Grad-CAM of (indicator . f) on each image's map, in [0, 1]."""
-  feats = _head_apply(model, params, CASN.features_from_map)
+def siamese_attention_maps(model: CASN, variables, feature_map_a, feature_map_b, indicator):
+  """M1, M2 [B, h, w]: Grad-CAM of (indicator . f) on each image's map, in [0, 1].
+
+  variables: {"params", "batch_stats"}."""
+  feats = _head_apply(model, variables, CASN.features_from_map)
   score = lambda fm: jnp.sum(indicator * feats(fm), axis=-1)
   m1 = grad_cam_ops.grad_cam(score, feature_map_a, normalize=True)
   m2 = grad_cam_ops.grad_cam(score, feature_map_b, normalize=True)
   return m1, m2
 
 
-def siamese_attention_loss(model: CASN, params, feature_map_a, feature_map_b, features_a,
+def siamese_attention_loss(model: CASN, variables, feature_map_a, feature_map_b, features_a,
                            features_b, same, *, config: CASNLossConfig = CASNLossConfig()):
   """Mean attention_consistency_loss(M1, M2, same) over pairs (0 for negatives).
-  Returns (loss, (M1, M2))."""
-  ind = siamese_indicator(model, params, features_a, features_b)
-  m1, m2 = siamese_attention_maps(model, params, feature_map_a, feature_map_b, ind)
+
+  variables: {"params", "batch_stats"}. Returns (loss, (M1, M2))."""
+  ind = siamese_indicator(model, variables["params"], features_a, features_b)
+  m1, m2 = siamese_attention_maps(model, variables, feature_map_a, feature_map_b, ind)
   per_pair = loss_ops.attention_consistency_loss(
       m1, m2, same, threshold=config.consistency_threshold, size=config.consistency_size)
   return jnp.mean(per_pair), (m1, m2)
@@ -214,7 +253,10 @@ def casn_loss(model: CASN, params, batch_stats, batch, *,
   images) + verification_weight * mean BCE + sa_weight * consistency.
 
   Returns (total, aux) with aux = {"metrics": {id, ia, verification, sa},
-  "batch_stats": the updated statistics (unchanged when train=False)}.
+  "batch_stats": the updated statistics (unchanged when train=False)}; the
+  metrics of a term with weight 0 are 0 (not computed), and *_zero_maps give
+  the fraction of all-zero Grad-CAM maps of each attention term (an all-zero
+  map makes the consistency loss trivially 0).
   """
   variables = {"params": params, "batch_stats": batch_stats}
   if train:
@@ -225,16 +267,28 @@ def casn_loss(model: CASN, params, batch_stats, batch, *,
     out, new_stats = model.apply(variables, batch["images_a"], batch["images_b"]), batch_stats
   l_id = 0.5 * (identification_loss(out["logits"], batch["labels_a"])
                 + identification_loss(out["logits_b"], batch["labels_b"]))
-  images = jnp.concatenate([batch["images_a"], batch["images_b"]])
-  fmaps = jnp.concatenate([out["feature_map"], out["feature_map_b"]])
-  logits = jnp.concatenate([out["logits"], out["logits_b"]])
-  l_ia, _ = identification_attention_loss(model, variables, images, fmaps, logits,
-                                          config=config, train=train)
-  l_ver = jnp.mean(loss_ops.verification_bce(out["siamese_logits"], batch["same"]))
-  l_sa, _ = siamese_attention_loss(model, params, out["feature_map"], out["feature_map_b"],
-                                   out["features"], out["features_b"], batch["same"],
-                                   config=config)
-  total = (config.id_weight * l_id + config.ia_weight * l_ia
-           + config.verification_weight * l_ver + config.sa_weight * l_sa)
-  metrics = {"id": l_id, "ia": l_ia, "verification": l_ver, "sa": l_sa, "total": total}
+  zero = jnp.zeros((), jnp.float32)
+  metrics = {"id": l_id, "ia": zero, "verification": zero, "sa": zero}
+  total = config.id_weight * l_id
+  # Terms with weight 0 are skipped (static Python floats): the IDE baseline
+  # costs one forward/backward pass, not three.
+  if config.ia_weight:
+    images = jnp.concatenate([batch["images_a"], batch["images_b"]])
+    fmaps = jnp.concatenate([out["feature_map"], out["feature_map_b"]])
+    logits = jnp.concatenate([out["logits"], out["logits_b"]])
+    l_ia, cam = identification_attention_loss(model, variables, images, fmaps, logits,
+                                              config=config, train=train)
+    total += config.ia_weight * l_ia
+    metrics.update(ia=l_ia, ia_zero_maps=zero_map_fraction(cam))
+  if config.verification_weight:
+    l_ver = jnp.mean(loss_ops.verification_bce(out["siamese_logits"], batch["same"]))
+    total += config.verification_weight * l_ver
+    metrics["verification"] = l_ver
+  if config.sa_weight:
+    l_sa, (m1, m2) = siamese_attention_loss(
+        model, variables, out["feature_map"], out["feature_map_b"], out["features"],
+        out["features_b"], batch["same"], config=config)
+    total += config.sa_weight * l_sa
+    metrics.update(sa=l_sa, sa_zero_maps=zero_map_fraction(jnp.concatenate([m1, m2])))
+  metrics["total"] = total
   return total, {"metrics": metrics, "batch_stats": new_stats}

@@ -6,8 +6,20 @@ identification (softmax), identification attention (attention mining through
 Grad-CAM), Siamese verification (BCE) and Siamese attention consistency. The
 attention terms differentiate through Grad-CAM: gradients of gradients.
 Evaluation: cross-camera rank-1/5 and mAP (torchreid protocol) on the
-identification features, and the attention consistency of positive test
-pairs (mean ||M1 - M2||^2 of the thresholded horizontal profiles).
+identification features, and the Siamese attention of the test pairs:
+attention_inconsistency = mean ||M1 - M2||^2 of the thresholded horizontal
+profiles over the positive pairs whose two maps are both non-zero,
+attention_inconsistency_neg the same over negative pairs (the reference: a
+consistent model has pos << neg), and attention_zero_maps the fraction of
+all-zero maps among the positive pairs' images (an all-zero Grad-CAM gives a
+trivially perfect consistency, so the first number means something only when
+this one is small).
+
+Stages (config.casn.warmup_steps, a choice the paper leaves open): first
+identification + verification only ("warmup"), so that the predicted identity
+(attention mining) and the verifier's indicator (Siamese attention) mean
+something before the attention terms are switched on; then the whole
+objective ("casn"). The two stages share one optimiser and LR schedule.
 """
 from __future__ import annotations
 
@@ -17,7 +29,8 @@ import numpy as np
 
 from jaxset.data import pipeline
 from jaxset.models import CASN, CASNLossConfig, casn_loss
-from jaxset.models.casn import siamese_attention_loss
+from jaxset.models.casn import siamese_attention_maps, siamese_indicator
+from jaxset.ops.losses import attention_consistency_loss
 from train import loop
 from train.tasks import common, identities
 
@@ -28,12 +41,14 @@ class Task:
     m = config.model
     return CASN(num_classes=identities.num_classes(config), backbone=m.backbone,
                 feature_dim=m.feature_dim, siamese=m.siamese,
-                dtype=common.compute_dtype(config))
+                dtype=common.compute_dtype(config), head_norm=m.get("head_norm", True),
+                parts=m.get("parts", 1))
 
-  def loss_config(self, config):
+  def loss_config(self, config, warmup: bool = False):
     c = config.casn
-    return CASNLossConfig(id_weight=c.id_weight, ia_weight=c.ia_weight,
-                          verification_weight=c.verification_weight, sa_weight=c.sa_weight,
+    return CASNLossConfig(id_weight=c.id_weight, ia_weight=0.0 if warmup else c.ia_weight,
+                          verification_weight=c.verification_weight,
+                          sa_weight=0.0 if warmup else c.sa_weight,
                           mask_scale=c.mask_scale, mask_threshold=c.mask_threshold,
                           consistency_threshold=c.consistency_threshold)
 
@@ -43,29 +58,41 @@ class Task:
     return common.create_state(self.model(config), config, rng, x, config.train.steps,
                                images_b=x)
 
+  def schedule(self, config):
+    """[(stage name, steps, warmup?)]: warmup_steps of id + verification, then all."""
+    total = config.train.steps
+    warm = min(max(int(config.casn.get("warmup_steps", 0)), 0), total)
+    if not (config.casn.ia_weight or config.casn.sa_weight):
+      warm = 0  # nothing to warm up for (the IDE baseline)
+    plan = [("warmup", warm, True), ("casn", total - warm, False)]
+    return [p for p in plan if p[1] > 0]
+
   def stages(self, config):
     model = self.model(config)
-    lcfg = self.loss_config(config)
     k = config.data.k
     p = config.train.batch_size // k
     a_idx, b_idx, same = pipeline.pk_pairs(p, k)
 
-    def train_step(state, batch):
-      pairs = {"images_a": batch["image"][a_idx], "images_b": batch["image"][b_idx],
-               "labels_a": batch["label"][a_idx], "labels_b": batch["label"][b_idx],
-               "same": jnp.asarray(same, jnp.float32)}
+    def make_step(lcfg):
+      def train_step(state, batch):
+        pairs = {"images_a": batch["image"][a_idx], "images_b": batch["image"][b_idx],
+                 "labels_a": batch["label"][a_idx], "labels_b": batch["label"][b_idx],
+                 "same": jnp.asarray(same, jnp.float32)}
 
-      def loss_fn(params):
-        return casn_loss(model, params, state.model_state["batch_stats"], pairs,
-                         config=lcfg, train=True)
+        def loss_fn(params):
+          return casn_loss(model, params, state.model_state["batch_stats"], pairs,
+                           config=lcfg, train=True)
 
-      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-      state = state.apply_gradients(grads=grads,
-                                    model_state={"batch_stats": aux["batch_stats"]})
-      return state, {"loss": loss, **{k: v for k, v in aux["metrics"].items() if k != "total"}}
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads,
+                                      model_state={"batch_stats": aux["batch_stats"]})
+        metrics = {k: v for k, v in aux["metrics"].items() if k != "total"}
+        return state, {"loss": loss, **metrics}
+      return train_step
 
-    return [loop.Stage("train", config.train.steps, lambda: identities.pk_iterator(config),
-                       train_step)]
+    return [loop.Stage(name, n, lambda: identities.pk_iterator(config),
+                       make_step(self.loss_config(config, warmup)))
+            for name, n, warmup in self.schedule(config)]
 
   def evaluate(self, state, config):
     model = self.model(config)
@@ -79,22 +106,27 @@ class Task:
     g = identities.split_embeddings(describe, state, config, "gallery")
     out = identities.reid_metrics(q, g)
 
-    def consistency(state, batch):
+    def attention(state, batch):
       v = {"params": state.params, **state.model_state}
       o = model.apply(v, batch["image_a"], batch["image_b"])
-      same = batch["same"].astype(jnp.float32)
-      _, (m1, m2) = siamese_attention_loss(model, state.params, o["feature_map"],
-                                           o["feature_map_b"], o["features"],
-                                           o["features_b"], same, config=lcfg)
-      from jaxset.ops.losses import attention_consistency_loss
-      return {"c": attention_consistency_loss(m1, m2, same,
-                                              threshold=lcfg.consistency_threshold)}
+      ind = siamese_indicator(model, state.params, o["features"], o["features_b"])
+      m1, m2 = siamese_attention_maps(model, v, o["feature_map"], o["feature_map_b"], ind)
+      ones = jnp.ones(m1.shape[:1], jnp.float32)
+      return {"d": attention_consistency_loss(m1, m2, ones,
+                                              threshold=lcfg.consistency_threshold,
+                                              size=lcfg.consistency_size),
+              "z1": jnp.max(m1, axis=(1, 2)) <= 1e-12, "z2": jnp.max(m2, axis=(1, 2)) <= 1e-12}
 
     src = common.source(config, "pairs")
-    c = common.extract(consistency, state, src, config,
-                       keys=["image_a", "image_b", "same"])["c"]
+    r = common.extract(attention, state, src, config, keys=["image_a", "image_b", "same"])
     same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
-    out["attention_inconsistency"] = float(np.mean(c[same]))
+    live = ~(r["z1"] | r["z2"])
+    pos, neg = same & live, ~same & live
+    # 0.0 (with attention_zero_maps = 1) when every positive pair has a dead map.
+    out["attention_inconsistency"] = float(np.mean(r["d"][pos])) if pos.any() else 0.0
+    out["attention_inconsistency_neg"] = float(np.mean(r["d"][neg])) if neg.any() else 0.0
+    out["attention_zero_maps"] = float(np.mean(np.concatenate([r["z1"][same],
+                                                               r["z2"][same]])))
     return out
 
   def curves(self, state, config):
