@@ -100,14 +100,15 @@ class Task:
       return state.replace(model_state={**state.model_state, **new})
 
     bs = config.eval.batch_size
-    done = 0
+    done = 0 if len(subset) else config.kmeans.bn_calibration_batches
     while done < config.kmeans.bn_calibration_batches:
       for batch in pipeline.eval_batches(subset, batch_size=bs, keys=["image"],
                                          image_fn=common.image_fn(config, False)):
         if done == config.kmeans.bn_calibration_batches:
           break
         images = batch["image"][batch["valid"]]
-        state = update(state, jnp.asarray(images)) if len(images) == bs else state
+        if len(images) > 1:  # a last partial batch compiles once more
+          state = update(state, jnp.asarray(images))
         done += 1
     return state
 
