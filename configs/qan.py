@@ -31,6 +31,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.qan.set_size_range = (4, 8)     # variable set sizes, padded with masks; () = fixed
   c.qan.margin = 0.4                # triplet margin on L2-normalised set embeddings
   c.qan.softmax_weight = 0.0        # >0: keep a frame identity loss (official code)
+  c.qan.quality_lr_scale = 1.0      # step scale of the quality branch vs the rest
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3

@@ -12,13 +12,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxset.data import pipeline
 from jaxset.eval import cmc_map, kfold_verification_accuracy
 from jaxset.models import QAN
 from jaxset.models.heads import l2_normalize
 from jaxset.ops.losses import set_triplet_loss
-from train import loop
+from train import loop, optim
 from train.tasks import common, identities
 from train.tasks.adaface import softmax_loss
 
@@ -42,7 +43,26 @@ class Task:
     s = config.qan.set_size
     return common.create_state(self.model(config), config, rng,
                                jnp.zeros((1, s, h, w, 3), jnp.uint8), config.train.steps,
-                               mask=jnp.ones((1, s), bool))
+                               tx=self.optimizer(config), mask=jnp.ones((1, s), bool))
+
+  def optimizer(self, config):
+    """The run's optimiser; the quality branch's steps are scaled by
+    config.qan.quality_lr_scale.
+
+    Eq. (2) is invariant to a common rescaling of the set's mu, so the set loss
+    gives the quality branch's overall offset almost no gradient; Adam
+    normalises that near-zero gradient into full-size steps and the offset
+    random-walks until the sigmoid saturates (mu = 1 for every frame, mean
+    pooling, no gradient left). A smaller step on the branch keeps mu in the
+    sigmoid's working range.
+    """
+    base = optim.make_optimizer(config.optim, config.train.steps)
+    scale = float(config.qan.get("quality_lr_scale", 1.0))
+    if scale == 1.0:
+      return base
+    labels = lambda params: {k: "quality" if k == "quality_branch" else "rest" for k in params}
+    return optax.multi_transform(
+        {"rest": base, "quality": optax.chain(base, optax.scale(scale))}, labels)
 
   def stages(self, config):
     model = self.model(config)
