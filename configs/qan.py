@@ -26,17 +26,17 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
   c.qan = ml_collections.ConfigDict()
   c.qan.pretrain_fraction = 0.4     # single-image softmax stage (sec. 3.2)
-  c.qan.sets_per_batch = 16         # anchor sets per step (plus as many pos. and neg.)
+  c.qan.sets_per_batch = 8          # anchor sets per step (plus as many pos. and neg.)
   c.qan.set_size = 8
   c.qan.set_size_range = (4, 8)     # variable set sizes, padded with masks; () = fixed
   c.qan.margin = 0.4                # triplet margin on L2-normalised set embeddings
   c.qan.softmax_weight = 0.0        # >0: keep a frame identity loss (official code)
-  c.qan.quality_lr_scale = 1.0      # step scale of the quality branch vs the rest
+  c.qan.quality_lr_scale = 0.1      # quality branch step scale: 1.0 saturates mu (Adam on a scale-free direction)
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3
   c.optim.schedule = "cosine"
-  c.train.steps = 600
+  c.train.steps = 300
   c.train.batch_size = 64           # images per pretraining step (P x K)
   c.train.log_every = 50
   c.train.ckpt_every = 300

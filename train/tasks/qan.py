@@ -19,6 +19,7 @@ from jaxset.eval import cmc_map, kfold_verification_accuracy
 from jaxset.models import QAN
 from jaxset.models.heads import l2_normalize
 from jaxset.ops.losses import set_triplet_loss
+from jaxset.ops.pooling import mean_pool
 from train import loop, optim
 from train.tasks import common, identities
 from train.tasks.adaface import softmax_loss
@@ -153,7 +154,15 @@ class Task:
       out = model.apply({"params": state.params, **state.model_state}, batch["images"],
                         batch["mask"])
       q = out["quality"] if out["quality"].ndim == 2 else jnp.mean(out["quality"], -1)
-      return {"f": l2_normalize(out["embedding"]), "mu": q}
+      # The same frame features mean-pooled (mu ignored) through the same set FC:
+      # the baseline that quality pooling has to beat.
+      x = out["frame_features"]
+      x = x if x.ndim == 4 else x[:, :, None]                       # [B, S, P, F]
+      part_mask = jnp.broadcast_to(batch["mask"][:, None, :], x.shape[:1] + x.shape[2:3] + x.shape[1:2])
+      pooled = mean_pool(jnp.swapaxes(x, 1, 2), part_mask).reshape(x.shape[0], -1)
+      fc = state.params["set_fc"]
+      mean_f = pooled @ fc["kernel"] + fc["bias"]
+      return {"f": l2_normalize(out["embedding"]), "f_mean": l2_normalize(mean_f), "mu": q}
 
     feats, infos = {}, {}
     for split in ("query", "gallery"):
@@ -171,10 +180,12 @@ class Task:
       for i, t in enumerate(infos[split]["tracklet"]):
         row[int(t)] = (split, i)
     pairs = pipeline.read_metadata(common.source(config, "set_pairs"))
-    fa = np.stack([feats[row[int(t)][0]]["f"][row[int(t)][1]] for t in pairs["tracklet_a"]])
-    fb = np.stack([feats[row[int(t)][0]]["f"][row[int(t)][1]] for t in pairs["tracklet_b"]])
-    acc = kfold_verification_accuracy(fa, fb, pairs["same"].astype(bool), fold_ids=pairs["fold"])
-    out["set_pair_acc"] = float(acc["accuracy_mean"])
+    for key, name in (("f", "set_pair_acc"), ("f_mean", "set_pair_acc_meanpool")):
+      fa = np.stack([feats[row[int(t)][0]][key][row[int(t)][1]] for t in pairs["tracklet_a"]])
+      fb = np.stack([feats[row[int(t)][0]][key][row[int(t)][1]] for t in pairs["tracklet_b"]])
+      acc = kfold_verification_accuracy(fa, fb, pairs["same"].astype(bool),
+                                        fold_ids=pairs["fold"])
+      out[name] = float(acc["accuracy_mean"])
 
     mus, degs = [], []
     for split in ("query", "gallery"):
