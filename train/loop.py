@@ -106,7 +106,27 @@ def shard_batch(batch, mesh: Mesh):
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Copies a tree to every device of `mesh` (every process gives the same tree)."""
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  # device_put refuses devices of other processes: build the global arrays
+  # from each process's identical copy (key arrays through their key data).
+  def put(x):
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+      impl = jax.random.key_impl(x)
+      data = jax.make_array_from_process_local_data(
+          sharding, np.asarray(jax.random.key_data(x)))
+      return jax.random.wrap_key_data(data, impl=impl)
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+  return jax.tree.map(put, tree)
+
+
+def _on_all_devices(state, n_dev: int):
+  """Feature extraction (train/tasks/common.extract) shards over every device;
+  with train.devices=n the state lives on the first n only: copy it everywhere."""
+  return replicate(state, make_mesh()) if n_dev else state
 
 
 def stage_at(stages: Sequence[Stage], step: int) -> tuple[int, int]:
@@ -198,12 +218,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     start = latest
     log.info(f"resumed from step {latest} ({workdir / 'checkpoints'})")
   elif hasattr(task, "before_training"):
-    state = task.before_training(state, config)
+    # Like evaluation, it may extract features over every device.
+    state = replicate(task.before_training(_on_all_devices(state, n_dev), config), mesh)
 
   def evaluate(state):
-    # Evaluation extracts features over every device; with train.devices=n the
-    # state lives on the first n only, so copy it everywhere first.
-    return task.evaluate(replicate(state, make_mesh()) if n_dev else state, config)
+    return task.evaluate(_on_all_devices(state, n_dev), config)
 
   if start == 0 and config.eval.at_start:
     before = evaluate(state)
