@@ -34,6 +34,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.casn.mask_scale = 10.0          # soft mask sigmoid(w (cam - sigma)), GAIN's w
   c.casn.mask_threshold = 0.5       # sigma
   c.casn.consistency_threshold = 0.5
+  c.casn.indicator = "relative"     # dims voting "same": above-mean w_j d_j ("positive": > 0)
   c.casn.warmup_steps = 200         # id + verification only first (paper: unspecified)
 
   c.optim.name = "adam"

@@ -146,6 +146,7 @@ class CASNLossConfig(NamedTuple):
     on the max-normalised Grad-CAM).
   consistency_threshold, consistency_size: attention_consistency_loss's
     relative threshold and profile length (None = the map height).
+  indicator: siamese_indicator's mode ("relative" or the literal "positive").
   """
   id_weight: float = 1.0
   ia_weight: float = 1.0
@@ -155,6 +156,7 @@ class CASNLossConfig(NamedTuple):
   mask_threshold: float = 0.5
   consistency_threshold: float = 0.5
   consistency_size: int | None = None
+  indicator: str = "relative"
 
 
 def identification_loss(logits, labels):
@@ -212,12 +214,23 @@ def identification_attention_loss(model: CASN, variables, images, feature_map, l
   return loss, cam
 
 
-def siamese_indicator(model: CASN, params, features_a, features_b):
-  """[B, F] 0/1: dims whose contribution w_j d_j to the Siamese logit is > 0
-  ("voting same"), d = the pair difference; no gradient."""
+def siamese_indicator(model: CASN, params, features_a, features_b, mode: str = "positive"):
+  """[B, F] 0/1 indicator of the dims "voting same"; no gradient.
+
+  c_j = w_j d_j is dim j's contribution to the Siamese logit (d = the pair
+  difference, logit > 0 = same). mode="positive" (the paper read literally):
+  c_j > 0. A trained verifier on d >= 0 learns w_j < 0 on nearly every dim
+  (a larger difference means "different"), so this indicator empties and
+  Grad-CAM of (indicator . f) is all zero. mode="relative": c_j above the
+  pair's mean contribution, i.e. the dims pulling towards "same" more than
+  the average dim (non-empty unless all c_j are equal).
+  """
+  if mode not in ("positive", "relative"):
+    raise ValueError(f"mode must be 'positive' or 'relative'; got {mode!r}.")
   d = model.apply({"params": params}, features_a, features_b, method=CASN.pair_difference)
-  w = params["verifier"]["kernel"][:, 0]
-  return jax.lax.stop_gradient((d * w > 0).astype(jnp.float32))
+  c = d * params["verifier"]["kernel"][:, 0]
+  ref = 0.0 if mode == "positive" else jnp.mean(c, axis=-1, keepdims=True)
+  return jax.lax.stop_gradient((c > ref).astype(jnp.float32))
 
 
 def siamese_attention_maps(model: CASN, variables, feature_map_a, feature_map_b, indicator):
@@ -236,7 +249,8 @@ def siamese_attention_loss(model: CASN, variables, feature_map_a, feature_map_b,
   """Mean attention_consistency_loss(M1, M2, same) over pairs (0 for negatives).
 
   variables: {"params", "batch_stats"}. Returns (loss, (M1, M2))."""
-  ind = siamese_indicator(model, variables["params"], features_a, features_b)
+  ind = siamese_indicator(model, variables["params"], features_a, features_b,
+                          config.indicator)
   m1, m2 = siamese_attention_maps(model, variables, feature_map_a, feature_map_b, ind)
   per_pair = loss_ops.attention_consistency_loss(
       m1, m2, same, threshold=config.consistency_threshold, size=config.consistency_size)
