@@ -1,0 +1,108 @@
+"""Train-step cost of every method at its embedded default config.
+
+  python -m benchmarks.train [--methods arcface,qan] [--steps 5] [--devices 1,8]
+                             [--builder_config tiny] [--cache_dir DIR]
+
+For each method and device count: the compile time of the jitted train step
+(first stage; lower + compile), the median step time over --steps steps after
+one warm-up step, and examples/s. The steps are the tasks' own
+create_state/stages with batches placed as the loop does (train/loop.py), so
+this is the real step. The devices are fake CPU devices
+(--xla_force_host_platform_device_count=8) that share this machine's cores:
+1 -> 8 measures the overhead of sharding, not a speed-up.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if __package__ in (None, ""):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import importlib  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.common import format_rows  # noqa: E402
+from train import loop, tasks  # noqa: E402
+
+METHODS = ("netvlad", "qan", "eqface", "adaface", "arcface", "casn")
+
+
+def bench(method: str, devices: int, steps: int, builder_config: str, cache_dir: str,
+          batch_size: int = 0) -> dict:
+  config = importlib.import_module(f"configs.{method}").get_config()
+  if batch_size:
+    config.train.batch_size = batch_size
+  config.data.builder_config = builder_config
+  config.data.cache_dir = cache_dir
+  task = tasks.get(method)
+  mesh = loop.make_mesh(jax.devices()[:devices])
+  state = loop.replicate(task.create_state(config, jax.random.key(config.seed)), mesh)
+  stage = list(task.stages(config))[0]
+  if hasattr(task, "on_step"):  # e.g. NetVLAD's hard-negative cache for step 0
+    res = task.on_step(state, config, 0)
+    state = res[0] if isinstance(res, tuple) else res
+  iterator = stage.make_iterator()
+  batches = [loop.shard_batch(next(iterator), mesh) for _ in range(steps + 1)]
+  examples = int(np.shape(jax.tree.leaves(batches[0])[0])[0])
+  fn = jax.jit(stage.train_step, donate_argnums=(0,))
+  t = time.perf_counter()
+  compiled = fn.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - t
+  state, m = compiled(state, batches[0])
+  jax.block_until_ready(m)
+  times = []
+  for b in batches[1:]:
+    t = time.perf_counter()
+    state, m = compiled(state, b)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  step_s = float(np.median(times))
+  return {"method": method, "stage": stage.name, "devices": devices,
+          "batch": examples, "compile_s": f"{compile_s:.2f}",
+          "step_ms": f"{1e3 * step_s:.1f}", "examples_s": f"{examples / step_s:.0f}"}
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--methods", default=",".join(METHODS))
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--devices", default="1,8")
+  ap.add_argument("--builder_config", default="", help="'' = default; tiny for a smoke run")
+  ap.add_argument("--cache_dir", default="")
+  ap.add_argument("--batch_size", type=int, default=0,
+                  help="0 = the config's; tiny data needs a small one (e.g. 16)")
+  args = ap.parse_args()
+  print(f"machine: {platform.machine()} {platform.processor() or ''} "
+        f"{os.cpu_count()} cores, python {platform.python_version()}, jax {jax.__version__}, "
+        f"backend {jax.default_backend()}, {jax.device_count()} devices")
+  print("note: the fake CPU devices share the same cores; 1 -> 8 devices measures "
+        "sharding overhead, not speed-up.")
+  rows = []
+  for method in args.methods.split(","):
+    for n in (int(d) for d in args.devices.split(",")):
+      try:
+        rows.append(bench(method, n, args.steps, args.builder_config, args.cache_dir,
+                          args.batch_size))
+      except Exception as e:  # one broken method should not hide the others
+        rows.append({"method": method, "devices": n, "stage": f"ERROR {type(e).__name__}: {e}"[:80]})
+      print(f"  done {method} on {n} device(s)", file=sys.stderr, flush=True)
+  cols = ["method", "stage", "devices", "batch", "compile_s", "step_ms", "examples_s"]
+  print(format_rows(rows, cols))
+  by = {(r["method"], r["devices"]): r for r in rows if "step_ms" in r}
+  for method in args.methods.split(","):
+    if (method, 1) in by and (method, 8) in by:
+      ratio = float(by[(method, 8)]["step_ms"]) / float(by[(method, 1)]["step_ms"])
+      print(f"{method}: step time 8 devices / 1 device = {ratio:.2f}")
+
+
+if __name__ == "__main__":
+  main()
