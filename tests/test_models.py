@@ -411,7 +411,10 @@ def test_casn_attention_terms_reach_backbone():
   variables, batch, _ = _casn_case()
   model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY)
   for cfg in (casn.CASNLossConfig(id_weight=0, verification_weight=0, sa_weight=0),
-              casn.CASNLossConfig(id_weight=0, verification_weight=0, ia_weight=0)):
+              # "positive": on this 4x2 map the "relative" indicator happens to give
+              # one-hot profiles, whose max-normalised loss has zero gradient.
+              casn.CASNLossConfig(id_weight=0, verification_weight=0, ia_weight=0,
+                                  indicator="positive")):
     loss = lambda p: casn.casn_loss(model, p, variables["batch_stats"], batch, config=cfg)[0]
     g = jax.jit(jax.grad(loss))(variables["params"])
     _check_grads_nonzero_finite(g["trunk"])
