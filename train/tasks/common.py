@@ -83,7 +83,15 @@ def extract(fn: Callable[[Any, dict], dict], state, src, config, *, keys=None):
                                      keys=keys):
     v = batch.pop("valid")
     batch.pop("index", None)
-    res = jax.device_get(jfn(state, loop.shard_batch(batch, mesh)))
+    out = jfn(state, loop.shard_batch(batch, mesh))
+    if jax.process_count() > 1:
+      # Each process loaded its contiguous share of the rows: gather the
+      # outputs (global arrays) and the valid masks (local) in that order.
+      from jax.experimental import multihost_utils
+      res = multihost_utils.process_allgather(out, tiled=True)
+      v = multihost_utils.process_allgather(v, tiled=True)
+    else:
+      res = jax.device_get(out)
     for k, x in res.items():
       outs.setdefault(k, []).append(np.asarray(x))
     valid.append(v)
