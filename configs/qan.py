@@ -31,7 +31,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.qan.set_size_range = (4, 8)     # variable set sizes, padded with masks; () = fixed
   c.qan.margin = 0.4                # triplet margin on L2-normalised set embeddings
   c.qan.softmax_weight = 0.0        # >0: keep a frame identity loss (official code)
-  c.qan.quality_lr_scale = 0.1      # quality branch step scale: 1.0 saturates mu (Adam on a scale-free direction)
+  # Step scale of the quality branch: at 1.0 Adam drives mu into saturation (= 1 everywhere).
+  c.qan.quality_lr_scale = 0.1
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3

@@ -158,7 +158,8 @@ class Task:
       # the baseline that quality pooling has to beat.
       x = out["frame_features"]
       x = x if x.ndim == 4 else x[:, :, None]                       # [B, S, P, F]
-      part_mask = jnp.broadcast_to(batch["mask"][:, None, :], x.shape[:1] + x.shape[2:3] + x.shape[1:2])
+      b, s, p = x.shape[:3]
+      part_mask = jnp.broadcast_to(batch["mask"][:, None, :], (b, p, s))
       pooled = mean_pool(jnp.swapaxes(x, 1, 2), part_mask).reshape(x.shape[0], -1)
       fc = state.params["set_fc"]
       mean_f = pooled @ fc["kernel"] + fc["bias"]
