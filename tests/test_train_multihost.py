@@ -6,8 +6,8 @@ process on 4 devices with the same global batch. Loopback only.
 
 The driver calls jax.distributed.initialize the way train.main does with
 --config.distributed=True --coordinator_address=... and runs
-loop.train_and_evaluate without the method's evaluation: the evaluation's
-feature extraction (train/tasks/common.extract) does not run multi-process yet.
+loop.train_and_evaluate with the method's own evaluation, whose feature
+extraction gathers every process's rows (train/tasks/common.extract).
 """
 import socket
 import subprocess
@@ -26,11 +26,11 @@ _DRIVER = textwrap.dedent("""
       jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                                  process_id=int(sys.argv[2]))
     from tests.train_helpers import make_config, tiny_overrides
-    from tests.test_train_devices import _NoEval
     from train import loop
     config = make_config("arcface", tiny_overrides(sys.argv[5], 3))
-    loop.train_and_evaluate(config, sys.argv[3], _NoEval("arcface"))
+    out = loop.train_and_evaluate(config, sys.argv[3])
     print("done", jax.process_index(), jax.device_count(), flush=True)
+    print("pair_acc", out["after"]["pair_acc"], flush=True)
 """)
 
 
@@ -60,3 +60,7 @@ def test_two_processes_match_one(tiny_data, tmp_path):
   assert sorted(multi) == sorted(one) == [1, 2, 3]
   np.testing.assert_allclose([multi[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)],
                              rtol=2e-4, atol=1e-5)
+  # Both processes see the same, complete evaluation.
+  accs = [float(o.split("pair_acc ")[1].split()[0]) for o in outs]
+  assert accs[0] == accs[1]
+  assert abs(accs[0] - float(single.stdout.split("pair_acc ")[1].split()[0])) < 0.05
