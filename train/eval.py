@@ -17,11 +17,14 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py[:preset]",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "the training run's directory")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number")
-_OUT = flags.DEFINE_string("out", None, "report folder (default <workdir>/eval_<step>)")
+def _define_flags():
+  """Flags exist only when this module is the program: train.main defines the
+  same names, and tests import both."""
+  config_flags.DEFINE_config_file("config", None, "configs/<method>.py[:preset]",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "the training run's directory")
+  flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number")
+  flags.DEFINE_string("out", None, "report folder (default <workdir>/eval_<step>)")
 
 
 class CheckpointError(RuntimeError):
@@ -127,18 +130,20 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
+  f = flags.FLAGS
+  if f.config is None or f.workdir is None:
     raise app.UsageError("--config and --workdir are required.")
   try:
-    report = evaluate_run(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _OUT.value)
+    report = evaluate_run(f.config, f.workdir, f.checkpoint, f.out)
   except CheckpointError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   from train import writers
   print(f"step {report['step']} ({report['checkpoint']}): " + writers.fmt(report["metrics"]))
-  print(f"report: {Path(report['plots'][0]).parent if report['plots'] else _OUT.value}"
+  print(f"report: {Path(report['plots'][0]).parent if report['plots'] else f.out}"
         f" ({len(report['plots'])} plots)")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -12,6 +12,8 @@ first images of each split.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
@@ -253,25 +255,23 @@ def inspect_dataset(name: str, *, data_dir=None, manual_dir=None, config=None, o
   return stats
 
 
-def main(argv=None):
-  from absl import app, flags
+def main(argv=None) -> int:
+  """The command line; argparse rather than absl flags, so that importing this
+  module next to train.main (which owns --config) defines no global flags."""
+  import argparse
 
-  if "dataset" not in flags.FLAGS:  # main() may run more than once in a process (tests)
-    flags.DEFINE_string("dataset", None, "a key of jaxset.data.BUILDERS")
-    flags.DEFINE_string("config", None, "builder config, e.g. tiny")
-    flags.DEFINE_string("data_dir", None, "prepared datasets (default $JAXSET_DATA_DIR)")
-    flags.DEFINE_string("manual_dir", None, "local copy of a real dataset")
-    flags.DEFINE_string("out", "contact_sheet.png", "contact sheet PNG path ('' for none)")
-
-  def run(_):
-    f = flags.FLAGS
-    if not f.dataset:
-      raise app.UsageError("--dataset is required, e.g. --dataset=synthetic_identities")
-    inspect_dataset(f.dataset, data_dir=f.data_dir, manual_dir=f.manual_dir, config=f.config,
-                    out=f.out)
-
-  app.run(run, argv=argv)
+  p = argparse.ArgumentParser(prog="python -m jaxset.data.inspect",
+                              description="Statistics and a contact sheet of a dataset.")
+  p.add_argument("--dataset", required=True, help="a key of jaxset.data.BUILDERS")
+  p.add_argument("--config", default=None, help="builder config, e.g. tiny")
+  p.add_argument("--data_dir", default=None, help="prepared datasets (default $JAXSET_DATA_DIR)")
+  p.add_argument("--manual_dir", default=None, help="local copy of a real dataset")
+  p.add_argument("--out", default="contact_sheet.png", help="contact sheet PNG path ('' for none)")
+  a = p.parse_args(argv)
+  inspect_dataset(a.dataset, data_dir=a.data_dir, manual_dir=a.manual_dir, config=a.config,
+                  out=a.out)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
