@@ -33,9 +33,8 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from jaxset.models import backbones
+from jaxset.models import backbones, heads
 from jaxset.ops import attention as grad_cam_ops
 from jaxset.ops import losses as loss_ops
 
@@ -159,12 +158,8 @@ class CASNLossConfig(NamedTuple):
   indicator: str = "relative"
 
 
-def identification_loss(logits, labels):
-  """Mean softmax cross-entropy over rows with labels >= 0 (0 if none)."""
-  valid = labels >= 0
-  ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-  return jnp.sum(jnp.where(valid, ce, 0)) / jnp.maximum(jnp.sum(valid), 1)
+# CASN's identification loss is the masked softmax cross-entropy shared by every head.
+identification_loss = heads.softmax_cross_entropy
 
 
 def zero_map_fraction(maps, eps: float = 1e-12):

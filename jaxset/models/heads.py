@@ -5,6 +5,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import optax
 
 from jaxset.ops import margins as margin_ops
 
@@ -83,3 +84,15 @@ class MarginHead(nn.Module):
           cos, labels, scale=self.scale, m1=self.m1, m2=self.m2, m3=self.m3,
           grad=self.grad, m1_mode=self.m1_mode, fallback=self.fallback)
     return {"cos": cos, "logits": logits}
+
+
+def softmax_cross_entropy(logits, labels):
+  """Mean softmax cross-entropy (optax) over rows with labels >= 0; 0 if none.
+
+  labels < 0 mark rows to ignore (DESIGN.md): they add nothing to the loss
+  or its gradient.
+  """
+  valid = labels >= 0
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+  return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)

@@ -20,15 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxset.ops import _checks
+from jaxset.ops.pooling import _compute_dtype
 
 __all__ = [
     "set_triplet_loss", "weakly_supervised_ranking_loss", "verification_bce",
     "attention_consistency_loss",
 ]
-
-
-def _compute_dtype(*xs):
-  return jnp.result_type(jnp.float32, *(x.dtype for x in xs))
 
 
 def _dtype_tag(x):

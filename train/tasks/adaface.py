@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import traverse_util
 
 from jaxset.models import AdaFace
+from jaxset.models.heads import softmax_cross_entropy
 from train import loop
 from train.tasks import common, identities
-
-
-def softmax_loss(logits, labels):
-  """Mean cross-entropy over rows with a label (labels < 0 are ignored)."""
-  valid = labels >= 0
-  ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-  return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
 class Task:
@@ -52,7 +44,7 @@ class Task:
         out, new_state = model.apply(
             {"params": params, **state.model_state}, batch["image"], batch["label"],
             train=True, mutable=list(state.model_state), rngs=common.step_rng(state))
-        return softmax_loss(out["logits"], batch["label"]), (new_state, out)
+        return softmax_cross_entropy(out["logits"], batch["label"]), (new_state, out)
 
       (loss, (new_state, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       state = state.apply_gradients(grads=grads, model_state=new_state)

@@ -21,9 +21,9 @@ import optax
 from jaxset.models import EQFace
 from jaxset.models.eqface import GROUPS, param_labels, stage_trainable
 from jaxset.ops.margins import eqface_logits
+from jaxset.models.heads import softmax_cross_entropy
 from train import loop, optim
 from train.tasks import common, identities
-from train.tasks.adaface import softmax_loss
 
 
 class Task:
@@ -86,7 +86,7 @@ class Task:
           logits = eqface_logits(out["cos"], labels, q, scale=m.scale, m1=m.m1, m2=m.m2,
                                  m3=m.m3, quality_transform=m.quality_transform,
                                  grad=m.margin_grad)
-          return softmax_loss(logits, labels), (new_state, out)
+          return softmax_cross_entropy(logits, labels), (new_state, out)
 
         (loss, (new_state, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)

@@ -20,9 +20,9 @@ from jaxset.models import QAN
 from jaxset.models.heads import l2_normalize
 from jaxset.ops.losses import set_triplet_loss
 from jaxset.ops.pooling import mean_pool
+from jaxset.models.heads import softmax_cross_entropy
 from train import loop, optim
 from train.tasks import common, identities
-from train.tasks.adaface import softmax_loss
 
 
 def fill_padding(images, mask):
@@ -74,7 +74,7 @@ class Task:
         logits, new_state = model.apply(
             {"params": params, **state.model_state}, batch["image"], train=True,
             method=model.classify, mutable=list(state.model_state))
-        return softmax_loss(logits, batch["label"]), new_state
+        return softmax_cross_entropy(logits, batch["label"]), new_state
 
       (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       return state.apply_gradients(grads=grads, model_state=new_state), {"loss": loss}
@@ -97,7 +97,7 @@ class Task:
           s = mask.shape[1]
           frame_labels = jnp.where(mask, labels[:, None], -1).reshape(-1)
           logits = out["frame_logits"].reshape(-1, out["frame_logits"].shape[-1])
-          loss = loss + cq.softmax_weight * softmax_loss(logits, frame_labels)
+          loss = loss + cq.softmax_weight * softmax_cross_entropy(logits, frame_labels)
         return loss, (new_state, out, triplet)
 
       (loss, (new_state, out, triplet)), grads = jax.value_and_grad(
