@@ -1,9 +1,11 @@
 """Timing and memory helpers shared by the benchmark scripts."""
 from __future__ import annotations
 
+import importlib
 import time
 
 import jax
+import numpy as np
 
 
 def time_fn(fn, *args, repeats: int = 10, warmup: int = 2) -> float:
@@ -37,3 +39,53 @@ def format_rows(rows, columns) -> str:
   for r in rows:
     out.append("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
   return "\n".join(out)
+
+
+def method_setup(method: str, devices: int = 1, *, builder_config: str = "",
+                 cache_dir: str = "", batch_size: int = 0):
+  """(task, config, mesh, state) of a method's configs/<method>.py default, the
+  state placed on the first `devices` devices as train/loop.py places it.
+
+  Tasks with an `on_step` hook run it for step 0 (NetVLAD's hard-negative
+  cache, which its sampler's miner reads).
+  """
+  from train import loop, tasks
+  config = importlib.import_module(f"configs.{method}").get_config()
+  if batch_size:
+    config.train.batch_size = batch_size
+  config.data.builder_config = builder_config
+  config.data.cache_dir = cache_dir
+  task = tasks.get(method)
+  mesh = loop.make_mesh(jax.devices()[:devices])
+  state = loop.replicate(task.create_state(config, jax.random.key(config.seed)), mesh)
+  if hasattr(task, "on_step"):
+    res = task.on_step(state, config, 0)
+    state = res[0] if isinstance(res, tuple) else res
+  return task, config, mesh, state
+
+
+def time_train_step(train_step, state, batches, mesh):
+  """Compile time and median step time (s) of jit(train_step) on host batches.
+
+  The batches are placed with loop.shard_batch beforehand, as the loop does;
+  batches[0] compiles and warms up, the others are timed. The state is
+  donated: use the returned one. Returns (state, compiled step, compile_s,
+  step_s); the compiled step takes further batches placed the same way.
+  """
+  from train import loop
+  if len(batches) < 2:
+    raise ValueError(f"need >= 2 batches (one warm-up, one timed); got {len(batches)}.")
+  placed = [loop.shard_batch(b, mesh) for b in batches]
+  fn = jax.jit(train_step, donate_argnums=(0,))
+  t = time.perf_counter()
+  compiled = fn.lower(state, placed[0]).compile()
+  compile_s = time.perf_counter() - t
+  state, m = compiled(state, placed[0])
+  jax.block_until_ready(m)
+  times = []
+  for b in placed[1:]:
+    t = time.perf_counter()
+    state, m = compiled(state, b)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  return state, compiled, compile_s, float(np.median(times))

@@ -1,43 +1,65 @@
-"""Input pipeline throughput: batches/s and images/s of every sampler.
+"""Does each config's input pipeline feed its real training step? (issue 3)
 
-  python -m benchmarks.input [--fake] [--threads 2] [--workers 0] [--seconds 3]
+  python -m benchmarks.input [--methods qan,netvlad] [--seconds 4] [--steps 5]
+                             [--loop_steps 6] [--fake]
 
-Runs each sampler of jaxset.data.pipeline at the default training batch sizes
-on the embedded datasets (synthetic_identities 64x32, synthetic_places 64x64),
-or, with --fake or when those builders are not available, on in-memory fake
-sources of the same shapes whose records hold PNG bytes decoded on access (as
-tfds does). Each row: images per batch, batches/s and images/s after a
-warm-up, and `headroom` = batches/s x step_s: how many training steps of
-`--step-s` seconds (default 0.2 s, a tiny CNN at batch 64 on 2 CPU cores) the
-pipeline feeds per step time. The bar is headroom >= 2. `startup_s` is the
-sampler's construction time (metadata read, neighbour search).
+For each method's configs/<method>.py default and each stage of its schedule,
+the iterator the task itself builds (stage.make_iterator() of
+train/tasks/<method>.py: its sampler, batch composition, image_fn and
+augmentation, thread prefetch, and for NetVLAD the hard-negative miner over
+the step-0 feature cache) on the embedded datasets at their default size:
+
+  batches/s  the iterator's rate after a warm-up, pulled as fast as possible;
+  step_s     the median time of the stage's real jitted train step on 1 device
+             (benchmarks.common.time_train_step, shared with benchmarks/train.py);
+  headroom   step_s x batches/s: batches the pipeline makes per training step.
+             The bar is headroom >= 2.
+
+Both are measured alone, one after the other, on the same cores. `loop_s` is
+the time per step when the step is fed from the live iterator as
+train/loop.py feeds it (next, shard_batch, step; the pipeline's threads run
+meanwhile): close to step_s when the pipeline keeps up. `images/batch` counts
+the real images of a batch (set and tuple padding left out), averaged over
+the measured batches. Stages whose iterator gives the same batches share one
+pipeline measurement. With --fake the tasks read in-memory fake sources of
+the embedded schemas and sizes (PNG/JPEG bytes decoded on every read, as tfds
+does) instead of the tfds builders.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import sys
 import time
 
-import numpy as np
-
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import format_rows  # noqa: E402
-from jaxset.data import pipeline, transforms  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.common import format_rows, method_setup, time_train_step  # noqa: E402
+
+METHODS = ("netvlad", "qan", "eqface", "adaface", "arcface", "casn")
+# Image leaves of a batch and the mask marking their real slots.
+_MASKS = {"images": "mask", "positives": "pos_mask", "negatives": "neg_mask"}
 
 
-def _png(image: np.ndarray) -> bytes:
+# --------------------------------------------------------------------------
+# Fake sources (--fake): the embedded schemas and sizes, in memory
+
+def _encode(image: np.ndarray, fmt: str) -> bytes:
   from PIL import Image
   buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="PNG")
+  Image.fromarray(image).save(buf, format=fmt)
   return buf.getvalue()
 
 
 class FakeSource:
-  """Records of the embedded schemas; images stored as PNG, decoded per read."""
+  """Records of an embedded schema; images stored encoded, decoded per read."""
 
   def __init__(self, columns: dict, images: list[bytes]):
     self.columns, self.images = columns, images
@@ -52,19 +74,19 @@ class FakeSource:
     return rec
 
 
-def _textures(n, shape, rng, distinct=64):
-  """n PNGs cycling through `distinct` random smooth images (cheap to build)."""
+def _textures(n, shape, rng, fmt, distinct=64):
+  """n encoded images cycling through `distinct` random smooth ones."""
   from scipy import ndimage
   base = []
   for _ in range(distinct):
-    x = rng.normal(size=shape).astype(np.float32)
-    x = ndimage.gaussian_filter(x, (2, 2, 0))
+    x = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), (2, 2, 0))
     x = (x - x.min()) / (np.ptp(x) + 1e-6) * 255
-    base.append(_png(x.astype(np.uint8)))
+    base.append(_encode(x.astype(np.uint8), fmt))
   return [base[i % distinct] for i in range(n)]
 
 
-def fake_identities(identities=200, cameras=3, tracklets=2, frames=8, seed=0):
+def fake_identities(identities=160, cameras=3, tracklets=2, frames=8, seed=0):
+  """synthetic_identities' train split: 64x32 PNG, 7680 records by default."""
   rng = np.random.default_rng(seed)
   rows = [(p, c, (p * cameras + c) * tracklets + t, f)
           for p in range(identities) for c in range(cameras)
@@ -73,113 +95,154 @@ def fake_identities(identities=200, cameras=3, tracklets=2, frames=8, seed=0):
   n = len(a)
   cols = {"label": a[:, 0], "identity": a[:, 0], "camera": a[:, 1], "tracklet": a[:, 2],
           "frame": a[:, 3], "degradation": rng.uniform(0, 1, n).astype(np.float32)}
-  return FakeSource(cols, _textures(n, (64, 32, 3), rng))
+  return FakeSource(cols, _textures(n, (64, 32, 3), rng, "PNG"))
 
 
-def fake_places(num_db=2000, num_q=500, seed=0):
+def fake_places(num_db=1388, num_q=1000, seed=0):
+  """synthetic_places' train database and queries: 64x64 JPEG, utm in metres."""
   rng = np.random.default_rng(seed)
-  db = rng.uniform(0, 1500, (num_db, 2))
+  db = rng.uniform(0, 1, (num_db, 2)) * [360.0, 240.0]
   q = db[rng.choice(num_db, num_q)] + rng.normal(0, 4, (num_q, 2))
-  return (FakeSource({"utm": db}, _textures(num_db, (64, 64, 3), rng)),
-          FakeSource({"utm": q}, _textures(num_q, (64, 64, 3), rng)))
+  return (FakeSource({"utm": db}, _textures(num_db, (64, 64, 3), rng, "JPEG")),
+          FakeSource({"utm": q}, _textures(num_q, (64, 64, 3), rng, "JPEG")))
 
 
-def sources(fake: bool):
-  """(identities_train, places_db, places_q, note); each dataset falls back to
-  its fake when its embedded builder is missing or fails."""
-  ids = db = q = None
-  used = []
-  if not fake:
-    from jaxset.data import load
-    try:
-      ids = load("synthetic_identities", "train")
-      used.append("synthetic_identities (tfds)")
-    except Exception as e:  # builder not there yet: same shapes, in memory
-      print(f"synthetic_identities unavailable ({type(e).__name__}: {e})")
-    try:
-      db = load("synthetic_places", "train_database")
-      q = load("synthetic_places", "train_queries")
-      used.append("synthetic_places (tfds)")
-    except Exception as e:
-      print(f"synthetic_places unavailable ({type(e).__name__}: {e})")
-  if ids is None:
-    ids = fake_identities()
-    used.append("FAKE identities (in memory, PNG decoded per read)")
-  if db is None:
-    db, q = fake_places()
-    used.append("FAKE places (in memory, PNG decoded per read)")
-  return ids, db, q, ", ".join(used)
+def use_fake_sources():
+  """Makes train.tasks.common.source return the fakes (this process only)."""
+  from train.tasks import common
+  made = {}
+
+  def source(config, split):
+    if config.data.name == "synthetic_identities" and split == "train":
+      key = "ids"
+      if key not in made:
+        made[key] = fake_identities()
+    elif config.data.name == "synthetic_places" and split in ("train_database",
+                                                               "train_queries"):
+      key = split
+      if key not in made:
+        made["train_database"], made["train_queries"] = fake_places()
+    else:
+      raise ValueError(f"--fake has no fake for {config.data.name}/{split}.")
+    return made[key]
+
+  common.source = source
 
 
-def measure(make, images_per_batch, seconds, warmup=3):
-  t0 = time.perf_counter()
-  ds = make()
-  startup = time.perf_counter() - t0
-  it = iter(ds)
+# --------------------------------------------------------------------------
+# Measurements
+
+def sampler_of(batch: dict) -> str:
+  """The jaxset.data.pipeline sampler that makes batches of this structure."""
+  if "anchor" in batch:
+    return "set_triplet_batches"
+  if "query" in batch:
+    return "netvlad_tuples"
+  if "images" in batch:
+    return "set_batches"
+  if "image_a" in batch:
+    return "pair_batches"
+  return "pk_batches"
+
+
+def real_images(batch: dict) -> int:
+  """Images in a batch, masked (padding) slots left out."""
+  n = 0
+  for key, value in batch.items():
+    if isinstance(value, dict):
+      n += real_images(value)
+    elif isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim >= 4:
+      mask = batch.get(_MASKS.get(key, ""))
+      n += int(np.sum(mask)) if mask is not None else int(np.prod(value.shape[:-3]))
+  return n
+
+
+def fingerprint(batch) -> str:
+  h = hashlib.sha1()
+  for leaf in jax.tree.leaves(batch):
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()
+
+
+def pipeline_rate(iterator, seconds: float, warmup: int = 6, min_batches: int = 10):
+  """(batches/s, mean real images per batch) after `warmup` batches."""
   for _ in range(warmup):
-    next(it)
-  n, t = 0, time.perf_counter()
-  while time.perf_counter() - t < seconds or n < 5:
-    try:
-      next(it)
-    except StopIteration:  # a finite (evaluation) iterator ran out
-      break
+    next(iterator)
+  n, images, t = 0, 0, time.perf_counter()
+  while time.perf_counter() - t < seconds or n < min_batches:
+    images += real_images(next(iterator))
     n += 1
-  rate = n / (time.perf_counter() - t)
-  if hasattr(it, "close"):
-    it.close()
-  return startup, rate, rate * images_per_batch
+  return n / (time.perf_counter() - t), images / n
+
+
+def loop_time(compiled_step, state, iterator, mesh, steps: int, skip: int = 4):
+  """Seconds per step of the loop's own feeding (train/loop.py); the first
+  `skip` steps (the batches already prefetched: the samplers' default
+  prefetch is 4) are not timed."""
+  from train import loop
+  t = None
+  for i in range(skip + steps):
+    if i == skip:
+      jax.block_until_ready(state)
+      t = time.perf_counter()
+    state, metrics = compiled_step(state, loop.shard_batch(next(iterator), mesh))
+  jax.block_until_ready(metrics)
+  return state, (time.perf_counter() - t) / steps
+
+
+def bench_method(method: str, seconds: float, steps: int, loop_steps: int) -> list[dict]:
+  task, config, mesh, state = method_setup(method, devices=1)
+  rates = {}  # iterator fingerprint -> (batches/s, images/batch)
+  rows = []
+  for stage in task.stages(config):
+    iterator = stage.make_iterator()
+    first = next(iterator)
+    key = fingerprint(first)
+    if key not in rates:
+      rates[key] = pipeline_rate(iterator, seconds)
+    bps, images = rates[key]
+    batches = [first] + [next(iterator) for _ in range(steps)]
+    state, compiled, compile_s, step_s = time_train_step(stage.train_step, state, batches, mesh)
+    row = {"config": method, "stage": stage.name, "sampler": sampler_of(first),
+           "images/batch": f"{images:.0f}", "batches/s": f"{bps:.1f}",
+           "step_s": f"{step_s:.3f}", "headroom": f"{step_s * bps:.1f}",
+           ">=2": "yes" if step_s * bps >= 2 else "NO", "compile_s": f"{compile_s:.1f}"}
+    if loop_steps:
+      state, loop_s = loop_time(compiled, state, iterator, mesh, loop_steps)
+      row["loop_s"] = f"{loop_s:.3f}"
+    if hasattr(iterator, "close"):
+      iterator.close()
+    rows.append(row)
+    print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
+  return rows
 
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--methods", default=",".join(METHODS))
+  ap.add_argument("--seconds", type=float, default=4.0, help="pipeline timing per iterator")
+  ap.add_argument("--steps", type=int, default=5, help="timed train steps per stage")
+  ap.add_argument("--loop_steps", type=int, default=6,
+                  help="timed steps fed by the live iterator; 0 skips loop_s")
   ap.add_argument("--fake", action="store_true", help="in-memory fake sources")
-  ap.add_argument("--threads", type=int, default=2, help="grain reader threads")
-  ap.add_argument("--workers", type=int, default=0, help="grain worker processes")
-  ap.add_argument("--seconds", type=float, default=3.0, help="timing per sampler")
-  ap.add_argument("--step-s", type=float, default=0.2, help="training step time")
-  ap.add_argument("--only", default="", help="substring of a sampler name")
   a = ap.parse_args()
-
-  ids, db, q, note = sources(a.fake)
-  print(f"# input pipeline on {note}; {os.cpu_count()} CPUs, threads={a.threads}, "
-        f"workers={a.workers}\n")
-  opts = dict(shard=(0, 1), num_threads=a.threads, prefetch=max(2, 2 * a.threads),
-              worker_count=a.workers)
-  aug = transforms.train_augment()
-  cases = [
-      ("pk_batches", "P16 x K4, 64x32, augment", 64,
-       lambda: pipeline.pk_batches(ids, p=16, k=4, image_fn=aug, **opts)),
-      ("pair_batches", "32 pairs, 64x32, augment", 64,
-       lambda: pipeline.pair_batches(ids, batch_size=32, image_fn=aug, **opts)),
-      ("set_batches", "16 sets x 8 frames, 64x32, augment", 128,
-       lambda: pipeline.set_batches(ids, batch_size=16, set_size=8, image_fn=aug, **opts)),
-      ("set_batches", "16 sets x [4, 8] frames, 64x32", 16 * 6,
-       lambda: pipeline.set_batches(ids, batch_size=16, set_size=(4, 8), **opts)),
-      ("set_triplet_batches", "8 x 3 sets x 8 frames, 64x32", 192,
-       lambda: pipeline.set_triplet_batches(ids, batch_size=8, set_size=8, **opts)),
-      ("netvlad_tuples", "B4: 1 + 4 pos + 10 neg, 64x64", 60,
-       lambda: pipeline.netvlad_tuples(db, q, batch_size=4, num_positives=4,
-                                       num_negatives=10, **opts)),
-      ("eval_batches", "256 images, 64x32", 256,
-       lambda: pipeline.eval_batches(ids, batch_size=256, shard=(0, 1),
-                                     num_threads=a.threads, prefetch=opts["prefetch"])),
-  ]
+  if a.fake:
+    use_fake_sources()
+  load = os.getloadavg()
+  print(f"# {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+        f"at start; jax {jax.__version__} {jax.default_backend()}, step on 1 device; "
+        f"sources: {'FAKE (in memory)' if a.fake else 'embedded tfds builders'}\n")
   rows = []
-  for name, config, images, make in cases:
-    if a.only not in name:
-      continue
-    startup, bps, ips = measure(make, images, a.seconds)
-    rows.append({"sampler": name, "config": config, "images/batch": images,
-                 "startup_s": f"{startup:.2f}", "batches/s": f"{bps:.1f}",
-                 "images/s": f"{ips:.0f}", "ms/batch": f"{1e3 / bps:.1f}",
-                 "headroom": f"{bps * a.step_s:.1f}x"})
-    print(format_rows(rows[-1:], list(rows[-1])).splitlines()[-1], flush=True)
-  print()
-  print(format_rows(rows, list(rows[0])))
-  print(f"\nheadroom = batches/s x {a.step_s} s per training step; the bar is >= 2x. "
-        "Sets with a [min, max] size count their mean size.")
+  t0 = time.perf_counter()
+  for method in a.methods.split(","):
+    rows += bench_method(method, a.seconds, a.steps, a.loop_steps)
+  cols = ["config", "stage", "sampler", "images/batch", "batches/s", "step_s", "headroom",
+          ">=2", "loop_s", "compile_s"]
+  print(format_rows(rows, [c for c in cols if any(c in r for r in rows)]))
+  load = os.getloadavg()
+  print(f"\nheadroom = step_s x batches/s (the bar: >= 2). {time.perf_counter() - t0:.0f} s; "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end.")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
@@ -25,47 +24,23 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import importlib  # noqa: E402
-
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import format_rows  # noqa: E402
-from train import loop, tasks  # noqa: E402
+from benchmarks.common import format_rows, method_setup, time_train_step  # noqa: E402
 
 METHODS = ("netvlad", "qan", "eqface", "adaface", "arcface", "casn")
 
 
 def bench(method: str, devices: int, steps: int, builder_config: str, cache_dir: str,
           batch_size: int = 0) -> dict:
-  config = importlib.import_module(f"configs.{method}").get_config()
-  if batch_size:
-    config.train.batch_size = batch_size
-  config.data.builder_config = builder_config
-  config.data.cache_dir = cache_dir
-  task = tasks.get(method)
-  mesh = loop.make_mesh(jax.devices()[:devices])
-  state = loop.replicate(task.create_state(config, jax.random.key(config.seed)), mesh)
+  task, config, mesh, state = method_setup(method, devices, builder_config=builder_config,
+                                           cache_dir=cache_dir, batch_size=batch_size)
   stage = list(task.stages(config))[0]
-  if hasattr(task, "on_step"):  # e.g. NetVLAD's hard-negative cache for step 0
-    res = task.on_step(state, config, 0)
-    state = res[0] if isinstance(res, tuple) else res
   iterator = stage.make_iterator()
-  batches = [loop.shard_batch(next(iterator), mesh) for _ in range(steps + 1)]
+  batches = [next(iterator) for _ in range(steps + 1)]
   examples = int(np.shape(jax.tree.leaves(batches[0])[0])[0])
-  fn = jax.jit(stage.train_step, donate_argnums=(0,))
-  t = time.perf_counter()
-  compiled = fn.lower(state, batches[0]).compile()
-  compile_s = time.perf_counter() - t
-  state, m = compiled(state, batches[0])
-  jax.block_until_ready(m)
-  times = []
-  for b in batches[1:]:
-    t = time.perf_counter()
-    state, m = compiled(state, b)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
+  _, _, compile_s, step_s = time_train_step(stage.train_step, state, batches, mesh)
   return {"method": method, "stage": stage.name, "devices": devices,
           "batch": examples, "compile_s": f"{compile_s:.2f}",
           "step_ms": f"{1e3 * step_s:.1f}", "examples_s": f"{examples / step_s:.0f}"}
