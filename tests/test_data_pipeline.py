@@ -436,3 +436,33 @@ def test_embedded_synthetic_places(tmp_path):
     assert len(pos) and (np.linalg.norm(db_utm[pos] - q_utm[qi], axis=1) <= 10).all()
     neg = batch["negative_index"][i][batch["neg_mask"][i]]
     assert (np.linalg.norm(db_utm[neg] - q_utm[qi], axis=1) > 25).all()
+
+
+def test_tfds_image_reader_matches_full_decode(tmp_path, monkeypatch):
+  # Samplers read only the image feature of tfds records: the same pixels and
+  # batches as tfds' full decode of every feature.
+  from jaxset.data import load
+
+  ids = load("synthetic_identities", "train", config="tiny", data_dir=tmp_path)
+  db = load("synthetic_places", "train_database", config="tiny", data_dir=tmp_path)
+  q = load("synthetic_places", "train_queries", config="tiny", data_dir=tmp_path)
+  for src in (ids, db):
+    read = pipeline._image_reader(src, "image")
+    assert read is not None
+    idx = list(range(0, len(src), 7))
+    for got, rec in zip(read(idx), pipeline.fetch(src, idx)):
+      assert got.dtype == rec["image"].dtype and np.array_equal(got, rec["image"])
+  assert pipeline._image_reader(IdentitySource(), "image") is None
+  assert pipeline._image_reader(ids, "image_a") is None  # not a key of this split
+  aug = transforms.train_augment()
+  make = [
+      lambda: pipeline.pk_batches(ids, p=4, k=2, image_fn=aug, shard=(0, 1), **FAST),
+      lambda: pipeline.set_triplet_batches(ids, batch_size=2, set_size=(2, 4), image_fn=aug,
+                                           shard=(0, 1), **FAST),
+      lambda: pipeline.pair_batches(ids, batch_size=4, image_fn=aug, shard=(0, 1), **FAST),
+      lambda: pipeline.netvlad_tuples(db, q, batch_size=2, num_positives=2, num_negatives=3,
+                                      image_fn=aug, shard=(0, 1), **FAST)]
+  fast = [_take(m(), 2) for m in make]
+  monkeypatch.setattr(pipeline, "_image_reader", lambda source, key: None)
+  for m, got in zip(make, fast):
+    assert all(_equal(a, b) for a, b in zip(_take(m(), 2), got))
