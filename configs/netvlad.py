@@ -45,6 +45,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.mining = ml_collections.ConfigDict()
   c.mining.enabled = True
   c.mining.refresh_every = 1000     # queries between feature-cache refreshes (paper)
+  # Positives: the num_positives potential positives nearest the query in the
+  # cache (official code: the single best); False = num_positives random ones.
+  c.mining.positives = True
 
   c.loss = ml_collections.ConfigDict()
   c.loss.margin = 0.1

@@ -680,11 +680,12 @@ class _TupleMaker:
 
   def __init__(self, database, queries, batch_size, num_positives, num_negatives,
                pos_radius, neg_radius, negative_pool, negative_miner, seed,
-               image_fn, shard):
+               image_fn, shard, positive_miner=None):
     self.database, self.queries = database, queries
     self.batch_size, self.num_positives = batch_size, num_positives
     self.num_negatives, self.negative_pool = num_negatives, negative_pool
     self.negative_miner, self.seed, self.image_fn = negative_miner, seed, image_fn
+    self.positive_miner = positive_miner
     db_utm = read_metadata(database, ["utm"])["utm"]
     q_utm = read_metadata(queries, ["utm"])["utm"]
     self.num_db = len(db_utm)
@@ -736,7 +737,16 @@ class _TupleMaker:
       row = self.local.start + i
       cands = self.positives[int(q)]
       pos_rng = _rng(self.seed, _PICK, step, row)
-      chosen = cands if len(cands) <= P else np.sort(pos_rng.choice(cands, P, replace=False))
+      if self.positive_miner is not None:
+        chosen = np.asarray(self.positive_miner(int(q), cands), np.int64).reshape(-1)
+        if len(chosen) == 0 or len(chosen) > P or not np.isin(chosen, cands).all():
+          raise ValueError(
+              f"positive_miner returned {chosen.tolist()} for query {int(q)}; it must "
+              f"return 1 to num_positives={P} of the potential positives {cands.tolist()}.")
+      elif len(cands) <= P:
+        chosen = cands
+      else:
+        chosen = np.sort(pos_rng.choice(cands, P, replace=False))
       pos[i, :len(chosen)] = chosen
       n = self.negatives(int(q), _rng(self.seed, _NEG, step, row))
       neg[i, :len(n)] = n
@@ -763,6 +773,7 @@ def netvlad_tuples(database, queries, *, batch_size: int = 4, num_positives: int
                    num_negatives: int = 10, seed: int = 0, pos_radius: float = 10.0,
                    neg_radius: float = 25.0, negative_pool: int = 1000,
                    negative_miner: NegativeMiner | None = None,
+                   positive_miner: NegativeMiner | None = None,
                    image_fn: ImageFn | None = None, shard=None,
                    num_steps: int | None = None, num_threads: int = 2,
                    prefetch: int = 4, worker_count: int = 0) -> grain.IterDataset:
@@ -780,6 +791,12 @@ def netvlad_tuples(database, queries, *, batch_size: int = 4, num_positives: int
   threads; the task refreshes it between cache refreshes by swapping its
   feature cache (an atomic reference swap), and batches already prefetched
   (`prefetch` of them) were mined with the previous cache.
+  `positive_miner(query_index, potential_positives) -> database indices` (1
+  to num_positives of them) picks the positives the same way; default (None)
+  = num_positives random potential positives. With the task's cache it keeps
+  the ones nearest the query in feature space, so the paper's min over all
+  potential positives (eq. (7)) is taken over the likely best ones without
+  computing every potential positive each step.
 
   Returns batches (B = batch_size / process_count):
     query uint8 [B, H, W, 3]; positives [B, P, H, W, 3], pos_mask bool [B, P];
@@ -798,7 +815,7 @@ def netvlad_tuples(database, queries, *, batch_size: int = 4, num_positives: int
         "worker processes; use worker_count=0 (thread prefetch) with a miner.")
   maker = _TupleMaker(database, queries, batch_size, num_positives, num_negatives,
                       pos_radius, neg_radius, negative_pool, negative_miner, seed,
-                      image_fn, _resolve_shard(shard))
+                      image_fn, _resolve_shard(shard), positive_miner)
   return _to_dataset(maker, num_steps, num_threads=num_threads, prefetch=prefetch,
                      worker_count=worker_count)
 
