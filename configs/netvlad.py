@@ -44,7 +44,12 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
   c.mining = ml_collections.ConfigDict()
   c.mining.enabled = True
-  c.mining.refresh_every = 1000     # queries between feature-cache refreshes (paper)
+  # Queries between feature-cache refreshes: the paper's 1000 is a tenth of
+  # an epoch of Pittsburgh; a default run sees only 2400 queries, and with a
+  # backbone trained from scratch the cache goes stale fast. Measured (600
+  # steps): refreshing every 400 queries and lr 1e-3 take Recall@1 from 0.156
+  # to 0.368; 1000 and 3e-4 gained ~4 points.
+  c.mining.refresh_every = 400
   # Positives: the num_positives potential positives nearest the query in the
   # cache (official code: the single best); False = num_positives random ones.
   c.mining.positives = True
@@ -54,7 +59,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.loss.squared = True             # paper; False = plain distance of the PyTorch ports
 
   c.optim.name = "adam"
-  c.optim.lr = 3e-4
+  c.optim.lr = 1e-3
   c.optim.schedule = "cosine"
   c.train.steps = 600
   c.train.batch_size = 4            # queries (tuples) per step, as the paper
@@ -76,6 +81,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.model.assignment = "official"
     c.kmeans.bn_calibration_batches = 0  # VGG16 has no BatchNorm; weights are pretrained
     c.tuples.num_positives = 10
+    c.mining.refresh_every = 1000   # paper
     c.optim.name = "sgd"
     c.optim.lr = 1e-3               # VGG16 + NetVLAD: 0.001, halved every 5 epochs
     c.optim.momentum = 0.9
