@@ -226,6 +226,29 @@ def test_netvlad_miner_hook():
     _take(bad, 1)
 
 
+def test_netvlad_positive_miner_hook():
+  db, q = _places()
+  calls = []
+
+  def miner(query_index, potential):
+    calls.append((query_index, potential.copy()))
+    return potential[::-1][:1]  # one positive, chosen by the miner
+
+  ds = pipeline.netvlad_tuples(db, q, batch_size=2, num_positives=3, positive_miner=miner,
+                               shard=(0, 1), **FAST)
+  batch = _take(ds, 1)[0]
+  assert len(calls) == 2
+  for i, (qi, potential) in enumerate(calls):
+    assert qi == batch["query_index"][i]
+    assert (np.linalg.norm(db.utm[potential] - q.utm[qi], axis=1) <= 10.0).all()
+    assert batch["positive_index"][i, 0] == potential[-1]
+    np.testing.assert_array_equal(batch["pos_mask"][i], [True, False, False])
+  outside = pipeline.netvlad_tuples(db, q, batch_size=2, shard=(0, 1), **FAST,
+                                    positive_miner=lambda qi, p: np.setdiff1d(np.arange(len(db)), p)[:1])
+  with pytest.raises(ValueError, match="potential positives"):
+    _take(outside, 1)
+
+
 def test_pair_batches_balanced():
   meta = pipeline.read_metadata(SOURCE)
   batch = _take(pipeline.pair_batches(SOURCE, batch_size=8, shard=(0, 1), **FAST), 1)[0]
