@@ -381,7 +381,7 @@ def _versus(a_label, a, b_label, b) -> dict:
 def build_rows(results: dict) -> list[Row]:
   """The judged rows of every claim whose setups ran (results: setup -> [per seed])."""
   rows = []
-  has = lambda *s: all(results.get(x) for x in s)
+  has = lambda *s: all(any(r is not None for r in results.get(x, [])) for x in s)
   rho = f"Spearman rho <= {ANTI_CORRELATION}"
   if has("qan"):
     mu = _metric(results, "qan", "mu_spearman")
@@ -616,6 +616,8 @@ def parse_args(argv=None):
   ap.add_argument("--out", default="docs/claims.md")
   ap.add_argument("--workdir", default="runs/claims",
                   help="run checkpoints, the per-run result cache and the compilation cache")
+  ap.add_argument("--compile_cache", default="<workdir>/jax_cache",
+                  help="JAX's persistent compilation cache folder; '' turns it off")
   ap.add_argument("--quick", action="store_true",
                   help="tiny datasets, a few steps: checks the script, numbers mean nothing")
   args = ap.parse_args(argv)
@@ -633,7 +635,8 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   t0 = time.perf_counter()
   workdir = Path(args.workdir)
-  enable_compilation_cache(workdir / "jax_cache")
+  if args.compile_cache:
+    enable_compilation_cache(Path(args.compile_cache.replace("<workdir>", str(workdir))))
   seeds = list(range(args.seeds))
   say = lambda msg: print(msg, flush=True)
   setups = [s for c in args.claims for s in CLAIM_SETUPS[c]]

@@ -1,0 +1,115 @@
+"""benchmarks/claims.py: the held judgement, the table, the budgets, one --quick claim."""
+import json
+
+import pytest
+
+from benchmarks import claims
+
+
+def _run(setup, seed, **metrics):
+  return {"setup": setup, "seed": seed, "method": claims.SETUPS[setup].method,
+          "overrides": {"train.steps": 10, "seed": seed}, "steps": 10, "batch_size": 8,
+          "seconds": 2.0, "metrics": metrics}
+
+
+def _results(n=3):
+  """Synthetic per-seed metrics: QAN and NetVLAD-vs-GeM fail, everything else holds."""
+  r = {s: [] for s in claims.SETUPS}
+  for k in range(n):
+    r["qan"].append(_run("qan", k, mu_spearman=-0.3 - 0.01 * k, set_pair_acc=0.70,
+                         set_pair_acc_meanpool=0.72))
+    r["eqface"].append(_run("eqface", k, quality_spearman=-0.7, erc_fnmr_before=0.1,
+                            erc_fnmr_quality=0.05, erc_fnmr_random=0.1))
+    r["adaface"].append(_run("adaface", k, norm_spearman=-0.6, tier_severe_rank1=0.5))
+    r["arcface"].append(_run("arcface", k, norm_spearman=-0.2, tier_severe_rank1=0.5))
+    r["netvlad"].append(_run("netvlad", k, **{"recall@1": 0.80 + 0.01 * k}))
+    r["netvlad_avg"].append(_run("netvlad_avg", k, **{"recall@1": 0.60}))
+    r["netvlad_max"].append(_run("netvlad_max", k, **{"recall@1": 0.70}))
+    r["netvlad_gem"].append(_run("netvlad_gem", k, **{"recall@1": 0.82}))
+    r["casn"].append(_run("casn", k, rank1=0.6, mAP=0.5, id_attention_inconsistency=0.2))
+    r["ide"].append(_run("ide", k, rank1=0.5, mAP=0.4, id_attention_inconsistency=0.3))
+  return r
+
+
+def test_judge_uses_the_mean_and_counts_the_seeds():
+  j = claims.judge([-0.9, -0.8, -0.1], "<=", -0.5)
+  assert j["held"] is True and j["seeds_held"] == 2 and j["n"] == 3
+  assert j["mean"] == pytest.approx(-0.6) and j["std"] == pytest.approx(0.4358898944)
+  j = claims.judge([-0.9, 0.1, 0.2], "<=", -0.5)
+  assert j["held"] is False and j["seeds_held"] == 1
+  # Equality passes ">=" (at least as accurate) but not ">" (beats).
+  assert claims.judge([0.0, 0.0], ">=", 0.0)["held"] is True
+  assert claims.judge([0.0, 0.0], ">", 0.0)["held"] is False
+  # Missing seeds are left out; nothing measured is neither held nor not held.
+  j = claims.judge([None, 0.3, float("nan")], ">", 0.0)
+  assert j["n"] == 1 and j["held"] is True and j["std"] == 0.0
+  assert claims.judge([None, None], ">", 0.0)["held"] is None
+  with pytest.raises(ValueError, match="op must be one of"):
+    claims.judge([1.0], "=>", 0.0)
+
+
+def test_rows_say_not_held_with_their_numbers():
+  rows = claims.build_rows(_results())
+  got = {(r.claim, r.judged): claims.verdict(r) for r in rows}
+  assert len(rows) == 12
+  assert got[("1 QAN", "rho(mu, degradation)")] == "**not held** (0/3 seeds)"
+  assert got[("1 QAN", "quality pooling - mean pooling")] == "**not held** (0/3 seeds)"
+  assert got[("2 EQFace", "lowest s_i dropped - random dropped")] == "**held** (3/3 seeds)"
+  assert got[("3 AdaFace", "AdaFace - ArcFace")] == "**held** (3/3 seeds)"  # a tie is "at least"
+  assert got[("4 NetVLAD", "NetVLAD - GeM pooling")] == "**not held** (1/3 seeds)"
+  assert got[("4 NetVLAD", "NetVLAD - max pooling")] == "**held** (3/3 seeds)"
+  assert got[("5 CASN", "CASN inconsistency - IDE inconsistency")] == "**held** (3/3 seeds)"
+  text = claims.render(_results(), [0, 1, 2], command="python -m benchmarks.claims",
+                       wall_seconds=60.0)
+  qan = next(l for l in text.splitlines() if l.startswith("| 1 QAN | quality pooling"))
+  assert "quality pooling: 0.700 ± 0.000" in qan and "mean pooling: 0.720" in qan
+  assert "quality pooling - mean pooling: -0.020 ± 0.000" in qan and "not held" in qan
+  for needed in ("python -m benchmarks.claims", "jax ", "wall time", "seed 2", "## Budgets",
+                 "configs/casn.py"):
+    assert needed in text
+
+
+def test_a_claim_without_its_baseline_has_no_comparison_row():
+  r = _results(1)
+  r["arcface"] = [None]  # the baseline's only run failed
+  rows = claims.build_rows(r)
+  assert [x.judged for x in rows if x.claim == "3 AdaFace"] == ["rho(norm, degradation)"]
+
+
+def test_method_and_baseline_share_the_budget():
+  casn, ide = claims.make_config("casn", 1), claims.make_config("ide", 1)
+  assert casn.train.steps == ide.train.steps == claims.BUDGETS["casn"]["train.steps"]
+  assert casn.seed == ide.seed == 1
+  assert (ide.casn.ia_weight, ide.casn.verification_weight, ide.casn.sa_weight) == (0, 0, 0)
+  assert casn.casn.ia_weight > 0 and casn.casn.sa_weight > 0
+  poolings = {claims.make_config(s, 0).model.pooling: claims.make_config(s, 0).train.steps
+              for s in claims.CLAIM_SETUPS["netvlad"]}
+  assert set(poolings) == {"netvlad", "avg", "max", "gem"}
+  assert set(poolings.values()) == {claims.BUDGETS["netvlad"]["train.steps"]}
+  a, b = claims.make_config("adaface", 0), claims.make_config("arcface", 0)
+  assert (a.train.steps, a.train.batch_size) == (b.train.steps, b.train.batch_size)
+  assert claims.config_hash(a) != claims.config_hash(claims.make_config("adaface", 1))
+
+
+def test_quick_claim_end_to_end_then_from_the_cache(tmp_path, monkeypatch):
+  args = ["--quick", "--seeds", "1", "--claims", "adaface", "--workdir", str(tmp_path / "w"),
+          "--out", str(tmp_path / "claims.md"), "--compile_cache", ""]
+  first = claims.main(args)
+  assert first["failures"] == []
+  text = (tmp_path / "claims.md").read_text()
+  judged = [l for l in text.splitlines() if l.startswith("| 3 AdaFace |") and "held" in l]
+  assert "--quick run" in text and len(judged) == 2
+  cached = sorted((tmp_path / "w" / "results").glob("*.json"))
+  assert [p.name.split("_seed")[0] for p in cached] == ["adaface", "arcface"]
+  saved = json.loads(cached[0].read_text())
+  assert {"norm_spearman", "tier_severe_queries"} <= set(saved["metrics"])
+
+  # A second invocation trains nothing: every run comes from the result cache.
+  from train import loop
+
+  def no_training(*a, **k):
+    raise AssertionError("trained although the result was cached")
+  monkeypatch.setattr(loop, "train_and_evaluate", no_training)
+  second = claims.main(args)
+  assert second["failures"] == []
+  assert second["results"]["adaface"][0]["metrics"] == saved["metrics"]
