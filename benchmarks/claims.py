@@ -1,15 +1,16 @@
 """Each paper's claim, measured on the embedded datasets: writes docs/claims.md.
 
   python -m benchmarks.claims [--seeds 3] [--claims qan,eqface,adaface,netvlad,casn]
-                              [--out docs/claims.md] [--workdir runs/claims] [--quick]
+                              [--out docs/claims.md] [--workdir runs/claims]
+                              [--compile_cache DIR] [--quick]
 
 Every claim trains its method (and, where the claim compares, its baseline at
 the same budget) once per seed with train.loop.train_and_evaluate, takes the
 task's own evaluation, and adds the numbers the task does not report (ERC at
 20 %, accuracy on the most degraded tier, identification-attention
 consistency) from the trained state with jaxset.eval. A claim is judged on the
-mean over seeds against a threshold fixed in CLAIMS below; the table also says
-how many seeds satisfy it alone.
+mean over seeds against a threshold fixed in build_rows (and the constants
+below); the table also says how many seeds satisfy it alone.
 
 The budgets (BUDGETS) are smaller than the configs' defaults so that the whole
 script fits in about 45 minutes on 2 CPU cores; a method and its baseline
@@ -19,8 +20,9 @@ always share one budget. The configs themselves are read when the script runs
 Resumable: each (setup, seed) writes <workdir>/results/<setup>_seed<k>_<hash>.json,
 where <hash> is that of the run's full config; a result whose config is
 unchanged is reused, an interrupted run resumes from its checkpoint in
-<workdir>/runs/. XLA compilations are kept in <workdir>/jax_cache (JAX's
-persistent compilation cache), so later seeds do not compile again.
+<workdir>/runs/. XLA compilations that take over 0.5 s are kept in
+<workdir>/jax_cache (JAX's persistent compilation cache, which works on CPU),
+so later seeds and later invocations skip them.
 
 --quick: the tiny datasets and a few steps, to check the script end to end
 (its numbers mean nothing).
@@ -36,6 +38,7 @@ import json
 import math
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -46,7 +49,6 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 ANTI_CORRELATION = -0.5   # "anti-correlates": Spearman rho <= this, for every method
 SEVERE_TIER = 0.6         # degradation level of the most degraded tier: [0.6, 1]
 REJECT_FRACTION = 0.2     # ERC: the share of pairs dropped
@@ -88,7 +90,8 @@ CLAIM_SETUPS = {
 }
 CLAIM_NAMES = tuple(CLAIM_SETUPS)
 
-# Per claim, on top of configs/<method>.py (method and baseline alike).
+# Per claim, on top of configs/<method>.py (method and baseline alike): about
+# half the configs' default steps (docs/claims.md lists both), for 45 minutes.
 BUDGETS = {
     "qan": {"train.steps": 200},
     "eqface": {"train.steps": 400},
@@ -271,6 +274,12 @@ def data_facts(config) -> dict:
 # -- running ---------------------------------------------------------------------
 
 
+def _cpu_seconds() -> float:
+  """User + system CPU time of this process (all its threads) so far."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
 def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
               log: Callable[[str], None] = print) -> dict:
   """Trains and measures one (setup, seed), or reads its cached result."""
@@ -286,6 +295,7 @@ def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
     return result
   log(f"  {setup} seed {seed}: training {config.train.steps} steps -> {workdir / 'runs' / name}")
   task = tasks.get(config.method)
+  cpu0 = _cpu_seconds()
   t0 = time.perf_counter()
   summary = loop.train_and_evaluate(config, workdir / "runs" / name, task)
   t_train = time.perf_counter() - t0
@@ -293,17 +303,19 @@ def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
   if setup in EXTRA:
     metrics.update(EXTRA[setup](task, summary["state"], config))
   seconds = time.perf_counter() - t0
+  cpu = _cpu_seconds() - cpu0
   result = {"setup": setup, "seed": seed, "method": config.method,
             "overrides": {k: v for k, v in overrides_for(setup, seed, quick, quick_data).items()
                           if k != "data.cache_dir"},
             "steps": int(summary["step"]), "batch_size": int(config.train.batch_size),
-            "seconds": seconds, "train_and_eval_seconds": t_train, "metrics": metrics,
+            "seconds": seconds, "cpu_seconds": cpu, "train_and_eval_seconds": t_train,
+            "metrics": metrics,
             "config": json.loads(config.to_json_best_effort(sort_keys=True))}
   cached.parent.mkdir(parents=True, exist_ok=True)
   tmp = cached.with_suffix(".tmp")
   tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
   tmp.replace(cached)
-  log(f"  {setup} seed {seed}: {seconds:.0f} s; " + ", ".join(
+  log(f"  {setup} seed {seed}: {seconds:.0f} s (CPU {cpu:.0f} s); " + ", ".join(
       f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
   return result
 
@@ -472,18 +484,24 @@ CONTEXT = ("set_rank1", "set_mAP", "pair_acc", "rank1", "mAP", "recall@5",
 
 
 def render_context(results: dict) -> str:
-  out = ["| setup | metric | mean ± std |", "|---|---|---|"]
+  out = ["| setup | metric | mean ± std (counts: per seed) |", "|---|---|---|"]
   for setup, runs in results.items():
     for key in CONTEXT:
       vals = _metric(results, setup, key)
-      if any(v is not None for v in vals):
-        out.append(f"| {SETUPS[setup].label} | {key} | {fmt_series(vals)} |")
+      if not any(v is not None for v in vals):
+        continue
+      if key.endswith("_queries"):  # a count, the same for every seed
+        text = " / ".join(str(v) for v in vals)
+      else:
+        text = fmt_series(vals)
+      out.append(f"| {SETUPS[setup].label} | {key} | {text} |")
   return "\n".join(out)
 
 
 def render_budgets(results: dict) -> str:
-  out = ["| setup | config | overrides (the claims budget) | steps | batch | "
-         "seconds per run (mean) |", "|---|---|---|---|---|---|"]
+  out = ["| setup | config | overrides (the claims budget) | steps (config default) | "
+         "batch | seconds per run (mean) | CPU seconds per run (mean) |",
+         "|---|---|---|---|---|---|---|"]
   for setup, runs in results.items():
     done = [r for r in runs if r]
     if not done:
@@ -492,8 +510,12 @@ def render_budgets(results: dict) -> str:
     over = {k: v for k, v in done[0]["overrides"].items() if k not in skip}
     text = ", ".join(f"{k}={v}" for k, v in over.items())
     secs = np.mean([r["seconds"] for r in done])
+    cpus = [r["cpu_seconds"] for r in done if "cpu_seconds" in r]
+    cpu = f"{np.mean(cpus):.0f}" if cpus else "n/a"
+    default = importlib.import_module(f"configs.{done[0]['method']}").get_config().train.steps
     out.append(f"| {SETUPS[setup].label} | configs/{done[0]['method']}.py | {text} | "
-               f"{done[0]['steps']} | {done[0]['batch_size']} | {secs:.0f} |")
+               f"{done[0]['steps']} ({default}) | {done[0]['batch_size']} | {secs:.0f} | "
+               f"{cpu} |")
   return "\n".join(out)
 
 
@@ -510,7 +532,8 @@ def machine() -> str:
 
 
 def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: float,
-           facts: dict | None = None, quick: bool = False, failures: Sequence[str] = ()) -> str:
+           facts: dict | None = None, quick: bool = False, failures: Sequence[str] = (),
+           load: tuple = ()) -> str:
   import flax
   import jax
   rows = build_rows(results)
@@ -527,7 +550,9 @@ def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: f
       f"{platform.python_version()}",
       f"- wall time of this invocation: {wall_seconds / 60:.1f} min; the runs' own times "
       f"add up to {run_seconds / 60:.1f} min (results from an earlier invocation are read "
-      "from the run cache)",
+      "from the run cache)"
+      + (f"; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end "
+         "(other work on the machine slows every run)" if load else ""),
       f"- seeds: {', '.join(map(str, seeds))} (config.seed: the initialisation and the "
       "sampling; the embedded datasets are the same for every seed)",
       "- mean ± std: the mean and the sample standard deviation over the seeds.",
@@ -634,6 +659,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
   args = parse_args(argv)
   t0 = time.perf_counter()
+  load_start = os.getloadavg()[0]
   workdir = Path(args.workdir)
   if args.compile_cache:
     enable_compilation_cache(Path(args.compile_cache.replace("<workdir>", str(workdir))))
@@ -661,7 +687,8 @@ def main(argv=None) -> dict:
   command = "python -m benchmarks.claims" + (" " + " ".join(argv if argv is not None
                                                              else sys.argv[1:])).rstrip()
   text = render(results, seeds, command=command.strip(), wall_seconds=time.perf_counter() - t0,
-                facts=facts, quick=args.quick, failures=failures)
+                facts=facts, quick=args.quick, failures=failures,
+                load=(load_start, os.getloadavg()[0]))
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(text)
