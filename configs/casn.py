@@ -7,12 +7,14 @@ Market-1501 with ResNet-50 (your local copy):
 The IDE baseline (identification only): --config.casn.ia_weight=0 \
   --config.casn.verification_weight=0 --config.casn.sa_weight=0
 
-Known open issues (embedded default, measured 2026-11-23): the IDE baseline
-reaches rank-1 0.67 / mAP 0.53 in 600 steps, the full objective only 0.08 /
-0.12 (the BCE term alone slows identification: id loss 4.75 vs 3.95 at step
-200), and the Siamese Grad-CAM maps of most images are all zero
-(eval attention_zero_maps ~0.98), so attention_inconsistency is not yet a
-meaningful number.
+Known open issues (embedded default, measured 2026-11-23, 300-step runs): the
+Siamese BCE trained from the first step on a backbone trained from scratch
+kept the verifier at chance (BCE ~0.68) and stalled identification (rank-1
+0.005 against IDE's 0.24); identification alone during the warmup
+(casn.warmup_verification=False, the default now) lets the verifier learn
+(BCE ~0.45) and the full objective reaches rank-1 0.14 / mAP 0.15, still
+below IDE (0.24 / 0.21). Most Siamese Grad-CAM maps stay all zero (eval
+attention_zero_maps ~0.95), so attention_inconsistency is not yet meaningful.
 """
 import ml_collections
 
@@ -42,7 +44,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.casn.mask_threshold = 0.5       # sigma
   c.casn.consistency_threshold = 0.5
   c.casn.indicator = "relative"     # dims voting "same": above-mean w_j d_j ("positive": > 0)
-  c.casn.warmup_steps = 200         # id + verification only first (paper: unspecified)
+  c.casn.warmup_steps = 200         # attention terms off first (paper: unspecified)
+  # The warmup trains identification alone (True: with the Siamese BCE too). The
+  # paper starts from ImageNet weights; from scratch the BCE's gradients on
+  # meaningless features stalled both heads (see the docstring).
+  c.casn.warmup_verification = False
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3

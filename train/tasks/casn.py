@@ -16,7 +16,8 @@ trivially perfect consistency, so the first number means something only when
 this one is small).
 
 Stages (config.casn.warmup_steps, a choice the paper leaves open): first
-identification + verification only ("warmup"), so that the predicted identity
+identification only ("warmup"; with config.casn.warmup_verification also the
+Siamese BCE), so that the predicted identity
 (attention mining) and the verifier's indicator (Siamese attention) mean
 something before the attention terms are switched on; then the whole
 objective ("casn"). The two stages share one optimiser and LR schedule.
@@ -46,8 +47,9 @@ class Task:
 
   def loss_config(self, config, warmup: bool = False):
     c = config.casn
+    ver = 0.0 if warmup and not c.get("warmup_verification", True) else c.verification_weight
     return CASNLossConfig(id_weight=c.id_weight, ia_weight=0.0 if warmup else c.ia_weight,
-                          verification_weight=c.verification_weight,
+                          verification_weight=ver,
                           sa_weight=0.0 if warmup else c.sa_weight,
                           mask_scale=c.mask_scale, mask_threshold=c.mask_threshold,
                           consistency_threshold=c.consistency_threshold,
@@ -63,7 +65,8 @@ class Task:
     """[(stage name, steps, warmup?)]: warmup_steps of id + verification, then all."""
     total = config.train.steps
     warm = min(max(int(config.casn.get("warmup_steps", 0)), 0), total)
-    if not (config.casn.ia_weight or config.casn.sa_weight):
+    if not (config.casn.ia_weight or config.casn.sa_weight or (
+        config.casn.verification_weight and not config.casn.get("warmup_verification", True))):
       warm = 0  # nothing to warm up for (the IDE baseline)
     plan = [("warmup", warm, True), ("casn", total - warm, False)]
     return [p for p in plan if p[1] > 0]
