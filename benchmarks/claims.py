@@ -96,8 +96,8 @@ BUDGETS = {
     "qan": {"train.steps": 200},
     "eqface": {"train.steps": 400},
     "adaface": {"train.steps": 400},
-    "netvlad": {"train.steps": 300},
-    "casn": {"train.steps": 300, "casn.warmup_steps": 100},
+    "netvlad": {"train.steps": 200},
+    "casn": {"train.steps": 300, "casn.warmup_steps": 200},
 }
 # Every run: no evaluation before training, one checkpoint at the end, no bar.
 COMMON = {"eval.at_start": False, "eval.every": 0, "train.progress_bar": False}
