@@ -93,11 +93,11 @@ CLAIM_NAMES = tuple(CLAIM_SETUPS)
 # Per claim, on top of configs/<method>.py (method and baseline alike): about
 # half the configs' default steps (docs/claims.md lists both), for 45 minutes.
 BUDGETS = {
-    "qan": {"train.steps": 200},
+    "qan": {"train.steps": 150},
     "eqface": {"train.steps": 400},
-    "adaface": {"train.steps": 400},
-    "netvlad": {"train.steps": 200},
-    "casn": {"train.steps": 300, "casn.warmup_steps": 200},
+    "adaface": {"train.steps": 300},
+    "netvlad": {"train.steps": 150},
+    "casn": {"train.steps": 240, "casn.warmup_steps": 160},
 }
 # Every run: no evaluation before training, one checkpoint at the end, no bar.
 COMMON = {"eval.at_start": False, "eval.every": 0, "train.progress_bar": False}
