@@ -473,8 +473,23 @@ def test_tfds_image_reader_matches_full_decode(tmp_path, monkeypatch):
     read = pipeline._image_reader(src, "image")
     assert read is not None
     idx = list(range(0, len(src), 7))
-    for got, rec in zip(read(idx), pipeline.fetch(src, idx)):
-      assert got.dtype == rec["image"].dtype and np.array_equal(got, rec["image"])
+    want = [rec["image"] for rec in pipeline.fetch(src, idx)]
+    first = read(idx)
+    assert read.cache.caching and set(idx) <= set(read.cache.images)
+    first[0][:] = 0  # callers get copies: the cache keeps the decoded pixels
+    for got, w in zip(read(idx), want):  # now from the cache
+      assert got.dtype == w.dtype and np.array_equal(got, w)
+  # Every source object over the same prepared split shares one cache.
+  again = load("synthetic_identities", "train", config="tiny", data_dir=tmp_path)
+  assert again is not ids
+  assert pipeline._image_reader(again, "image").cache is pipeline._image_reader(ids, "image").cache
+  monkeypatch.setattr(pipeline, "_IMAGE_CACHE_BYTES", 1)  # a split too big to cache
+  feature = q.dataset_info.features["image"]
+  small = pipeline._TfdsImageReader(q, "image", feature, len(q), pipeline._DecodedImages())
+  got = small([0, 1, 0])
+  assert small.cache.caching is False and not small.cache.images
+  assert all(np.array_equal(g, q[i]["image"]) for g, i in zip(got, [0, 1, 0]))
+  monkeypatch.undo()
   assert pipeline._image_reader(IdentitySource(), "image") is None
   assert pipeline._image_reader(ids, "image_a") is None  # not a key of this split
   aug = transforms.train_augment()

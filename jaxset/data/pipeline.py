@@ -16,6 +16,9 @@ identities / tracklets / queries seeded by (seed, epoch)); evaluation
 iterators are finite. Per-image randomness (augmentation) uses one
 `np.random.Generator` per (seed, step, global row, slot), so a global batch is
 bit-identical whatever the process count, thread count or prefetch depth.
+Samplers read only the image feature of tfds records, and keep a split's
+decoded images in memory when they fit in _IMAGE_CACHE_BYTES (the embedded
+datasets do): the same pixels, without the decode from the second epoch on.
 
 Multi-host: each sampler takes `shard=(process_index, process_count)`
 (default: `process_shard()`, i.e. jax.process_index()/process_count()). Every
@@ -31,6 +34,7 @@ import hashlib
 import math
 import re
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -246,18 +250,92 @@ def _stack_images(images, image_fn, seed, step, positions) -> np.ndarray:
   return np.stack(out)
 
 
-def _image_reader(source, key: str) -> Callable[[list[int]], list] | None:
-  """indices -> the decoded `key` images of those records, reading only that
-  feature, for a tfds data source (or a wrapper exposing one as `.source`
-  with its record keys as `.keys`); None for any other source.
+# Decoded training images are kept in memory when their whole split fits in
+# this many bytes, this budget being shared by every split a process reads
+# (the embedded datasets take 30-50 MB a split): from the second epoch on,
+# batches skip the read and the decode.
+_IMAGE_CACHE_BYTES = 256 << 20
+
+
+class _DecodedImages:
+  """The cached decoded images of one image feature of one prepared split."""
+  used_bytes = 0  # over every split of this process
+  lock = threading.Lock()
+
+  def __init__(self):
+    self.images: dict[int, np.ndarray] = {}
+    self.caching: bool | None = None  # decided on the first decoded image
+
+  def add(self, index: int, image: np.ndarray, num_records: int) -> None:
+    with self.lock:
+      if self.caching is None:
+        self.caching = image.nbytes * num_records <= _IMAGE_CACHE_BYTES
+      if (self.caching and index not in self.images
+          and _DecodedImages.used_bytes + image.nbytes <= _IMAGE_CACHE_BYTES):
+        self.images[index] = image
+        _DecodedImages.used_bytes += image.nbytes
+
+
+# (data_dir, split, image key) -> its decoded images: every source object over
+# the same prepared files (tasks build one per iterator) shares them.
+_DECODED: dict[tuple[str, str, str], _DecodedImages] = {}
+
+
+def _clear_decoded_images() -> None:
+  """Empties the decoded-image caches (benchmarks: a fresh process's first epoch)."""
+  with _DecodedImages.lock:
+    _DECODED.clear()
+    _DecodedImages.used_bytes = 0
+
+
+class _TfdsImageReader:
+  """indices -> decoded images of one image feature of a tfds data source.
 
   tfds decodes every feature of a record (the proto parse into numpy of the
   metadata columns costs as much as the image decode; measured ~2x per image
   on 64x32 PNG records). Here the raw record is parsed as the
   tf.train.Example tfds writes, and the image bytes go through the feature's
-  own decode_example_np: the same pixels as source[i][key]. Sources with a
-  custom decoder or deserialize method for the key keep the full read.
+  own decode_example_np: the same pixels as source[i][key]. Decoded images
+  are kept in `cache` (see _IMAGE_CACHE_BYTES); callers always get fresh
+  copies, so an image_fn that writes into its input cannot change the cache.
   """
+
+  def __init__(self, inner, key, feature, num_records, cache: _DecodedImages):
+    from tensorflow_datasets.proto import tf_example_pb2
+    self._parse = tf_example_pb2.Example.FromString
+    self.inner, self.key, self.feature = inner, key, feature
+    self.num_records, self.cache = num_records, cache
+
+  def _decode(self, indices: list[int]) -> list[np.ndarray]:
+    records = self.inner.data_source.__getitems__(indices)
+    if len(records) != len(indices):
+      raise IndexError(f"requested {len(indices)} records, got {len(records)}.")
+    images = []
+    for raw in records:
+      values = self._parse(raw).features.feature[self.key].bytes_list.value
+      if len(values) != 1:
+        raise ValueError(
+            f"record has {len(values)} values for image feature {self.key!r}.")
+      images.append(self.feature.decode_example_np(values[0]))
+    return images
+
+  def __call__(self, indices: list[int]) -> list[np.ndarray]:
+    cached = self.cache.images
+    out = [cached.get(i) for i in indices]
+    missing = [j for j, img in enumerate(out) if img is None]
+    if missing:
+      for j, img in zip(missing, self._decode([indices[j] for j in missing])):
+        out[j] = img
+        if self.cache.caching is not False:
+          self.cache.add(indices[j], img, self.num_records)
+    return [img.copy() for img in out]
+
+
+def _image_reader(source, key: str) -> Callable[[list[int]], list] | None:
+  """A _TfdsImageReader of `key` for a tfds data source (or a wrapper
+  exposing one as `.source` with its record keys as `.keys`); None for any
+  other source and for tfds sources with a custom decoder or deserialize
+  method for the key (they keep the full read)."""
   import tensorflow_datasets as tfds
   inner = source
   if getattr(source, "dataset_info", None) is None:
@@ -268,28 +346,17 @@ def _image_reader(source, key: str) -> Callable[[list[int]], list] | None:
       return None
   if not dataclasses.is_dataclass(inner) or not hasattr(inner, "data_source"):
     return None
-  features = inner.dataset_info.features
-  feature = features[key] if features is not None and key in features else None
+  info = inner.dataset_info
+  feature = info.features[key] if info.features is not None and key in info.features else None
   if (not isinstance(feature, tfds.features.Image)
       or getattr(inner, "deserialize_method", None)
       != tfds.decode.DeserializeMethod.DESERIALIZE_AND_DECODE
       or key in (inner.decoders or {})):
     return None
-  from tensorflow_datasets.proto import tf_example_pb2
-
-  def read(indices: list[int]) -> list:
-    records = inner.data_source.__getitems__(indices)
-    if len(records) != len(indices):
-      raise IndexError(f"requested {len(indices)} records, got {len(records)}.")
-    images = []
-    for raw in records:
-      values = tf_example_pb2.Example.FromString(raw).features.feature[key].bytes_list.value
-      if len(values) != 1:
-        raise ValueError(f"record has {len(values)} values for image feature {key!r}.")
-      images.append(feature.decode_example_np(values[0]))
-    return images
-
-  return read
+  name = (str(info.data_dir), str(inner.split), key)
+  with _DecodedImages.lock:
+    cache = _DECODED.setdefault(name, _DecodedImages())
+  return _TfdsImageReader(inner, key, feature, len(source), cache)
 
 
 def _load_images(source, indices, image_fn, seed, step, positions,
