@@ -1,5 +1,6 @@
 """Samplers, evaluation iterators, checkpoints and transforms of jaxset.data."""
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -482,7 +483,12 @@ def test_tfds_image_reader_matches_full_decode(tmp_path, monkeypatch):
   # Every source object over the same prepared split shares one cache.
   again = load("synthetic_identities", "train", config="tiny", data_dir=tmp_path)
   assert again is not ids
-  assert pipeline._image_reader(again, "image").cache is pipeline._image_reader(ids, "image").cache
+  shared = pipeline._image_reader(ids, "image").cache
+  assert pipeline._image_reader(again, "image").cache is shared
+  for path in ids.source.data_source._paths:  # prepared again in place: a new cache
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+  assert pipeline._image_reader(ids, "image").cache is not shared
   monkeypatch.setattr(pipeline, "_IMAGE_CACHE_BYTES", 1)  # a split too big to cache
   feature = q.dataset_info.features["image"]
   small = pipeline._TfdsImageReader(q, "image", feature, len(q), pipeline._DecodedImages())

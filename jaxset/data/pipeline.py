@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import re
 import sys
 import threading
@@ -276,9 +277,9 @@ class _DecodedImages:
         _DecodedImages.used_bytes += image.nbytes
 
 
-# (data_dir, split, image key) -> its decoded images: every source object over
-# the same prepared files (tasks build one per iterator) shares them.
-_DECODED: dict[tuple[str, str, str], _DecodedImages] = {}
+# (prepared files, split, image key) -> its decoded images: every source
+# object over the same files (tasks build one per iterator) shares them.
+_DECODED: dict[tuple, _DecodedImages] = {}
 
 
 def _clear_decoded_images() -> None:
@@ -331,6 +332,19 @@ class _TfdsImageReader:
     return [img.copy() for img in out]
 
 
+def _files_identity(inner) -> tuple:
+  """The prepared files behind a tfds data source, with their size and
+  modification time: a split prepared again in place gets a new cache."""
+  paths = getattr(inner.data_source, "_paths", None)  # array_record's file list
+  if not paths:
+    return (str(inner.dataset_info.data_dir),)
+  out = []
+  for path in paths:
+    st = os.stat(path)
+    out.append((str(path), st.st_size, st.st_mtime_ns))
+  return tuple(out)
+
+
 def _image_reader(source, key: str) -> Callable[[list[int]], list] | None:
   """A _TfdsImageReader of `key` for a tfds data source (or a wrapper
   exposing one as `.source` with its record keys as `.keys`); None for any
@@ -353,7 +367,7 @@ def _image_reader(source, key: str) -> Callable[[list[int]], list] | None:
       != tfds.decode.DeserializeMethod.DESERIALIZE_AND_DECODE
       or key in (inner.decoders or {})):
     return None
-  name = (str(info.data_dir), str(inner.split), key)
+  name = (_files_identity(inner), str(inner.split), key)
   with _DecodedImages.lock:
     cache = _DECODED.setdefault(name, _DecodedImages())
   return _TfdsImageReader(inner, key, feature, len(source), cache)
