@@ -23,7 +23,10 @@ class _NoEval:
 
 @pytest.mark.parametrize("method,extra", [
     ("arcface", {}),
-    ("netvlad", {"train.batch_size": 8}),
+    # Mining off: its picks are argsorts over a float16 feature cache, and the 1- and
+    # 8-device caches differ by float noise, so a near-tie can flip a positive or a
+    # negative (a discrete jump in the loss, not a sharding error).
+    ("netvlad", {"train.batch_size": 8, "mining.enabled": False}),
 ])
 def test_one_and_eight_devices_give_the_same_losses(method, extra, tiny_data, tmp_path):
   curves = {}
