@@ -167,7 +167,7 @@ class Task:
 
   @staticmethod
   def _hardest(fq, fdb, candidates, m):
-    d = np.sum((fdb[candidates].astype(np.float32) - fq.astype(np.float32)) ** 2, axis=1)
+    d = _cache_distances(fdb, candidates, fq)
     return candidates[np.argsort(d, kind="stable")[:m]]
 
   def miner(self, config):
@@ -180,9 +180,9 @@ class Task:
       prev = cache["hard"][q]
       pool = np.unique(np.concatenate([candidates, prev[prev >= 0]]))
       fq = cache["queries"][q].astype(np.float32)
-      d_neg = np.sum((cache["db"][pool].astype(np.float32) - fq) ** 2, axis=1)
+      d_neg = _cache_distances(cache["db"], pool, fq)
       pos = self._pos_lists[q]
-      d_pos = np.min(np.sum((cache["db"][pos].astype(np.float32) - fq) ** 2, axis=1))
+      d_pos = np.min(_cache_distances(cache["db"], pos, fq))
       order = np.argsort(d_neg, kind="stable")
       violating = order[d_neg[order] < d_pos + margin]
       # When too few violate, fill with the next hardest: a query keeps learning
@@ -204,7 +204,7 @@ class Task:
     def mine(q, candidates):
       cache = self.cache
       fq = cache["queries"][q].astype(np.float32)
-      d = np.sum((cache["db"][candidates].astype(np.float32) - fq) ** 2, axis=1)
+      d = _cache_distances(cache["db"], candidates, fq)
       return candidates[np.argsort(d, kind="stable")[:p]]
 
     return mine
@@ -308,6 +308,12 @@ def _on_all_devices(state):
   """The state replicated over every device, where common.extract shards its batches
   (the training mesh may hold fewer: config.train.devices)."""
   return loop.replicate(state, loop.make_mesh())
+
+
+def _cache_distances(fdb, indices, fq):
+  """Squared distances of the cached (float16) database rows `indices` to the
+  query feature fq, computed in float32: the one metric every miner ranks by."""
+  return np.sum((fdb[indices].astype(np.float32) - np.asarray(fq, np.float32)) ** 2, axis=1)
 
 
 def _global_norm(tree):
