@@ -50,6 +50,29 @@ def test_normalize_range_and_all_zero_map():
   assert np.isfinite(jax.grad(f)(a)).all()
 
 
+def test_signed_map_is_min_max_normalised_and_never_blank():
+  rng = np.random.default_rng(4)
+  a = jnp.asarray(np.abs(rng.standard_normal((3, 4, 3, 2))), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((4, 3, 2)), jnp.float32)
+  score = lambda x: -jnp.sum(x * k, axis=(1, 2, 3))
+  raw = np.einsum("bhwc,c->bhw", np.asarray(a), -np.asarray(k).mean((0, 1)))
+  np.testing.assert_allclose(grad_cam(score, a, relu=False), raw, rtol=1e-5, atol=1e-6)
+  low, high = raw.min((1, 2), keepdims=True), raw.max((1, 2), keepdims=True)
+  signed = grad_cam(score, a, normalize=True, relu=False)
+  np.testing.assert_allclose(signed, (raw - low) / (high - low), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(signed.max((1, 2)), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(signed.min((1, 2)), 0.0, atol=1e-6)
+  # A score that falls with every activation blanks the ReLU map but not the signed one.
+  neg = lambda x: -jnp.sum(x, axis=(1, 2, 3))
+  assert not np.asarray(grad_cam(neg, a, normalize=True)).any()
+  assert (np.asarray(grad_cam(neg, a, normalize=True, relu=False)).max((1, 2)) == 1).all()
+  # A constant map has no range: zeros, with a finite gradient.
+  flat = jnp.ones((1, 2, 2, 1))
+  assert not np.asarray(grad_cam(neg, flat, normalize=True, relu=False)).any()
+  f = lambda x: jnp.sum(grad_cam(neg, x, normalize=True, relu=False))
+  assert np.isfinite(jax.grad(f)(flat)).all()
+
+
 def test_gradient_of_gradient_matches_finite_differences(x64):
   """CASN trains through Grad-CAM: d loss(grad_cam(W)) / dW against central differences."""
   rng = np.random.default_rng(3)
@@ -57,19 +80,18 @@ def test_gradient_of_gradient_matches_finite_differences(x64):
   head = jnp.asarray(rng.standard_normal(3))
   same = jnp.array([1, 1])
 
-  def loss(weight, normalize):
+  def loss(weight, normalize, relu):
     score = _score(weight, head)
-    return jnp.sum(attention_consistency_loss(grad_cam(score, fa, normalize=normalize),
-                                              grad_cam(score, fb, normalize=normalize),
-                                              same, threshold=0.0, size=5))
+    cam = lambda f: grad_cam(score, f, normalize=normalize, relu=relu)
+    return jnp.sum(attention_consistency_loss(cam(fa), cam(fb), same, threshold=0.0, size=5))
 
   weight = jnp.asarray(rng.standard_normal((2, 3)))
-  for normalize in (False, True):
-    g = np.asarray(jax.grad(loss)(weight, normalize))
+  for normalize, relu in ((False, True), (True, True), (True, False)):
+    g = np.asarray(jax.grad(loss)(weight, normalize, relu))
     fd = np.zeros_like(g)
     for idx in np.ndindex(g.shape):
       e = np.zeros(g.shape); e[idx] = 1e-6
-      fd[idx] = (loss(weight + e, normalize) - loss(weight - e, normalize)) / 2e-6
+      fd[idx] = (loss(weight + e, normalize, relu) - loss(weight - e, normalize, relu)) / 2e-6
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-8)
     assert np.abs(g).max() > 0
 

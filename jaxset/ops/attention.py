@@ -12,7 +12,7 @@ __all__ = ["grad_cam"]
 
 
 def grad_cam(score_fn: Callable[[jax.Array], jax.Array], feature_map, *,
-             normalize: bool = False, eps: float = 1e-12):
+             normalize: bool = False, relu: bool = True, eps: float = 1e-12):
   """Grad-CAM maps of per-example scores on a conv feature map.
 
   Grad-CAM eq. (1)-(2): alpha_c = (1/HW) sum_{h,w} d y / d A[h, w, c] and
@@ -31,6 +31,12 @@ def grad_cam(score_fn: Callable[[jax.Array], jax.Array], feature_map, *,
     feature_map: [B, H, W, C] activations A of the last conv layer.
     normalize: if True, divide each map by its maximum so it lies in [0, 1];
       an all-zero map stays all zero (no division by zero, finite gradient).
+      With relu=False the map is min-max normalised to [0, 1] instead (a
+      constant map gives zeros).
+    relu: Grad-CAM's ReLU (eq. 2). False keeps the signed map
+      sum_c alpha_c A[:, :, c]: it is never all zero unless it is constant,
+      which a loss on normalised maps can otherwise reach by pushing every
+      location below zero (CASN's siamese_map="signed").
     eps: maps whose maximum is <= eps count as all zero when normalising.
 
   Returns:
@@ -53,7 +59,15 @@ def grad_cam(score_fn: Callable[[jax.Array], jax.Array], feature_map, *,
                       "one score per example")
   (grads,) = pullback(jnp.ones_like(scores))
   weights = jnp.mean(grads, axis=(1, 2))  # alpha: [B, C]
-  cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", feature_map.astype(weights.dtype), weights))
+  cam = jnp.einsum("bhwc,bc->bhw", feature_map.astype(weights.dtype), weights)
+  if not relu:
+    if not normalize:
+      return cam
+    low = jnp.min(cam, axis=(1, 2), keepdims=True)
+    span = jnp.max(cam, axis=(1, 2), keepdims=True) - low
+    varies = span > eps
+    return jnp.where(varies, (cam - low) / jnp.where(varies, span, 1), 0)
+  cam = jax.nn.relu(cam)
   if not normalize:
     return cam
   peak = jnp.max(cam, axis=(1, 2), keepdims=True)
