@@ -7,14 +7,16 @@ Market-1501 with ResNet-50 (your local copy):
 The IDE baseline (identification only): --config.casn.ia_weight=0 \
   --config.casn.verification_weight=0 --config.casn.sa_weight=0
 
-Known open issues (embedded default, measured 2026-11-23, 300-step runs): the
-Siamese BCE trained from the first step on a backbone trained from scratch
-kept the verifier at chance (BCE ~0.68) and stalled identification (rank-1
-0.005 against IDE's 0.24); identification alone during the warmup
-(casn.warmup_verification=False, the default now) lets the verifier learn
-(BCE ~0.45) and the full objective reaches rank-1 0.14 / mAP 0.15, still
-below IDE (0.24 / 0.21). Most Siamese Grad-CAM maps stay all zero (eval
-attention_zero_maps ~0.95), so attention_inconsistency is not yet meaningful.
+Known open issues (embedded default, measured 2026-11-23): the Siamese BCE
+trained from the first step on a backbone trained from scratch kept the
+verifier at chance and stalled identification; the warmup now trains
+identification alone (casn.warmup_verification=False). The 600-step default
+reaches rank-1 0.541 / mAP 0.421, but the Siamese attention-consistency loss
+is minimised by shortcuts (notebooks/05_casn_attention.ipynb): with the
+paper's ReLU Grad-CAM maps 99% of the test maps end all zero; with
+casn.siamese_map="signed" no map is blank but every image attends the same
+full-height stripe (positive-pair inconsistency 0.011, negative 0.009).
+Neither changes rank-1 (0.536 signed, 0.538 without the loss).
 """
 import ml_collections
 
@@ -44,6 +46,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.casn.mask_threshold = 0.5       # sigma
   c.casn.consistency_threshold = 0.5
   c.casn.indicator = "relative"     # dims voting "same": above-mean w_j d_j ("positive": > 0)
+  c.casn.siamese_map = "gradcam"    # M1, M2 as in the paper; "signed": no ReLU, never all zero
   c.casn.warmup_steps = 200         # attention terms off first (paper: unspecified)
   # The warmup trains identification alone (True: with the Siamese BCE too). The
   # paper starts from ImageNet weights; from scratch the BCE's gradients on

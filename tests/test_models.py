@@ -414,10 +414,15 @@ def test_casn_attention_terms_reach_backbone():
               # "positive": on this 4x2 map the "relative" indicator happens to give
               # one-hot profiles, whose max-normalised loss has zero gradient.
               casn.CASNLossConfig(id_weight=0, verification_weight=0, ia_weight=0,
-                                  indicator="positive")):
+                                  indicator="positive"),
+              casn.CASNLossConfig(id_weight=0, verification_weight=0, ia_weight=0,
+                                  siamese_map="signed")):
     loss = lambda p: casn.casn_loss(model, p, variables["batch_stats"], batch, config=cfg)[0]
     g = jax.jit(jax.grad(loss))(variables["params"])
     _check_grads_nonzero_finite(g["trunk"])
+  with pytest.raises(ValueError, match="siamese_map"):
+    casn.casn_loss(model, variables["params"], variables["batch_stats"], batch,
+                   config=casn.CASNLossConfig(siamese_map="relu"))
   ind = casn.siamese_indicator(model, variables["params"], jnp.ones((2, 16)),
                                jnp.zeros((2, 16)))
   w = variables["params"]["verifier"]["kernel"][:, 0]

@@ -146,6 +146,8 @@ class CASNLossConfig(NamedTuple):
   consistency_threshold, consistency_size: attention_consistency_loss's
     relative threshold and profile length (None = the map height).
   indicator: siamese_indicator's mode ("relative" or the literal "positive").
+  siamese_map: "gradcam" (the paper: Grad-CAM with its ReLU, max-normalised)
+    or "signed" (no ReLU, min-max normalised; see siamese_attention_maps).
   """
   id_weight: float = 1.0
   ia_weight: float = 1.0
@@ -156,6 +158,7 @@ class CASNLossConfig(NamedTuple):
   consistency_threshold: float = 0.5
   consistency_size: int | None = None
   indicator: str = "relative"
+  siamese_map: str = "gradcam"
 
 
 # CASN's identification loss is the masked softmax cross-entropy shared by every head.
@@ -228,14 +231,24 @@ def siamese_indicator(model: CASN, params, features_a, features_b, mode: str = "
   return jax.lax.stop_gradient((c > ref).astype(jnp.float32))
 
 
-def siamese_attention_maps(model: CASN, variables, feature_map_a, feature_map_b, indicator):
+def siamese_attention_maps(model: CASN, variables, feature_map_a, feature_map_b, indicator,
+                           mode: str = "gradcam"):
   """M1, M2 [B, h, w]: Grad-CAM of (indicator . f) on each image's map, in [0, 1].
 
+  mode="gradcam" (the paper): ReLU, then divide by the maximum. The score
+  sums BatchNorm-centred features, so its conv-map part is often negative
+  everywhere and the map all zero; the consistency loss is then 0 for that
+  pair, and minimising it drives the maps there (notebooks/05). mode="signed":
+  no ReLU, min-max normalised, so a map is never all zero and the loss can
+  only fall by aligning the two profiles.
   variables: {"params", "batch_stats"}."""
+  if mode not in ("gradcam", "signed"):
+    raise ValueError(f"siamese_map must be 'gradcam' or 'signed'; got {mode!r}.")
   feats = _head_apply(model, variables, CASN.features_from_map)
   score = lambda fm: jnp.sum(indicator * feats(fm), axis=-1)
-  m1 = grad_cam_ops.grad_cam(score, feature_map_a, normalize=True)
-  m2 = grad_cam_ops.grad_cam(score, feature_map_b, normalize=True)
+  relu = mode == "gradcam"
+  m1 = grad_cam_ops.grad_cam(score, feature_map_a, normalize=True, relu=relu)
+  m2 = grad_cam_ops.grad_cam(score, feature_map_b, normalize=True, relu=relu)
   return m1, m2
 
 
@@ -246,7 +259,8 @@ def siamese_attention_loss(model: CASN, variables, feature_map_a, feature_map_b,
   variables: {"params", "batch_stats"}. Returns (loss, (M1, M2))."""
   ind = siamese_indicator(model, variables["params"], features_a, features_b,
                           config.indicator)
-  m1, m2 = siamese_attention_maps(model, variables, feature_map_a, feature_map_b, ind)
+  m1, m2 = siamese_attention_maps(model, variables, feature_map_a, feature_map_b, ind,
+                                  config.siamese_map)
   per_pair = loss_ops.attention_consistency_loss(
       m1, m2, same, threshold=config.consistency_threshold, size=config.consistency_size)
   return jnp.mean(per_pair), (m1, m2)

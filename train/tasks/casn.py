@@ -53,7 +53,8 @@ class Task:
                           sa_weight=0.0 if warmup else c.sa_weight,
                           mask_scale=c.mask_scale, mask_threshold=c.mask_threshold,
                           consistency_threshold=c.consistency_threshold,
-                          indicator=c.get("indicator", "relative"))
+                          indicator=c.get("indicator", "relative"),
+                          siamese_map=c.get("siamese_map", "gradcam"))
 
   def create_state(self, config, rng):
     h, w = config.data.image_size
@@ -115,7 +116,8 @@ class Task:
       o = model.apply(v, batch["image_a"], batch["image_b"])
       ind = siamese_indicator(model, state.params, o["features"], o["features_b"],
                               lcfg.indicator)
-      m1, m2 = siamese_attention_maps(model, v, o["feature_map"], o["feature_map_b"], ind)
+      m1, m2 = siamese_attention_maps(model, v, o["feature_map"], o["feature_map_b"], ind,
+                                      lcfg.siamese_map)
       ones = jnp.ones(m1.shape[:1], jnp.float32)
       return {"d": attention_consistency_loss(m1, m2, ones,
                                               threshold=lcfg.consistency_threshold,
