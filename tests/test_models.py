@@ -148,16 +148,17 @@ def _adaface_case(head="adaface"):
   return variables, {"images": images, "labels": labels}, loss
 
 
+CASN_PAIRS = (np.arange(8), 8 + np.arange(8), np.arange(8) % 2)  # explicit pairs (i, 8 + i)
+
+
 def _casn_case():
   model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY)
   images = _images((16, 16, 8, 3))
-  batch = {"images_a": images[:8], "images_b": images[8:],
-           "labels_a": jnp.arange(8) % 5, "labels_b": (jnp.arange(8) + 1) % 5,
-           "same": jnp.arange(8) % 2}
-  variables = jax.jit(model.init)(jax.random.key(0), batch["images_a"], batch["images_b"])
+  batch = {"images": images, "labels": jnp.arange(16) % 5}
+  variables = jax.jit(model.init)(jax.random.key(0), images[:8], images[8:])
 
   def loss(params, stats, batch):
-    total, aux = casn.casn_loss(model, params, stats, batch)
+    total, aux = casn.casn_loss(model, params, stats, batch, CASN_PAIRS)
     return total, (aux["metrics"], {"batch_stats": aux["batch_stats"]})
   return variables, batch, loss
 
@@ -406,6 +407,36 @@ def test_qan_mask_and_quality():
     qan.horizontal_parts(jnp.zeros((1, 2, 2, 3)), 3)
 
 
+def test_casn_in_batch_pairs_equal_the_gathered_pair_batch():
+  """A P x 2 batch with pk_pairs gives the objective (and gradient) of the batch
+  of its pairs written out, images gathered: with K = 2 every image is in
+  exactly two pairs, so the per-image terms and BatchNorm's statistics agree."""
+  from jaxset.data.pipeline import pk_pairs
+  variables, _, _ = _casn_case()
+  model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY)
+  images, labels = _images((8, 16, 8, 3)), jnp.arange(8) // 2
+  a, b, same = pk_pairs(4, 2)
+  gathered = {"images": jnp.concatenate([images[a], images[b]]),
+              "labels": jnp.concatenate([labels[a], labels[b]])}
+  m = len(a)
+  cfg = casn.CASNLossConfig(indicator="positive")
+  loss = lambda p, batch, pairs: casn.casn_loss(model, p, variables["batch_stats"], batch,
+                                                pairs, config=cfg)
+  (l1, aux1), g1 = jax.value_and_grad(loss, has_aux=True)(
+      variables["params"], {"images": images, "labels": labels}, (a, b, same))
+  (l2, aux2), g2 = jax.value_and_grad(loss, has_aux=True)(
+      variables["params"], gathered, (np.arange(m), m + np.arange(m), same))
+  for key in ("id", "ia", "verification", "sa"):
+    np.testing.assert_allclose(aux1["metrics"][key], aux2["metrics"][key], rtol=2e-4, atol=1e-6)
+  assert float(aux1["metrics"]["verification"]) > 0 and float(aux1["metrics"]["ia"]) > 0
+  np.testing.assert_allclose(l1, l2, rtol=2e-4)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-5), g1, g2)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+               aux1["batch_stats"], aux2["batch_stats"])
+  with pytest.raises(AssertionError):
+    loss(variables["params"], {"images": images, "labels": labels}, (a, b[:-1], same))
+
+
 def test_casn_attention_terms_reach_backbone():
   """The attention losses alone (Grad-CAM inside) give finite, nonzero backbone grads."""
   variables, batch, _ = _casn_case()
@@ -417,11 +448,12 @@ def test_casn_attention_terms_reach_backbone():
                                   indicator="positive"),
               casn.CASNLossConfig(id_weight=0, verification_weight=0, ia_weight=0,
                                   siamese_map="signed")):
-    loss = lambda p: casn.casn_loss(model, p, variables["batch_stats"], batch, config=cfg)[0]
+    loss = lambda p: casn.casn_loss(model, p, variables["batch_stats"], batch, CASN_PAIRS,
+                                    config=cfg)[0]
     g = jax.jit(jax.grad(loss))(variables["params"])
     _check_grads_nonzero_finite(g["trunk"])
   with pytest.raises(ValueError, match="siamese_map"):
-    casn.casn_loss(model, variables["params"], variables["batch_stats"], batch,
+    casn.casn_loss(model, variables["params"], variables["batch_stats"], batch, CASN_PAIRS,
                    config=casn.CASNLossConfig(siamese_map="relu"))
   ind = casn.siamese_indicator(model, variables["params"], jnp.ones((2, 16)),
                                jnp.zeros((2, 16)))

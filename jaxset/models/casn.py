@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -266,14 +267,23 @@ def siamese_attention_loss(model: CASN, variables, feature_map_a, feature_map_b,
   return jnp.mean(per_pair), (m1, m2)
 
 
-def casn_loss(model: CASN, params, batch_stats, batch, *,
+def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
               config: CASNLossConfig = CASNLossConfig(), train: bool = True):
-  """The CASN objective on a batch of pairs.
+  """The CASN objective on a batch of images and the pairs formed from it.
 
-  batch: images_a, images_b [B, H, W, 3]; labels_a, labels_b [B] int (-1 =
-  unknown identity); same [B] 0/1.
-  total = id_weight * (CE(a) + CE(b)) / 2 + ia_weight * attention mining (both
-  images) + verification_weight * mean BCE + sa_weight * consistency.
+  batch: images [N, H, W, 3]; labels [N] int (-1 = unknown identity).
+  pairs: (a, b, same): [M] row indices into the batch and [M] 0/1 labels,
+    e.g. pipeline.pk_pairs(P, K) for the in-batch pairs of a P x K batch.
+    For a batch of explicit pairs, stack the two sides as images and pass
+    a = arange(n), b = n + arange(n).
+  Each image passes the backbone once, however many pairs it is in; the pair
+  terms gather its features and feature map. Under data parallelism the
+  backbone so stays on each device's own images (gathering the images into
+  pairs first made XLA replicate the whole step on every device).
+
+  total = id_weight * CE (per image) + ia_weight * attention mining (per
+  image) + verification_weight * mean BCE (per pair) + sa_weight *
+  consistency (per pair, positives only).
 
   Returns (total, aux) with aux = {"metrics": {id, ia, verification, sa},
   "batch_stats": the updated statistics (unchanged when train=False)}; the
@@ -281,36 +291,39 @@ def casn_loss(model: CASN, params, batch_stats, batch, *,
   the fraction of all-zero Grad-CAM maps of each attention term (an all-zero
   map makes the consistency loss trivially 0).
   """
+  a, b, same = pairs
+  a, b = jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32)
+  same = jnp.asarray(same, jnp.float32)
+  chex.assert_equal_shape([a, b, same])
+  chex.assert_rank(a, 1)
+  images = batch["images"]
   variables = {"params": params, "batch_stats": batch_stats}
   if train:
-    out, updates = model.apply(variables, batch["images_a"], batch["images_b"], train=True,
-                               mutable=["batch_stats"])
+    out, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
     new_stats = updates["batch_stats"]
   else:
-    out, new_stats = model.apply(variables, batch["images_a"], batch["images_b"]), batch_stats
-  l_id = 0.5 * (identification_loss(out["logits"], batch["labels_a"])
-                + identification_loss(out["logits_b"], batch["labels_b"]))
+    out, new_stats = model.apply(variables, images), batch_stats
+  l_id = identification_loss(out["logits"], batch["labels"])
   zero = jnp.zeros((), jnp.float32)
   metrics = {"id": l_id, "ia": zero, "verification": zero, "sa": zero}
   total = config.id_weight * l_id
   # Terms with weight 0 are skipped (static Python floats): the IDE baseline
   # costs one forward/backward pass, not three.
   if config.ia_weight:
-    images = jnp.concatenate([batch["images_a"], batch["images_b"]])
-    fmaps = jnp.concatenate([out["feature_map"], out["feature_map_b"]])
-    logits = jnp.concatenate([out["logits"], out["logits_b"]])
-    l_ia, cam = identification_attention_loss(model, variables, images, fmaps, logits,
-                                              config=config, train=train)
+    l_ia, cam = identification_attention_loss(model, variables, images, out["feature_map"],
+                                              out["logits"], config=config, train=train)
     total += config.ia_weight * l_ia
     metrics.update(ia=l_ia, ia_zero_maps=zero_map_fraction(cam))
+  f_a, f_b = out["features"][a], out["features"][b]
   if config.verification_weight:
-    l_ver = jnp.mean(loss_ops.verification_bce(out["siamese_logits"], batch["same"]))
+    logits = model.apply({"params": params}, f_a, f_b, method=CASN.siamese_logits)
+    l_ver = jnp.mean(loss_ops.verification_bce(logits, same))
     total += config.verification_weight * l_ver
     metrics["verification"] = l_ver
   if config.sa_weight:
-    l_sa, (m1, m2) = siamese_attention_loss(
-        model, variables, out["feature_map"], out["feature_map_b"], out["features"],
-        out["features_b"], batch["same"], config=config)
+    fmap = out["feature_map"]
+    l_sa, (m1, m2) = siamese_attention_loss(model, variables, fmap[a], fmap[b], f_a, f_b,
+                                            same, config=config)
     total += config.sa_weight * l_sa
     metrics.update(sa=l_sa, sa_zero_maps=zero_map_fraction(jnp.concatenate([m1, m2])))
   metrics["total"] = total

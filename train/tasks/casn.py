@@ -1,7 +1,8 @@
 """CASN (Zheng et al., CVPR 2019): Siamese re-ID with consistent Grad-CAM attention.
 
 Each step takes a P x K batch and forms balanced in-batch pairs
-(pipeline.pk_pairs); the objective sums, with the weights in config.casn,
+(pipeline.pk_pairs) after the backbone, which sees each image once; the
+objective sums, with the weights in config.casn,
 identification (softmax), identification attention (attention mining through
 Grad-CAM), Siamese verification (BCE) and Siamese attention consistency. The
 attention terms differentiate through Grad-CAM: gradients of gradients.
@@ -76,16 +77,13 @@ class Task:
     model = self.model(config)
     k = config.data.k
     p = config.train.batch_size // k
-    a_idx, b_idx, same = pipeline.pk_pairs(p, k)
+    pairs = pipeline.pk_pairs(p, k)
 
     def make_step(lcfg):
       def train_step(state, batch):
-        pairs = {"images_a": batch["image"][a_idx], "images_b": batch["image"][b_idx],
-                 "labels_a": batch["label"][a_idx], "labels_b": batch["label"][b_idx],
-                 "same": jnp.asarray(same, jnp.float32)}
-
         def loss_fn(params):
-          return casn_loss(model, params, state.model_state["batch_stats"], pairs,
+          return casn_loss(model, params, state.model_state["batch_stats"],
+                           {"images": batch["image"], "labels": batch["label"]}, pairs,
                            config=lcfg, train=True)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
