@@ -9,11 +9,15 @@ one warm-up step, and examples/s. The steps are the tasks' own
 create_state/stages with batches placed as the loop does (train/loop.py), so
 this is the real step. The devices are fake CPU devices
 (--xla_force_host_platform_device_count=8) that share this machine's cores:
-1 -> 8 measures the overhead of sharding, not a speed-up.
+1 -> 8 measures the overhead of sharding, not a speed-up. A config batch that
+the largest device count does not divide (NetVLAD's paper batch of 4 tuples)
+is rounded up to a multiple of it for every device count, so that each
+method is compared at one global batch; the table's batch column shows it.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import sys
@@ -46,6 +50,16 @@ def bench(method: str, devices: int, steps: int, builder_config: str, cache_dir:
           "step_ms": f"{1e3 * step_s:.1f}", "examples_s": f"{examples / step_s:.0f}"}
 
 
+def common_batch(method: str, devices: int) -> int:
+  """The config's batch size, rounded up to a multiple of `devices`."""
+  batch = importlib.import_module(f"configs.{method}").get_config().train.batch_size
+  rounded = -(-batch // devices) * devices
+  if rounded != batch:
+    print(f"note: {method}'s batch {batch} rounded up to {rounded} so that {devices} "
+          "devices divide it (the same batch on every device count).")
+  return rounded
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--methods", default=",".join(METHODS))
@@ -62,11 +76,13 @@ def main():
   print("note: the fake CPU devices share the same cores; 1 -> 8 devices measures "
         "sharding overhead, not speed-up.")
   rows = []
+  device_counts = [int(d) for d in args.devices.split(",")]
   for method in args.methods.split(","):
-    for n in (int(d) for d in args.devices.split(",")):
+    batch_size = args.batch_size or common_batch(method, max(device_counts))
+    for n in device_counts:
       try:
         rows.append(bench(method, n, args.steps, args.builder_config, args.cache_dir,
-                          args.batch_size))
+                          batch_size))
       except Exception as e:  # one broken method should not hide the others
         rows.append({"method": method, "devices": n, "stage": f"ERROR {type(e).__name__}: {e}"[:80]})
       print(f"  done {method} on {n} device(s)", file=sys.stderr, flush=True)
