@@ -45,7 +45,9 @@ import numpy as np
 
 from jaxset.data.transforms import ImageFn
 
-NegativeMiner = Callable[[int, np.ndarray], np.ndarray]
+# (query index, candidate database indices) -> the chosen database indices:
+# netvlad_tuples' negative_miner and positive_miner.
+Miner = Callable[[int, np.ndarray], np.ndarray]
 
 # Streams keep the seeded generators of different uses independent.
 _PERM, _PICK, _IMAGE, _SET, _PAIR, _NEG = range(1, 7)
@@ -853,8 +855,8 @@ class _TupleMaker:
 def netvlad_tuples(database, queries, *, batch_size: int = 4, num_positives: int = 4,
                    num_negatives: int = 10, seed: int = 0, pos_radius: float = 10.0,
                    neg_radius: float = 25.0, negative_pool: int = 1000,
-                   negative_miner: NegativeMiner | None = None,
-                   positive_miner: NegativeMiner | None = None,
+                   negative_miner: Miner | None = None,
+                   positive_miner: Miner | None = None,
                    image_fn: ImageFn | None = None, shard=None,
                    num_steps: int | None = None, num_threads: int = 2,
                    prefetch: int = 4, worker_count: int = 0) -> grain.IterDataset:
