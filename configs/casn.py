@@ -11,12 +11,14 @@ Known open issues (embedded default, measured 2026-11-23): the Siamese BCE
 trained from the first step on a backbone trained from scratch kept the
 verifier at chance and stalled identification; the warmup now trains
 identification alone (casn.warmup_verification=False). The 600-step default
-reaches rank-1 0.541 / mAP 0.421, but the Siamese attention-consistency loss
-is minimised by shortcuts (notebooks/05_casn_attention.ipynb): with the
-paper's ReLU Grad-CAM maps 99% of the test maps end all zero; with
+reaches rank-1 0.47 +- 0.05 / mAP 0.40 (seeds 0-4), but the Siamese
+attention-consistency loss is minimised by shortcuts
+(notebooks/05_casn_attention.ipynb): with the paper's ReLU Grad-CAM maps
+17-99% of the test maps end all zero, depending on the seed; with
 casn.siamese_map="signed" no map is blank but every image attends the same
-full-height stripe (positive-pair inconsistency 0.011, negative 0.009).
-Neither changes rank-1 (0.536 signed, 0.538 without the loss).
+full-height stripe (positive-pair inconsistency 0.010, negative 0.008).
+Neither changes rank-1 (seed 0: 0.488 paper maps, 0.493 signed, 0.493
+without the loss).
 """
 import ml_collections
 
