@@ -274,8 +274,8 @@ def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
   batch: images [N, H, W, 3]; labels [N] int (-1 = unknown identity).
   pairs: (a, b, same): [M] row indices into the batch and [M] 0/1 labels,
     e.g. pipeline.pk_pairs(P, K) for the in-batch pairs of a P x K batch.
-    For a batch of explicit pairs, stack the two sides as images and pass
-    a = arange(n), b = n + arange(n).
+    A batch of explicit pairs is the two sides stacked as images, with
+    a = arange(n) and b = n + arange(n).
   Each image passes the backbone once, however many pairs it is in; the pair
   terms gather its features and feature map. Under data parallelism the
   backbone so stays on each device's own images (gathering the images into
@@ -316,8 +316,8 @@ def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
     metrics.update(ia=l_ia, ia_zero_maps=zero_map_fraction(cam))
   f_a, f_b = out["features"][a], out["features"][b]
   if config.verification_weight:
-    logits = model.apply({"params": params}, f_a, f_b, method=CASN.siamese_logits)
-    l_ver = jnp.mean(loss_ops.verification_bce(logits, same))
+    same_logits = model.apply({"params": params}, f_a, f_b, method=CASN.siamese_logits)
+    l_ver = jnp.mean(loss_ops.verification_bce(same_logits, same))
     total += config.verification_weight * l_ver
     metrics["verification"] = l_ver
   if config.sa_weight:

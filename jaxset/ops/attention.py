@@ -60,16 +60,12 @@ def grad_cam(score_fn: Callable[[jax.Array], jax.Array], feature_map, *,
   (grads,) = pullback(jnp.ones_like(scores))
   weights = jnp.mean(grads, axis=(1, 2))  # alpha: [B, C]
   cam = jnp.einsum("bhwc,bc->bhw", feature_map.astype(weights.dtype), weights)
-  if not relu:
-    if not normalize:
-      return cam
-    low = jnp.min(cam, axis=(1, 2), keepdims=True)
-    span = jnp.max(cam, axis=(1, 2), keepdims=True) - low
-    varies = span > eps
-    return jnp.where(varies, (cam - low) / jnp.where(varies, span, 1), 0)
-  cam = jax.nn.relu(cam)
+  if relu:
+    cam = jax.nn.relu(cam)
   if not normalize:
     return cam
-  peak = jnp.max(cam, axis=(1, 2), keepdims=True)
-  nonzero = peak > eps
-  return jnp.where(nonzero, cam / jnp.where(nonzero, peak, 1), 0)
+  # A ReLU map is divided by its peak (its minimum is 0); a signed map by its range.
+  low = 0.0 if relu else jnp.min(cam, axis=(1, 2), keepdims=True)
+  span = jnp.max(cam, axis=(1, 2), keepdims=True) - low
+  live = span > eps
+  return jnp.where(live, (cam - low) / jnp.where(live, span, 1), 0)

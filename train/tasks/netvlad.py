@@ -151,7 +151,7 @@ class Task:
         continue
       cand = far if len(far) <= config.tuples.negative_pool else rng.choice(
           far, config.tuples.negative_pool, replace=False)
-      hard[q, :min(m, len(cand))] = self._hardest(fq[q], fdb, cand, m)
+      hard[q, :min(m, len(cand))] = _nearest(fdb, cand, fq[q], m)
     self.cache = {"db": fdb, "queries": fq, "hard": hard}
 
   def _far(self, config):
@@ -164,11 +164,6 @@ class Task:
       self._far_lists = [np.setdiff1d(all_db, n) for n in near]
       self._pos_lists = pipeline.neighbours_within(q_utm, db_utm, config.tuples.pos_radius)
     return self._far_lists
-
-  @staticmethod
-  def _hardest(fq, fdb, candidates, m):
-    d = _cache_distances(fdb, candidates, fq)
-    return candidates[np.argsort(d, kind="stable")[:m]]
 
   def miner(self, config):
     """negative_miner for the sampler: the m hardest of candidates + cached hard ones
@@ -202,10 +197,7 @@ class Task:
     p = config.tuples.num_positives
 
     def mine(q, candidates):
-      cache = self.cache
-      fq = cache["queries"][q].astype(np.float32)
-      d = _cache_distances(cache["db"], candidates, fq)
-      return candidates[np.argsort(d, kind="stable")[:p]]
+      return _nearest(self.cache["db"], candidates, self.cache["queries"][q], p)
 
     return mine
 
@@ -314,6 +306,13 @@ def _cache_distances(fdb, indices, fq):
   """Squared distances of the cached (float16) database rows `indices` to the
   query feature fq, computed in float32: the one metric every miner ranks by."""
   return np.sum((fdb[indices].astype(np.float32) - np.asarray(fq, np.float32)) ** 2, axis=1)
+
+
+def _nearest(fdb, candidates, fq, m):
+  """The m candidates nearest fq (ties in candidate order): the hardest
+  negatives, or the best-matching potential positives."""
+  d = _cache_distances(fdb, candidates, fq)
+  return candidates[np.argsort(d, kind="stable")[:m]]
 
 
 def _global_norm(tree):
