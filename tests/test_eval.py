@@ -499,3 +499,21 @@ def test_nearest_neighbors_float64_under_x64(x64):
   db = np.array([[1.0 + 2e-6], [1.0 + 1e-6], [5.0]])
   d, i = E.nearest_neighbors(np.array([[1.0]]), db, 2, chunk_size=3)
   np.testing.assert_array_equal(i, [[1, 0]])
+
+
+def test_proxy_by_tier_bins_each_type_and_keeps_clean_and_constant_types_whole():
+  from jaxset.eval import proxy_by_tier
+  proxy = np.array([1.0, 3.0, 0.9, 0.5, 0.1, 0.2, 7.0, 9.0])
+  dtype = np.array([0, 0, 1, 1, 1, 1, 2, -1])
+  level = np.array([0.0, 0.0, 0.3, 0.6, 0.9, 1.0, 1.0, 0.5])
+  rows = proxy_by_tier(proxy, dtype, level, ("clean", "blur", "background"),
+                       level_edges=(0.2, 0.5, 0.8, 1.0))
+  got = [(r["type"], r["lo"], r["hi"], r["n"], r["mean"]) for r in rows]
+  assert got == [("clean", 0.0, 0.0, 2, 2.0), ("blur", 0.2, 0.5, 1, 0.9),
+                 ("blur", 0.5, 0.8, 1, 0.5), ("blur", 0.8, 1.0, 2, pytest.approx(0.15)),
+                 ("background", 1.0, 1.0, 1, 7.0)]   # the unknown (-1) row is left out
+  assert rows[0]["std"] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="Lengths"):
+    proxy_by_tier(proxy[:3], dtype, level, ("clean",))
+  with pytest.raises(ValueError, match="increasing"):
+    proxy_by_tier(proxy, dtype, level, ("clean",), level_edges=(0.5, 0.2))

@@ -1,5 +1,6 @@
 """Evaluation protocols (numpy / JAX): Recall@N, CMC/mAP, k-fold, TAR@FAR, templates, ERC."""
 from jaxset.eval.quality import error_vs_reject
+from jaxset.eval.quality import proxy_by_tier
 from jaxset.eval.quality import quality_degradation_spearman
 from jaxset.eval.quality import spearman
 from jaxset.eval.reid import cmc_map

@@ -155,3 +155,50 @@ def error_vs_reject(scores, same, quality_a, quality_b=None, *, fmr: float | Non
   return {"reject_fractions": fr, "fnmr": fnmr_q, "fmr": fmr_q, "fnmr_random": fnmr_r,
           "auc": area(fnmr_q), "auc_random": area(fnmr_r), "threshold": thr,
           "num_genuine_kept": kept}
+
+
+def proxy_by_tier(proxy, degradation_type, degradation, type_names: Sequence[str],
+                  level_edges: Sequence[float] = (0.0, 0.5, 0.8, 1.0)) -> list[dict]:
+  """Mean and std of a quality proxy per degradation type and level bin.
+
+  Args:
+    proxy: [N] the proxy per image (mu, s_i, the feature norm, ...).
+    degradation_type: [N] int type ids, indices into type_names (negative:
+      unknown, left out); degradation: [N] true level in [0, 1].
+    type_names: the name of each type id; type 0 is "clean" (one row).
+    level_edges: increasing bin edges; bin j is [edges[j], edges[j+1]), the
+      last bin closed. A type whose levels are all equal (e.g. a missing
+      subject at level 1) gets one row.
+
+  Returns:
+    rows {"type", "lo", "hi", "n", "mean", "std"} in type order, empty bins
+    left out. A good proxy falls down the rows of each type.
+  """
+  q = np.asarray(proxy, np.float64).reshape(-1)
+  t = np.asarray(degradation_type).reshape(-1)
+  lv = np.asarray(degradation, np.float64).reshape(-1)
+  _checks.check_same(("proxy", "degradation_type", "degradation"), (q.size, t.size, lv.size),
+                     "Lengths")
+  _checks.check_finite("proxy", q)
+  edges = np.asarray(level_edges, np.float64)
+  if edges.size < 2 or np.any(np.diff(edges) <= 0):
+    raise ValueError(f"level_edges must be at least 2 increasing values; got {level_edges}.")
+  rows = []
+  for k, name in enumerate(type_names):
+    of_type = t == k
+    if not of_type.any():
+      continue
+    levels = lv[of_type]
+    if k == 0 or np.ptp(levels) == 0:
+      bins = [(float(levels.min()), float(levels.max()), of_type)]
+    else:
+      bins = []
+      for j, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        last = j == edges.size - 2
+        keep = of_type & (lv >= lo) & ((lv <= hi) if last else (lv < hi))
+        bins.append((float(lo), float(hi), keep))
+    for lo, hi, keep in bins:
+      if keep.any():
+        rows.append({"type": name, "lo": lo, "hi": hi, "n": int(keep.sum()),
+                     "mean": float(q[keep].mean()), "std": float(q[keep].std())})
+  return rows
