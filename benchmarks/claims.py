@@ -2,7 +2,7 @@
 
   python -m benchmarks.claims [--seeds 3] [--claims qan,eqface,adaface,netvlad,casn]
                               [--out docs/claims.md] [--workdir runs/claims]
-                              [--compile_cache DIR] [--quick]
+                              [--compile_cache DIR] [--budget N] [--quick]
 
 Every claim trains its method (and, where the claim compares, its baseline at
 the same budget) once per seed with train.loop.train_and_evaluate, takes the
@@ -16,6 +16,8 @@ The budgets (BUDGETS) are smaller than the configs' defaults so that the whole
 script fits in about 45 minutes on 2 CPU cores; a method and its baseline
 always share one budget. The configs themselves are read when the script runs
 (configs/<method>.py), and the budget is applied on top as overrides.
+--budget N multiplies every step count of the budgets (3, 10: the budget curve;
+it takes about N times as long, and CI does not run it).
 
 Resumable: each (setup, seed) writes <workdir>/results/<setup>_seed<k>_<hash>.json,
 where <hash> is that of the run's full config; a result whose config is
@@ -115,9 +117,19 @@ QUICK_CLAIM = {
 }
 
 
-def overrides_for(setup: str, seed: int, quick: bool, quick_data: str = "") -> dict:
+def scaled_budget(claim: str, budget: float = 1.0) -> dict:
+  """BUDGETS[claim] with every step count (train.steps, casn.warmup_steps)
+  times `budget`: --budget N runs N times the claims budget."""
+  if budget <= 0:
+    raise ValueError(f"budget must be > 0; got {budget}.")
+  return {k: max(1, int(round(v * budget))) if k.endswith("steps") else v
+          for k, v in BUDGETS[claim].items()}
+
+
+def overrides_for(setup: str, seed: int, quick: bool, quick_data: str = "",
+                  budget: float = 1.0) -> dict:
   s = SETUPS[setup]
-  over = {**COMMON, **BUDGETS[s.claim]}
+  over = {**COMMON, **scaled_budget(s.claim, budget)}
   if quick:
     over.update(QUICK)
     over.update(QUICK_CLAIM[s.claim])
@@ -130,11 +142,12 @@ def overrides_for(setup: str, seed: int, quick: bool, quick_data: str = "") -> d
   return over
 
 
-def make_config(setup: str, seed: int, quick: bool = False, quick_data: str = ""):
-  """configs/<method>.py's default config with the claim's budget applied."""
+def make_config(setup: str, seed: int, quick: bool = False, quick_data: str = "",
+                budget: float = 1.0):
+  """configs/<method>.py's default config with the claim's budget (x budget) applied."""
   s = SETUPS[setup]
   config = importlib.import_module(f"configs.{s.method}").get_config()
-  for key, value in overrides_for(setup, seed, quick, quick_data).items():
+  for key, value in overrides_for(setup, seed, quick, quick_data, budget).items():
     *path, leaf = key.split(".")
     node = config
     for p in path:
@@ -281,12 +294,12 @@ def _cpu_seconds() -> float:
 
 
 def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, budget: float = 1.0) -> dict:
   """Trains and measures one (setup, seed), or reads its cached result."""
   from train import loop, tasks
 
   quick_data = str((workdir / "quick_data").absolute()) if quick else ""
-  config = make_config(setup, seed, quick, quick_data)
+  config = make_config(setup, seed, quick, quick_data, budget)
   name = f"{setup}_seed{seed}_{config_hash(config)}"
   cached = workdir / "results" / f"{name}.json"
   if cached.exists():
@@ -305,7 +318,8 @@ def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
   seconds = time.perf_counter() - t0
   cpu = _cpu_seconds() - cpu0
   result = {"setup": setup, "seed": seed, "method": config.method,
-            "overrides": {k: v for k, v in overrides_for(setup, seed, quick, quick_data).items()
+            "overrides": {k: v for k, v in overrides_for(setup, seed, quick, quick_data,
+                                                         budget).items()
                           if k != "data.cache_dir"},
             "steps": int(summary["step"]), "batch_size": int(config.train.batch_size),
             "seconds": seconds, "cpu_seconds": cpu, "train_and_eval_seconds": t_train,
@@ -643,6 +657,9 @@ def parse_args(argv=None):
                   help="run checkpoints, the per-run result cache and the compilation cache")
   ap.add_argument("--compile_cache", default="<workdir>/jax_cache",
                   help="JAX's persistent compilation cache folder; '' turns it off")
+  ap.add_argument("--budget", type=float, default=1.0,
+                  help="N times the claims budget (every step count); the default fits "
+                       "45 min on 2 cores, larger budgets take proportionally longer")
   ap.add_argument("--quick", action="store_true",
                   help="tiny datasets, a few steps: checks the script, numbers mean nothing")
   args = ap.parse_args(argv)
@@ -652,6 +669,8 @@ def parse_args(argv=None):
     ap.error(f"unknown claim(s) {unknown}; choose from {', '.join(CLAIM_NAMES)}.")
   if args.seeds < 1:
     ap.error("--seeds must be >= 1.")
+  if args.budget <= 0:
+    ap.error("--budget must be > 0.")
   args.claims = claims
   return args
 
@@ -675,7 +694,8 @@ def main(argv=None) -> dict:
       results[setup] = []
       for seed in seeds:
         try:
-          results[setup].append(run_setup(setup, seed, workdir, args.quick, say))
+          results[setup].append(run_setup(setup, seed, workdir, args.quick, say,
+                                          args.budget))
         except Exception as e:  # one failing run must not hide the others' numbers
           failures.append(f"{setup} seed {seed}: {type(e).__name__}: {e}")
           say(f"  {setup} seed {seed}: FAILED {type(e).__name__}: {e}")

@@ -113,3 +113,17 @@ def test_quick_claim_end_to_end_then_from_the_cache(tmp_path, monkeypatch):
   second = claims.main(args)
   assert second["failures"] == []
   assert second["results"]["adaface"][0]["metrics"] == saved["metrics"]
+
+
+def test_budget_scales_every_step_count_and_only_those():
+  assert claims.scaled_budget("qan", 1.0) == claims.BUDGETS["qan"]
+  casn = claims.scaled_budget("casn", 3.0)
+  assert casn == {"train.steps": 3 * claims.BUDGETS["casn"]["train.steps"],
+                  "casn.warmup_steps": 3 * claims.BUDGETS["casn"]["casn.warmup_steps"]}
+  config = claims.make_config("netvlad_gem", 0, budget=10)
+  assert config.train.steps == 10 * claims.BUDGETS["netvlad"]["train.steps"]
+  assert config.model.pooling == "gem" and config.train.ckpt_every == config.train.steps
+  with pytest.raises(ValueError, match="budget must be > 0"):
+    claims.scaled_budget("qan", 0)
+  with pytest.raises(SystemExit):
+    claims.parse_args(["--budget", "-1"])
