@@ -1,0 +1,423 @@
+"""Why each learned quality proxy does or does not track image quality, by mechanism.
+
+  python -m benchmarks.quality_diagnosis [--methods qan,eqface,adaface,arcface]
+      [--budget 1.0] [--seed 0] [--workdir runs/quality_diagnosis]
+      [--out docs/quality_diagnosis.md] [--quick]
+
+Trains each method's default config (configs/<method>.py, train.steps scaled
+by --budget; a finished run in the workdir is reused) and measures, on the
+trained state, the proxy that the method learns without quality labels (QAN's
+mu, EQFace's s_i, the feature norm of AdaFace and ArcFace):
+
+- by tier: the proxy's mean per stored degradation type and level
+  (jaxset.eval.proxy_by_tier) on the test images, and Spearman rho overall;
+- on probes: clean test images degraded after the fact (jaxset.data.probes:
+  blur, low resolution, JPEG, dark exposure, sensor noise, occlusion), the
+  proxy's mean per level and the cosine of each embedding to its clean one,
+  so a proxy that learned only the training tiers shows it;
+- input statistics: rho of the proxy against the image's pixel contrast and
+  high-frequency energy (does it read the signal's energy, not its quality?);
+- fit of the training split by tier: the classifier's target cosine on the
+  TRAINING images, which is what loss (6) (EQFace) and the margin see: a tier
+  that is fitted as well as the clean one gives s_i no reason to fall;
+- QAN only: set verification with the learned mu against an oracle quality
+  (mu = 1 - true level) and mean pooling, and the eq. (8) gradient each frame
+  receives on training triplets, by tier.
+
+--quick: the tiny datasets and a few steps (checks the script end to end; its
+numbers mean nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+METHODS = ("qan", "eqface", "adaface", "arcface")
+LEVEL_EDGES = (0.2, 0.5, 0.8, 1.0)   # stored levels are drawn from [0.2, 1]
+PROBE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+NUM_PROBE_IMAGES = 160
+COMMON = {"eval.at_start": False, "eval.every": 0, "train.progress_bar": False}
+QUICK = {"data.builder_config": "tiny", "train.steps": 6, "train.batch_size": 16,
+         "eval.batch_size": 32, "optim.warmup_steps": 0}
+
+
+def make_config(method: str, budget: float, seed: int, quick: bool, quick_data: str = ""):
+  config = importlib.import_module(f"configs.{method}").get_config()
+  over = dict(COMMON)
+  over["train.steps"] = max(1, int(round(config.train.steps * budget)))
+  if quick:
+    over.update(QUICK)
+    over["data.cache_dir"] = quick_data
+  over["seed"] = seed
+  over["train.ckpt_every"] = over["train.steps"]
+  for key, value in over.items():
+    *path, leaf = key.split(".")
+    node = config
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+# -- per-image proxies ------------------------------------------------------------
+
+
+def _variables(state):
+  return {"params": state.params, **state.model_state}
+
+
+def proxy_fn(method: str, model):
+  """(state, batch) -> {"e": embedding [B, D], "q": proxy [B]} for single images."""
+  import jax.numpy as jnp
+
+  if method == "qan":
+    def fn(state, batch):
+      f, q = model.apply(_variables(state), batch["image"], method=model.frames)
+      return {"e": f.reshape(f.shape[0], -1), "q": jnp.mean(q, axis=-1)}
+  else:
+    key = "quality" if method == "eqface" else "norm"
+
+    def fn(state, batch):
+      out = model.apply(_variables(state), batch["image"])
+      return {"e": out["embedding"], "q": out[key], "cos": out["cos"]}
+  return fn
+
+
+def _images(src, idx):
+  from jaxset.data import pipeline
+  return np.stack([r["image"] for r in pipeline.fetch(src, np.asarray(idx))])
+
+
+def _cosine(a, b):
+  a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+  b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+  return np.sum(a * b, axis=1)
+
+
+def tiers_and_probes(method, task, state, config) -> dict:
+  """The proxy by stored tier (test images), on probes, and against input energy."""
+  from scipy import ndimage
+
+  from jaxset.data import probes
+  from jaxset.data.synthetic_identities import BACKGROUND, DEGRADATION_TYPES
+  from jaxset.eval import proxy_by_tier, spearman
+  from train.tasks import common, identities
+
+  model = task.model(config)
+  fn = proxy_fn(method, model)
+  res = {}
+  q = identities.split_embeddings(fn, state, config, "query")
+  g = identities.split_embeddings(fn, state, config, "gallery")
+  proxy = np.concatenate([q["q"], g["q"]])
+  deg = np.concatenate([q["degradation"], g["degradation"]])
+  dtype = np.concatenate([q["degradation_type"], g["degradation_type"]])
+  res["tiers"] = proxy_by_tier(proxy, dtype, deg, DEGRADATION_TYPES, LEVEL_EDGES)
+  res["rho"] = spearman(proxy, deg)
+  present = dtype != BACKGROUND
+  res["rho_no_background"] = spearman(proxy[present], deg[present])
+  for k, name in enumerate(DEGRADATION_TYPES[1:BACKGROUND], start=1):
+    keep = (dtype == 0) | (dtype == k)
+    res[f"rho_{name}"] = spearman(proxy[keep], deg[keep])
+
+  # Input energy: the normalised image's contrast and its Laplacian energy.
+  srcs = [common.source(config, "query"), common.source(config, "gallery")]
+  imgs = np.concatenate([_images(s, np.arange(len(s))) for s in srcs]).astype(np.float32) / 255
+  contrast = imgs.std(axis=(1, 2, 3))
+  hf = np.stack([np.abs(ndimage.laplace(im.mean(-1))).mean() for im in imgs])
+  res["rho_contrast"] = spearman(proxy, contrast)
+  res["rho_high_frequency"] = spearman(proxy, hf)
+
+  # Probes on clean query images.
+  src = srcs[0]
+  clean = np.nonzero(q["degradation_type"] == 0)[0][:NUM_PROBE_IMAGES]
+  base = _images(src, clean)
+  ref = None
+  res["probes"] = {}
+  for kind in probes.PROBES:
+    rows, levels_all, q_all = [], [], []
+    for level in PROBE_LEVELS:
+      batch = [{"image": im} for im in probes.degrade_batch(base, kind, level, seed=1)]
+      out = common.extract(fn, state, batch, config, keys=["image"])
+      if ref is None:
+        ref = out["e"]
+      rows.append({"level": level, "mean": float(out["q"].mean()),
+                   "cos_to_clean": float(_cosine(out["e"], ref).mean())})
+      levels_all.append(np.full(len(base), level))
+      q_all.append(out["q"])
+    res["probes"][kind] = {"rows": rows,
+                           "rho": spearman(np.concatenate(q_all), np.concatenate(levels_all))}
+  return res
+
+
+def train_fit(method, task, state, config) -> list[dict]:
+  """The classifier's target cosine and accuracy on the TRAINING images, by tier."""
+  from jaxset.data import pipeline
+  from jaxset.data.synthetic_identities import DEGRADATION_TYPES
+  from jaxset.eval import proxy_by_tier
+  from train.tasks import common
+
+  if method == "qan":
+    return []
+  model = task.model(config)
+  fn = proxy_fn(method, model)
+  src = common.source(config, "train")
+  out = common.extract(fn, state, src, config, keys=["image"])
+  meta = pipeline.read_metadata(src, ["label", "degradation", "degradation_type"])
+  lab = meta["label"]
+  target = out["cos"][np.arange(len(lab)), lab]
+  correct = (np.argmax(out["cos"], axis=1) == lab).astype(np.float64)
+  cos_rows = proxy_by_tier(target, meta["degradation_type"], meta["degradation"],
+                           DEGRADATION_TYPES, LEVEL_EDGES)
+  acc_rows = proxy_by_tier(correct, meta["degradation_type"], meta["degradation"],
+                           DEGRADATION_TYPES, LEVEL_EDGES)
+  q_rows = proxy_by_tier(out["q"], meta["degradation_type"], meta["degradation"],
+                         DEGRADATION_TYPES, LEVEL_EDGES)
+  return [{**c, "target_cos": c["mean"], "accuracy": a["mean"], "proxy": p["mean"]}
+          for c, a, p in zip(cos_rows, acc_rows, q_rows)]
+
+
+def qan_sets(task, state, config) -> dict:
+  """Set verification / re-ID with learned mu, an oracle (1 - true level) and the mean."""
+  import jax.numpy as jnp
+
+  from jaxset.data import pipeline
+  from jaxset.eval import cmc_map, kfold_verification_accuracy
+  from train.tasks import common
+
+  model = task.model(config)
+  fc = state.params["set_fc"]
+
+  def frames(state, batch):
+    f, q = model.apply(_variables(state), batch["image"], method=model.frames)
+    return {"f": f.reshape(f.shape[0], -1), "q": jnp.mean(q, axis=-1)}
+
+  emb, info = {}, {}
+  weights = {}
+  for split in ("query", "gallery"):
+    src = common.source(config, split)
+    out = common.extract(frames, state, src, config, keys=["image"])
+    meta = pipeline.read_metadata(src)
+    info[split] = meta
+    deg = meta["degradation"]
+    weights[split] = {"learned mu": out["q"], "oracle 1 - level": np.clip(1.0 - deg, 0, 1),
+                      "mean": np.ones_like(deg)}
+    emb[split] = {}
+    tids = meta["tracklet"]
+    for name, w in weights[split].items():
+      rows = []
+      for t in np.unique(tids):
+        m = tids == t
+        ww = w[m]
+        ww = ww if ww.sum() > 1e-12 else np.ones_like(ww)
+        pooled = (ww[:, None] * out["f"][m]).sum(0) / ww.sum()
+        rows.append(pooled @ np.asarray(fc["kernel"]) + np.asarray(fc["bias"]))
+      e = np.stack(rows)
+      emb[split][name] = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
+  pairs = pipeline.read_metadata(common.source(config, "set_pairs"))
+  row = {}
+  for split in ("query", "gallery"):
+    for i, t in enumerate(np.unique(info[split]["tracklet"])):
+      row[int(t)] = (split, i)
+  res = {}
+  for name in weights["query"]:
+    pick = lambda ts: np.stack([emb[row[int(t)][0]][name][row[int(t)][1]] for t in ts])
+    acc = kfold_verification_accuracy(pick(pairs["tracklet_a"]), pick(pairs["tracklet_b"]),
+                                      pairs["same"].astype(bool), fold_ids=pairs["fold"])
+    first = {s: np.array([np.nonzero(info[s]["tracklet"] == t)[0][0]
+                          for t in np.unique(info[s]["tracklet"])]) for s in info}
+    r = cmc_map(emb["query"][name], emb["gallery"][name],
+                info["query"]["identity"][first["query"]],
+                info["gallery"]["identity"][first["gallery"]],
+                info["query"]["camera"][first["query"]],
+                info["gallery"]["camera"][first["gallery"]])
+    res[name] = {"set_pair_acc": float(acc["accuracy_mean"]), "set_rank1": float(r["rank1"]),
+                 "set_mAP": float(r["mAP"])}
+  return res
+
+
+def qan_mu_gradients(task, state, config, num_batches: int = 8) -> list[dict]:
+  """dL/dmu_i of the set triplet loss (eq. (8)) on training triplets, by frame tier.
+
+  Gradient descent moves mu_i by -lr * dL/dmu_i: a positive mean gradient on a
+  tier pushes its mu down. Also the share of triplets with a non-zero loss (the
+  only ones that give mu any gradient)."""
+  import jax
+  import jax.numpy as jnp
+
+  from jaxset.data import pipeline
+  from jaxset.data.synthetic_identities import DEGRADATION_TYPES
+  from jaxset.eval import proxy_by_tier
+  from jaxset.models.heads import l2_normalize
+  from jaxset.ops.losses import set_triplet_loss
+  from jaxset.ops.pooling import quality_pool
+  from train.tasks import common
+  from train.tasks.qan import fill_padding
+
+  model = task.model(config)
+  cq = config.qan
+  v = _variables(state)
+  fc = state.params["set_fc"]
+
+  @jax.jit
+  def grads(batch):
+    parts = [batch["anchor"], batch["positive"], batch["negative"]]
+    images = jnp.concatenate([fill_padding(p["images"], p["mask"]) for p in parts])
+    mask = jnp.concatenate([p["mask"] for p in parts])
+    b, s = images.shape[:2]
+    f, q = model.apply(v, images.reshape((b * s,) + images.shape[2:]), method=model.frames)
+    f = f.reshape(b, s, -1)
+    mu = jnp.mean(q, -1).reshape(b, s)
+
+    def loss(mu):
+      pooled = quality_pool(f, mu, mask)
+      e = l2_normalize(pooled @ fc["kernel"] + fc["bias"])
+      n = b // 3
+      per = set_triplet_loss(e[:n], e[n:2 * n], e[2 * n:], margin=cq.margin)
+      return jnp.mean(per), per
+    (_, per), g = jax.value_and_grad(loss, has_aux=True)(mu)
+    return g, per
+
+  ds = pipeline.set_triplet_batches(
+      common.source(config, "train"), batch_size=cq.sets_per_batch,
+      set_size=tuple(cq.set_size_range) if cq.set_size_range else cq.set_size,
+      seed=config.seed + 1000, image_fn=common.image_fn(config, train=True))
+  gs, types, levels, active = [], [], [], []
+  for _, batch in zip(range(num_batches), iter(ds)):
+    g, per = grads(batch)
+    parts = [batch["anchor"], batch["positive"], batch["negative"]]
+    mask = np.concatenate([p["mask"] for p in parts])
+    deg = np.concatenate([p["degradation"] for p in parts])
+    if "degradation_type" in parts[0]:
+      dty = np.concatenate([p["degradation_type"] for p in parts])
+    else:  # types are not in the set batches: level 0 is clean, else "degraded"
+      dty = np.where(deg > 0, 1, 0)
+    gs.append(np.asarray(g)[mask])
+    types.append(dty[mask])
+    levels.append(deg[mask])
+    active.append(np.asarray(per) > 0)
+  g, t, lv = np.concatenate(gs), np.concatenate(types), np.concatenate(levels)
+  names = DEGRADATION_TYPES if "degradation_type" in batch["anchor"] else ("clean", "degraded")
+  rows = proxy_by_tier(g, t, lv, names, LEVEL_EDGES)
+  share = float(np.mean(np.concatenate(active)))
+  for r in rows:
+    r["active_triplets"] = share
+  return rows
+
+
+# -- report -----------------------------------------------------------------------
+
+
+def _tier_label(r):
+  if r["type"] in ("clean", "background") or r["lo"] == r["hi"]:
+    return r["type"]
+  return f"{r['type']} [{r['lo']:.1f}, {r['hi']:.1f}{']' if r['hi'] >= 1 else ')'}"
+
+
+def render(results: dict, args, seconds: float) -> str:
+  import jax
+  lines = ["# Quality proxies by mechanism", "",
+           f"Produced by `python -m benchmarks.quality_diagnosis --budget {args.budget} "
+           f"--seed {args.seed}` (benchmarks/quality_diagnosis.py) on "
+           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, jax "
+           f"{jax.__version__}, {seconds / 60:.1f} min. Each method is its default config "
+           f"with train.steps x {args.budget}, seed {args.seed}. rho is Spearman against the "
+           "true degradation level (a quality proxy should give rho <= -0.5).", ""]
+  for method, r in results.items():
+    t = r["tiers"]
+    lines += [f"## {method}: {r['proxy']} ({r['steps']} steps)", "",
+              f"rho(proxy, level) = {t['rho']:.3f} on every test image; "
+              f"{t['rho_no_background']:.3f} without the background frames; "
+              "clean plus one type: " + ", ".join(
+                  f"{k[4:]} {t[k]:.3f}" for k in t if k.startswith("rho_") and k[4:] in
+                  ("blur", "noise", "lowres", "occlusion")) + ". "
+              f"Against the input: contrast {t['rho_contrast']:.3f}, "
+              f"high-frequency energy {t['rho_high_frequency']:.3f}.", "",
+              "| tier (test images) | n | mean | std |", "|---|---|---|---|"]
+    lines += [f"| {_tier_label(x)} | {x['n']} | {x['mean']:.4g} | {x['std']:.3g} |"
+              for x in t["tiers"]]
+    lines += ["", "Probes (clean query images degraded after the fact): mean proxy per level "
+              "(cosine of the embedding to the clean one).", "",
+              "| probe | " + " | ".join(f"{lv:g}" for lv in PROBE_LEVELS) + " | rho |",
+              "|---" * (len(PROBE_LEVELS) + 2) + "|"]
+    for kind, p in t["probes"].items():
+      cells = [f"{x['mean']:.4g} ({x['cos_to_clean']:.2f})" for x in p["rows"]]
+      lines.append(f"| {kind} | " + " | ".join(cells) + f" | {p['rho']:.3f} |")
+    if r.get("fit"):
+      lines += ["", "Training split, by tier: the classifier's target cosine, accuracy, "
+                "and the proxy.", "", "| tier (train images) | n | target cos | accuracy | "
+                "proxy |", "|---|---|---|---|---|"]
+      lines += [f"| {_tier_label(x)} | {x['n']} | {x['target_cos']:.3f} | {x['accuracy']:.3f}"
+                f" | {x['proxy']:.4g} |" for x in r["fit"]]
+    if r.get("sets"):
+      lines += ["", "Set pooling weights (same frame features and set FC):", "",
+                "| weights | set-pair accuracy | set rank-1 | set mAP |", "|---|---|---|---|"]
+      lines += [f"| {k} | {v['set_pair_acc']:.3f} | {v['set_rank1']:.3f} | {v['set_mAP']:.3f} |"
+                for k, v in r["sets"].items()]
+    if r.get("mu_grad"):
+      g = r["mu_grad"]
+      lines += ["", f"Eq. (8) on training triplets: dL/dmu_i by frame tier (positive pushes "
+                f"mu down); {100 * g[0]['active_triplets']:.0f}% of triplets have a non-zero "
+                "loss.", "", "| tier | n | mean dL/dmu | std |", "|---|---|---|---|"]
+      lines += [f"| {_tier_label(x)} | {x['n']} | {x['mean']:.3g} | {x['std']:.3g} |"
+                for x in g]
+    lines.append("")
+  return "\n".join(lines)
+
+
+PROXY = {"qan": "mu", "eqface": "s_i", "adaface": "feature norm", "arcface": "feature norm"}
+
+
+def run_method(method: str, args, workdir: Path) -> dict:
+  from train import loop, tasks
+
+  quick_data = str((workdir / "quick_data").absolute()) if args.quick else ""
+  config = make_config(method, args.budget, args.seed, args.quick, quick_data)
+  task = tasks.get(method)
+  run_dir = workdir / f"{method}_x{args.budget:g}_seed{args.seed}{'_quick' if args.quick else ''}"
+  summary = loop.train_and_evaluate(config, run_dir, task)
+  state = summary["state"]
+  res = {"proxy": PROXY[method], "steps": int(summary["step"]),
+         "after": {k: float(v) for k, v in summary["after"].items()},
+         "tiers": tiers_and_probes(method, task, state, config),
+         "fit": train_fit(method, task, state, config)}
+  if method == "qan":
+    res["sets"] = qan_sets(task, state, config)
+    res["mu_grad"] = qan_mu_gradients(task, state, config)
+  return res
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--budget", type=float, default=1.0, help="x the config's train.steps")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--workdir", default="runs/quality_diagnosis")
+  p.add_argument("--out", default="", help="markdown report (default: print only)")
+  p.add_argument("--quick", action="store_true")
+  args = p.parse_args(argv)
+  methods = [m for m in args.methods.split(",") if m]
+  unknown = sorted(set(methods) - set(METHODS))
+  if unknown:
+    p.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}.")
+  workdir = Path(args.workdir)
+  t0 = time.perf_counter()
+  results = {m: run_method(m, args, workdir) for m in methods}
+  text = render(results, args, time.perf_counter() - t0)
+  print(text)
+  if args.out:
+    Path(args.out).write_text(text + "\n")
+  return results
+
+
+if __name__ == "__main__":
+  main()
