@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from configs import arcface as arcface_config
@@ -77,3 +78,22 @@ def test_cli_exit_code_and_message_on_missing_run(tmp_path):
       cwd=Path(__file__).resolve().parents[1])
   assert out.returncode == 1
   assert "no checkpoint folder at" in out.stderr
+
+
+def test_qan_report_has_an_erc_of_its_frame_quality(tmp_path):
+  from configs import qan as qan_config
+  c = qan_config.get_config()
+  c.data.builder_config = "tiny"
+  c.data.cache_dir = str(tmp_path / "data")
+  c.model.feature_dim = c.model.embedding_dim = 16
+  c.train.steps, c.train.batch_size, c.train.ckpt_every = 4, 16, 4
+  c.train.progress_bar, c.eval.at_start, c.eval.batch_size = False, False, 32
+  c.optim.warmup_steps = 0
+  loop.train_and_evaluate(c, tmp_path / "run")
+  report = train_eval.evaluate_run(c, tmp_path / "run", "latest", tmp_path / "out")
+  names = sorted(Path(p).name for p in report["plots"])
+  assert names == ["cmc.png", "erc.png", "mu_vs_degradation.png", "roc.png"]
+  erc = report["curves"]["erc"]
+  assert erc["x"][0] == 0.0 and len(erc["x"]) == len(erc["y"]) > 10
+  mu = np.asarray(report["curves"]["mu_vs_degradation"]["y"])
+  assert mu.size > 0 and np.all((mu > 0) & (mu < 1))   # sigmoid outputs, one per image

@@ -195,3 +195,21 @@ class Task:
         degs.append(infos[split]["degradation"][g])
     out.update(identities.quality_correlation(np.concatenate(mus), np.concatenate(degs), "mu"))
     return out
+
+  def curves(self, state, config):
+    """train.eval's plots for single frames: CMC, pair ROC, the error-versus-reject
+    curve of the pairs ordered by each frame's mu, and mu against the true
+    degradation (the set-level numbers are in evaluate)."""
+    return identities.face_curves(_Frames(self.model(config)), state, config, "quality", "mu")
+
+
+class _Frames:
+  """QAN's single-image path with the model-call interface face_curves reads:
+  apply(variables, images) -> {"embedding": R_i flattened, "quality": mu_i}."""
+
+  def __init__(self, model):
+    self.model = model
+
+  def apply(self, variables, images):
+    f, q = self.model.apply(variables, images, method=self.model.frames)
+    return {"embedding": jnp.reshape(f, (f.shape[0], -1)), "quality": jnp.mean(q, axis=-1)}
