@@ -114,7 +114,7 @@ def evaluate_run(config, workdir, which: str = "latest", out=None) -> dict:
   task = tasks.get(config.method)
   state, step = restore_state(task, config, workdir, which)
   metrics = task.evaluate(state, config)
-  curves = task.curves(state, config) if hasattr(task, "curves") else {}
+  curves = task.curves(state, config)
   out = Path(out) if out else workdir / f"eval_{which}_{step}"
   out.mkdir(parents=True, exist_ok=True)
   plots = plot_curves(curves, out)

@@ -15,14 +15,13 @@ from flax import traverse_util
 
 from jaxset.models import AdaFace
 from jaxset.models.heads import softmax_cross_entropy
-from train import loop
+from train import loop, task
 from train.tasks import common, identities
 
 
-class Task:
-  head = "adaface"
+class Task(task.Task):
 
-  def model(self, config):
+  def build_model(self, config):
     m = config.model
     return AdaFace(num_classes=identities.num_classes(config), backbone=m.backbone,
                    embedding_dim=m.embedding_dim, dropout_rate=m.dropout_rate,

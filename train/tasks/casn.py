@@ -33,13 +33,13 @@ from jaxset.data import pipeline
 from jaxset.models import CASN, CASNLossConfig, casn_loss
 from jaxset.models.casn import siamese_attention_maps, siamese_indicator
 from jaxset.ops.losses import attention_consistency_loss
-from train import loop
+from train import loop, task
 from train.tasks import common, identities
 
 
-class Task:
+class Task(task.Task):
 
-  def model(self, config):
+  def build_model(self, config):
     m = config.model
     return CASN(num_classes=identities.num_classes(config), backbone=m.backbone,
                 feature_dim=m.feature_dim, siamese=m.siamese,

@@ -22,13 +22,13 @@ from jaxset.models import EQFace
 from jaxset.models.eqface import GROUPS, param_labels, stage_trainable
 from jaxset.ops.margins import eqface_logits
 from jaxset.models.heads import softmax_cross_entropy
-from train import loop, optim
+from train import loop, optim, task
 from train.tasks import common, identities
 
 
-class Task:
+class Task(task.Task):
 
-  def model(self, config):
+  def build_model(self, config):
     m = config.model
     return EQFace(num_classes=identities.num_classes(config), backbone=m.backbone,
                   embedding_dim=m.embedding_dim, dropout_rate=m.dropout_rate,

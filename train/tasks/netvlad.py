@@ -24,18 +24,19 @@ from jaxset.models import NetVLADModel
 from jaxset.models.netvlad import descriptors_as_seen, init_netvlad_params
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops.losses import weakly_supervised_ranking_loss
-from train import loop
+from train import loop, task
 from train.tasks import common
 
 
-class Task:
+class Task(task.Task):
 
   def __init__(self):
     self.cache = None  # {"db": [N, F] f16, "queries": [Q, F] f16, "hard": [Q, M] int}
     self._db_src = self._q_src = None
+    self._far_lists = self._pos_lists = None
 
   # -- model and state ------------------------------------------------------
-  def model(self, config):
+  def build_model(self, config):
     m = config.model
     return NetVLADModel(backbone=m.backbone, pooling=m.pooling, num_clusters=m.num_clusters,
                         assignment=m.assignment, normalize_input=m.normalize_input,
@@ -114,15 +115,12 @@ class Task:
         done += 1
     return state
 
-  def on_step(self, state, config, step):
-    """Refreshes the hard-negative cache every refresh_every queries."""
+  def refresh_due(self, config, step):
+    """Every refresh_every queries, and whenever no cache exists yet."""
     if not config.mining.enabled:
-      return state
+      return False
     every = max(1, config.mining.refresh_every // config.train.batch_size)
-    if self.cache is None or step % every == 0:
-      self._refresh(state, config)
-      return state, True  # rebuild the iterator: prefetched tuples used the old cache
-    return state
+    return self.cache is None or step % every == 0
 
   def checkpoint_extra(self):
     return self.cache if self.cache is not None else self._empty_cache
@@ -131,7 +129,8 @@ class Task:
     self.cache = {k: np.asarray(v) for k, v in extra.items()}
 
   # -- mining -------------------------------------------------------------------
-  def _refresh(self, state, config):
+  def refresh(self, state, config):
+    """Recomputes the hard-negative cache from `state`'s descriptors."""
     model = self.model(config)
     db, queries = self._sources(config)
 
@@ -155,7 +154,7 @@ class Task:
     self.cache = {"db": fdb, "queries": fq, "hard": hard}
 
   def _far(self, config):
-    if not hasattr(self, "_far_lists"):
+    if self._far_lists is None:
       db, queries = self._sources(config)
       db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
       q_utm = pipeline.read_metadata(queries, ["utm"])["utm"]

@@ -21,7 +21,7 @@ from jaxset.models.heads import l2_normalize
 from jaxset.ops.losses import set_triplet_loss
 from jaxset.ops.pooling import mean_pool
 from jaxset.models.heads import softmax_cross_entropy
-from train import loop, optim
+from train import loop, optim, task
 from train.tasks import common, identities
 
 
@@ -31,9 +31,9 @@ def fill_padding(images, mask):
   return jnp.where(mask[:, :, None, None, None], images, images[:, :1])
 
 
-class Task:
+class Task(task.Task):
 
-  def model(self, config):
+  def build_model(self, config):
     m = config.model
     return QAN(backbone=m.backbone, feature_dim=m.feature_dim, embedding_dim=m.embedding_dim,
                num_parts=m.num_parts, num_classes=identities.num_classes(config),
