@@ -79,7 +79,7 @@ class Task(task.Task):
       variables = {"params": state.params, **state.model_state}
       return {"d": model.apply(variables, batch["image"], method=model.local_descriptors)}
 
-    desc = common.extract(local, _on_all_devices(state), subset, config, keys=["image"])["d"]  # [n, hw, D]
+    desc = common.extract(local, state, subset, config, keys=["image"])["d"]  # [n, hw, D]
     per = min(config.kmeans.descriptors_per_image, desc.shape[1])
     pick = np.stack([rng.choice(desc.shape[1], per, replace=False) for _ in range(n)])
     sample = np.take_along_axis(desc, pick[..., None], axis=1).reshape(-1, desc.shape[-1])
@@ -88,10 +88,7 @@ class Task(task.Task):
                                    key=jax.random.key(config.seed), iters=config.kmeans.iters)
     params = init_netvlad_params(model, jax.device_get(state.params), centroids,
                                  jnp.asarray(sample))
-    # Back on the mesh the state lives on (config.train.devices may use fewer).
-    sharding = jax.tree.leaves(state.params)[0].sharding
-    state = state.replace(params=jax.device_put(params, sharding))
-    return state
+    return state.replace(params=params)  # the loop places it on the training mesh
 
   def _calibrate_batch_stats(self, state, config, model, subset):
     """Running BN statistics from train-mode forward passes over `subset` (in order)."""
@@ -140,8 +137,8 @@ class Task(task.Task):
 
     # float16: the cache is stored in checkpoints and mined in this precision,
     # in the uninterrupted and the resumed run alike.
-    fdb = common.extract(describe, _on_all_devices(state), db, config, keys=["image"])["f"].astype(np.float16)
-    fq = common.extract(describe, _on_all_devices(state), queries, config, keys=["image"])["f"].astype(np.float16)
+    fdb = common.extract(describe, state, db, config, keys=["image"])["f"].astype(np.float16)
+    fq = common.extract(describe, state, queries, config, keys=["image"])["f"].astype(np.float16)
     m = config.tuples.num_negatives
     hard = np.full((len(fq), m), -1, np.int64)
     rng = np.random.default_rng([config.seed, int(jax.device_get(state.step))])
@@ -273,8 +270,8 @@ class Task(task.Task):
       variables = {"params": state.params, **state.model_state}
       return {"f": model.apply(variables, batch["image"])["descriptor"]}
 
-    fdb = common.extract(describe, _on_all_devices(state), db, config, keys=["image"])["f"]
-    fq = common.extract(describe, _on_all_devices(state), queries, config, keys=["image"])["f"]
+    fdb = common.extract(describe, state, db, config, keys=["image"])["f"]
+    fq = common.extract(describe, state, queries, config, keys=["image"])["f"]
     db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
     q_utm = pipeline.read_metadata(queries, ["utm"])["utm"]
     recalls = recall_at_n(fq, fdb, q_utm, db_utm, ns=tuple(config.eval.recall_ns),
@@ -293,12 +290,6 @@ class _Subset:
 
   def __getitem__(self, i):
     return self.src[int(self.indices[i])]
-
-
-def _on_all_devices(state):
-  """The state replicated over every device, where common.extract shards its batches
-  (the training mesh may hold fewer: config.train.devices)."""
-  return loop.replicate(state, loop.make_mesh())
 
 
 def _cache_distances(fdb, indices, fq):
