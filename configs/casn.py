@@ -37,7 +37,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.feature_dim = 128
   c.model.siamese = "squared"       # BCE on FC((f1 - f2)^2); "abs": |f1 - f2|
   c.model.head_norm = True          # IDE head FC-BN(-ReLU-FC); False: FC only
-  c.model.parts = 8                 # PCB-style stripes of the 8x4 map (1 = GAP, plain IDE)
+  c.model.num_parts = 8                 # PCB-style stripes of the 8x4 map (1 = GAP, plain IDE)
 
   c.casn = ml_collections.ConfigDict()
   c.casn.id_weight = 1.0
@@ -72,7 +72,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.k = 4
     c.model.backbone = "resnet50"
     c.model.feature_dim = 512
-    c.model.parts = 1               # IDE; 6 with a PCB backbone map of height 24
+    c.model.num_parts = 1               # IDE; 6 with a PCB backbone map of height 24
     c.optim.name = "sgd"
     c.optim.lr = 0.01
     c.optim.momentum = 0.9

@@ -382,12 +382,12 @@ def netvlad_alpha(descriptors, centroids, *, eps=DEFAULT_EPS):
   return ALPHA_TARGET / jnp.maximum(mean_gap, eps)
 
 
-def netvlad_params_from_centroids(centroids, alpha, *, form="paper", eps=DEFAULT_EPS):
+def netvlad_params_from_centroids(centroids, alpha, *, assignment="paper", eps=DEFAULT_EPS):
   """NetVLAD parameters from k-means anchors.
 
-  form="paper" (paper section 3.1, below eq. 2): w_k = 2 alpha c_k,
+  assignment="paper" (paper section 3.1, below eq. 2): w_k = 2 alpha c_k,
     b_k = -alpha |c_k|^2, so softmax_k(w_k.x + b_k) = softmax_k(-alpha |x - c_k|^2).
-  form="official" (the released "v1" layer): w_k = alpha c_k / |c_k|, no bias.
+  assignment="official" (the released "v1" layer): w_k = alpha c_k / |c_k|, no bias.
 
   Returns:
     {"centroids": [K, D], "assign_weight": [K, D], "assign_bias": [K] or None}.
@@ -397,12 +397,12 @@ def netvlad_params_from_centroids(centroids, alpha, *, form="paper", eps=DEFAULT
     raise ValueError(f"centroids must be [K, D]; got shape {tuple(jnp.shape(centroids))}.")
   c = jnp.asarray(centroids)
   alpha = jnp.asarray(alpha, c.dtype)
-  if form == "paper":
+  if assignment == "paper":
     w, b = 2 * alpha * c, -alpha * jnp.sum(c * c, -1)
-  elif form == "official":
+  elif assignment == "official":
     w, b = alpha * _l2n(c, eps), None
   else:
-    raise ValueError(f"form must be 'paper' or 'official'; got {form!r}.")
+    raise ValueError(f"assignment must be 'paper' or 'official'; got {assignment!r}.")
   return {"centroids": c, "assign_weight": w, "assign_bias": b}
 
 

@@ -22,12 +22,9 @@ from train.tasks import common, identities
 class Task(task.Task):
 
   def build_model(self, config):
-    m = config.model
-    return AdaFace(num_classes=identities.num_classes(config), backbone=m.backbone,
-                   embedding_dim=m.embedding_dim, dropout_rate=m.dropout_rate,
-                   head=m.head, margin=m.margin or None, h=m.h, scale=m.scale,
-                   t_alpha=m.t_alpha, margin_grad=m.margin_grad,
-                   dtype=common.compute_dtype(config))
+    # margin 0 in the config: the head's own default margin.
+    return common.model_from_config(AdaFace, config, num_classes=identities.num_classes(config),
+                                    margin=config.model.margin or None)
 
   def create_state(self, config, rng):
     h, w = config.data.image_size

@@ -40,11 +40,7 @@ from train.tasks import common, identities
 class Task(task.Task):
 
   def build_model(self, config):
-    m = config.model
-    return CASN(num_classes=identities.num_classes(config), backbone=m.backbone,
-                feature_dim=m.feature_dim, siamese=m.siamese,
-                dtype=common.compute_dtype(config), head_norm=m.get("head_norm", True),
-                parts=m.get("parts", 1))
+    return common.model_from_config(CASN, config, num_classes=identities.num_classes(config))
 
   def loss_config(self, config, warmup: bool = False):
     c = config.casn

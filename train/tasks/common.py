@@ -1,6 +1,7 @@
 """Pieces every task uses: data sources, state creation, batched feature extraction."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -20,6 +21,18 @@ def compute_dtype(config):
   if config.model.dtype not in names:
     raise ValueError(f"config.model.dtype={config.model.dtype!r}; use float32 or bfloat16.")
   return names[config.model.dtype]
+
+
+def model_from_config(cls, config, **given):
+  """The Flax module `cls` built from config.model: every field of `cls` that
+  config.model names takes its value from there (config keys and model fields
+  share their names), dtype from config.model.dtype; `given` sets the rest
+  (what the data decides, e.g. num_classes) and overrides the config."""
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  kwargs = {k: config.model[k] for k in sorted(fields) if k in config.model}
+  if "dtype" in kwargs:
+    kwargs["dtype"] = compute_dtype(config)
+  return cls(**{**kwargs, **given})
 
 
 @functools.lru_cache(maxsize=None)

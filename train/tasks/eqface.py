@@ -29,11 +29,7 @@ from train.tasks import common, identities
 class Task(task.Task):
 
   def build_model(self, config):
-    m = config.model
-    return EQFace(num_classes=identities.num_classes(config), backbone=m.backbone,
-                  embedding_dim=m.embedding_dim, dropout_rate=m.dropout_rate,
-                  quality_form=m.quality_form, quality_hidden=m.quality_hidden,
-                  dtype=common.compute_dtype(config))
+    return common.model_from_config(EQFace, config, num_classes=identities.num_classes(config))
 
   def schedule(self, config):
     """[(step number 1|2|3, steps)] for the whole run."""

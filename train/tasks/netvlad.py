@@ -37,10 +37,7 @@ class Task(task.Task):
 
   # -- model and state ------------------------------------------------------
   def build_model(self, config):
-    m = config.model
-    return NetVLADModel(backbone=m.backbone, pooling=m.pooling, num_clusters=m.num_clusters,
-                        assignment=m.assignment, normalize_input=m.normalize_input,
-                        dtype=common.compute_dtype(config))
+    return common.model_from_config(NetVLADModel, config)
 
   def create_state(self, config, rng):
     h, w = config.data.image_size

@@ -34,10 +34,7 @@ def fill_padding(images, mask):
 class Task(task.Task):
 
   def build_model(self, config):
-    m = config.model
-    return QAN(backbone=m.backbone, feature_dim=m.feature_dim, embedding_dim=m.embedding_dim,
-               num_parts=m.num_parts, num_classes=identities.num_classes(config),
-               quality_input=m.quality_input, dtype=common.compute_dtype(config))
+    return common.model_from_config(QAN, config, num_classes=identities.num_classes(config))
 
   def create_state(self, config, rng):
     h, w = config.data.image_size
