@@ -32,8 +32,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import format_rows, method_setup, time_train_step  # noqa: E402
+from train.tasks import METHODS  # noqa: E402
 
-METHODS = ("netvlad", "qan", "eqface", "adaface", "arcface", "casn")
 
 
 def bench(method: str, devices: int, steps: int, builder_config: str, cache_dir: str,

@@ -24,7 +24,7 @@ def tiny_data(tmp_path_factory) -> str:
   """A cache_dir holding the tiny synthetic_identities and synthetic_places."""
   from jaxset import data as jdata
   cache = tmp_path_factory.mktemp("tiny_data")
-  for name in ("synthetic_identities", "synthetic_places"):
+  for name in jdata.EMBEDDED:
     jdata.builder(name, data_dir=cache, config="tiny")
   return str(cache)
 

@@ -13,8 +13,6 @@ from jaxset import data as jdata
 from jaxset.data import pipeline, transforms
 from train import loop, optim
 
-EMBEDDED = ("synthetic_places", "synthetic_identities")
-
 
 def compute_dtype(config):
   names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -43,7 +41,7 @@ def _builder(name, cache_dir, manual_dir, builder_config):
 
 def source(config, split: str):
   """The random-access source of one split of config.data.name (prepared once)."""
-  if config.data.name not in EMBEDDED and not config.data.dir:
+  if config.data.name not in jdata.EMBEDDED and not config.data.dir:
     raise ValueError(
         f"config.data.name={config.data.name!r} reads your local copy of the dataset: "
         "give its folder with --config.data.dir=/path/to/it.")
