@@ -3,7 +3,8 @@
 Embedded default (offline, CPU, a few minutes):
   python -m train.main --config=configs/casn.py
 Market-1501 with ResNet-50 (your local copy):
-  python -m train.main --config=configs/casn.py:market1501 --config.data.dir=/data/Market-1501-v15.09.15
+  python -m train.main --config=configs/casn.py:market1501 \
+    --config.data.dir=/data/Market-1501-v15.09.15
 The IDE baseline (identification only): --config.casn.ia_weight=0 \
   --config.casn.verification_weight=0 --config.casn.sa_weight=0
 

@@ -5,8 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxset.data import images, pipeline, records
-from jaxset.data import transforms
+from jaxset.data import images, pipeline, records, transforms
 
 H, W = 8, 6
 
@@ -244,8 +243,9 @@ def test_netvlad_positive_miner_hook():
     assert (np.linalg.norm(db.utm[potential] - q.utm[qi], axis=1) <= 10.0).all()
     assert batch["positive_index"][i, 0] == potential[-1]
     np.testing.assert_array_equal(batch["pos_mask"][i], [True, False, False])
+  far_one = lambda qi, p: np.setdiff1d(np.arange(len(db)), p)[:1]
   outside = pipeline.netvlad_tuples(db, q, batch_size=2, shard=(0, 1), **FAST,
-                                    positive_miner=lambda qi, p: np.setdiff1d(np.arange(len(db)), p)[:1])
+                                    positive_miner=far_one)
   with pytest.raises(ValueError, match="potential positives"):
     _take(outside, 1)
 

@@ -15,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxset import gradcheck
+
 # Modules by full name: jaxset.ops.netvlad_layer and jaxset.gradcheck.netvlad would
 # otherwise resolve to the function `netvlad` that the packages re-export.
 netvlad_cases = importlib.import_module("jaxset.gradcheck.netvlad")

@@ -10,30 +10,20 @@ iterator and a pure train step), its evaluation and a few hooks (train/task.py).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
-from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from train import writers
 from train.task import Stage, Task, TrainState  # noqa: F401  (Stage, TrainState: loop.X for tasks)
-
-
-# Tests only: after saving the checkpoint of this step, sleep (to be killed).
-_TEST_SLEEP_AFTER_STEP = int(os.environ.get("JAXSET_TEST_SLEEP_AFTER_STEP", "-1"))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -145,8 +135,12 @@ def _first_bad(history) -> tuple[int, str, float] | None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                       task: Task | None = None) -> dict[str, Any]:
+                       task: Task | None = None,
+                       after_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
   """Trains `config.method` in `workdir`, resuming from its latest checkpoint.
+
+  `after_checkpoint(step)`, when given, runs once each checkpoint is on disk
+  (the loop waits for the save), e.g. tests/hold_after_checkpoint.py.
 
   Returns a summary: {"step", "before": eval metrics at step 0 (when run),
   "after": final eval metrics, "best": best eval metrics, "state": the final
@@ -263,11 +257,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
       if do_ckpt:
         _save(manager, step, state, iterator, meta, task)
-        if step == _TEST_SLEEP_AFTER_STEP:
-          # Test hook: hold here, checkpoint on disk, so a test can kill the
-          # process between two known steps (tests/test_train_resume.py).
+        if after_checkpoint is not None:
           manager.wait_until_finished()
-          time.sleep(3600)
+          after_checkpoint(step)
   finally:
     bar.close()
     manager.wait_until_finished()

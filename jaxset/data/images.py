@@ -17,6 +17,7 @@ import numpy as np
 from jaxset.data.records import fetch
 from jaxset.data.sampling import _IMAGE, _rng
 
+
 def _stack_images(images, image_fn, seed, step, positions) -> np.ndarray:
   """Applies image_fn with the rng of each position (a tuple of ints) and
   stacks: uint8 [len(images), H, W, C]."""

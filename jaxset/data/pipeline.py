@@ -34,8 +34,12 @@ training loop then assembles global arrays with
 `jax.make_array_from_process_local_data(sharding, local_batch)`.
 """
 # ruff: noqa: F401  (this module re-exports)
-from jaxset.data.images import (_clear_decoded_images, _DecodedImages, _image_reader,
-                                _TfdsImageReader)
+from jaxset.data.images import (
+  _clear_decoded_images,
+  _DecodedImages,
+  _image_reader,
+  _TfdsImageReader,
+)
 from jaxset.data.records import fetch, neighbours_within, read_metadata
 from jaxset.data.samplers.evaluation import eval_batches
 from jaxset.data.samplers.pairs import pair_batches

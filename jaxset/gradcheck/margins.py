@@ -32,7 +32,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxset.gradcheck import GradCase
 from jaxset.ops import margins

@@ -141,6 +141,7 @@ def load_pretrained(state, path: str):
   a checkpoint for the wrong architecture never loads silently.
   """
   from flax import traverse_util
+
   from jaxset.convert import load_variables
 
   def shapes(tree):

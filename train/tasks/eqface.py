@@ -20,8 +20,8 @@ import optax
 
 from jaxset.models import EQFace
 from jaxset.models.eqface import GROUPS, param_labels, stage_trainable
-from jaxset.ops.margins import eqface_logits
 from jaxset.models.heads import softmax_cross_entropy
+from jaxset.ops.margins import eqface_logits
 from train import loop, optim, task
 from train.tasks import common, identities
 

@@ -17,10 +17,9 @@ import optax
 from jaxset.data import pipeline
 from jaxset.eval import cmc_map, kfold_verification_accuracy
 from jaxset.models import QAN
-from jaxset.models.heads import l2_normalize
+from jaxset.models.heads import l2_normalize, softmax_cross_entropy
 from jaxset.ops.losses import set_triplet_loss
 from jaxset.ops.pooling import mean_pool
-from jaxset.models.heads import softmax_cross_entropy
 from train import loop, optim, task
 from train.tasks import common, identities
 
@@ -91,7 +90,6 @@ class Task(task.Task):
         loss = triplet
         if cq.softmax_weight:
           # The official code keeps an identity loss on the frames during set training.
-          s = mask.shape[1]
           frame_labels = jnp.where(mask, labels[:, None], -1).reshape(-1)
           logits = out["frame_logits"].reshape(-1, out["frame_logits"].shape[-1])
           loss = loss + cq.softmax_weight * softmax_cross_entropy(logits, frame_labels)

@@ -9,8 +9,9 @@ import numpy as np
 
 from jaxset.data.images import _stack_images
 from jaxset.data.records import _column, _is_image, fetch
-from jaxset.data.sampling import (_resolve_shard, _shard_slice, _to_dataset)
+from jaxset.data.sampling import _resolve_shard, _shard_slice, _to_dataset
 from jaxset.data.transforms import ImageFn
+
 
 class _EvalMaker:
 

@@ -1,16 +1,22 @@
 """Balanced verification pairs drawn afresh from an identity split."""
 from __future__ import annotations
 
-
 import grain
 import numpy as np
 
 from jaxset.data.images import _load_images
 from jaxset.data.records import read_metadata
-from jaxset.data.sampling import (_PAIR, _group,
-                                  _resolve_shard, _rng, _shard_slice, _to_dataset,
-                                  _with_common_args)
+from jaxset.data.sampling import (
+  _PAIR,
+  _group,
+  _resolve_shard,
+  _rng,
+  _shard_slice,
+  _to_dataset,
+  _with_common_args,
+)
 from jaxset.data.transforms import ImageFn
+
 
 class _PairMaker:
 

@@ -8,10 +8,19 @@ import numpy as np
 
 from jaxset.data.images import _load_images
 from jaxset.data.records import read_metadata
-from jaxset.data.sampling import (_PICK, _epoch_permutation, _group,
-                                  _resolve_shard, _rng, _shard_slice, _take_meta, _to_dataset,
-                                  _with_common_args)
+from jaxset.data.sampling import (
+  _PICK,
+  _epoch_permutation,
+  _group,
+  _resolve_shard,
+  _rng,
+  _shard_slice,
+  _take_meta,
+  _to_dataset,
+  _with_common_args,
+)
 from jaxset.data.transforms import ImageFn
+
 
 class _PKMaker:
 

@@ -1,16 +1,26 @@
 """Sets of frames from tracklets: set batches and set triplets (QAN)."""
 from __future__ import annotations
 
-
 import grain
 import numpy as np
 
 from jaxset.data.images import _padded_images
 from jaxset.data.records import read_metadata
-from jaxset.data.sampling import (_NEG, _PAIR, _PICK, _SET, _epoch_permutation, _group,
-                                  _resolve_shard, _rng, _shard_slice, _to_dataset,
-                                  _with_common_args)
+from jaxset.data.sampling import (
+  _NEG,
+  _PAIR,
+  _PICK,
+  _SET,
+  _epoch_permutation,
+  _group,
+  _resolve_shard,
+  _rng,
+  _shard_slice,
+  _to_dataset,
+  _with_common_args,
+)
 from jaxset.data.transforms import ImageFn
+
 
 class _Tracklets:
   """Tracklet groups of a split, with the set-size policy."""

@@ -8,8 +8,16 @@ import numpy as np
 
 from jaxset.data.images import _load_images, _padded_images
 from jaxset.data.records import neighbours_within, read_metadata
-from jaxset.data.sampling import (_NEG, _PICK, _epoch_permutation, _resolve_shard, _rng, _shard_slice, _to_dataset,
-                                  _with_common_args)
+from jaxset.data.sampling import (
+  _NEG,
+  _PICK,
+  _epoch_permutation,
+  _resolve_shard,
+  _rng,
+  _shard_slice,
+  _to_dataset,
+  _with_common_args,
+)
 from jaxset.data.transforms import ImageFn
 
 # (query index, candidate database indices) -> the chosen database indices:
