@@ -1,6 +1,7 @@
 """Timing and memory helpers shared by the benchmark scripts."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import time
 
@@ -39,6 +40,14 @@ def format_rows(rows, columns) -> str:
   for r in rows:
     out.append("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
   return "\n".join(out)
+
+
+def int_flags(description: str, **defaults: int) -> argparse.ArgumentParser:
+  """A parser of the integer flags --<name> (underscores as dashes) with these defaults."""
+  p = argparse.ArgumentParser(description=description)
+  for name, default in defaults.items():
+    p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+  return p
 
 
 def method_setup(method: str, devices: int = 1, *, builder_config: str = "",

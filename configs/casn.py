@@ -80,10 +80,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.optim.weight_decay = 5e-4
     c.optim.schedule = "step"
     c.optim.milestones = (0.5, 0.75)
-    c.train.batch_size = 32
-    c.train.steps = 30_000
-    c.train.log_every = 100
-    c.train.ckpt_every = 2000
+    c.train.update(batch_size=32, steps=30_000, log_every=100, ckpt_every=2000)
     c.eval.every = 5000
     c.model.dtype = "bfloat16"
     return c

@@ -481,7 +481,7 @@ def test_bad_shapes_name_the_argument():
     nv.kmeans(x[0], 9, key=jax.random.key(0))
   with pytest.raises(ValueError, match="K >= 2"):
     nv.netvlad_alpha(x, c[:1])
-  with pytest.raises(ValueError, match="form"):
+  with pytest.raises(ValueError, match="assignment must be"):
     nv.netvlad_params_from_centroids(c, 1.0, assignment="matlab")
   with pytest.raises(ValueError, match="K\\*D"):
     nv.to_matlab_order(np.zeros(11), 3, 4)

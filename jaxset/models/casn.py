@@ -154,10 +154,10 @@ class CASNLossConfig(NamedTuple):
   ia_weight: float = 1.0
   verification_weight: float = 1.0
   sa_weight: float = 1.0
-  mask_scale: float = 10.0
-  mask_threshold: float = 0.5
   consistency_threshold: float = 0.5
   consistency_size: int | None = None
+  mask_scale: float = 10.0
+  mask_threshold: float = 0.5
   indicator: str = "relative"
   siamese_map: str = "gradcam"
 

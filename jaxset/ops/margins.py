@@ -57,10 +57,6 @@ _M1_MODES = ("cosine", "angle")
 _FALLBACKS = ("arcface", "easy", "none")
 
 
-def _compute_dtype(x):
-  return jnp.result_type(jnp.float32, x.dtype)
-
-
 def _dtype_tag(x):
   # Zero-size sentinel: residuals must be arrays, dtypes are not.
   return jnp.zeros((0,), x.dtype)
@@ -129,7 +125,7 @@ def _patch(x, rows, cols, values):
 
 
 def _margin_impl(cos, labels, row_scale, p: _Margin):
-  ct = _compute_dtype(cos)
+  ct = _checks.compute_dtype(cos)
   b, c = cos.shape
   rows = jnp.arange(b)
   valid, safe, drop = _target_index(labels, c)
@@ -250,7 +246,7 @@ def margin_logits(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0
   """
   _check_common(cos, labels)
   p = _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad=False)
-  row_scale = jnp.full((cos.shape[0],), scale, _compute_dtype(cos))
+  row_scale = jnp.full((cos.shape[0],), scale, _checks.compute_dtype(cos))
   return _margin_rows_jit(cos, labels, row_scale, p)
 
 
@@ -290,7 +286,7 @@ def eqface_logits(cos, labels, quality, *, scale: float, m1: float = 1.0,
     raise ValueError(
         f"quality_transform must be 'paper' or 'official'; got {quality_transform!r}.")
   p = _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad=True)
-  q = jnp.asarray(quality).astype(_compute_dtype(cos))
+  q = jnp.asarray(quality).astype(_checks.compute_dtype(cos))
   if quality_transform == "official":
     q = jnp.clip(q - 0.2, 0.0, 1.0) * 1.2
   return _margin_rows_jit(cos, labels, scale * q, p)
@@ -336,7 +332,7 @@ def adaface_gradient_scaling_term(cos, z_hat, m: float = 0.4, eps: float = 1e-3)
   Returns:
     [B] in float32 at least.
   """
-  ct = jnp.result_type(jnp.float32, cos.dtype)
+  ct = _checks.compute_dtype(cos)
   c = cos.astype(ct)
   inside = (c >= -1.0 + eps) & (c <= 1.0 - eps)
   cc = jnp.clip(c, -1.0 + eps, 1.0 - eps)
@@ -361,7 +357,7 @@ def _adaface_target(c_t, z_hat, p: _Ada):
 
 
 def _adaface_impl(cos, labels, z_hat, p: _Ada):
-  ct = _compute_dtype(cos)
+  ct = _checks.compute_dtype(cos)
   b, c = cos.shape
   rows = jnp.arange(b)
   _, safe, drop = _target_index(labels, c)
@@ -481,11 +477,11 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
 def _adaface_step(cos, norms, labels, stats, p, h, t_alpha, axis_name):
-  ct = _compute_dtype(cos)
+  ct = _checks.compute_dtype(cos)
   old_mean, old_std = jnp.asarray(stats["mean"]), jnp.asarray(stats["std"])
   # Statistics in float32 at least (float64 if the norms or stats are);
   # the new stats keep the dtype of the old ones, so a jit carry is stable.
-  st = jnp.result_type(jnp.float32, jnp.asarray(norms).dtype, old_mean.dtype, old_std.dtype)
+  st = _checks.compute_dtype(jnp.asarray(norms), old_mean, old_std)
   norms = lax.stop_gradient(jnp.clip(jnp.asarray(norms).astype(st), 0.001, 100.0))
   old_mean = lax.stop_gradient(old_mean.astype(st))
   old_std = lax.stop_gradient(old_std.astype(st))

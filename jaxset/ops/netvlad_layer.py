@@ -39,10 +39,6 @@ DEFAULT_EPS = 1e-12
 # Validation and small helpers.
 
 
-def _compute_dtype(*xs):
-  return jnp.promote_types(jnp.result_type(*[x for x in xs if x is not None]), jnp.float32)
-
-
 def _l2n(x, eps, axis=-1):
   """x / sqrt(eps + sum x^2) along `axis` (MatConvNet's vl_nnnormalize)."""
   return x * jax.lax.rsqrt(eps + jnp.sum(x * x, axis=axis, keepdims=True))
@@ -228,7 +224,7 @@ def netvlad(descriptors, centroids, assign_weight, assign_bias=None, mask=None,
   """
   _validate(descriptors, centroids, assign_weight, assign_bias, mask)
   k, d = jnp.shape(centroids)
-  dtype = _compute_dtype(descriptors, centroids, assign_weight, assign_bias)
+  dtype = _checks.compute_dtype(descriptors, centroids, assign_weight, assign_bias)
   lead, x, m = _prepare(descriptors, mask, dtype)
   b = jnp.zeros((k,), dtype) if assign_bias is None else jnp.asarray(assign_bias).astype(dtype)
   c, w, b = _vary_like((jnp.asarray(centroids).astype(dtype),
@@ -250,7 +246,7 @@ def vlad(descriptors, centroids, mask=None, normalize_input=True, *, eps=DEFAULT
   """
   _validate(descriptors, centroids, mask=mask)
   k, d = jnp.shape(centroids)
-  dtype = _compute_dtype(descriptors, centroids)
+  dtype = _checks.compute_dtype(descriptors, centroids)
   lead, x, m = _prepare(descriptors, mask, dtype)
   c = jnp.asarray(centroids).astype(dtype)
   if normalize_input:
@@ -339,7 +335,7 @@ def kmeans(descriptors, k, *, key, iters=20, init="kmeans++"):
   if init not in ("kmeans++", "random"):
     raise ValueError(f"init must be 'kmeans++' or 'random'; got {init!r}.")
   _checks.check_finite("descriptors", descriptors)
-  x = jnp.asarray(descriptors).astype(_compute_dtype(descriptors))
+  x = jnp.asarray(descriptors).astype(_checks.compute_dtype(descriptors))
   return _kmeans(x, key, int(k), int(iters), init)
 
 
@@ -370,7 +366,7 @@ def netvlad_alpha(descriptors, centroids, *, eps=DEFAULT_EPS):
                      f"the gap between the two best); got K={jnp.shape(centroids)[0]}.")
   _checks.check_finite("descriptors", descriptors)
   _checks.check_finite("centroids", centroids)
-  dtype = _compute_dtype(descriptors, centroids)
+  dtype = _checks.compute_dtype(descriptors, centroids)
   x = jnp.reshape(descriptors, (-1, d)).astype(dtype)
   unit = _l2n(jnp.asarray(centroids).astype(dtype), eps)
   top2 = jax.lax.top_k(x @ unit.T, 2)[0]

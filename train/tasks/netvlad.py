@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxset.data import pipeline
 from jaxset.eval import recall_at_n
@@ -243,7 +244,7 @@ class Task(task.Task):
 
       (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       state = state.apply_gradients(grads=grads, model_state=new_state)
-      return state, {"loss": loss, "grad_norm": _global_norm(grads)}
+      return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return [loop.Stage("train", config.train.steps, make_iterator, train_step)]
 
@@ -301,6 +302,3 @@ def _nearest(fdb, candidates, fq, m):
   d = _cache_distances(fdb, candidates, fq)
   return candidates[np.argsort(d, kind="stable")[:m]]
 
-
-def _global_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
