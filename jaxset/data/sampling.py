@@ -57,7 +57,7 @@ def _epoch_permutation(cache: dict, seed: int, epoch: int, items: np.ndarray):
 
 def _ensure_absl_flags_parsed():
   # grain's worker processes read absl flags; outside an absl app they are
-  # unparsed and grain raises (REFERENCE.md section 4).
+  # unparsed and grain raises.
   from absl import flags
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()

@@ -1,7 +1,7 @@
 """CASN, Consistent Attentive Siamese Networks (Zheng et al., CVPR 2019).
 
-No public code exists; this follows the paper's description (REFERENCE.md,
-seeds/casn.md):
+No public code exists; this follows the paper's description (docs/conventions.md,
+CASN):
 
 * Identification module (IDE): backbone -> global average pool (or, with
   num_parts = p > 1, PCB's p horizontal stripes, concatenated) -> FC ->

@@ -11,6 +11,11 @@ Arithmetic runs in float32 at least (bfloat16 inputs are accumulated in
 float32); results are cast back to the inputs' dtype. Called eagerly, NaN/Inf
 inputs raise ValueError; under jit they propagate (the loop's NaN guard
 stops the run).
+
+References: QAN (Liu et al., CVPR 2017, arXiv 1704.03373) for the set triplet
+loss; NetVLAD (Arandjelovic et al., CVPR 2016, arXiv 1511.07247) for the weakly
+supervised ranking loss; CASN (Zheng et al., CVPR 2019, arXiv 1811.07487) for
+the verification BCE and the attention consistency loss. docs/conventions.md.
 """
 from __future__ import annotations
 

@@ -19,13 +19,17 @@ embeddings and L2-normalised class weights) and integer `labels` [B] to logits
   never give NaN/Inf: see `COS_CLIP_EPS`. Called eagerly, NaN/Inf in `cos`
   raise ValueError.
 
-Gradient conventions (`grad=`), REFERENCE.md section 1:
+Gradient conventions (`grad=`; docs/conventions.md, margin softmax heads):
 
 * "exact": differentiate through the margin. For a target value f(cos) the
   target column's gradient is s * dL/dlogit * f'(cos); for ArcFace
   f'(cos) = sin(theta + m) / sin(theta).
 * "straight_through": current insightface, which applies the margin under
   no_grad: dL/dcos = s * dL/dlogit for every entry, as if there were no margin.
+
+References: ArcFace (Deng et al., CVPR 2019, arXiv 1801.07698), CosFace (Wang et
+al., CVPR 2018, arXiv 1801.09414), EQFace (Liu and Tan, CVPR 2021 workshops,
+arXiv 2105.00634), AdaFace (Kim et al., CVPR 2022, arXiv 2204.00964).
 """
 from __future__ import annotations
 
@@ -213,7 +217,7 @@ def margin_logits(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0
 
   Non-target entries are s*cos(theta_j). With m1_mode="cosine" (default) the
   target is s*(m1*cos(theta + m2) - m3), eq. (3) of the EQFace paper as
-  printed (and REFERENCE.md). m1_mode="angle" gives s*(cos(m1*theta + m2) - m3),
+  printed (and docs/conventions.md). m1_mode="angle" gives s*(cos(m1*theta + m2) - m3),
   the combined margin of the ArcFace paper (its eq. (4)) and insightface, whose
   m1 is SphereFace's multiplicative angular margin. The two agree when m1 = 1,
   the only value the EQFace code and experiments use. Special cases:
@@ -422,7 +426,7 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
                    axis_name=None):
   """AdaFace eq. (8)-(10) logits with the official head's conventions.
 
-  Steps (REFERENCE.md, official head): norms ||z_i|| are stop-gradient and
+  Steps (docs/conventions.md, AdaFace; the official head): norms ||z_i|| are stop-gradient and
   clipped to [0.001, 100]; the batch mean and UNBIASED (N - 1) std of the
   norms update the EMA first, mean <- t_alpha*batch_mean + (1 - t_alpha)*mean
   (std alike), and the updated values are used: z_hat = clip(h*(norm -

@@ -12,7 +12,7 @@ The second aggregation form needs only [N, K] and [K, D] arrays; the residual
 tensor x_i - c_k of shape N x K x D is never built, in the forward or in the
 backward (see `_netvlad_bwd`).
 
-Conventions (see REFERENCE.md section 1):
+Conventions (docs/conventions.md, NetVLAD):
 - Weight layout: `assign_weight` is [K, D], row k is the paper's w_k (a PyTorch
   1x1 conv weight [K, D, 1, 1] squeezed; a Flax Dense kernel [D, K] transposed).
 - Every L2 normalisation puts eps inside the square root, x / sqrt(eps + sum x^2),
@@ -21,6 +21,9 @@ Conventions (see REFERENCE.md section 1):
   release flattens cluster-minor (D-major): see `to_matlab_order`/`from_matlab_order`.
 - Compute dtype: float32 for float32/bfloat16 input (float64 under x64); the output
   has the descriptors' dtype.
+
+References: NetVLAD (Arandjelovic et al., CVPR 2016, arXiv 1511.07247) and its
+authors' MATLAB code (Relja/netvlad); docs/conventions.md, NetVLAD.
 """
 from __future__ import annotations
 

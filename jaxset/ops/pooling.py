@@ -14,6 +14,10 @@ Conventions shared by every function here:
 * Called eagerly, NaN/Inf in the valid entries raise ValueError (see
   jaxset/ops/_checks.py); under jit/vmap/pmap they propagate to the output,
   where the training loop's NaN guard stops the run.
+
+References: QAN (Liu et al., CVPR 2017, arXiv 1704.03373) for quality pooling;
+GeM (Radenovic et al., TPAMI 2018, arXiv 1711.02512) for gem_pool.
+docs/conventions.md, QAN.
 """
 from __future__ import annotations
 
