@@ -230,6 +230,7 @@ def casn_identification_attention(task, state, config) -> dict:
   non-zero (lower = more consistent), the same over negative pairs (the
   reference), and the fraction of all-zero maps among positive pairs' images."""
   import jax.numpy as jnp
+
   from jaxset.data import pipeline
   from jaxset.models.casn import identification_attention
   from jaxset.ops.losses import attention_consistency_loss
@@ -408,7 +409,6 @@ def build_rows(results: dict) -> list[Row]:
   """The judged rows of every claim whose setups ran (results: setup -> [per seed])."""
   rows = []
   has = lambda *s: all(any(r is not None for r in results.get(x, [])) for x in s)
-  rho = f"Spearman rho <= {ANTI_CORRELATION}"
   if has("qan"):
     mu = _metric(results, "qan", "mu_spearman")
     rows.append(Row("1 QAN", "the learned quality mu anti-correlates with the degradation",

@@ -1,6 +1,7 @@
 """Timing and memory helpers shared by the benchmark scripts."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import time
 
@@ -41,13 +42,21 @@ def format_rows(rows, columns) -> str:
   return "\n".join(out)
 
 
+def int_flags(description: str, **defaults: int) -> argparse.ArgumentParser:
+  """A parser of the integer flags --<name> (underscores as dashes) with these defaults."""
+  p = argparse.ArgumentParser(description=description)
+  for name, default in defaults.items():
+    p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+  return p
+
+
 def method_setup(method: str, devices: int = 1, *, builder_config: str = "",
                  cache_dir: str = "", batch_size: int = 0):
   """(task, config, mesh, state) of a method's configs/<method>.py default, the
   state placed on the first `devices` devices as train/loop.py places it.
 
-  Tasks with an `on_step` hook run it for step 0 (NetVLAD's hard-negative
-  cache, which its sampler's miner reads).
+  A task with data to refresh before step 0 refreshes it (NetVLAD's
+  hard-negative cache, which its sampler's miner reads).
   """
   from train import loop, tasks
   config = importlib.import_module(f"configs.{method}").get_config()
@@ -58,9 +67,8 @@ def method_setup(method: str, devices: int = 1, *, builder_config: str = "",
   task = tasks.get(method)
   mesh = loop.make_mesh(jax.devices()[:devices])
   state = loop.replicate(task.create_state(config, jax.random.key(config.seed)), mesh)
-  if hasattr(task, "on_step"):
-    res = task.on_step(state, config, 0)
-    state = res[0] if isinstance(res, tuple) else res
+  if task.refresh_due(config, 0):
+    task.refresh(loop.on_all_devices(state, mesh), config)
   return task, config, mesh, state
 
 

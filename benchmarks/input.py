@@ -46,8 +46,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import format_rows, method_setup, time_train_step  # noqa: E402
+from train.tasks import METHODS  # noqa: E402
 
-METHODS = ("netvlad", "qan", "eqface", "adaface", "arcface", "casn")
 # Image leaves of a batch and the mask marking their real slots.
 _MASKS = {"images": "mask", "positives": "pos_mask", "negatives": "neg_mask"}
 

@@ -10,7 +10,6 @@ The target: margin_logits and adaface_logits within 1.3x of the baseline.
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import jax
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import format_rows, peak_bytes, time_fn
+from benchmarks.common import format_rows, int_flags, peak_bytes, time_fn
 from jaxset.ops import margins
 
 SCALE = 64.0
@@ -93,13 +92,7 @@ def rows(batch: int = 256, dim: int = 512, classes: int = 50_000, repeats: int =
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument("--batch", type=int, default=256)
-  p.add_argument("--dim", type=int, default=512)
-  p.add_argument("--classes", type=int, default=50_000)
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--rounds", type=int, default=3)
-  a = p.parse_args()
+  a = int_flags(__doc__, batch=256, dim=512, classes=50_000, repeats=3, rounds=3).parse_args()
   r = rows(a.batch, a.dim, a.classes, a.repeats, a.rounds)
   print(f"devices: {jax.devices()}")
   print(format_rows(r, ["op", "variant", "shape", "ms", "peak_mb", "ratio"]))

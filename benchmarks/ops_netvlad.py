@@ -18,14 +18,13 @@ the official initialisation's size.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import format_rows, peak_bytes, time_fn
+from benchmarks.common import format_rows, int_flags, peak_bytes, time_fn
 from jaxset.gradcheck.netvlad import reference_netvlad
 
 # The module, not the function that jaxset.ops re-exports under the same name.
@@ -95,13 +94,7 @@ def rows(images: int = 4, height: int = 30, width: int = 40, dim: int = 512,
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument("--images", type=int, default=4)
-  p.add_argument("--height", type=int, default=30)
-  p.add_argument("--width", type=int, default=40)
-  p.add_argument("--dim", type=int, default=512)
-  p.add_argument("--clusters", type=int, default=64)
-  p.add_argument("--repeats", type=int, default=5)
+  p = int_flags(__doc__, images=4, height=30, width=40, dim=512, clusters=64, repeats=5)
   p.add_argument("--kmeans-points", type=int, default=50_000, help="0 skips the kmeans row")
   a = p.parse_args()
   r = rows(a.images, a.height, a.width, a.dim, a.clusters, a.repeats, a.kmeans_points)

@@ -32,8 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import format_rows, method_setup, time_train_step  # noqa: E402
-
-METHODS = ("netvlad", "qan", "eqface", "adaface", "arcface", "casn")
+from train.tasks import METHODS  # noqa: E402
 
 
 def bench(method: str, devices: int, steps: int, builder_config: str, cache_dir: str,
@@ -84,7 +83,8 @@ def main():
         rows.append(bench(method, n, args.steps, args.builder_config, args.cache_dir,
                           batch_size))
       except Exception as e:  # one broken method should not hide the others
-        rows.append({"method": method, "devices": n, "stage": f"ERROR {type(e).__name__}: {e}"[:80]})
+        error = f"ERROR {type(e).__name__}: {e}"[:80]
+        rows.append({"method": method, "devices": n, "stage": error})
       print(f"  done {method} on {n} device(s)", file=sys.stderr, flush=True)
   cols = ["method", "stage", "devices", "batch", "compile_s", "step_ms", "examples_s"]
   print(format_rows(rows, cols))

@@ -1,4 +1,4 @@
-"""Keys every config shares (DESIGN.md conventions); method files fill them in."""
+"""Keys every config shares (docs/design.md, conventions); method files fill them in."""
 import ml_collections
 
 

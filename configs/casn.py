@@ -3,7 +3,8 @@
 Embedded default (offline, CPU, a few minutes):
   python -m train.main --config=configs/casn.py
 Market-1501 with ResNet-50 (your local copy):
-  python -m train.main --config=configs/casn.py:market1501 --config.data.dir=/data/Market-1501-v15.09.15
+  python -m train.main --config=configs/casn.py:market1501 \
+    --config.data.dir=/data/Market-1501-v15.09.15
 The IDE baseline (identification only): --config.casn.ia_weight=0 \
   --config.casn.verification_weight=0 --config.casn.sa_weight=0
 
@@ -37,7 +38,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.feature_dim = 128
   c.model.siamese = "squared"       # BCE on FC((f1 - f2)^2); "abs": |f1 - f2|
   c.model.head_norm = True          # IDE head FC-BN(-ReLU-FC); False: FC only
-  c.model.parts = 8                 # PCB-style stripes of the 8x4 map (1 = GAP, plain IDE)
+  c.model.num_parts = 8                 # PCB-style stripes of the 8x4 map (1 = GAP, plain IDE)
 
   c.casn = ml_collections.ConfigDict()
   c.casn.id_weight = 1.0
@@ -72,17 +73,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.k = 4
     c.model.backbone = "resnet50"
     c.model.feature_dim = 512
-    c.model.parts = 1               # IDE; 6 with a PCB backbone map of height 24
+    c.model.num_parts = 1               # IDE; 6 with a PCB backbone map of height 24
     c.optim.name = "sgd"
     c.optim.lr = 0.01
     c.optim.momentum = 0.9
     c.optim.weight_decay = 5e-4
     c.optim.schedule = "step"
     c.optim.milestones = (0.5, 0.75)
-    c.train.batch_size = 32
-    c.train.steps = 30_000
-    c.train.log_every = 100
-    c.train.ckpt_every = 2000
+    c.train.update(batch_size=32, steps=30_000, log_every=100, ckpt_every=2000)
     c.eval.every = 5000
     c.model.dtype = "bfloat16"
     return c

@@ -65,4 +65,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.eval.every = 5000
     c.model.dtype = "bfloat16"
     return c
-  raise ValueError(f"unknown preset {preset!r} for configs/qan.py; use mars, prid2011 or ilids_vid.")
+  raise ValueError(
+      f"unknown preset {preset!r} for configs/qan.py; use mars, prid2011 or ilids_vid.")

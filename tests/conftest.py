@@ -9,6 +9,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 import pytest  # noqa: E402
 
+# The tiny_data fixture (tiny embedded datasets, built once per session).
+pytest_plugins = ["tests.train_helpers"]
+
 
 @pytest.fixture
 def x64():

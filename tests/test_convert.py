@@ -1,10 +1,9 @@
 """PyTorch -> Flax conversion: output parity with hand-built torch networks."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
-import jax
-import jax.numpy as jnp
 
 from jaxset import convert
 from jaxset.models import backbones

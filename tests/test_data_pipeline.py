@@ -5,8 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxset.data import pipeline
-from jaxset.data import transforms
+from jaxset.data import images, pipeline, records, transforms
 
 H, W = 8, 6
 
@@ -244,8 +243,9 @@ def test_netvlad_positive_miner_hook():
     assert (np.linalg.norm(db.utm[potential] - q.utm[qi], axis=1) <= 10.0).all()
     assert batch["positive_index"][i, 0] == potential[-1]
     np.testing.assert_array_equal(batch["pos_mask"][i], [True, False, False])
+  far_one = lambda qi, p: np.setdiff1d(np.arange(len(db)), p)[:1]
   outside = pipeline.netvlad_tuples(db, q, batch_size=2, shard=(0, 1), **FAST,
-                                    positive_miner=lambda qi, p: np.setdiff1d(np.arange(len(db)), p)[:1])
+                                    positive_miner=far_one)
   with pytest.raises(ValueError, match="potential positives"):
     _take(outside, 1)
 
@@ -401,7 +401,7 @@ def test_tfds_source_metadata_cache_and_pk(tmp_path, monkeypatch):
   order = np.array([int(f.split(".")[0]) for f in meta["filename"]])
   np.testing.assert_array_equal(meta["label"], order % 6)
   assert list(tmp_path.rglob("jaxset_metadata_train.npz"))
-  monkeypatch.setattr(pipeline, "fetch", None)  # a second read must come from the cache
+  monkeypatch.setattr(records, "fetch", None)  # a second read must come from the cache
   again = pipeline.read_metadata(src)
   assert all(np.array_equal(meta[k], again[k]) for k in meta)
   monkeypatch.undo()
@@ -489,7 +489,7 @@ def test_tfds_image_reader_matches_full_decode(tmp_path, monkeypatch):
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
   assert pipeline._image_reader(ids, "image").cache is not shared
-  monkeypatch.setattr(pipeline, "_IMAGE_CACHE_BYTES", 1)  # a split too big to cache
+  monkeypatch.setattr(images, "_IMAGE_CACHE_BYTES", 1)  # a split too big to cache
   feature = q.dataset_info.features["image"]
   small = pipeline._TfdsImageReader(q, "image", feature, len(q), pipeline._DecodedImages())
   got = small([0, 1, 0])
@@ -507,6 +507,6 @@ def test_tfds_image_reader_matches_full_decode(tmp_path, monkeypatch):
       lambda: pipeline.netvlad_tuples(db, q, batch_size=2, num_positives=2, num_negatives=3,
                                       image_fn=aug, shard=(0, 1), **FAST)]
   fast = [_take(m(), 2) for m in make]
-  monkeypatch.setattr(pipeline, "_image_reader", lambda source, key: None)
+  monkeypatch.setattr(images, "_image_reader", lambda source, key: None)
   for m, got in zip(make, fast):
     assert all(_equal(a, b) for a, b in zip(_take(m(), 2), got))

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import fixtures_real as fx
 import numpy as np
 import pytest
 
-import fixtures_real as fx
 from jaxset import data as jdata
 from jaxset.data import formats
 

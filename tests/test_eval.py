@@ -5,7 +5,6 @@ import scipy.stats
 
 from jaxset import eval as E
 
-
 # --------------------------------------------------------------------------- #
 # Recall@N
 # --------------------------------------------------------------------------- #
@@ -73,7 +72,8 @@ def test_recall_chunked_equals_unchunked_and_reference(chunk, db_chunk):
 
 def test_recall_small_database_pads_neighbors():
   db = np.array([[0.], [1.]])
-  rec, idx, dist = E.recall_at_n(np.array([[0.]]), db, np.zeros((1, 2)), np.array([[99., 0.], [0., 0.]]),
+  db_utm = np.array([[99., 0.], [0., 0.]])
+  rec, idx, dist = E.recall_at_n(np.array([[0.]]), db, np.zeros((1, 2)), db_utm,
                                  ns=(1, 5), return_neighbors=True)
   assert rec == {1: 0.0, 5: 1.0}
   np.testing.assert_array_equal(idx, [[0, 1, -1, -1, -1]])

@@ -12,7 +12,7 @@ from configs.base import base_config
 from train import loop
 
 
-class ToyTask:
+class ToyTask(loop.Task):
   """Linear regression: enough to exercise every part of the loop."""
 
   def __init__(self, poison_step=None):
@@ -88,10 +88,10 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     pass
 
   class Interrupted(ToyTask):
-    def on_step(self, state, config, step):
+    def refresh_due(self, config, step):  # asked before every step
       if step == 15:
         raise Stop
-      return state
+      return False
 
   with pytest.raises(Stop):
     loop.train_and_evaluate(toy_config(20), tmp_path / "b", Interrupted())
@@ -112,7 +112,9 @@ def test_one_and_eight_devices_give_the_same_curve(tmp_path):
   assert len(jax.devices()) == 8
   a = loop.train_and_evaluate(toy_config(10, devices=1), tmp_path / "one", ToyTask())
   b = loop.train_and_evaluate(toy_config(10, devices=8), tmp_path / "eight", ToyTask())
-  la = [json.loads(l)["loss"] for l in (tmp_path / "one/metrics.jsonl").read_text().splitlines() if '"train"' in l]
-  lb = [json.loads(l)["loss"] for l in (tmp_path / "eight/metrics.jsonl").read_text().splitlines() if '"train"' in l]
+  def losses(run):
+    lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if '"train"' in line]
+  la, lb = losses("one"), losses("eight")
   np.testing.assert_allclose(la, lb, rtol=1e-5)
   np.testing.assert_allclose(a["state"].params["w"], b["state"].params["w"], rtol=1e-5)

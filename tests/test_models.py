@@ -1,11 +1,11 @@
 """Models: shapes, jit forward/backward on 1 device and data-parallel on 8, bfloat16."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import jax
-import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxset.models import adaface, backbones, casn, eqface, heads, netvlad, qan
 from jaxset.ops import netvlad_layer as netvlad_ops

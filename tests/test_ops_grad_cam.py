@@ -90,7 +90,8 @@ def test_gradient_of_gradient_matches_finite_differences(x64):
     g = np.asarray(jax.grad(loss)(weight, normalize, relu))
     fd = np.zeros_like(g)
     for idx in np.ndindex(g.shape):
-      e = np.zeros(g.shape); e[idx] = 1e-6
+      e = np.zeros(g.shape)
+      e[idx] = 1e-6
       fd[idx] = (loss(weight + e, normalize, relu) - loss(weight - e, normalize, relu)) / 2e-6
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-8)
     assert np.abs(g).max() > 0

@@ -5,13 +5,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxset import gradcheck
 from jaxset.gradcheck import casn as casn_cases
 from jaxset.gradcheck import qan as qan_cases
-from jaxset.ops.losses import (attention_consistency_loss, set_triplet_loss, verification_bce,
-                               weakly_supervised_ranking_loss)
+from jaxset.ops.losses import (
+  attention_consistency_loss,
+  set_triplet_loss,
+  verification_bce,
+  weakly_supervised_ranking_loss,
+)
 
 SETTINGS = dict(max_examples=10, deadline=None,
                 suppress_health_check=[hypothesis.HealthCheck.too_slow])
@@ -48,7 +53,9 @@ def test_custom_vjps_equal_autodiff_of_references(x64):
 
 
 def test_triplet_official_scaling():
-  a = jnp.zeros((2, 2)); p = jnp.array([[1.0, 0.0], [0.0, 0.0]]); n = jnp.array([[0.0, 0.5], [3.0, 0.0]])
+  a = jnp.zeros((2, 2))
+  p = jnp.array([[1.0, 0.0], [0.0, 0.0]])
+  n = jnp.array([[0.0, 0.5], [3.0, 0.0]])
   loss = set_triplet_loss(a, p, n)  # default margin 1.2 (official code's m)
   np.testing.assert_allclose(loss, [1.0 - 0.25 + 1.2, 0.0], rtol=1e-6)
   np.testing.assert_allclose(0.5 * jnp.mean(loss), (1.0 - 0.25 + 1.2) / 4, rtol=1e-6)
@@ -164,7 +171,7 @@ def test_jit_vmap_pmap_shard_map_match():
 def test_losses_property(dtype, seed, p, squared):
   rng = np.random.default_rng(seed)
   q, pos, neg, pm, nm = _ranking_inputs(rng, b=4)
-  pos = pos[:, :p]; pm = pm[:, :p]
+  pos, pm = pos[:, :p], pm[:, :p]
   q, pos, neg = (x.astype(dtype) for x in (q, pos, neg))
   loss = jax.jit(weakly_supervised_ranking_loss, static_argnums=(5, 6))(
       q, pos, neg, pm, nm, 0.5, squared)

@@ -15,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxset import gradcheck
+
 # Modules by full name: jaxset.ops.netvlad_layer and jaxset.gradcheck.netvlad would
 # otherwise resolve to the function `netvlad` that the packages re-export.
 netvlad_cases = importlib.import_module("jaxset.gradcheck.netvlad")
@@ -370,7 +371,7 @@ def test_vlad_matches_hand_loop_and_large_alpha_netvlad():
       v[kk] += xi - c[kk]
     v /= np.linalg.norm(v, axis=-1, keepdims=True)
     np.testing.assert_allclose(y[s], v.ravel() / np.linalg.norm(v), atol=1e-5)
-  params = nv.netvlad_params_from_centroids(c, 1e3, form="paper")
+  params = nv.netvlad_params_from_centroids(c, 1e3, assignment="paper")
   soft = nv.netvlad(x, normalize_input=False, **params)
   np.testing.assert_allclose(soft, y, atol=1e-4)
   g = jax.grad(lambda x, c: jnp.sum(nv.vlad(x, c) ** 3), (0, 1))(x, c)
@@ -428,7 +429,7 @@ def test_params_from_centroids_and_the_softmax_identity():
   c = rng.standard_normal((4, 3)).astype(np.float32)
   x = rng.standard_normal((10, 3)).astype(np.float32)
   alpha = 2.5
-  p = nv.netvlad_params_from_centroids(c, alpha, form="paper")
+  p = nv.netvlad_params_from_centroids(c, alpha, assignment="paper")
   np.testing.assert_allclose(p["assign_weight"], 2 * alpha * c, rtol=1e-6)
   np.testing.assert_allclose(p["assign_bias"], -alpha * np.sum(c ** 2, -1), rtol=1e-6)
   np.testing.assert_array_equal(p["centroids"], c)
@@ -436,7 +437,7 @@ def test_params_from_centroids_and_the_softmax_identity():
   a_wb = jax.nn.softmax(x @ np.asarray(p["assign_weight"]).T + p["assign_bias"], -1)
   a_dist = jax.nn.softmax(-alpha * np.sum((x[:, None] - c[None]) ** 2, -1), -1)
   np.testing.assert_allclose(a_wb, a_dist, atol=1e-5)
-  q = nv.netvlad_params_from_centroids(c, alpha, form="official")
+  q = nv.netvlad_params_from_centroids(c, alpha, assignment="official")
   np.testing.assert_allclose(q["assign_weight"],
                              alpha * c / np.linalg.norm(c, axis=-1, keepdims=True), rtol=1e-6)
   assert q["assign_bias"] is None
@@ -480,8 +481,8 @@ def test_bad_shapes_name_the_argument():
     nv.kmeans(x[0], 9, key=jax.random.key(0))
   with pytest.raises(ValueError, match="K >= 2"):
     nv.netvlad_alpha(x, c[:1])
-  with pytest.raises(ValueError, match="form"):
-    nv.netvlad_params_from_centroids(c, 1.0, form="matlab")
+  with pytest.raises(ValueError, match="assignment must be"):
+    nv.netvlad_params_from_centroids(c, 1.0, assignment="matlab")
   with pytest.raises(ValueError, match="K\\*D"):
     nv.to_matlab_order(np.zeros(11), 3, 4)
 

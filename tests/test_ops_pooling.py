@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import jax.test_util
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxset import gradcheck
 from jaxset.gradcheck import qan as qan_cases

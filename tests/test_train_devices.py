@@ -3,9 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train_helpers import make_config, tiny_data, tiny_overrides, train_losses  # noqa: F401
-from train import loop
-from train import tasks
+from tests.train_helpers import make_config, tiny_overrides, train_losses
+from train import loop, tasks
 
 
 class _NoEval:

@@ -53,7 +53,8 @@ def test_report_and_plots_from_latest_checkpoint(run, tmp_path):
 
 def test_missing_checkpoint_says_where_it_looked(run, tmp_path):
   config, _ = run
-  with pytest.raises(train_eval.CheckpointError, match=r"no checkpoint folder at .*checkpoints.*does not exist"):
+  missing = r"no checkpoint folder at .*checkpoints.*does not exist"
+  with pytest.raises(train_eval.CheckpointError, match=missing):
     train_eval.evaluate_run(config, tmp_path / "nothing_here")
   (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
   with pytest.raises(train_eval.CheckpointError, match=r"no finished checkpoint .*it is empty"):

@@ -1,7 +1,7 @@
 """`python -m train.main`: flag errors, presets, the default workdir, start-up lines."""
 import pytest
 
-from tests.train_helpers import cli_args, run_main, tiny_data, tiny_overrides  # noqa: F401
+from tests.train_helpers import cli_args, run_main, tiny_overrides
 from train import main as train_main
 
 

@@ -16,7 +16,7 @@ import textwrap
 
 import numpy as np
 
-from tests.train_helpers import ROOT, env, make_config, tiny_data, tiny_overrides, train_losses  # noqa: F401
+from tests.train_helpers import ROOT, env, train_losses
 
 _DRIVER = textwrap.dedent("""
     import os, sys

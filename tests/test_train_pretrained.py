@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import netvlad as netvlad_config
 from jaxset.convert import save_variables
 from jaxset.models import NetVLADModel, SmallCNN
-from configs import netvlad as netvlad_config
 from train.tasks import common
 
 
@@ -42,5 +42,6 @@ def test_wrong_architecture_is_an_error_naming_the_difference(tmp_path):
   save_variables(jax.device_get(other), path)
   c = netvlad_config.get_config()
   c.model.pretrained = path
-  with pytest.raises(ValueError, match=r"matches no part of the model.*params/trunk.*differs in shape"):
+  wrong = r"matches no part of the model.*params/trunk.*differs in shape"
+  with pytest.raises(ValueError, match=wrong):
     _state(c)

@@ -1,13 +1,13 @@
 """Kill-and-resume through `python -m train.main`: bitwise the uninterrupted run.
 
 One run goes straight to step `total`; a second, in another workdir, is held
-after the checkpoint of step `kill_at` (JAXSET_TEST_SLEEP_AFTER_STEP), killed
+after the checkpoint of step `kill_at` (tests/hold_after_checkpoint.py), killed
 with SIGKILL once that checkpoint is final on disk, and run again: it resumes
 and must end with exactly the same state (params, optimiser, model state).
 """
-import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,8 +15,15 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train_helpers import (ROOT, cli_args, env, load_checkpoint_state, run_main,
-                                 tiny_data, tiny_overrides, train_losses)  # noqa: F401
+from tests.train_helpers import (
+  ROOT,
+  cli_args,
+  env,
+  load_checkpoint_state,
+  run_main,
+  tiny_overrides,
+  train_losses,
+)
 
 
 def _finished(ckpt_dir: Path, step: int) -> bool:
@@ -36,8 +43,8 @@ def test_kill_and_resume_is_bitwise_identical(method, kill_at, total, tiny_data,
   # The uninterrupted run and the run to kill go side by side.
   ref = subprocess.Popen(cli_args(method, straight, overrides), cwd=ROOT, env=env(),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  victim = subprocess.Popen(cli_args(method, killed, overrides), cwd=ROOT,
-                            env=env(JAXSET_TEST_SLEEP_AFTER_STEP=kill_at),
+  held = [sys.executable, str(ROOT / "tests" / "hold_after_checkpoint.py"), str(kill_at)]
+  victim = subprocess.Popen(held + cli_args(method, killed, overrides)[3:], cwd=ROOT, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.monotonic() + 240

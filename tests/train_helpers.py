@@ -24,7 +24,7 @@ def tiny_data(tmp_path_factory) -> str:
   """A cache_dir holding the tiny synthetic_identities and synthetic_places."""
   from jaxset import data as jdata
   cache = tmp_path_factory.mktemp("tiny_data")
-  for name in ("synthetic_identities", "synthetic_places"):
+  for name in jdata.EMBEDDED:
     jdata.builder(name, data_dir=cache, config="tiny")
   return str(cache)
 
@@ -49,7 +49,12 @@ def tiny_overrides(cache_dir: str, steps: int, **extra) -> dict:
 
 def make_config(method: str, overrides: dict, preset: str | None = None):
   """configs/<method>.py's get_config(preset) with dotted overrides applied."""
-  c = importlib.import_module(f"configs.{method}").get_config(preset)
+  return with_overrides(importlib.import_module(f"configs.{method}").get_config(preset),
+                        overrides)
+
+
+def with_overrides(c, overrides: dict):
+  """`c` with dotted overrides ({"train.steps": 3, ...}) applied in place."""
   for key, value in overrides.items():
     *path, leaf = key.split(".")
     node = c

@@ -17,6 +17,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+
 def _define_flags():
   """Flags exist only when this module is the program: train.main defines the
   same names, and tests import both."""
@@ -42,6 +43,7 @@ def restore_state(task, config, workdir: Path, which: str = "latest"):
   """(state, step) from <workdir>/checkpoints (latest or a step) or <workdir>/best."""
   import jax
   import orbax.checkpoint as ocp
+
   from train import loop
 
   directory = workdir / ("best" if which == "best" else "checkpoints")
@@ -108,13 +110,14 @@ def plot_curves(curves: dict, out: Path) -> list[str]:
 def evaluate_run(config, workdir, which: str = "latest", out=None) -> dict:
   """Restores, evaluates and writes the report; returns it."""
   import numpy as np
+
   from train import tasks
 
   workdir = Path(workdir)
   task = tasks.get(config.method)
   state, step = restore_state(task, config, workdir, which)
   metrics = task.evaluate(state, config)
-  curves = task.curves(state, config) if hasattr(task, "curves") else {}
+  curves = task.curves(state, config)
   out = Path(out) if out else workdir / f"eval_{which}_{step}"
   out.mkdir(parents=True, exist_ok=True)
   plots = plot_curves(curves, out)

@@ -6,72 +6,24 @@ checkpoints and automatic resume (state, rng and data-iterator position), the
 NaN/Inf guard, metrics (TensorBoard + JSON lines), the progress bar and the
 evaluation schedule. A method plugs in through a `Task` (train/tasks/*.py),
 which provides only what differs: its state, its stages (each with an input
-iterator and a pure train step) and its evaluation.
+iterator and a pure train step), its evaluation and a few hooks (train/task.py).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
-from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from train import writers
-
-
-class TrainState(train_state.TrainState):
-  """Flax TrainState plus non-parameter collections and the run's base key.
-
-  model_state holds every mutable Flax collection other than params
-  (batch_stats, adaface_stats, ...). rng is folded with the step inside the
-  jitted step, so a resumed run draws the same numbers as an uninterrupted one.
-  """
-  model_state: Any = None
-  rng: Any = None
-
-
-@dataclasses.dataclass
-class Stage:
-  """A contiguous block of steps with one input pipeline and one step function.
-
-  Attributes:
-    name: shown in logs ("pretrain", "quality", ...).
-    steps: how many steps the stage runs.
-    make_iterator: () -> a grain iterator (get_state/set_state) of numpy batches
-      holding this process's share of the global batch.
-    train_step: pure (state, batch) -> (state, metrics); the loop jits it.
-      It folds state.rng with state.step for its randomness.
-  """
-  name: str
-  steps: int
-  make_iterator: Callable[[], Any]
-  train_step: Callable[[TrainState, Any], tuple[TrainState, dict]]
-
-
-class Task(Protocol):
-  """What a method provides to the loop (see train/tasks/)."""
-
-  def create_state(self, config, rng) -> TrainState: ...
-
-  def stages(self, config) -> Sequence[Stage]: ...
-
-  def evaluate(self, state: TrainState, config) -> dict[str, float]: ...
-
-
-# Tests only: after saving the checkpoint of this step, sleep (to be killed).
-_TEST_SLEEP_AFTER_STEP = int(os.environ.get("JAXSET_TEST_SLEEP_AFTER_STEP", "-1"))
+from train.task import Stage, Task, TrainState  # noqa: F401  (Stage, TrainState: loop.X for tasks)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -123,10 +75,13 @@ def replicate(tree, mesh: Mesh):
   return jax.tree.map(put, tree)
 
 
-def _on_all_devices(state, n_dev: int):
-  """Feature extraction (train/tasks/common.extract) shards over every device;
-  with train.devices=n the state lives on the first n only: copy it everywhere."""
-  return replicate(state, make_mesh()) if n_dev else state
+def on_all_devices(state, mesh: Mesh):
+  """`state`, placed on the training `mesh`, on every device instead: where
+  every hook but the train step runs (train/task.py), since feature extraction
+  (train/tasks/common.extract) shards its batches over every device. The
+  training mesh may hold fewer (config.train.devices)."""
+  everywhere = make_mesh()
+  return state if mesh.devices.size == everywhere.devices.size else replicate(state, everywhere)
 
 
 def stage_at(stages: Sequence[Stage], step: int) -> tuple[int, int]:
@@ -150,8 +105,9 @@ def _save(manager, step, state, iterator, meta, task):
   items = dict(state=ocp.args.StandardSave(state),
                data=grain.checkpoint.CheckpointSave(iterator),
                meta=ocp.args.JsonSave(meta))
-  if hasattr(task, "checkpoint_extra"):  # e.g. NetVLAD's hard-negative cache
-    items["extra"] = ocp.args.StandardSave(task.checkpoint_extra())
+  extra = task.checkpoint_extra()  # e.g. NetVLAD's hard-negative cache
+  if extra:
+    items["extra"] = ocp.args.StandardSave(extra)
   manager.save(step, args=ocp.args.Composite(**items))
 
 
@@ -160,8 +116,9 @@ def _restore(manager, step, abstract_state, iterator, task):
   items = dict(state=ocp.args.StandardRestore(abstract_state),
                data=grain.checkpoint.CheckpointRestore(iterator),
                meta=ocp.args.JsonRestore())
-  if hasattr(task, "checkpoint_extra"):
-    items["extra"] = ocp.args.StandardRestore(task.checkpoint_extra())
+  extra = task.checkpoint_extra()
+  if extra:
+    items["extra"] = ocp.args.StandardRestore(extra)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   if "extra" in items:
     task.restore_extra(restored["extra"])
@@ -178,8 +135,12 @@ def _first_bad(history) -> tuple[int, str, float] | None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                       task: Task | None = None) -> dict[str, Any]:
+                       task: Task | None = None,
+                       after_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
   """Trains `config.method` in `workdir`, resuming from its latest checkpoint.
+
+  `after_checkpoint(step)`, when given, runs once each checkpoint is on disk
+  (the loop waits for the save), e.g. tests/hold_after_checkpoint.py.
 
   Returns a summary: {"step", "before": eval metrics at step 0 (when run),
   "after": final eval metrics, "best": best eval metrics, "state": the final
@@ -217,12 +178,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     state, meta = _restore(manager, latest, abstract, iterator, task)
     start = latest
     log.info(f"resumed from step {latest} ({workdir / 'checkpoints'})")
-  elif hasattr(task, "before_training"):
-    # Like evaluation, it may extract features over every device.
-    state = replicate(task.before_training(_on_all_devices(state, n_dev), config), mesh)
+  else:
+    state = replicate(task.before_training(on_all_devices(state, mesh), config), mesh)
 
   def evaluate(state):
-    return task.evaluate(_on_all_devices(state, n_dev), config)
+    return task.evaluate(on_all_devices(state, mesh), config)
 
   if start == 0 and config.eval.at_start:
     before = evaluate(state)
@@ -248,18 +208,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       if i != stage_idx:  # stage boundary: new input pipeline, new step function
         stage_idx = i
         iterator = stages[i].make_iterator()
-        if hasattr(task, "on_stage"):
-          state = task.on_stage(state, config, stages[i].name)
         log.info(f"stage {stages[i].name!r} from step {step}")
-      if hasattr(task, "on_step"):
-        # A task may ask for a fresh iterator at the same position, dropping
-        # prefetched batches (NetVLAD after a hard-negative cache refresh).
-        res = task.on_step(state, config, step)
-        state, fresh = res if isinstance(res, tuple) else (res, False)
-        if fresh:
-          position = iterator.get_state()
-          iterator = stages[i].make_iterator()
-          iterator.set_state(position)
+      if task.refresh_due(config, step):
+        task.refresh(on_all_devices(state, mesh), config)
+        # A fresh iterator at the same position: prefetched batches were made
+        # with the data the refresh replaced (NetVLAD's hard negatives).
+        position = iterator.get_state()
+        iterator = stages[i].make_iterator()
+        iterator.set_state(position)
       batch = next(iterator)
       ex_since += int(np.shape(jax.tree.leaves(batch)[0])[0]) * jax.process_count()
       state, metrics = jitted(i)(state, shard_batch(batch, mesh))
@@ -301,11 +257,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
       if do_ckpt:
         _save(manager, step, state, iterator, meta, task)
-        if step == _TEST_SLEEP_AFTER_STEP:
-          # Test hook: hold here, checkpoint on disk, so a test can kill the
-          # process between two known steps (tests/test_train_resume.py).
+        if after_checkpoint is not None:
           manager.wait_until_finished()
-          time.sleep(3600)
+          after_checkpoint(step)
   finally:
     bar.close()
     manager.wait_until_finished()

@@ -38,6 +38,9 @@ BUILDERS = {
     "mxnet_recordio": "recordio:MxnetRecordio",
 }
 
+# The datasets that build themselves offline; every other one reads the user's copy.
+EMBEDDED = ("synthetic_places", "synthetic_identities")
+
 
 def default_data_dir() -> Path:
   """Where prepared datasets live: $JAXSET_DATA_DIR or ~/.cache/jaxset/datasets."""

@@ -74,20 +74,18 @@ def describe_dir(path: Path, limit: int = 8) -> str:
 
 def require_dir(path, what: str) -> Path:
   """`path` if it is a folder, else FileNotFoundError naming `what` and its parent."""
-  path = Path(path)
-  if not path.is_dir():
-    raise FileNotFoundError(
-        f"{path}: expected the folder {what}; it is missing "
-        f"({describe_dir(path.parent)}).")
-  return path
+  return _require(Path(path), what, "folder", Path.is_dir)
 
 
 def require_file(path, what: str) -> Path:
   """`path` if it is a file, else FileNotFoundError naming `what` and its folder."""
-  path = Path(path)
-  if not path.is_file():
+  return _require(Path(path), what, "file", Path.is_file)
+
+
+def _require(path: Path, what: str, kind: str, exists) -> Path:
+  if not exists(path):
     raise FileNotFoundError(
-        f"{path}: expected the file {what}; it is missing "
+        f"{path}: expected the {kind} {what}; it is missing "
         f"({describe_dir(path.parent)}).")
   return path
 
@@ -230,7 +228,17 @@ def feature_for(name: str, extra_features: Mapping[str, Any] | None = None):
   return tfds.features.Scalar(np.int64)
 
 
-class ManualBuilder(tfds.core.GeneratorBasedBuilder):
+class OfflineBuilder(tfds.core.GeneratorBasedBuilder):
+  """Base of every jaxset builder: nothing is downloaded (embedded data is
+  generated, real data read from manual_dir)."""
+  VERSION = tfds.core.Version("1.0.0")
+  # tfds looks up download checksums through `code_path`, which needs
+  # importlib_resources inside a package (declared by tfds only for
+  # Python < 3.9). These builders download nothing: no checksums.
+  url_infos = None
+
+
+class ManualBuilder(OfflineBuilder):
   """Base of the real-dataset builders: reads manual_dir, writes array_record.
 
   Subclasses set SPLIT_FEATURES (split -> keys), MANUAL_DOWNLOAD_INSTRUCTIONS,
@@ -239,12 +247,8 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
   encoded bytes (then an optional "_where_<key>" entry names their origin in
   error messages). Records keep the order of `rows` (disable_shuffling).
   """
-  VERSION = tfds.core.Version("1.0.0")
   SPLIT_FEATURES: Mapping[str, Sequence[str]] = {}
   EXTRA_FEATURES: Mapping[str, Any] = {}
-  # tfds looks up download checksums through `code_path`, which needs
-  # importlib_resources inside a package. These builders download nothing.
-  url_infos = None
 
   @abc.abstractmethod
   def _read(self, root: Path) -> Mapping[str, Any]:

@@ -37,11 +37,13 @@ class IdentitiesConfig(tfds.core.BuilderConfig):
   """Sizes of one build. Image size is (height, width) = (64, 32) in both configs."""
   height: int = 64
   width: int = 32
+  # Who is filmed: identities, each by every camera in a few tracklets of frames.
   train_identities: int = 160
   test_identities: int = 80
   cameras: int = 3
   tracklets_per_camera: int = 2
   frames: int = 8
+  # Verification protocols, 10 folds of them.
   pairs_per_fold: int = 60        # half same, half different
   set_pairs_per_fold: int = 40    # half same, half different
   seed: int = 20260401
@@ -385,7 +387,7 @@ SPLIT_FEATURES = {
 _IMAGES, _FLOATS = formats.IMAGE_KEYS, formats.FLOAT_KEYS
 
 
-class SyntheticIdentities(tfds.core.GeneratorBasedBuilder):
+class SyntheticIdentities(formats.OfflineBuilder):
   """Procedural identities x cameras x tracklets with graded, labelled degradations.
 
   Splits: train; query / gallery (test identities, query from one camera per
@@ -393,15 +395,10 @@ class SyntheticIdentities(tfds.core.GeneratorBasedBuilder):
   set_pairs (tracklet verification, 10 folds). Tracklet ids of query and
   gallery share one id space (the test tracklets), which set_pairs refers to.
   """
-  VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = list(CONFIGS)
   DEGRADATION_TYPES = DEGRADATION_TYPES
   NUM_FOLDS = NUM_FOLDS
   SPLIT_FEATURES = SPLIT_FEATURES
-  # tfds finds download checksums through `code_path`, which imports
-  # importlib_resources (declared by tfds only for Python < 3.9) when the builder
-  # lives in a package. Embedded datasets download nothing: no checksums.
-  url_infos = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config

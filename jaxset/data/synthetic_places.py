@@ -30,7 +30,7 @@ import functools
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxset.data import render
+from jaxset.data import formats, render
 
 POS_DIST_THR = 25.0  # metres: a retrieved database image within this is correct (dbStruct)
 POS_DIST_SQ_THR = POS_DIST_THR ** 2
@@ -347,22 +347,17 @@ _DB_TIME = 1181736000     # 2007-06-13 12:00 UTC, database capture (+1 s per pan
 _QUERY_TIME = 1230768000  # 2009-01-01 00:00 UTC, queries on other days and hours
 
 
-class SyntheticPlaces(tfds.core.GeneratorBasedBuilder):
+class SyntheticPlaces(formats.OfflineBuilder):
   """A procedural city for place recognition, with Pittsburgh's features and splits.
 
   Splits: {train,val,test}_{database,queries}; districts are disjoint. Features:
   image (H, W, 3) uint8 JPEG, utm (2,) float64 metres (east, north), filename,
   timestamp (unix seconds), panorama (database panorama id; -1 for queries).
   """
-  VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = list(CONFIGS)
   POS_DIST_THR = POS_DIST_THR
   POS_DIST_SQ_THR = POS_DIST_SQ_THR
   NON_TRIV_POS_DIST_SQ_THR = NON_TRIV_POS_DIST_SQ_THR
-  # tfds finds download checksums through `code_path`, which imports
-  # importlib_resources (declared by tfds only for Python < 3.9) when the builder
-  # lives in a package. Embedded datasets download nothing: no checksums.
-  url_infos = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config

@@ -10,7 +10,7 @@ gives the same pixels whatever the sharding or prefetching. The same functions
 work in grain's `ds.random_map(lambda r, rng: ...)`, whose generator is seeded
 from the pipeline seed and the element's index.
 
-Outputs stay uint8: normalisation happens inside the model (DESIGN.md).
+Outputs stay uint8: normalisation happens inside the model (docs/design.md).
 """
 from __future__ import annotations
 

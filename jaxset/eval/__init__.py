@@ -1,21 +1,20 @@
 """Evaluation protocols (numpy / JAX): Recall@N, CMC/mAP, k-fold, TAR@FAR, templates, ERC."""
-from jaxset.eval.quality import error_vs_reject
-from jaxset.eval.quality import proxy_by_tier
-from jaxset.eval.quality import quality_degradation_spearman
-from jaxset.eval.quality import spearman
-from jaxset.eval.reid import cmc_map
-from jaxset.eval.reid import cmc_map_from_distances
-from jaxset.eval.retrieval import nearest_neighbors
-from jaxset.eval.retrieval import pairwise_sq_distances
-from jaxset.eval.retrieval import recall_at_n
-from jaxset.eval.templates import aggregate_templates
-from jaxset.eval.templates import rows_of
-from jaxset.eval.templates import template_pair_scores
-from jaxset.eval.verification import combine_flip
-from jaxset.eval.verification import fold_splits
-from jaxset.eval.verification import kfold_verification_accuracy
-from jaxset.eval.verification import l2_normalize
-from jaxset.eval.verification import pair_distances
-from jaxset.eval.verification import roc_curve
-from jaxset.eval.verification import tar_at_far
-from jaxset.eval.verification import val_at_far
+from jaxset.eval.quality import (
+  error_vs_reject,
+  proxy_by_tier,
+  quality_degradation_spearman,
+  spearman,
+)
+from jaxset.eval.reid import cmc_map, cmc_map_from_distances
+from jaxset.eval.retrieval import nearest_neighbors, pairwise_sq_distances, recall_at_n
+from jaxset.eval.templates import aggregate_templates, rows_of, template_pair_scores
+from jaxset.eval.verification import (
+  combine_flip,
+  fold_splits,
+  kfold_verification_accuracy,
+  l2_normalize,
+  pair_distances,
+  roc_curve,
+  tar_at_far,
+  val_at_far,
+)

@@ -47,6 +47,18 @@ def _first_ranks_and_ap(dist: np.ndarray, q_pids, g_pids, q_cams, g_cams, junk: 
   return first_rank, ap, valid
 
 
+def _ids_and_cams(query_ids, gallery_ids, query_cams, gallery_cams, nq, ng, rows):
+  """The four id/camera columns as flat arrays, checked against nq queries and
+  ng gallery entries (`rows` names where those counts come from)."""
+  q_pids, g_pids, q_cams, g_cams = (np.asarray(x).reshape(-1) for x in (
+      query_ids, gallery_ids, query_cams, gallery_cams))
+  _checks.check_same((rows[0], "query_ids", "query_cams"),
+                     (nq, q_pids.size, q_cams.size), "Query counts")
+  _checks.check_same((rows[1], "gallery_ids", "gallery_cams"),
+                     (ng, g_pids.size, g_cams.size), "Gallery counts")
+  return q_pids, g_pids, q_cams, g_cams
+
+
 def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, gallery_cams,
                            max_rank: int = 50, junk_pids: Sequence[int] = ()):
   """CMC and mAP from a [Q, G] distance matrix (smaller = more similar).
@@ -68,14 +80,9 @@ def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, galler
   dist = np.asarray(distances)
   _checks.check_rank("distances", dist, 2, "[num_query, num_gallery]")
   nq, ng = dist.shape
-  q_pids = np.asarray(query_ids).reshape(-1)
-  g_pids = np.asarray(gallery_ids).reshape(-1)
-  q_cams = np.asarray(query_cams).reshape(-1)
-  g_cams = np.asarray(gallery_cams).reshape(-1)
-  _checks.check_same(("distances rows", "query_ids", "query_cams"),
-                     (nq, q_pids.size, q_cams.size), "Query counts")
-  _checks.check_same(("distances cols", "gallery_ids", "gallery_cams"),
-                     (ng, g_pids.size, g_cams.size), "Gallery counts")
+  q_pids, g_pids, q_cams, g_cams = _ids_and_cams(
+      query_ids, gallery_ids, query_cams, gallery_cams, nq, ng,
+      ("distances rows", "distances cols"))
   _checks.check_finite("distances", dist)
   if ng == 0 or nq == 0:
     raise ValueError(f"Need at least one query and one gallery entry; got Q={nq}, G={ng}.")
@@ -124,14 +131,9 @@ def cmc_map(query_features, gallery_features, query_ids, gallery_ids, query_cams
   _checks.check_finite("query_features", qf)
   _checks.check_finite("gallery_features", gf)
   nq, ng = qf.shape[0], gf.shape[0]
-  q_pids = np.asarray(query_ids).reshape(-1)
-  g_pids = np.asarray(gallery_ids).reshape(-1)
-  q_cams = np.asarray(query_cams).reshape(-1)
-  g_cams = np.asarray(gallery_cams).reshape(-1)
-  _checks.check_same(("query_features", "query_ids", "query_cams"),
-                     (nq, q_pids.size, q_cams.size), "Query counts")
-  _checks.check_same(("gallery_features", "gallery_ids", "gallery_cams"),
-                     (ng, g_pids.size, g_cams.size), "Gallery counts")
+  q_pids, g_pids, q_cams, g_cams = _ids_and_cams(
+      query_ids, gallery_ids, query_cams, gallery_cams, nq, ng,
+      ("query_features", "gallery_features"))
   if ng == 0 or nq == 0:
     raise ValueError(f"Need at least one query and one gallery entry; got Q={nq}, G={ng}.")
   if max_rank < 1:

@@ -225,8 +225,9 @@ def recall_at_n(query_features, db_features, query_utm, db_utm,
   num_db = np.shape(db_features)[0]
   _checks.check_shape("query_utm", q_utm, (num_q, 2),
                       "one (easting, northing) row per query; transpose a 2 x Q .mat field")
-  _checks.check_shape("db_utm", d_utm, (num_db, 2),
-                      "one (easting, northing) row per database image; transpose a 2 x N .mat field")
+  _checks.check_shape(
+      "db_utm", d_utm, (num_db, 2),
+      "one (easting, northing) row per database image; transpose a 2 x N .mat field")
   if num_q == 0:
     raise ValueError("query_features is empty: Recall@N needs at least one query.")
   max_n = max(ns)

@@ -153,7 +153,8 @@ def kfold_verification_accuracy(embeddings_a, embeddings_b, same, folds: int = 1
   """
   dist = pair_distances(embeddings_a, embeddings_b, metric, normalize)
   s = _check_same_labels(same, dist.size)
-  th = _default_thresholds(metric, 0.01) if thresholds is None else np.asarray(thresholds, np.float64)
+  th = (_default_thresholds(metric, 0.01) if thresholds is None
+        else np.asarray(thresholds, np.float64))
   sth = _signed_thresholds(th, metric)
   splits = fold_splits(dist.size, folds, fold_ids)
   accs, best, tprs, fprs = [], [], [], []
@@ -202,7 +203,8 @@ def val_at_far(embeddings_a, embeddings_b, same, far_target: float = 1e-3,
   """
   dist = pair_distances(embeddings_a, embeddings_b, metric, normalize)
   s = _check_same_labels(same, dist.size)
-  th = _default_thresholds(metric, 0.001) if thresholds is None else np.asarray(thresholds, np.float64)
+  th = (_default_thresholds(metric, 0.001) if thresholds is None
+        else np.asarray(thresholds, np.float64))
   sth = np.sort(_signed_thresholds(th, metric))  # FAR is non-decreasing along sth.
   vals, fars, used = [], [], []
   for train, test in fold_splits(dist.size, folds, fold_ids):

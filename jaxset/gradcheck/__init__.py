@@ -91,8 +91,8 @@ def finite_difference_grads(f, args, fixed, cotangent, eps):
       xp, xm = x.copy(), x.copy()
       xp[idx] += eps
       xm[idx] -= eps
-      ap = list(args); ap[i] = jnp.asarray(xp)
-      am = list(args); am[i] = jnp.asarray(xm)
+      ap, am = list(args), list(args)
+      ap[i], am[i] = jnp.asarray(xp), jnp.asarray(xm)
       g[idx] = (float(scalar(*ap)) - float(scalar(*am))) / (2 * eps)
     grads.append(g)
   return tuple(grads)

@@ -18,7 +18,6 @@ from jaxset.gradcheck import GradCase
 from jaxset.ops import losses
 from jaxset.ops.attention import grad_cam
 
-
 # --------------------------------------------------------------------------
 # Plain references (autodiff, no custom_vjp).
 

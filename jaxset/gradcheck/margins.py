@@ -2,7 +2,7 @@
 
 References are plain-jnp forwards over the whole [B, C] matrix with a one-hot
 select (no custom_vjp, no scatter), so autodiff of them is an independent
-check of the custom backward. `paper_grad` writes REFERENCE.md section 1's
+check of the custom backward. `paper_grad` writes docs/conventions.md's
 formulas out by hand:
 
 * exact combined margin: dL/dcos_ij = s * g_ij, times f'(cos) at the target,
@@ -32,7 +32,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxset.gradcheck import GradCase
 from jaxset.ops import margins

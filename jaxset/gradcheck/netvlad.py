@@ -20,6 +20,7 @@ with r = sqrt(eps + |.|^2) throughout.
 from __future__ import annotations
 
 import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np

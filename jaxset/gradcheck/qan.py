@@ -17,7 +17,6 @@ import numpy as np
 from jaxset.gradcheck import GradCase
 from jaxset.ops import losses, pooling
 
-
 # --------------------------------------------------------------------------
 # Plain references (autodiff, no custom_vjp).
 
@@ -75,7 +74,8 @@ def paper_grad_quality_pool(args, fixed, cotangent):
       if not mask[b][i]:
         continue
       dx[b][i] = g[b] * m[i] / total                                    # eq. (5), (7)
-      dmu[b][i] = sum(g[b][d] * (x[b][i][d] - r_a[d]) for d in range(len(r_a))) / total  # eq. (6), (8)
+      # eq. (6), (8)
+      dmu[b][i] = sum(g[b][d] * (x[b][i][d] - r_a[d]) for d in range(len(r_a))) / total
   return dx, dmu
 
 

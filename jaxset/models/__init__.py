@@ -1,8 +1,19 @@
 """Flax Linen models: backbones and the five networks (QAN, EQFace, NetVLAD, AdaFace, CASN)."""
 from jaxset.models.adaface import AdaFace, AdaFaceHead
-from jaxset.models.backbones import (BACKBONES, FaceEmbedder, IResNet, IResNet50, IResNet100,
-                                     ResNet, ResNet18, ResNet50, SmallCNN, VGG16,
-                                     create_backbone, normalize_images)
+from jaxset.models.backbones import (
+  BACKBONES,
+  VGG16,
+  FaceEmbedder,
+  IResNet,
+  IResNet50,
+  IResNet100,
+  ResNet,
+  ResNet18,
+  ResNet50,
+  SmallCNN,
+  create_backbone,
+  normalize_images,
+)
 from jaxset.models.casn import CASN, CASNLossConfig, casn_loss
 from jaxset.models.eqface import EQFace, QualityHead
 from jaxset.models.heads import CosineClassifier, MarginHead, l2_normalize, safe_norm

@@ -1,10 +1,10 @@
 """CASN, Consistent Attentive Siamese Networks (Zheng et al., CVPR 2019).
 
-No public code exists; this follows the paper's description (REFERENCE.md,
-seeds/casn.md):
+No public code exists; this follows the paper's description (docs/conventions.md,
+CASN):
 
 * Identification module (IDE): backbone -> global average pool (or, with
-  parts = p > 1, PCB's p horizontal stripes, concatenated) -> FC ->
+  num_parts = p > 1, PCB's p horizontal stripes, concatenated) -> FC ->
   BatchNorm1d (feature f) -> ReLU -> FC (identity logits): the two FC layers
   of IDE with the BatchNorm of the common IDE implementations (head_norm=True;
   False drops it). Without it f is tiny at init (GAP of a ReLU map through a
@@ -56,7 +56,7 @@ class CASN(nn.Module):
     siamese: "squared" (FC on (f1 - f2)^2) or "abs" (FC on |f1 - f2|).
     dtype: backbone compute dtype.
     head_norm: BatchNorm1d on f (IDE's FC-BN); False: FC only.
-    parts: 1 = global average pool (IDE); p > 1 = PCB-style pooling of p
+    num_parts: 1 = global average pool (IDE); p > 1 = PCB-style pooling of p
       horizontal stripes, concatenated before the FC (the paper's CASN+PCB
       variant; p must divide the map height).
 
@@ -78,11 +78,11 @@ class CASN(nn.Module):
   dtype: Dtype = jnp.float32
   backbone_kwargs: Any = None
   head_norm: bool = True
-  parts: int = 1
+  num_parts: int = 1
 
   def setup(self):
-    if self.parts < 1:
-      raise ValueError(f"parts must be >= 1 (1 = global average pool); got {self.parts}.")
+    if self.num_parts < 1:
+      raise ValueError(f"num_parts must be >= 1 (1 = global average pool); got {self.num_parts}.")
     if self.siamese not in ("squared", "abs"):
       raise ValueError(f"siamese must be 'squared' or 'abs'; got {self.siamese!r}.")
     self.trunk = backbones.create_backbone(self.backbone, self.dtype,
@@ -97,13 +97,13 @@ class CASN(nn.Module):
     return self.trunk(images, train)
 
   def pool(self, feature_map):
-    """[B, h, w, C] -> [B, parts * C]: average of each horizontal stripe."""
+    """[B, h, w, C] -> [B, num_parts * C]: average of each horizontal stripe."""
     b, h, _, c = feature_map.shape
-    if h % self.parts:
-      raise ValueError(f"parts={self.parts} must divide the feature map height {h}; "
+    if h % self.num_parts:
+      raise ValueError(f"num_parts={self.num_parts} must divide the feature map height {h}; "
                        "pick a divisor (1 = global average pool).")
-    x = feature_map.astype(jnp.float32).reshape(b, self.parts, h // self.parts, -1, c)
-    return jnp.mean(x, axis=(2, 3)).reshape(b, self.parts * c)
+    x = feature_map.astype(jnp.float32).reshape(b, self.num_parts, h // self.num_parts, -1, c)
+    return jnp.mean(x, axis=(2, 3)).reshape(b, self.num_parts * c)
 
   def features_from_map(self, feature_map, train: bool = False):
     f = self.embed(self.pool(feature_map))
@@ -154,10 +154,10 @@ class CASNLossConfig(NamedTuple):
   ia_weight: float = 1.0
   verification_weight: float = 1.0
   sa_weight: float = 1.0
-  mask_scale: float = 10.0
-  mask_threshold: float = 0.5
   consistency_threshold: float = 0.5
   consistency_size: int | None = None
+  mask_scale: float = 10.0
+  mask_threshold: float = 0.5
   indicator: str = "relative"
   siamese_map: str = "gradcam"
 

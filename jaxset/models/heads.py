@@ -89,7 +89,7 @@ class MarginHead(nn.Module):
 def softmax_cross_entropy(logits, labels):
   """Mean softmax cross-entropy (optax) over rows with labels >= 0; 0 if none.
 
-  labels < 0 mark rows to ignore (DESIGN.md): they add nothing to the loss
+  labels < 0 mark rows to ignore (docs/design.md): they add nothing to the loss
   or its gradient.
   """
   valid = labels >= 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxset.models import backbones
@@ -160,7 +159,7 @@ def init_netvlad_params(model: NetVLADModel, params, centroids, descriptors=None
       raise ValueError("give the training descriptors (for the alpha rule) or alpha.")
     alpha = netvlad_ops.netvlad_alpha(descriptors_as_seen(model, descriptors), centroids)
   new = netvlad_ops.netvlad_params_from_centroids(jnp.asarray(centroids, jnp.float32), alpha,
-                                                  form=model.assignment)
+                                                  assignment=model.assignment)
   vlad = dict(params["vlad"])
   vlad["centroids"] = new["centroids"]
   vlad["assign_weight"] = new["assign_weight"]

@@ -6,15 +6,30 @@ the paper's equations. The README's API table maps every equation to its
 function here.
 """
 from jaxset.ops.attention import grad_cam
-from jaxset.ops.losses import (attention_consistency_loss, set_triplet_loss,
-                               verification_bce, weakly_supervised_ranking_loss)
-from jaxset.ops.margins import (adaface_gradient_scaling_term, adaface_init_stats,
-                                adaface_logits, adaface_norm_scaler, eqface_logits,
-                                margin_logits)
-from jaxset.ops.netvlad_layer import (from_matlab_order, kmeans, netvlad, netvlad_alpha,
-                                netvlad_params_from_centroids, to_matlab_order, vlad)
-from jaxset.ops.pooling import (gem_pool, max_pool, mean_pool, quality_pool,
-                                segment_quality_pool)
+from jaxset.ops.losses import (
+  attention_consistency_loss,
+  set_triplet_loss,
+  verification_bce,
+  weakly_supervised_ranking_loss,
+)
+from jaxset.ops.margins import (
+  adaface_gradient_scaling_term,
+  adaface_init_stats,
+  adaface_logits,
+  adaface_norm_scaler,
+  eqface_logits,
+  margin_logits,
+)
+from jaxset.ops.netvlad_layer import (
+  from_matlab_order,
+  kmeans,
+  netvlad,
+  netvlad_alpha,
+  netvlad_params_from_centroids,
+  to_matlab_order,
+  vlad,
+)
+from jaxset.ops.pooling import gem_pool, max_pool, mean_pool, quality_pool, segment_quality_pool
 
 __all__ = [
     "quality_pool", "segment_quality_pool", "mean_pool", "max_pool", "gem_pool",

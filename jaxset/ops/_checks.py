@@ -15,6 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def compute_dtype(*xs):
+  """The dtype an op computes in: float32, or wider when an input is (None skipped).
+
+  Each input counts with its own dtype (a weakly typed one too), so float64
+  inputs (under jax_enable_x64) compute in float64, bfloat16 ones in float32.
+  """
+  return jnp.result_type(jnp.float32, *(jnp.result_type(x) for x in xs if x is not None))
+
+
 def is_concrete(*xs) -> bool:
   """True when every x holds values we can read (not a tracer)."""
   return not any(isinstance(x, jax.core.Tracer) for x in xs)

@@ -1,4 +1,8 @@
-"""Grad-CAM (Selvaraju et al. 2017) through jax.vjp, batched and differentiable."""
+"""Grad-CAM (Selvaraju et al. 2017) through jax.vjp, batched and differentiable.
+
+References: Grad-CAM, Selvaraju et al., ICCV 2017 (arXiv 1610.02391), as CASN uses it
+(Zheng et al., CVPR 2019, arXiv 1811.07487); docs/conventions.md, CASN.
+"""
 from __future__ import annotations
 
 from typing import Callable

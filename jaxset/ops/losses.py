@@ -11,6 +11,11 @@ Arithmetic runs in float32 at least (bfloat16 inputs are accumulated in
 float32); results are cast back to the inputs' dtype. Called eagerly, NaN/Inf
 inputs raise ValueError; under jit they propagate (the loop's NaN guard
 stops the run).
+
+References: QAN (Liu et al., CVPR 2017, arXiv 1704.03373) for the set triplet
+loss; NetVLAD (Arandjelovic et al., CVPR 2016, arXiv 1511.07247) for the weakly
+supervised ranking loss; CASN (Zheng et al., CVPR 2019, arXiv 1811.07487) for
+the verification BCE and the attention consistency loss. docs/conventions.md.
 """
 from __future__ import annotations
 
@@ -20,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxset.ops import _checks
-from jaxset.ops.pooling import _compute_dtype
 
 __all__ = [
     "set_triplet_loss", "weakly_supervised_ranking_loss", "verification_bce",
@@ -48,7 +52,7 @@ def _set_triplet(anchor, positive, negative, margin):
 
 
 def _set_triplet_fwd(anchor, positive, negative, margin):
-  dtype = _compute_dtype(anchor, positive, negative)
+  dtype = _checks.compute_dtype(anchor, positive, negative)
   a, p, n = (x.astype(dtype) for x in (anchor, positive, negative))
   hinge = jnp.sum((a - p) ** 2, -1) - jnp.sum((a - n) ** 2, -1) + margin
   out_dtype = jnp.result_type(anchor, positive, negative)
@@ -113,7 +117,7 @@ def _pair_distance(q, x, squared):
 
 
 def _ranking_terms(query, positives, negatives, pos_mask, neg_mask, margin, squared):
-  dtype = _compute_dtype(query, positives, negatives)
+  dtype = _checks.compute_dtype(query, positives, negatives)
   q = query.astype(dtype)
   pos = jnp.where(pos_mask[..., None], positives.astype(dtype), 0)
   neg = jnp.where(neg_mask[..., None], negatives.astype(dtype), 0)
@@ -226,7 +230,7 @@ def _bce(logits, same):
 
 
 def _bce_fwd(logits, same):
-  z = logits.astype(_compute_dtype(logits))
+  z = logits.astype(_checks.compute_dtype(logits))
   y = same.astype(z.dtype)
   # softplus(z) - y z, written to never overflow.
   loss = jnp.maximum(z, 0) - y * z + jnp.log1p(jnp.exp(-jnp.abs(z)))
@@ -264,7 +268,7 @@ def verification_bce(logits, same):
   _checks.check_shape("same", same, logits.shape, "one label per logit")
   _check_all_finite(logits=logits)
   if not jnp.issubdtype(same.dtype, jnp.floating):
-    same = same.astype(_compute_dtype(logits))
+    same = same.astype(_checks.compute_dtype(logits))
   return _bce(logits, same)
 
 
@@ -291,7 +295,7 @@ def _consistency(map_a, map_b, same, threshold, size):
 
 
 def _consistency_fwd(map_a, map_b, same, threshold, size):
-  dtype = _compute_dtype(map_a, map_b)
+  dtype = _checks.compute_dtype(map_a, map_b)
   a, b = map_a.astype(dtype), map_b.astype(dtype)
   pa, keep_a = _profile(a, threshold)
   pb, keep_b = _profile(b, threshold)
@@ -368,5 +372,5 @@ def attention_consistency_loss(map_a, map_b, same, *, threshold: float = 0.5,
     raise ValueError(f"size must be a positive length (or None to keep H); got {size}.")
   _check_all_finite(map_a=map_a, map_b=map_b)
   if not jnp.issubdtype(same.dtype, jnp.floating):
-    same = same.astype(_compute_dtype(map_a, map_b))
+    same = same.astype(_checks.compute_dtype(map_a, map_b))
   return _consistency(map_a, map_b, same, float(threshold), size)

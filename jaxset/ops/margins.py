@@ -19,13 +19,17 @@ embeddings and L2-normalised class weights) and integer `labels` [B] to logits
   never give NaN/Inf: see `COS_CLIP_EPS`. Called eagerly, NaN/Inf in `cos`
   raise ValueError.
 
-Gradient conventions (`grad=`), REFERENCE.md section 1:
+Gradient conventions (`grad=`; docs/conventions.md, margin softmax heads):
 
 * "exact": differentiate through the margin. For a target value f(cos) the
   target column's gradient is s * dL/dlogit * f'(cos); for ArcFace
   f'(cos) = sin(theta + m) / sin(theta).
 * "straight_through": current insightface, which applies the margin under
   no_grad: dL/dcos = s * dL/dlogit for every entry, as if there were no margin.
+
+References: ArcFace (Deng et al., CVPR 2019, arXiv 1801.07698), CosFace (Wang et
+al., CVPR 2018, arXiv 1801.09414), EQFace (Liu and Tan, CVPR 2021 workshops,
+arXiv 2105.00634), AdaFace (Kim et al., CVPR 2022, arXiv 2204.00964).
 """
 from __future__ import annotations
 
@@ -35,7 +39,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxset.ops import _checks
@@ -56,10 +59,6 @@ COS_CLIP_EPS = 1e-6
 _GRADS = ("exact", "straight_through")
 _M1_MODES = ("cosine", "angle")
 _FALLBACKS = ("arcface", "easy", "none")
-
-
-def _compute_dtype(x):
-  return jnp.result_type(jnp.float32, x.dtype)
 
 
 def _dtype_tag(x):
@@ -130,7 +129,7 @@ def _patch(x, rows, cols, values):
 
 
 def _margin_impl(cos, labels, row_scale, p: _Margin):
-  ct = _compute_dtype(cos)
+  ct = _checks.compute_dtype(cos)
   b, c = cos.shape
   rows = jnp.arange(b)
   valid, safe, drop = _target_index(labels, c)
@@ -218,7 +217,7 @@ def margin_logits(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0
 
   Non-target entries are s*cos(theta_j). With m1_mode="cosine" (default) the
   target is s*(m1*cos(theta + m2) - m3), eq. (3) of the EQFace paper as
-  printed (and REFERENCE.md). m1_mode="angle" gives s*(cos(m1*theta + m2) - m3),
+  printed (and docs/conventions.md). m1_mode="angle" gives s*(cos(m1*theta + m2) - m3),
   the combined margin of the ArcFace paper (its eq. (4)) and insightface, whose
   m1 is SphereFace's multiplicative angular margin. The two agree when m1 = 1,
   the only value the EQFace code and experiments use. Special cases:
@@ -251,7 +250,7 @@ def margin_logits(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0
   """
   _check_common(cos, labels)
   p = _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad=False)
-  row_scale = jnp.full((cos.shape[0],), scale, _compute_dtype(cos))
+  row_scale = jnp.full((cos.shape[0],), scale, _checks.compute_dtype(cos))
   return _margin_rows_jit(cos, labels, row_scale, p)
 
 
@@ -291,7 +290,7 @@ def eqface_logits(cos, labels, quality, *, scale: float, m1: float = 1.0,
     raise ValueError(
         f"quality_transform must be 'paper' or 'official'; got {quality_transform!r}.")
   p = _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad=True)
-  q = jnp.asarray(quality).astype(_compute_dtype(cos))
+  q = jnp.asarray(quality).astype(_checks.compute_dtype(cos))
   if quality_transform == "official":
     q = jnp.clip(q - 0.2, 0.0, 1.0) * 1.2
   return _margin_rows_jit(cos, labels, scale * q, p)
@@ -337,7 +336,7 @@ def adaface_gradient_scaling_term(cos, z_hat, m: float = 0.4, eps: float = 1e-3)
   Returns:
     [B] in float32 at least.
   """
-  ct = jnp.result_type(jnp.float32, cos.dtype)
+  ct = _checks.compute_dtype(cos)
   c = cos.astype(ct)
   inside = (c >= -1.0 + eps) & (c <= 1.0 - eps)
   cc = jnp.clip(c, -1.0 + eps, 1.0 - eps)
@@ -362,7 +361,7 @@ def _adaface_target(c_t, z_hat, p: _Ada):
 
 
 def _adaface_impl(cos, labels, z_hat, p: _Ada):
-  ct = _compute_dtype(cos)
+  ct = _checks.compute_dtype(cos)
   b, c = cos.shape
   rows = jnp.arange(b)
   _, safe, drop = _target_index(labels, c)
@@ -427,7 +426,7 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
                    axis_name=None):
   """AdaFace eq. (8)-(10) logits with the official head's conventions.
 
-  Steps (REFERENCE.md, official head): norms ||z_i|| are stop-gradient and
+  Steps (docs/conventions.md, AdaFace; the official head): norms ||z_i|| are stop-gradient and
   clipped to [0.001, 100]; the batch mean and UNBIASED (N - 1) std of the
   norms update the EMA first, mean <- t_alpha*batch_mean + (1 - t_alpha)*mean
   (std alike), and the updated values are used: z_hat = clip(h*(norm -
@@ -482,11 +481,11 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
 def _adaface_step(cos, norms, labels, stats, p, h, t_alpha, axis_name):
-  ct = _compute_dtype(cos)
+  ct = _checks.compute_dtype(cos)
   old_mean, old_std = jnp.asarray(stats["mean"]), jnp.asarray(stats["std"])
   # Statistics in float32 at least (float64 if the norms or stats are);
   # the new stats keep the dtype of the old ones, so a jit carry is stable.
-  st = jnp.result_type(jnp.float32, jnp.asarray(norms).dtype, old_mean.dtype, old_std.dtype)
+  st = _checks.compute_dtype(jnp.asarray(norms), old_mean, old_std)
   norms = lax.stop_gradient(jnp.clip(jnp.asarray(norms).astype(st), 0.001, 100.0))
   old_mean = lax.stop_gradient(old_mean.astype(st))
   old_std = lax.stop_gradient(old_std.astype(st))

@@ -12,7 +12,7 @@ The second aggregation form needs only [N, K] and [K, D] arrays; the residual
 tensor x_i - c_k of shape N x K x D is never built, in the forward or in the
 backward (see `_netvlad_bwd`).
 
-Conventions (see REFERENCE.md section 1):
+Conventions (docs/conventions.md, NetVLAD):
 - Weight layout: `assign_weight` is [K, D], row k is the paper's w_k (a PyTorch
   1x1 conv weight [K, D, 1, 1] squeezed; a Flax Dense kernel [D, K] transposed).
 - Every L2 normalisation puts eps inside the square root, x / sqrt(eps + sum x^2),
@@ -21,6 +21,9 @@ Conventions (see REFERENCE.md section 1):
   release flattens cluster-minor (D-major): see `to_matlab_order`/`from_matlab_order`.
 - Compute dtype: float32 for float32/bfloat16 input (float64 under x64); the output
   has the descriptors' dtype.
+
+References: NetVLAD (Arandjelovic et al., CVPR 2016, arXiv 1511.07247) and its
+authors' MATLAB code (Relja/netvlad); docs/conventions.md, NetVLAD.
 """
 from __future__ import annotations
 
@@ -37,10 +40,6 @@ DEFAULT_EPS = 1e-12
 
 # ----------------------------------------------------------------------------------
 # Validation and small helpers.
-
-
-def _compute_dtype(*xs):
-  return jnp.promote_types(jnp.result_type(*[x for x in xs if x is not None]), jnp.float32)
 
 
 def _l2n(x, eps, axis=-1):
@@ -228,7 +227,7 @@ def netvlad(descriptors, centroids, assign_weight, assign_bias=None, mask=None,
   """
   _validate(descriptors, centroids, assign_weight, assign_bias, mask)
   k, d = jnp.shape(centroids)
-  dtype = _compute_dtype(descriptors, centroids, assign_weight, assign_bias)
+  dtype = _checks.compute_dtype(descriptors, centroids, assign_weight, assign_bias)
   lead, x, m = _prepare(descriptors, mask, dtype)
   b = jnp.zeros((k,), dtype) if assign_bias is None else jnp.asarray(assign_bias).astype(dtype)
   c, w, b = _vary_like((jnp.asarray(centroids).astype(dtype),
@@ -250,7 +249,7 @@ def vlad(descriptors, centroids, mask=None, normalize_input=True, *, eps=DEFAULT
   """
   _validate(descriptors, centroids, mask=mask)
   k, d = jnp.shape(centroids)
-  dtype = _compute_dtype(descriptors, centroids)
+  dtype = _checks.compute_dtype(descriptors, centroids)
   lead, x, m = _prepare(descriptors, mask, dtype)
   c = jnp.asarray(centroids).astype(dtype)
   if normalize_input:
@@ -339,7 +338,7 @@ def kmeans(descriptors, k, *, key, iters=20, init="kmeans++"):
   if init not in ("kmeans++", "random"):
     raise ValueError(f"init must be 'kmeans++' or 'random'; got {init!r}.")
   _checks.check_finite("descriptors", descriptors)
-  x = jnp.asarray(descriptors).astype(_compute_dtype(descriptors))
+  x = jnp.asarray(descriptors).astype(_checks.compute_dtype(descriptors))
   return _kmeans(x, key, int(k), int(iters), init)
 
 
@@ -370,7 +369,7 @@ def netvlad_alpha(descriptors, centroids, *, eps=DEFAULT_EPS):
                      f"the gap between the two best); got K={jnp.shape(centroids)[0]}.")
   _checks.check_finite("descriptors", descriptors)
   _checks.check_finite("centroids", centroids)
-  dtype = _compute_dtype(descriptors, centroids)
+  dtype = _checks.compute_dtype(descriptors, centroids)
   x = jnp.reshape(descriptors, (-1, d)).astype(dtype)
   unit = _l2n(jnp.asarray(centroids).astype(dtype), eps)
   top2 = jax.lax.top_k(x @ unit.T, 2)[0]
@@ -382,12 +381,12 @@ def netvlad_alpha(descriptors, centroids, *, eps=DEFAULT_EPS):
   return ALPHA_TARGET / jnp.maximum(mean_gap, eps)
 
 
-def netvlad_params_from_centroids(centroids, alpha, *, form="paper", eps=DEFAULT_EPS):
+def netvlad_params_from_centroids(centroids, alpha, *, assignment="paper", eps=DEFAULT_EPS):
   """NetVLAD parameters from k-means anchors.
 
-  form="paper" (paper section 3.1, below eq. 2): w_k = 2 alpha c_k,
+  assignment="paper" (paper section 3.1, below eq. 2): w_k = 2 alpha c_k,
     b_k = -alpha |c_k|^2, so softmax_k(w_k.x + b_k) = softmax_k(-alpha |x - c_k|^2).
-  form="official" (the released "v1" layer): w_k = alpha c_k / |c_k|, no bias.
+  assignment="official" (the released "v1" layer): w_k = alpha c_k / |c_k|, no bias.
 
   Returns:
     {"centroids": [K, D], "assign_weight": [K, D], "assign_bias": [K] or None}.
@@ -397,12 +396,12 @@ def netvlad_params_from_centroids(centroids, alpha, *, form="paper", eps=DEFAULT
     raise ValueError(f"centroids must be [K, D]; got shape {tuple(jnp.shape(centroids))}.")
   c = jnp.asarray(centroids)
   alpha = jnp.asarray(alpha, c.dtype)
-  if form == "paper":
+  if assignment == "paper":
     w, b = 2 * alpha * c, -alpha * jnp.sum(c * c, -1)
-  elif form == "official":
+  elif assignment == "official":
     w, b = alpha * _l2n(c, eps), None
   else:
-    raise ValueError(f"form must be 'paper' or 'official'; got {form!r}.")
+    raise ValueError(f"assignment must be 'paper' or 'official'; got {assignment!r}.")
   return {"centroids": c, "assign_weight": w, "assign_bias": b}
 
 

@@ -14,6 +14,10 @@ Conventions shared by every function here:
 * Called eagerly, NaN/Inf in the valid entries raise ValueError (see
   jaxset/ops/_checks.py); under jit/vmap/pmap they propagate to the output,
   where the training loop's NaN guard stops the run.
+
+References: QAN (Liu et al., CVPR 2017, arXiv 1704.03373) for quality pooling;
+GeM (Radenovic et al., TPAMI 2018, arXiv 1711.02512) for gem_pool.
+docs/conventions.md, QAN.
 """
 from __future__ import annotations
 
@@ -28,10 +32,6 @@ from jaxset.ops import _checks
 __all__ = [
     "quality_pool", "segment_quality_pool", "mean_pool", "max_pool", "gem_pool",
 ]
-
-
-def _compute_dtype(*xs):
-  return jnp.result_type(jnp.float32, *(x.dtype for x in xs))
 
 
 def _dtype_tag(x):
@@ -88,7 +88,7 @@ def _effective_weights(quality, valid, eps):
 
 
 def _quality_pool_impl(features, quality, valid, eps):
-  dtype = _compute_dtype(features, quality)
+  dtype = _checks.compute_dtype(features, quality)
   x = jnp.where(valid[..., None], features.astype(dtype), 0)
   mu, _, safe_total = _effective_weights(quality.astype(dtype), valid, eps)
   pooled = jnp.einsum("...n,...nd->...d", mu, x) / safe_total[..., None]
@@ -170,7 +170,7 @@ def quality_pool(features, quality, mask=None, *, eps: float = 1e-6):
 
 
 def _segment_impl(features, quality, segment_ids, num_segments, eps):
-  dtype = _compute_dtype(features, quality)
+  dtype = _checks.compute_dtype(features, quality)
   valid = (segment_ids >= 0) & (segment_ids < num_segments)
   ids = jnp.where(valid, segment_ids, 0)
   x = jnp.where(valid[:, None], features.astype(dtype), 0)
@@ -268,7 +268,7 @@ def mean_pool(features, mask=None):
   features = jnp.asarray(features)
   valid = _check_set(features, mask)
   _check_values(valid, features)
-  dtype = _compute_dtype(features)
+  dtype = _checks.compute_dtype(features)
   x = jnp.where(valid[..., None], features.astype(dtype), 0)
   _, safe = _masked_count(valid, dtype)
   return (jnp.sum(x, axis=-2) / safe[..., None]).astype(features.dtype)
@@ -284,7 +284,7 @@ def max_pool(features, mask=None):
   features = jnp.asarray(features)
   valid = _check_set(features, mask)
   _check_values(valid, features)
-  dtype = _compute_dtype(features)
+  dtype = _checks.compute_dtype(features)
   lowest = jnp.finfo(dtype).min
   x = jnp.where(valid[..., None], features.astype(dtype), lowest)
   if features.shape[-2] == 0:
@@ -308,7 +308,7 @@ def gem_pool(features, mask=None, p=3.0, eps: float = 1e-6):
   features = jnp.asarray(features)
   valid = _check_set(features, mask)
   _check_values(valid, features)
-  dtype = _compute_dtype(features)
+  dtype = _checks.compute_dtype(features)
   p = jnp.asarray(p, dtype)
   x = jnp.maximum(features.astype(dtype), eps)
   x = jnp.where(valid[..., None], x ** p, 0)

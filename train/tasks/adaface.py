@@ -15,20 +15,16 @@ from flax import traverse_util
 
 from jaxset.models import AdaFace
 from jaxset.models.heads import softmax_cross_entropy
-from train import loop
+from train import loop, task
 from train.tasks import common, identities
 
 
-class Task:
-  head = "adaface"
+class Task(task.Task):
 
-  def model(self, config):
-    m = config.model
-    return AdaFace(num_classes=identities.num_classes(config), backbone=m.backbone,
-                   embedding_dim=m.embedding_dim, dropout_rate=m.dropout_rate,
-                   head=m.head, margin=m.margin or None, h=m.h, scale=m.scale,
-                   t_alpha=m.t_alpha, margin_grad=m.margin_grad,
-                   dtype=common.compute_dtype(config))
+  def build_model(self, config):
+    # margin 0 in the config: the head's own default margin.
+    return common.model_from_config(AdaFace, config, num_classes=identities.num_classes(config),
+                                    margin=config.model.margin or None)
 
   def create_state(self, config, rng):
     h, w = config.data.image_size

@@ -8,4 +8,4 @@ from train.tasks import adaface
 
 
 class Task(adaface.Task):
-  head = "arcface"
+  """AdaFace's task; the margin head is config.model.head."""

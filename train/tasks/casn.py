@@ -33,18 +33,14 @@ from jaxset.data import pipeline
 from jaxset.models import CASN, CASNLossConfig, casn_loss
 from jaxset.models.casn import siamese_attention_maps, siamese_indicator
 from jaxset.ops.losses import attention_consistency_loss
-from train import loop
+from train import loop, task
 from train.tasks import common, identities
 
 
-class Task:
+class Task(task.Task):
 
-  def model(self, config):
-    m = config.model
-    return CASN(num_classes=identities.num_classes(config), backbone=m.backbone,
-                feature_dim=m.feature_dim, siamese=m.siamese,
-                dtype=common.compute_dtype(config), head_norm=m.get("head_norm", True),
-                parts=m.get("parts", 1))
+  def build_model(self, config):
+    return common.model_from_config(CASN, config, num_classes=identities.num_classes(config))
 
   def loss_config(self, config, warmup: bool = False):
     c = config.casn

@@ -1,6 +1,7 @@
 """Pieces every task uses: data sources, state creation, batched feature extraction."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -12,14 +13,24 @@ from jaxset import data as jdata
 from jaxset.data import pipeline, transforms
 from train import loop, optim
 
-EMBEDDED = ("synthetic_places", "synthetic_identities")
-
 
 def compute_dtype(config):
   names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
   if config.model.dtype not in names:
     raise ValueError(f"config.model.dtype={config.model.dtype!r}; use float32 or bfloat16.")
   return names[config.model.dtype]
+
+
+def model_from_config(cls, config, **given):
+  """The Flax module `cls` built from config.model: every field of `cls` that
+  config.model names takes its value from there (config keys and model fields
+  share their names), dtype from config.model.dtype; `given` sets the rest
+  (what the data decides, e.g. num_classes) and overrides the config."""
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  kwargs = {k: config.model[k] for k in sorted(fields) if k in config.model}
+  if "dtype" in kwargs:
+    kwargs["dtype"] = compute_dtype(config)
+  return cls(**{**kwargs, **given})
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,7 +41,7 @@ def _builder(name, cache_dir, manual_dir, builder_config):
 
 def source(config, split: str):
   """The random-access source of one split of config.data.name (prepared once)."""
-  if config.data.name not in EMBEDDED and not config.data.dir:
+  if config.data.name not in jdata.EMBEDDED and not config.data.dir:
     raise ValueError(
         f"config.data.name={config.data.name!r} reads your local copy of the dataset: "
         "give its folder with --config.data.dir=/path/to/it.")
@@ -130,6 +141,7 @@ def load_pretrained(state, path: str):
   a checkpoint for the wrong architecture never loads silently.
   """
   from flax import traverse_util
+
   from jaxset.convert import load_variables
 
   def shapes(tree):

@@ -20,20 +20,16 @@ import optax
 
 from jaxset.models import EQFace
 from jaxset.models.eqface import GROUPS, param_labels, stage_trainable
-from jaxset.ops.margins import eqface_logits
 from jaxset.models.heads import softmax_cross_entropy
-from train import loop, optim
+from jaxset.ops.margins import eqface_logits
+from train import loop, optim, task
 from train.tasks import common, identities
 
 
-class Task:
+class Task(task.Task):
 
-  def model(self, config):
-    m = config.model
-    return EQFace(num_classes=identities.num_classes(config), backbone=m.backbone,
-                  embedding_dim=m.embedding_dim, dropout_rate=m.dropout_rate,
-                  quality_form=m.quality_form, quality_hidden=m.quality_hidden,
-                  dtype=common.compute_dtype(config))
+  def build_model(self, config):
+    return common.model_from_config(EQFace, config, num_classes=identities.num_classes(config))
 
   def schedule(self, config):
     """[(step number 1|2|3, steps)] for the whole run."""

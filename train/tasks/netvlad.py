@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxset.data import pipeline
 from jaxset.eval import recall_at_n
@@ -24,22 +25,20 @@ from jaxset.models import NetVLADModel
 from jaxset.models.netvlad import descriptors_as_seen, init_netvlad_params
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops.losses import weakly_supervised_ranking_loss
-from train import loop
+from train import loop, task
 from train.tasks import common
 
 
-class Task:
+class Task(task.Task):
 
   def __init__(self):
     self.cache = None  # {"db": [N, F] f16, "queries": [Q, F] f16, "hard": [Q, M] int}
     self._db_src = self._q_src = None
+    self._far_lists = self._pos_lists = None
 
   # -- model and state ------------------------------------------------------
-  def model(self, config):
-    m = config.model
-    return NetVLADModel(backbone=m.backbone, pooling=m.pooling, num_clusters=m.num_clusters,
-                        assignment=m.assignment, normalize_input=m.normalize_input,
-                        dtype=common.compute_dtype(config))
+  def build_model(self, config):
+    return common.model_from_config(NetVLADModel, config)
 
   def create_state(self, config, rng):
     h, w = config.data.image_size
@@ -78,7 +77,7 @@ class Task:
       variables = {"params": state.params, **state.model_state}
       return {"d": model.apply(variables, batch["image"], method=model.local_descriptors)}
 
-    desc = common.extract(local, _on_all_devices(state), subset, config, keys=["image"])["d"]  # [n, hw, D]
+    desc = common.extract(local, state, subset, config, keys=["image"])["d"]  # [n, hw, D]
     per = min(config.kmeans.descriptors_per_image, desc.shape[1])
     pick = np.stack([rng.choice(desc.shape[1], per, replace=False) for _ in range(n)])
     sample = np.take_along_axis(desc, pick[..., None], axis=1).reshape(-1, desc.shape[-1])
@@ -87,10 +86,7 @@ class Task:
                                    key=jax.random.key(config.seed), iters=config.kmeans.iters)
     params = init_netvlad_params(model, jax.device_get(state.params), centroids,
                                  jnp.asarray(sample))
-    # Back on the mesh the state lives on (config.train.devices may use fewer).
-    sharding = jax.tree.leaves(state.params)[0].sharding
-    state = state.replace(params=jax.device_put(params, sharding))
-    return state
+    return state.replace(params=params)  # the loop places it on the training mesh
 
   def _calibrate_batch_stats(self, state, config, model, subset):
     """Running BN statistics from train-mode forward passes over `subset` (in order)."""
@@ -114,15 +110,12 @@ class Task:
         done += 1
     return state
 
-  def on_step(self, state, config, step):
-    """Refreshes the hard-negative cache every refresh_every queries."""
+  def refresh_due(self, config, step):
+    """Every refresh_every queries, and whenever no cache exists yet."""
     if not config.mining.enabled:
-      return state
+      return False
     every = max(1, config.mining.refresh_every // config.train.batch_size)
-    if self.cache is None or step % every == 0:
-      self._refresh(state, config)
-      return state, True  # rebuild the iterator: prefetched tuples used the old cache
-    return state
+    return self.cache is None or step % every == 0
 
   def checkpoint_extra(self):
     return self.cache if self.cache is not None else self._empty_cache
@@ -131,7 +124,8 @@ class Task:
     self.cache = {k: np.asarray(v) for k, v in extra.items()}
 
   # -- mining -------------------------------------------------------------------
-  def _refresh(self, state, config):
+  def refresh(self, state, config):
+    """Recomputes the hard-negative cache from `state`'s descriptors."""
     model = self.model(config)
     db, queries = self._sources(config)
 
@@ -141,8 +135,8 @@ class Task:
 
     # float16: the cache is stored in checkpoints and mined in this precision,
     # in the uninterrupted and the resumed run alike.
-    fdb = common.extract(describe, _on_all_devices(state), db, config, keys=["image"])["f"].astype(np.float16)
-    fq = common.extract(describe, _on_all_devices(state), queries, config, keys=["image"])["f"].astype(np.float16)
+    fdb = common.extract(describe, state, db, config, keys=["image"])["f"].astype(np.float16)
+    fq = common.extract(describe, state, queries, config, keys=["image"])["f"].astype(np.float16)
     m = config.tuples.num_negatives
     hard = np.full((len(fq), m), -1, np.int64)
     rng = np.random.default_rng([config.seed, int(jax.device_get(state.step))])
@@ -155,7 +149,7 @@ class Task:
     self.cache = {"db": fdb, "queries": fq, "hard": hard}
 
   def _far(self, config):
-    if not hasattr(self, "_far_lists"):
+    if self._far_lists is None:
       db, queries = self._sources(config)
       db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
       q_utm = pipeline.read_metadata(queries, ["utm"])["utm"]
@@ -250,7 +244,7 @@ class Task:
 
       (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       state = state.apply_gradients(grads=grads, model_state=new_state)
-      return state, {"loss": loss, "grad_norm": _global_norm(grads)}
+      return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return [loop.Stage("train", config.train.steps, make_iterator, train_step)]
 
@@ -274,8 +268,8 @@ class Task:
       variables = {"params": state.params, **state.model_state}
       return {"f": model.apply(variables, batch["image"])["descriptor"]}
 
-    fdb = common.extract(describe, _on_all_devices(state), db, config, keys=["image"])["f"]
-    fq = common.extract(describe, _on_all_devices(state), queries, config, keys=["image"])["f"]
+    fdb = common.extract(describe, state, db, config, keys=["image"])["f"]
+    fq = common.extract(describe, state, queries, config, keys=["image"])["f"]
     db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
     q_utm = pipeline.read_metadata(queries, ["utm"])["utm"]
     recalls = recall_at_n(fq, fdb, q_utm, db_utm, ns=tuple(config.eval.recall_ns),
@@ -296,12 +290,6 @@ class _Subset:
     return self.src[int(self.indices[i])]
 
 
-def _on_all_devices(state):
-  """The state replicated over every device, where common.extract shards its batches
-  (the training mesh may hold fewer: config.train.devices)."""
-  return loop.replicate(state, loop.make_mesh())
-
-
 def _cache_distances(fdb, indices, fq):
   """Squared distances of the cached (float16) database rows `indices` to the
   query feature fq, computed in float32: the one metric every miner ranks by."""
@@ -314,6 +302,3 @@ def _nearest(fdb, candidates, fq, m):
   d = _cache_distances(fdb, candidates, fq)
   return candidates[np.argsort(d, kind="stable")[:m]]
 
-
-def _global_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

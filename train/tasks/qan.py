@@ -17,11 +17,10 @@ import optax
 from jaxset.data import pipeline
 from jaxset.eval import cmc_map, kfold_verification_accuracy
 from jaxset.models import QAN
-from jaxset.models.heads import l2_normalize
+from jaxset.models.heads import l2_normalize, softmax_cross_entropy
 from jaxset.ops.losses import set_triplet_loss
 from jaxset.ops.pooling import mean_pool
-from jaxset.models.heads import softmax_cross_entropy
-from train import loop, optim
+from train import loop, optim, task
 from train.tasks import common, identities
 
 
@@ -31,13 +30,10 @@ def fill_padding(images, mask):
   return jnp.where(mask[:, :, None, None, None], images, images[:, :1])
 
 
-class Task:
+class Task(task.Task):
 
-  def model(self, config):
-    m = config.model
-    return QAN(backbone=m.backbone, feature_dim=m.feature_dim, embedding_dim=m.embedding_dim,
-               num_parts=m.num_parts, num_classes=identities.num_classes(config),
-               quality_input=m.quality_input, dtype=common.compute_dtype(config))
+  def build_model(self, config):
+    return common.model_from_config(QAN, config, num_classes=identities.num_classes(config))
 
   def create_state(self, config, rng):
     h, w = config.data.image_size
@@ -94,7 +90,6 @@ class Task:
         loss = triplet
         if cq.softmax_weight:
           # The official code keeps an identity loss on the frames during set training.
-          s = mask.shape[1]
           frame_labels = jnp.where(mask, labels[:, None], -1).reshape(-1)
           logits = out["frame_logits"].reshape(-1, out["frame_logits"].shape[-1])
           loss = loss + cq.softmax_weight * softmax_cross_entropy(logits, frame_labels)

@@ -1,0 +1,142 @@
+"""What every sampler (jaxset/data/samplers/) shares.
+
+Process shards, seeded generators with independent streams, per-epoch
+permutations, the grain dataset a batch maker becomes, grouping of records by
+key, and the orbax args that checkpoint a grain iterator. How a batch is made:
+see jaxset/data/pipeline.py.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+import grain
+import numpy as np
+
+# Streams keep the seeded generators of different uses independent.
+_PERM, _PICK, _IMAGE, _SET, _PAIR, _NEG = range(1, 7)
+
+
+def process_shard() -> tuple[int, int]:
+  """(jax.process_index(), jax.process_count())."""
+  import jax
+  return jax.process_index(), jax.process_count()
+
+
+def _resolve_shard(shard) -> tuple[int, int]:
+  index, count = process_shard() if shard is None else (int(shard[0]), int(shard[1]))
+  if count < 1 or not 0 <= index < count:
+    raise ValueError(
+        f"shard must be (index, count) with 0 <= index < count; got {shard}.")
+  return index, count
+
+
+def _shard_slice(global_size: int, shard: tuple[int, int], what: str) -> slice:
+  index, count = shard
+  if global_size % count:
+    raise ValueError(
+        f"{what}={global_size} must be divisible by the process count {count} "
+        "so that every process gets the same share; change the batch size.")
+  per = global_size // count
+  return slice(index * per, (index + 1) * per)
+
+
+def _rng(seed: int, *path: int) -> np.random.Generator:
+  return np.random.default_rng([int(seed) % 2**63, *(int(p) for p in path)])
+
+
+def _epoch_permutation(cache: dict, seed: int, epoch: int, items: np.ndarray):
+  perm = cache.get(epoch)
+  if perm is None:
+    perm = _rng(seed, _PERM, epoch).permutation(items)
+    if len(cache) > 2:
+      cache.clear()
+    cache[epoch] = perm
+  return perm
+
+
+def _ensure_absl_flags_parsed():
+  # grain's worker processes read absl flags; outside an absl app they are
+  # unparsed and grain raises.
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _to_dataset(batch_maker, num_steps: int | None, *, num_threads: int,
+                prefetch: int, worker_count: int) -> grain.IterDataset:
+  if num_steps is not None and num_steps < 0:
+    raise ValueError(f"num_steps must be >= 0 or None (infinite); got {num_steps}.")
+  n = sys.maxsize if num_steps is None else int(num_steps)
+  ds = grain.MapDataset.range(n).map(batch_maker)
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=num_threads, prefetch_buffer_size=prefetch))
+  if worker_count > 0:
+    _ensure_absl_flags_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return ds
+
+
+def _group(keys: np.ndarray, order: np.ndarray | None = None
+           ) -> dict[int, np.ndarray]:
+  """key -> indices of the records with that key (key >= 0 only), sorted by
+  `order` (e.g. frame number), then by index."""
+  keys = np.asarray(keys, np.int64)
+  idx = np.flatnonzero(keys >= 0)
+  if len(idx) == 0:
+    return {}
+  sub_order = np.zeros(len(idx)) if order is None else np.asarray(order)[idx]
+  idx = idx[np.lexsort((idx, sub_order, keys[idx]))]
+  cuts = np.flatnonzero(np.diff(keys[idx])) + 1
+  return {int(keys[g[0]]): g for g in np.split(idx, cuts)}
+
+
+def _take_meta(meta: Mapping[str, np.ndarray], idx: np.ndarray) -> dict:
+  """Metadata rows `idx`: integers as int32, degradation as float32."""
+  out = {}
+  for k, col in meta.items():
+    v = col[idx]
+    if k == "degradation":
+      v = v.astype(np.float32)
+    elif np.issubdtype(v.dtype, np.integer):
+      v = v.astype(np.int32)
+    out[k] = v
+  return out
+
+
+_COMMON_ARGS_DOC = """
+    seed: everything random derives from (seed, step[, row]).
+    image_fn: `fn(image, rng) -> image` (see transforms.py), e.g. augmentation
+      and a resize for datasets of varying image sizes; None keeps images.
+    shard: (process_index, process_count); default process_shard().
+    num_steps: None = infinite (training); else the number of batches.
+    num_threads / prefetch: grain background threads and batches buffered.
+    worker_count: > 0 adds grain multiprocess prefetch (absl flags are marked
+      parsed for it); the image_fn and any miner must then be picklable.
+"""
+
+
+def _with_common_args(fn):
+  """Appends the arguments every sampler shares to fn's docstring."""
+  fn.__doc__ = fn.__doc__.rstrip() + _COMMON_ARGS_DOC
+  return fn
+
+
+def save_args(iterator) -> Any:
+  """orbax args saving a grain iterator's state (one JSON file per process).
+
+  Use inside a Composite next to the train state:
+
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=pipeline.save_args(it)))
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=pipeline.restore_args(it)))   # `it` now continues where saved
+  """
+  return grain.checkpoint.CheckpointSave(iterator)
+
+
+def restore_args(iterator) -> Any:
+  """orbax args restoring a grain iterator's state in place (see save_args);
+  the iterator must come from the same pipeline (same seed and sizes)."""
+  return grain.checkpoint.CheckpointRestore(iterator)
