@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from train import writers
+from train import meshes, writers
 
 
 class TrainState(train_state.TrainState):
@@ -90,7 +90,8 @@ def shard_batch(batch, mesh: Mesh):
   Works the same on one host (the local share is the whole batch) and on many
   (jax.make_array_from_process_local_data stitches the shares together).
   """
-  sharding = NamedSharding(mesh, P("data"))
+  # Split over every mesh axis: ('data',), or ('data', 'model') for Partial FC.
+  sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))
 
   def put(x):
     x = np.asarray(x)
@@ -192,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   task = task or tasks.get(config.method)
   is_chief = jax.process_index() == 0
   n_dev = config.train.get("devices", 0)
-  mesh = make_mesh(jax.devices()[:n_dev] if n_dev else None)
+  mesh = meshes.build(config)  # config.train.mesh: ('data',) or ('data', 'model')
 
   log = writers.MetricWriter(workdir, enabled=is_chief)
   log.announce(config, workdir)
@@ -204,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   rng = jax.random.key(config.seed)
   state = task.create_state(config, rng)
-  state = replicate(state, mesh)
+  state = meshes.place_state(state, mesh, getattr(task, "class_kernel_path", None))
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
   start = 0

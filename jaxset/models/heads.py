@@ -78,4 +78,10 @@ def softmax_cross_entropy(logits, labels):
   valid = labels >= 0
   ce = optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-  return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+  return labelled_mean(ce, labels)
+
+
+def labelled_mean(per_row, labels):
+  """Mean of per_row [B] over the rows with labels >= 0; 0 if there are none."""
+  valid = labels >= 0
+  return jnp.sum(jnp.where(valid, per_row, 0.0)) / jnp.maximum(jnp.sum(valid), 1)

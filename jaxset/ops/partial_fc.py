@@ -135,7 +135,8 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
     loss_cap: None (default, the papers' plain cross-entropy) or a cap on
       each row's loss, e.g. CE_CAP_PARTIAL_FC as insightface (capped rows
       get no gradient).
-    dtype: matmul dtype (default: the embeddings' dtype, float32 at least).
+    dtype: the matmul's input dtype (e.g. bfloat16; default float32 at least);
+      it accumulates in float32 at least.
 
   Returns:
     PartialFCOutput(ce [B], class_mask [C_pad], stats). The mean over
@@ -178,7 +179,8 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
   k = num_sampled(c_local, sample_rate, b)
   kw = dict(head_kwargs or {})
   batch_axes = (data_axis, model_axis) if data_axis else (model_axis,)
-  ct = dtype or jnp.result_type(jnp.float32, embeddings.dtype)
+  ct = jnp.result_type(jnp.float32, embeddings.dtype)
+  mm = dtype or ct
   zeros = jnp.zeros((b,), jnp.float32)
   row_extra = quality if head == "eqface" else (norms if head == "adaface" else zeros)
   row_extra = jnp.reshape(row_extra, (b,))
@@ -211,7 +213,7 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
       mask = jnp.ones((c_local,), bool)
     mask &= cols < num_classes
     target = jnp.where(owned, local, -1)
-    cos = jnp.dot(l2_normalize(e_g).astype(ct), l2_normalize(w, 0).astype(ct),
+    cos = jnp.dot(l2_normalize(e_g).astype(mm), l2_normalize(w, 0).astype(mm),
                   preferred_element_type=ct)
     new_stats = st
     if head == "margin":

@@ -14,13 +14,15 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from jaxset.models import AdaFace
-from jaxset.models.heads import softmax_cross_entropy
-from train import loop
+from jaxset.models.heads import labelled_mean, softmax_cross_entropy
+from train import loop, partial_fc
 from train.tasks import common, identities
 
 
 class Task:
   head = "adaface"
+  # The weight Partial FC shards by class (train/meshes.py places it).
+  class_kernel_path = ("head", "classifier", "kernel")
 
   def model(self, config):
     m = config.model
@@ -28,7 +30,7 @@ class Task:
                    embedding_dim=m.embedding_dim, dropout_rate=m.dropout_rate,
                    head=m.head, margin=m.margin or None, h=m.h, scale=m.scale,
                    t_alpha=m.t_alpha, margin_grad=m.margin_grad,
-                   dtype=common.compute_dtype(config))
+                   dtype=common.compute_dtype(config), **partial_fc.model_kwargs(config))
 
   def create_state(self, config, rng):
     h, w = config.data.image_size
@@ -44,10 +46,15 @@ class Task:
         out, new_state = model.apply(
             {"params": params, **state.model_state}, batch["image"], batch["label"],
             train=True, mutable=list(state.model_state), rngs=common.step_rng(state))
+        if "ce" in out:  # Partial FC: per-row cross-entropy from the sharded head
+          return labelled_mean(out["ce"], batch["label"]), (new_state, out)
         return softmax_cross_entropy(out["logits"], batch["label"]), (new_state, out)
 
       (loss, (new_state, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-      state = state.apply_gradients(grads=grads, model_state=new_state)
+      old, state = state, state.apply_gradients(grads=grads, model_state=new_state)
+      if "class_mask" in out:
+        state = partial_fc.keep_unsampled(state, old, out["class_mask"],
+                                          self.class_kernel_path, config)
       metrics = {"loss": loss, "norm_mean": jnp.mean(out["norm"])}
       if "adaface_stats" in new_state:
         flat = traverse_util.flatten_dict(new_state["adaface_stats"])
