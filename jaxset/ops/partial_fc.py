@@ -11,12 +11,15 @@ axis `model` of n devices, device k holds the columns [k*C/n, (k+1)*C/n).
 1. the embeddings of the batch rows of the n devices of one model group are
    all-gathered over `model` (b rows each -> n*b rows, [n*b, D]);
 2. local cosines cos = normalize(e) @ normalize(W_local), [n*b, C/n];
-3. the margin of `jaxset.ops.margins` (margin_logits, eqface_logits or
-   adaface_logits, unchanged) on the target columns this shard owns; every
-   other entry is the plain scaled cosine, exactly as the unsharded head;
+3. the margin of margin_logits / eqface_logits / adaface_logits (their
+   target formulas in jaxset.ops.margins) on the target columns this shard
+   owns; every other entry is the plain scaled cosine, as the unsharded head;
 4. the softmax cross-entropy with a global row max (pmax over `model`) and
    sum of exponentials (psum over `model`): log sum_j exp(l_j) - l_y, the
-   target logit l_y coming from its owner by a psum.
+   target logit l_y coming from its owner by a psum. Margin and
+   cross-entropy are fused (jaxset.ops.margin_ce): the forward only reduces
+   over the local cosines, the backward writes their gradient in one pass,
+   so no [n*b, C/n] logit array exists.
 
 The result equals the unsharded head (loss and every gradient; the tests
 show float64 agreement to 1e-10 on 1, 2, 4 and 8 devices). Gradients need no
@@ -63,6 +66,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from jaxset.ops import _checks
+from jaxset.ops import margin_ce
 from jaxset.ops import margins as margin_ops
 from jaxset.ops._norms import l2_normalize
 
@@ -215,19 +219,16 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
     target = jnp.where(owned, local, -1)
     cos = jnp.dot(l2_normalize(e_g).astype(mm), l2_normalize(w, 0).astype(mm),
                   preferred_element_type=ct)
-    new_stats = st
-    if head == "margin":
-      logits = margin_ops.margin_logits(cos, target, **kw)
-    elif head == "eqface":
-      logits = margin_ops.eqface_logits(cos, target, extra_g, **kw)
-    else:
-      logits, new_stats = margin_ops.adaface_logits(cos, extra_g, target, st,
-                                                    axis_name=data_axis, **kw)
-    logits = jnp.where(real[None, :], logits, -jnp.inf)
-    ce = _sharded_ce(logits, target, owned, model_axis)
+    # The margin of margins.py on the owned targets, fused with the softmax
+    # cross-entropy (jaxset.ops.margin_ce): no [rows, C/n] logit array, and
+    # the max, sum of exponentials and target logit reduced over the shards.
+    target, r, t, dt, clip_eps, row_grad, new_stats = margin_ce.head_terms(
+        head, cos, target, kw, quality=extra_g, norms=extra_g, stats=st, axis_name=data_axis)
+    ce = margin_ce.fused_cross_entropy(cos, target, r, t, dt, clip_eps, row_grad,
+                                       valid=lab_g >= 0, col_ok=real, axis_name=model_axis)
+    new_stats = st if new_stats is None else new_stats
     if loss_cap is not None:
       ce = jnp.minimum(ce, loss_cap)
-    ce = jnp.where(lab_g >= 0, ce, 0.0)
     # Back to this device's own rows: the gathered rows of the model group
     # are the b local rows of each of its n devices, in order.
     ce = lax.dynamic_slice_in_dim(ce, shard * e.shape[0], e.shape[0])
@@ -244,18 +245,3 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
   ce, mask, st = fn(embeddings, labels, row_extra, weight, labels, stats_in, key)
   new_stats = jax.tree.map(lambda x: x[0], st) if head == "adaface" else None
   return PartialFCOutput(ce, mask, new_stats)
-
-
-def _sharded_ce(logits, target, owned, axis):
-  """Per-row log sum_j exp(l_j) - l_y over the columns of every shard of `axis`.
-
-  The row max is taken without gradient (it cancels exactly); the target
-  logit is contributed by the one shard that owns it.
-  """
-  lf = logits.astype(jnp.result_type(jnp.float32, logits.dtype))
-  mx = lax.pmax(lax.stop_gradient(jnp.max(lf, axis=1)), axis)
-  sum_exp = lax.psum(jnp.sum(jnp.exp(lf - mx[:, None]), axis=1), axis)
-  rows = jnp.arange(lf.shape[0])
-  picked = lf[rows, jnp.clip(target, 0, lf.shape[1] - 1)]
-  tgt = lax.psum(jnp.where(owned, picked, 0.0), axis)
-  return jnp.log(sum_exp) + mx - tgt
