@@ -11,8 +11,11 @@ from jaxset.ops.losses import (attention_consistency_loss, set_triplet_loss,
 from jaxset.ops.margins import (adaface_gradient_scaling_term, adaface_init_stats,
                                 adaface_logits, adaface_norm_scaler, eqface_logits,
                                 margin_logits)
+from jaxset.ops.margin_ce import (adaface_cross_entropy, eqface_cross_entropy,
+                                  margin_cross_entropy)
 from jaxset.ops.netvlad_layer import (from_matlab_order, kmeans, netvlad, netvlad_alpha,
                                 netvlad_params_from_centroids, to_matlab_order, vlad)
+from jaxset.ops.partial_fc import partial_fc_cross_entropy
 from jaxset.ops.pooling import (gem_pool, max_pool, mean_pool, quality_pool,
                                 segment_quality_pool)
 
@@ -22,6 +25,8 @@ __all__ = [
     "to_matlab_order", "from_matlab_order",
     "margin_logits", "eqface_logits", "adaface_logits", "adaface_init_stats",
     "adaface_gradient_scaling_term", "adaface_norm_scaler",
+    "margin_cross_entropy", "eqface_cross_entropy", "adaface_cross_entropy",
+    "partial_fc_cross_entropy",
     "set_triplet_loss", "weakly_supervised_ranking_loss", "verification_bce",
     "attention_consistency_loss",
     "grad_cam",
