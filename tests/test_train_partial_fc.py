@@ -70,7 +70,7 @@ def _kernel_spec(ckpt_state_dir):
   raise AssertionError(f"no classifier kernel in {ckpt_state_dir}")
 
 
-def test_sharded_run_saves_shards_and_restores_on_other_device_counts(tiny_data, tmp_path):
+def test_sharded_run_saves_shards_and_restores_on_another_device_count(tiny_data, tmp_path):
   wd = tmp_path / "run"
   over = tiny_overrides(tiny_data, 2, **{
       "train.devices": 4, "model.classifier.shards": -1, "model.classifier.sample_rate": 0.1,
@@ -101,13 +101,14 @@ def test_sharded_run_saves_shards_and_restores_on_other_device_counts(tiny_data,
   k2 = restored["state"].params["head"]["classifier"]["kernel"]
   assert k2.sharding == NamedSharding(mesh2, P(None, "model"))
   np.testing.assert_array_equal(np.asarray(k2), np.asarray(kernel))
+  # The SGD momentum of the weight is sharded and restored alike.
+  def moments(state):
+    return [x for p, x in jax.tree_util.tree_leaves_with_path(state.opt_state)
+            if meshes.is_class_sharded(p, KERNEL)]
+  saved, back = moments(out["state"]), moments(restored["state"])
+  assert len(saved) == len(back) == 1 and back[0].sharding.spec == P(None, "model")
+  np.testing.assert_array_equal(np.asarray(back[0]), np.asarray(saved[0]))
   mgr.close()
-  # And the loop resumes the same run on 8 devices.
-  c8 = make_config("arcface", dict(over, **{"train.devices": 0, "train.steps": 3}))
-  out8 = loop.train_and_evaluate(c8, wd)
-  k8 = out8["state"].params["head"]["classifier"]["kernel"]
-  assert out8["step"] == 3 and len(k8.sharding.device_set) == 8
-  assert np.isfinite(np.asarray(k8)).all()
 
 
 def test_ms1m_preset_trains_the_sharded_head_on_recordio(tmp_path):
