@@ -3,12 +3,15 @@
 Embedded default (offline, CPU, a few minutes):
   python -m train.main --config=configs/arcface.py
 CosFace instead: --config.model.head=cosface --config.model.margin=0.35
-MS1M-V2 RecordIO with IResNet-100 (your local copy):
+MS1M-V2 RecordIO with IResNet-100, the classifier sharded over every device
+(Partial FC; your local copy):
   python -m train.main --config=configs/arcface.py:ms1m --config.data.dir=/data/faces_emore
+WebFace42M (2M identities; Partial FC: sharded classifier, 20% of classes sampled):
+  python -m train.main --config=configs/arcface.py:webface --config.data.dir=/data/webface42m
 """
 import ml_collections
 
-from configs.faces_base import face_config, ms1m_preset
+from configs.faces_base import face_config, ms1m_preset, webface_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -23,4 +26,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     return c
   if preset == "ms1m":
     return ms1m_preset(c)
-  raise ValueError(f"unknown preset {preset!r} for configs/arcface.py; use ms1m.")
+  if preset == "webface":
+    return webface_preset(c)
+  raise ValueError(f"unknown preset {preset!r} for configs/arcface.py; use ms1m or webface.")

@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.progress_bar = True
   c.train.devices = 0         # 0: every device; n: the first n (1-vs-8 checks)
+  # Device mesh (train/meshes.py): model = 1 is the 1-D data-parallel mesh;
+  # model = n > 1 (-1: every device) adds a 'model' axis for Partial FC.
+  c.train.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 0            # 0: only at the end

@@ -2,15 +2,18 @@
 
 Embedded default (offline, CPU, a few minutes):
   python -m train.main --config=configs/eqface.py
-MS1M-V2 RecordIO with IResNet-100 (your local copy):
+MS1M-V2 RecordIO with IResNet-100, the classifier sharded over every device
+(Partial FC; your local copy):
   python -m train.main --config=configs/eqface.py:ms1m --config.data.dir=/data/faces_emore
+WebFace42M (2M identities; Partial FC: sharded classifier, 20% of classes sampled):
+  python -m train.main --config=configs/eqface.py:webface --config.data.dir=/data/webface42m
 The EQFace code's choices instead of the paper's:
   --config.model.quality_form=official --config.model.quality_transform=official \
   --config.eqface.official_stage2=True
 """
 import ml_collections
 
-from configs.faces_base import face_config, ms1m_preset
+from configs.faces_base import face_config, ms1m_preset, webface_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -27,8 +30,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.train.steps = 1000
   if preset in (None, "", "default"):
     return c
-  if preset == "ms1m":
-    c = ms1m_preset(c)
+  if preset in ("ms1m", "webface"):
+    c = ms1m_preset(c) if preset == "ms1m" else webface_preset(c)
     c.model.quality_hidden = 512
     return c
-  raise ValueError(f"unknown preset {preset!r} for configs/eqface.py; use ms1m.")
+  raise ValueError(f"unknown preset {preset!r} for configs/eqface.py; use ms1m or webface.")

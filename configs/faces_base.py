@@ -18,6 +18,16 @@ def face_config() -> ml_collections.ConfigDict:
   c.model.scale = 32.0              # s; 64 in the papers with 512-D embeddings
   c.model.margin_grad = "exact"     # or "straight_through" (current insightface)
   c.model.pretrained = ""
+  # Partial FC (train/partial_fc.py): the classifier split by class over
+  # `shards` devices (1: unsharded; -1: every device), each step's softmax
+  # over all positive classes plus sampled negatives, sample_rate of each
+  # shard's classes (1: every class).
+  c.model.classifier = ml_collections.ConfigDict()
+  c.model.classifier.shards = 1
+  c.model.classifier.sample_rate = 1.0
+  c.model.classifier.update_unsampled = False  # True: optimiser also steps unsampled rows
+  c.model.classifier.loss_cap = 0.0            # 0: none; 69.0776 = insightface's -log(1e-30)
+  c.train.mesh.model = c.model.classifier.get_ref("shards")
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3
@@ -33,8 +43,14 @@ def face_config() -> ml_collections.ConfigDict:
 
 
 def ms1m_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """MS1M-style training as insightface / AdaFace: IResNet, 112x112, SGD."""
+  """MS1M-style training as insightface / AdaFace: IResNet, 112x112, SGD.
+
+  The 85k-class classifier is sharded over every device (Partial FC at
+  sample_rate 1, as insightface's MS1MV2 configs).
+  """
   c.data.name = "mxnet_recordio"
+  c.model.classifier.shards = -1
+  c.model.classifier.sample_rate = 1.0
   c.data.image_size = (112, 112)
   c.data.k = 2
   c.model.backbone = "iresnet100"
@@ -54,4 +70,15 @@ def ms1m_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.ckpt_every = 5000
   c.eval.every = 5000
+  return c
+
+
+def webface_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """WebFace42M (2M identities, RecordIO) as insightface's Partial FC configs:
+  the MS1M recipe with the classifier sharded over every device and 20% of
+  each shard's classes sampled per step; 20 epochs of 42.5M images."""
+  c = ms1m_preset(c)
+  c.model.classifier.sample_rate = 0.2
+  c.optim.milestones = (10 / 20, 16 / 20, 18 / 20)
+  c.train.steps = 20 * 42_500_000 // c.train.batch_size
   return c

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from train import writers
+from train import meshes, writers
 from train.task import Stage, Task, TrainState  # noqa: F401  (Stage, TrainState: loop.X for tasks)
 
 
@@ -42,7 +42,8 @@ def shard_batch(batch, mesh: Mesh):
   Works the same on one host (the local share is the whole batch) and on many
   (jax.make_array_from_process_local_data stitches the shares together).
   """
-  sharding = NamedSharding(mesh, P("data"))
+  # Split over every mesh axis: ('data',), or ('data', 'model') for Partial FC.
+  sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))
 
   def put(x):
     x = np.asarray(x)
@@ -152,8 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   workdir.mkdir(parents=True, exist_ok=True)
   task = task or tasks.get(config.method)
   is_chief = jax.process_index() == 0
-  n_dev = config.train.get("devices", 0)
-  mesh = make_mesh(jax.devices()[:n_dev] if n_dev else None)
+  mesh = meshes.build(config)  # config.train.mesh: ('data',) or ('data', 'model')
 
   log = writers.MetricWriter(workdir, enabled=is_chief)
   log.announce(config, workdir)
@@ -165,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   rng = jax.random.key(config.seed)
   state = task.create_state(config, rng)
-  state = replicate(state, mesh)
+  state = meshes.place_state(state, mesh, task.class_kernel_path)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
   start = 0
@@ -179,7 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     start = latest
     log.info(f"resumed from step {latest} ({workdir / 'checkpoints'})")
   else:
-    state = replicate(task.before_training(on_all_devices(state, mesh), config), mesh)
+    state = meshes.place_state(task.before_training(on_all_devices(state, mesh), config), mesh,
+                               task.class_kernel_path)
 
   def evaluate(state):
     return task.evaluate(on_all_devices(state, mesh), config)

@@ -57,6 +57,11 @@ class Task:
   (configs/<method>.py).
   """
 
+  # Where a class-sharded classifier weight [D, C] sits in params (Partial FC,
+  # e.g. ("head", "classifier", "kernel")): the loop splits it and its optimiser
+  # moments by column over the mesh's 'model' axis. None: every leaf replicated.
+  class_kernel_path: tuple | None = None
+
   # -- required ---------------------------------------------------------------
   def build_model(self, config):
     """The method's Flax module, built from config (called once per config:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from jaxset.models import backbones
 from jaxset.models.heads import CosineClassifier, MarginHead, l2_normalize
+from jaxset.models.partial_fc import ShardedMarginHead
 from jaxset.ops import margins as margin_ops
 
 __all__ = ["AdaFaceHead", "AdaFace", "STATS_COLLECTION"]
@@ -84,6 +85,10 @@ class AdaFace(nn.Module):
     h, scale, t_alpha, eps, axis_name: AdaFaceHead's.
     margin_grad: "exact" or "straight_through" (arcface / cosface only).
     dtype: backbone compute dtype.
+    mesh: a Mesh with a 'model' axis: the class-sharded head
+      (jaxset.models.partial_fc.ShardedMarginHead; outputs "ce" [B] and
+      "class_mask" instead of cos / logits); None: the unsharded head.
+    sample_rate, loss_cap: the sharded head's Partial FC options.
 
   __call__(images [B, H, W, 3] uint8, labels [B] int or None, train=False) -> dict:
     feature_map [B, h, w, C]; embedding [B, D] L2-NORMALISED; norm [B] the
@@ -105,6 +110,9 @@ class AdaFace(nn.Module):
   margin_grad: str = "exact"
   dtype: Dtype = jnp.float32
   backbone_kwargs: Any = None
+  mesh: Any = None
+  sample_rate: float = 1.0
+  loss_cap: Any = None
 
   @nn.compact
   def __call__(self, images, labels=None, train: bool = False):
@@ -115,7 +123,17 @@ class AdaFace(nn.Module):
                                  self.dtype, self.backbone_kwargs, name="backbone")(
                                      images, train)
     embedding = l2_normalize(out["embedding"])
-    if self.head == "adaface":
+    if self.mesh is not None:
+      if self.head == "adaface":
+        kind, kw = "adaface", dict(m=m, h=self.h, scale=self.scale, t_alpha=self.t_alpha,
+                                   eps=self.eps)
+      else:
+        m2, m3 = (m, 0.0) if self.head == "arcface" else (0.0, m)
+        kind, kw = "margin", dict(scale=self.scale, m2=m2, m3=m3, grad=self.margin_grad)
+      res = ShardedMarginHead(self.num_classes, self.mesh, kind, tuple(sorted(kw.items())),
+                              self.sample_rate, self.loss_cap, name="head")(
+                                  out["embedding"], labels, out["norm"], train)
+    elif self.head == "adaface":
       head = AdaFaceHead(self.num_classes, m, self.h, self.scale, self.t_alpha, self.eps,
                          self.axis_name, name="head")
       res = head(out["embedding"], out["norm"], labels, train)

@@ -25,6 +25,7 @@ import optax
 
 from jaxset.models import backbones
 from jaxset.models.heads import CosineClassifier
+from jaxset.models.partial_fc import ClassWeights, padded_classes
 
 __all__ = ["QualityHead", "EQFace", "GROUPS", "param_labels", "stage_trainable",
            "masked_optimizer"]
@@ -69,6 +70,9 @@ class EQFace(nn.Module):
       (on the flattened last feature map, softmax column 0).
     quality_hidden: the quality head's hidden width (512).
     dtype: compute dtype of the backbone.
+    mesh: a Mesh with a 'model' axis for Partial FC: "head" then holds only
+      the class weights [D, C padded] (the task's loss shards them,
+      jaxset.ops.partial_fc) and the output's "cos" is None.
 
   __call__(images [B, H, W, 3] uint8, train=False, frozen_backbone=False) -> dict:
     feature_map [B, h, w, C], embedding [B, D] (unnormalised), norm [B],
@@ -86,6 +90,7 @@ class EQFace(nn.Module):
   quality_hidden: int = 512
   dtype: Dtype = jnp.float32
   backbone_kwargs: Any = None
+  mesh: Any = None
 
   @nn.compact
   def __call__(self, images, train: bool = False, frozen_backbone: bool = False):
@@ -94,7 +99,12 @@ class EQFace(nn.Module):
                                      images, train and not frozen_backbone)
     if frozen_backbone:
       out = jax.lax.stop_gradient(out)
-    cos = CosineClassifier(self.num_classes, name="head")(out["embedding"])
+    if self.mesh is None:
+      cos = CosineClassifier(self.num_classes, name="head")(out["embedding"])
+    else:
+      cos = None
+      ClassWeights(padded_classes(self.num_classes, self.mesh.shape["model"]), name="head")(
+          out["embedding"].shape[-1])
     q_in = out["embedding"] if self.quality_form == "paper" else out["feature_map"]
     quality = QualityHead(self.quality_form, self.quality_hidden, name="quality")(
         jax.lax.stop_gradient(q_in), train)

@@ -8,28 +8,11 @@ import jax.numpy as jnp
 import optax
 
 from jaxset.ops import margins as margin_ops
+from jaxset.ops._norms import l2_normalize, safe_norm
 
-__all__ = ["safe_norm", "l2_normalize", "CosineClassifier", "MarginHead"]
+__all__ = ["CosineClassifier", "MarginHead", "l2_normalize", "safe_norm"]
 
 Dtype = Any
-
-
-def safe_norm(x, axis: int = -1, eps: float = 1e-12):
-  """L2 norm along `axis`, computed in float32 at least: sqrt(max(sum x^2, eps)).
-
-  The floor keeps the gradient finite at x = 0 (there it is zero); the zero
-  vector therefore reports norm sqrt(eps) = 1e-6, not 0.
-  """
-  x = jnp.asarray(x)
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis), eps))
-
-
-def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
-  """x / max(||x||, sqrt(eps)) in float32 at least; the zero vector maps to 0."""
-  x = jnp.asarray(x)
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return x / jnp.expand_dims(safe_norm(x, axis, eps), axis)
 
 
 class CosineClassifier(nn.Module):
@@ -95,4 +78,10 @@ def softmax_cross_entropy(logits, labels):
   valid = labels >= 0
   ce = optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-  return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+  return labelled_mean(ce, labels)
+
+
+def labelled_mean(per_row, labels):
+  """Mean of per_row [B] over the rows with labels >= 0; 0 if there are none."""
+  valid = labels >= 0
+  return jnp.sum(jnp.where(valid, per_row, 0.0)) / jnp.maximum(jnp.sum(valid), 1)

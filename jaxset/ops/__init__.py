@@ -12,6 +12,7 @@ from jaxset.ops.losses import (
   verification_bce,
   weakly_supervised_ranking_loss,
 )
+from jaxset.ops.margin_ce import adaface_cross_entropy, eqface_cross_entropy, margin_cross_entropy
 from jaxset.ops.margins import (
   adaface_gradient_scaling_term,
   adaface_init_stats,
@@ -29,6 +30,7 @@ from jaxset.ops.netvlad_layer import (
   to_matlab_order,
   vlad,
 )
+from jaxset.ops.partial_fc import partial_fc_cross_entropy
 from jaxset.ops.pooling import gem_pool, max_pool, mean_pool, quality_pool, segment_quality_pool
 
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "to_matlab_order", "from_matlab_order",
     "margin_logits", "eqface_logits", "adaface_logits", "adaface_init_stats",
     "adaface_gradient_scaling_term", "adaface_norm_scaler",
+    "margin_cross_entropy", "eqface_cross_entropy", "adaface_cross_entropy",
+    "partial_fc_cross_entropy",
     "set_triplet_loss", "weakly_supervised_ranking_loss", "verification_bce",
     "attention_consistency_loss",
     "grad_cam",

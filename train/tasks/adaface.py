@@ -14,17 +14,20 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from jaxset.models import AdaFace
-from jaxset.models.heads import softmax_cross_entropy
-from train import loop, task
+from jaxset.models.heads import labelled_mean, softmax_cross_entropy
+from train import loop, partial_fc, task
 from train.tasks import common, identities
 
 
 class Task(task.Task):
+  # The weight Partial FC shards by class (train/meshes.py places it).
+  class_kernel_path = ("head", "classifier", "kernel")
 
   def build_model(self, config):
     # margin 0 in the config: the head's own default margin.
     return common.model_from_config(AdaFace, config, num_classes=identities.num_classes(config),
-                                    margin=config.model.margin or None)
+                                    margin=config.model.margin or None,
+                                    **partial_fc.model_kwargs(config))
 
   def create_state(self, config, rng):
     h, w = config.data.image_size
@@ -40,10 +43,15 @@ class Task(task.Task):
         out, new_state = model.apply(
             {"params": params, **state.model_state}, batch["image"], batch["label"],
             train=True, mutable=list(state.model_state), rngs=common.step_rng(state))
+        if "ce" in out:  # Partial FC: per-row cross-entropy from the sharded head
+          return labelled_mean(out["ce"], batch["label"]), (new_state, out)
         return softmax_cross_entropy(out["logits"], batch["label"]), (new_state, out)
 
       (loss, (new_state, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-      state = state.apply_gradients(grads=grads, model_state=new_state)
+      old, state = state, state.apply_gradients(grads=grads, model_state=new_state)
+      if "class_mask" in out:
+        state = partial_fc.keep_unsampled(state, old, out["class_mask"],
+                                          self.class_kernel_path, config)
       metrics = {"loss": loss, "norm_mean": jnp.mean(out["norm"])}
       if "adaface_stats" in new_state:
         flat = traverse_util.flatten_dict(new_state["adaface_stats"])

@@ -50,6 +50,14 @@ def source(config, split: str):
   return b.as_data_source(split)
 
 
+def splits(config) -> set:
+  """The split names config.data.name has (a RecordIO training set: just "train")."""
+  source(config, "train")  # the same checks and preparation as for reading
+  b = _builder(config.data.name, config.data.cache_dir, config.data.dir,
+               config.data.builder_config)
+  return set(b.info.splits)
+
+
 def image_fn(config, train: bool):
   """Resizes real datasets' images to config.data.image_size; augments if asked."""
   size = tuple(config.data.image_size)

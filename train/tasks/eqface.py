@@ -22,14 +22,17 @@ from jaxset.models import EQFace
 from jaxset.models.eqface import GROUPS, param_labels, stage_trainable
 from jaxset.models.heads import softmax_cross_entropy
 from jaxset.ops.margins import eqface_logits
-from train import loop, optim, task
+from train import loop, optim, partial_fc, task
 from train.tasks import common, identities
 
 
 class Task(task.Task):
+  # The weight Partial FC shards by class (train/meshes.py places it).
+  class_kernel_path = ("head", "kernel")
 
   def build_model(self, config):
-    return common.model_from_config(EQFace, config, num_classes=identities.num_classes(config))
+    return common.model_from_config(EQFace, config, num_classes=identities.num_classes(config),
+                                    mesh=partial_fc.model_kwargs(config).get("mesh"))
 
   def schedule(self, config):
     """[(step number 1|2|3, steps)] for the whole run."""
@@ -61,6 +64,7 @@ class Task(task.Task):
     model = self.model(config)
     m = config.model
     official = config.eqface.official_stage2
+    num_classes = identities.num_classes(config)
 
     def make_step(k):
       trainable = stage_trainable(k, official)
@@ -79,9 +83,14 @@ class Task(task.Task):
             q = out["quality"]
           else:
             q = jax.lax.stop_gradient(out["quality"])
-          logits = eqface_logits(out["cos"], labels, q, scale=m.scale, m1=m.m1, m2=m.m2,
-                                 m3=m.m3, quality_transform=m.quality_transform,
-                                 grad=m.margin_grad)
+          margin = dict(scale=m.scale, m1=m.m1, m2=m.m2, m3=m.m3,
+                        quality_transform=m.quality_transform, grad=m.margin_grad)
+          if out["cos"] is None:  # Partial FC: the class-sharded loss
+            loss, out["class_mask"] = partial_fc.cross_entropy(
+                config, out["embedding"], labels, params["head"]["kernel"],
+                common.step_rng(state)["dropout"], num_classes, "eqface", margin, quality=q)
+            return loss, (new_state, out)
+          logits = eqface_logits(out["cos"], labels, q, **margin)
           return softmax_cross_entropy(logits, labels), (new_state, out)
 
         (loss, (new_state, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -94,9 +103,12 @@ class Task(task.Task):
         opt_state = opt_state._replace(inner_states=inner)
         updates = {g: (v if g in trainable else jax.tree.map(jnp.zeros_like, v))
                    for g, v in updates.items()}
-        state = state.replace(step=state.step + 1,
-                              params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state, model_state=new_state)
+        old, state = state, state.replace(step=state.step + 1,
+                                          params=optax.apply_updates(state.params, updates),
+                                          opt_state=opt_state, model_state=new_state)
+        if "class_mask" in out:
+          state = partial_fc.keep_unsampled(state, old, out["class_mask"],
+                                            self.class_kernel_path, config)
         return state, {"loss": loss, "quality_mean": jnp.mean(out["quality"]),
                        "norm_mean": jnp.mean(out["norm"])}
 

@@ -70,8 +70,11 @@ def face_metrics(model, state, config, quality_key: str, name: str) -> dict:
   """Pair accuracy, rank-1/mAP and Spearman(quality_key output, degradation).
 
   `model` returns a dict with "embedding" and `quality_key` ("norm" for
-  AdaFace/ArcFace, "quality" for EQFace) for a batch of images.
+  AdaFace/ArcFace, "quality" for EQFace) for a batch of images. A training
+  set without evaluation splits (MS1M / WebFace RecordIO) gives {}.
   """
+  if not {"query", "gallery", "pairs"} <= common.splits(config):
+    return {}
   def describe(state, batch):
     out = model.apply({"params": state.params, **state.model_state}, batch["image"])
     return {"f": out["embedding"], "q": out[quality_key]}

@@ -1,0 +1,89 @@
+"""A Flax head over jaxset.ops.partial_fc: the class-sharded margin classifier.
+
+ShardedMarginHead keeps the class weights "classifier"/"kernel" [D, C_pad]
+under the same names as CosineClassifier. C_pad is C rounded up to a
+multiple of lcm(128, shards): any power-of-two shard count up to 128 divides
+it, so a checkpoint restores onto another device count; the padding columns
+never enter the softmax. The head returns the per-row cross-entropy, not
+the [B, C] logits, which never exist in one place.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxset.ops import margins as margin_ops
+from jaxset.ops import partial_fc as pfc_ops
+
+__all__ = ["ClassWeights", "ShardedMarginHead", "padded_classes"]
+
+def padded_classes(num_classes: int, shards: int) -> int:
+  """C rounded up to a multiple of lcm(128, shards)."""
+  q = math.lcm(128, max(int(shards), 1))
+  return -(-int(num_classes) // q) * q
+
+
+class ClassWeights(nn.Module):
+  """The class weights alone: param "kernel" [dim, columns] (a loss op reads them)."""
+  columns: int
+
+  @nn.compact
+  def __call__(self, dim: int):
+    # normal(0, 0.01) as CosineClassifier (insightface's init).
+    return self.param("kernel", nn.initializers.normal(0.01), (dim, self.columns), jnp.float32)
+
+
+class ShardedMarginHead(nn.Module):
+  """Partial FC head: margin ("margin", ArcFace/CosFace) or AdaFace ("adaface").
+
+  Attributes:
+    num_classes: identities C.
+    mesh: a Mesh with a 'model' axis (and usually 'data').
+    head: "margin" or "adaface"; head_kwargs: ((name, value), ...) for
+      jaxset.ops.margins.margin_logits / adaface_logits.
+    sample_rate: Partial FC's class sampling rate (1 = every class).
+    loss_cap: None or a per-row loss cap (jaxset.ops.partial_fc.CE_CAP_PARTIAL_FC).
+
+  __call__(embeddings [B, D], labels [B] or None, norms [B] (AdaFace),
+  train=False) -> {} without labels (and at init), else {"ce": [B],
+  "class_mask": [C_pad]}. AdaFace's EMA statistics live in "adaface_stats"
+  (global-batch statistics on any mesh) and are stored when train=True.
+  Sampling draws from the "dropout" rng stream (the step's key).
+  """
+  num_classes: int
+  mesh: Any
+  head: str = "margin"
+  head_kwargs: Any = ()
+  sample_rate: float = 1.0
+  loss_cap: Any = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, embeddings, labels=None, norms=None, train: bool = False):
+    shards = self.mesh.shape["model"]
+    w = ClassWeights(padded_classes(self.num_classes, shards), name="classifier")(
+        embeddings.shape[-1])
+    stats = None
+    if self.head == "adaface":
+      from jaxset.models.adaface import (
+        STATS_COLLECTION,  # late: adaface imports this module
+      )
+      init = margin_ops.adaface_init_stats()
+      mean = self.variable(STATS_COLLECTION, "mean", lambda: init["mean"])
+      std = self.variable(STATS_COLLECTION, "std", lambda: init["std"])
+      stats = {"mean": mean.value, "std": std.value}
+    if labels is None or self.is_initializing():
+      return {}
+    rng = self.make_rng("dropout") if self.sample_rate < 1.0 else None
+    data_axis = "data" if "data" in self.mesh.axis_names else None
+    out = pfc_ops.partial_fc_cross_entropy(
+        embeddings, labels, w, mesh=self.mesh, num_classes=self.num_classes, head=self.head,
+        head_kwargs=dict(self.head_kwargs), norms=norms, stats=stats,
+        sample_rate=self.sample_rate, rng=rng, loss_cap=self.loss_cap, data_axis=data_axis,
+        dtype=self.dtype)
+    if self.head == "adaface" and train:
+      mean.value, std.value = out.stats["mean"], out.stats["std"]
+    return {"ce": out.ce, "class_mask": out.class_mask}

@@ -1,0 +1,227 @@
+"""Margin softmax cross-entropy in one pass: the heads of margins.py fused with the loss.
+
+`margin_logits` / `eqface_logits` / `adaface_logits` followed by a softmax
+cross-entropy hold the [B, C] logits, the log-softmax and, in the backward,
+the softmax and the cosine gradient: several B x C float32 arrays and as
+many passes over them. The functions here return the per-row loss directly:
+
+  forward   two reductions over cos (row max, then sum of exponentials),
+            the target column excluded by comparing the column index with
+            the label (no one-hot array, no logits array); the margined
+            target logit t_i enters as a [B] term:
+              ce_i = log(sum_{j != y} exp(r_i c'_ij) + exp(t_i)) - t_i,
+            c' = cos (or clip(cos) for AdaFace), r_i the row scale;
+  backward  one elementwise pass writes d cos, recomputing the softmax
+            p_ij = exp(r_i c'_ij - lse_i) from cos and the saved [B] lse:
+              d cos_ij = g_i r_i p_ij           (j != y_i, times the clip mask)
+              d cos_iy = g_i (p_iy - 1) dt_i/dc (exact or straight-through);
+            EQFace's d r_i = g_i (sum_{j != y} p_ij c'_ij + (p_iy - 1) t_i / r_i).
+
+The target value and its derivative are the margins.py formulas
+(_target_margin, _adaface_target, adaface_gradient_scaling_term); the result
+equals head + optax cross-entropy (tests: float64, loss and gradients).
+The only B x C float32 array is the cosine gradient of the backward.
+
+Rows with labels < 0 (or >= C) give ce 0 and no gradient; mask the mean
+yourself (jaxset.models.heads.labelled_mean).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxset.ops import margins as mg
+
+__all__ = ["adaface_cross_entropy", "eqface_cross_entropy", "fused_cross_entropy", "head_terms",
+           "margin_cross_entropy"]
+
+
+def _is_target(labels, c):
+  return lax.broadcasted_iota(jnp.int32, (labels.shape[0], c), 1) == labels[:, None]
+
+
+def _nontarget(cos, clip_eps):
+  return cos if clip_eps is None else jnp.clip(cos, -1.0 + clip_eps, 1.0 - clip_eps)
+
+
+def _forward(cos, labels, valid, r, t, col_ok, clip_eps, axis_name):
+  """(ce, lse) per row. labels: the target column on this device or -1;
+  over `axis_name` (class shards) the max, sum and target logit are global."""
+  ct = r.dtype
+  owned = labels >= 0
+  is_t = _is_target(labels, cos.shape[1])
+  z = r[:, None] * _nontarget(cos.astype(ct), clip_eps)
+  z = jnp.where(is_t | ~col_ok[None, :], -jnp.inf, z)
+  mx = jnp.maximum(jnp.max(z, axis=1), jnp.where(owned, t, -jnp.inf))
+  if axis_name is not None:
+    mx = lax.pmax(mx, axis_name)
+  mx = lax.stop_gradient(jnp.where(jnp.isfinite(mx), mx, 0.0))
+  sum_exp = jnp.sum(jnp.exp(z - mx[:, None]), axis=1) + jnp.where(owned, jnp.exp(t - mx), 0.0)
+  t_row = jnp.where(owned, t, 0.0)
+  if axis_name is not None:
+    sum_exp, t_row = lax.psum(sum_exp, axis_name), lax.psum(t_row, axis_name)
+  lse = mx + jnp.log(sum_exp)
+  return jnp.where(valid, lse - t_row, 0.0), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _fused_ce(cos, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name):
+  """Per-row CE: non-target logits r*c', target logit t (d t / d cos_y = dt),
+  columns with col_ok False excluded (padding)."""
+  return _forward(cos, labels, valid, r, t, col_ok, clip_eps, axis_name)[0]
+
+
+def _fused_fwd(cos, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name):
+  ce, lse = _forward(cos, labels, valid, r, t, col_ok, clip_eps, axis_name)
+  return ce, (cos, labels, valid, r, t, dt, col_ok, lse)
+
+
+def _fused_bwd(clip_eps, row_grad, axis_name, res, g):
+  # Purely local: every device writes the gradient of its own columns.
+  cos, labels, valid, r, t, dt, col_ok, lse = res
+  ct = r.dtype
+  owned = labels >= 0
+  if axis_name is not None:
+    # The loss is one value per row for all shards, but under shard_map each
+    # device receives the cotangent of the rows it reads back (its own):
+    # their sum over the shards is the row's cotangent.
+    g = lax.psum(g, axis_name)
+  g = jnp.where(valid, g.astype(ct), 0.0)
+  is_t = _is_target(labels, cos.shape[1])
+  c = cos.astype(ct)
+  cp = _nontarget(c, clip_eps)
+  p = jnp.where(col_ok[None, :], jnp.exp(r[:, None] * cp - lse[:, None]), 0.0)
+  p_t = jnp.exp(t - lse)
+  d_nt = g[:, None] * r[:, None] * p
+  if clip_eps is not None:
+    # The clamp's gradient: 1 inside [-1 + eps, 1 - eps] (inclusive, as torch).
+    d_nt = jnp.where((c >= -1.0 + clip_eps) & (c <= 1.0 - clip_eps), d_nt, 0.0)
+  d_cos = jnp.where(is_t, (g * (p_t - 1.0) * dt)[:, None], d_nt).astype(cos.dtype)
+  if row_grad:
+    # t = r * base_y, so d t / d r = t / r (r = 0 gives a uniform row: base_y
+    # is not recoverable from t, and the row's gradient is taken as 0).
+    safe_r = jnp.where(r == 0, 1.0, r)
+    rest = jnp.sum(jnp.where(is_t, 0.0, p * cp), axis=1)
+    target = jnp.where(owned, (p_t - 1.0) * t / safe_r, 0.0)
+    d_r = jnp.where(r == 0, 0.0, g * (rest + target))
+  else:
+    d_r = jnp.zeros_like(r)
+  return d_cos, None, None, d_r, jnp.zeros_like(t), jnp.zeros_like(dt), None
+
+
+_fused_ce.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _target_cos(cos, labels):
+  b, c = cos.shape
+  valid, safe, _ = mg._target_index(labels, c)
+  labels = jnp.where(valid, labels, -1)
+  return labels, cos[jnp.arange(b), safe].astype(mg._compute_dtype(cos))
+
+
+def head_terms(head, cos, labels, kw, *, quality=None, norms=None, stats=None,
+               axis_name=None):
+  """The [B] pieces of one margin head for `_fused_ce` (also Partial FC's):
+  (labels (-1 = no target column here), r, t, dt, clip_eps, row_grad, new_stats).
+
+  head "margin" / "eqface" / "adaface" with margin_logits' / eqface_logits' /
+  adaface_logits' keyword arguments `kw`; axis_name: AdaFace's batch axis.
+  """
+  kw = dict(kw)
+  labels, c_t = _target_cos(cos, labels)
+  new_stats = None
+  if head in ("margin", "eqface"):
+    scale, grad = kw.pop("scale"), kw.get("grad", "exact")
+    transform = kw.pop("quality_transform", "paper")
+    if transform not in ("paper", "official"):
+      raise ValueError(f"quality_transform must be 'paper' or 'official'; got {transform!r}.")
+    p = mg._make_margin(kw.get("m1", 1.0), kw.get("m2", 0.5 if head == "eqface" else 0.0),
+                        kw.get("m3", 0.0), kw.get("m1_mode", "cosine"), kw.get("fallback"),
+                        grad, row_grad=head == "eqface")
+    value, deriv = mg._target_margin(c_t, p)
+    if head == "margin":
+      r = jnp.full(c_t.shape, scale, c_t.dtype)
+    else:
+      q = jnp.asarray(quality).astype(c_t.dtype)
+      if transform == "official":
+        q = jnp.clip(q - 0.2, 0.0, 1.0) * 1.2
+      r = scale * q
+    dt = r * (deriv if grad == "exact" else jnp.ones_like(deriv))
+    # For EQFace, t's dependence on r is carried by the op's d r (t / r).
+    t = lax.stop_gradient(r) * value
+    return labels, r, t, dt, None, head == "eqface", None
+  if head != "adaface":
+    raise ValueError(f"head must be 'margin', 'eqface' or 'adaface'; got {head!r}.")
+  m, h, scale = kw.get("m", 0.4), kw.get("h", 0.333), kw.get("scale", 64.0)
+  t_alpha, eps = kw.get("t_alpha", 0.01), kw.get("eps", 1e-3)
+  b = cos.shape[0]
+  old_mean, old_std = jnp.asarray(stats["mean"]), jnp.asarray(stats["std"])
+  st = jnp.result_type(jnp.float32, jnp.asarray(norms).dtype, old_mean.dtype, old_std.dtype)
+  nrm = lax.stop_gradient(jnp.clip(jnp.reshape(norms, (b,)).astype(st), 0.001, 100.0))
+  n, batch_mean, batch_std = mg._batch_norm_stats(nrm, axis_name)
+  new_mean = t_alpha * batch_mean + (1.0 - t_alpha) * old_mean.astype(st)
+  new_std = jnp.where(n > 1, t_alpha * batch_std + (1.0 - t_alpha) * old_std.astype(st),
+                      old_std.astype(st))
+  z = lax.stop_gradient(mg.adaface_norm_scaler(nrm, new_mean, new_std, h=h, eps=eps)
+                        .astype(c_t.dtype))
+  p = mg._Ada(float(m), float(scale), float(eps))
+  t = scale * mg._adaface_target(c_t, z, p)
+  dt = scale * mg.adaface_gradient_scaling_term(c_t, z, p.m, p.eps)
+  new_stats = {"mean": new_mean.astype(old_mean.dtype), "std": new_std.astype(old_std.dtype)}
+  return labels, jnp.full(c_t.shape, scale, c_t.dtype), t, dt, float(eps), False, new_stats
+
+
+def fused_cross_entropy(cos, labels, r, t, dt, clip_eps, row_grad, *, valid=None,
+                        col_ok=None, axis_name=None):
+  """Per-row CE [B] from `head_terms`; valid [B] rows to count (default: labels
+  >= 0), col_ok [C] columns to include (default all), axis_name: the class
+  shards (Partial FC), over which the softmax is global."""
+  valid = labels >= 0 if valid is None else valid
+  col_ok = jnp.ones((cos.shape[1],), bool) if col_ok is None else col_ok
+  return _fused_ce(cos, labels, valid, r, lax.stop_gradient(t), lax.stop_gradient(dt), col_ok,
+                   clip_eps, row_grad, axis_name)
+
+
+def margin_cross_entropy(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0,
+                         m3: float = 0.0, grad: str = "exact", m1_mode: str = "cosine",
+                         fallback: str | None = None):
+  """Per-row softmax cross-entropy [B] of `margin_logits` (same arguments), fused.
+
+  Equals optax.softmax_cross_entropy_with_integer_labels(margin_logits(...),
+  labels) on rows with labels >= 0 (0 elsewhere), with the same gradient
+  conventions, without a [B, C] logit array. Degenerate input as
+  margin_logits.
+  """
+  mg._check_common(cos, labels)
+  kw = dict(scale=scale, m1=m1, m2=m2, m3=m3, grad=grad, m1_mode=m1_mode, fallback=fallback)
+  return fused_cross_entropy(cos, *head_terms("margin", cos, labels, kw)[:-1])
+
+
+def eqface_cross_entropy(cos, labels, quality, *, scale: float, m1: float = 1.0,
+                         m2: float = 0.5, m3: float = 0.0, quality_transform: str = "paper",
+                         grad: str = "exact", m1_mode: str = "cosine",
+                         fallback: str | None = None):
+  """Per-row cross-entropy [B] of `eqface_logits` (same arguments), fused;
+  the gradient reaches cos and quality (dL/dr_i as eqface_logits)."""
+  mg._check_common(cos, labels)
+  kw = dict(scale=scale, m1=m1, m2=m2, m3=m3, quality_transform=quality_transform, grad=grad,
+            m1_mode=m1_mode, fallback=fallback)
+  return fused_cross_entropy(cos, *head_terms("eqface", cos, labels, kw, quality=quality)[:-1])
+
+
+def adaface_cross_entropy(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.333,
+                          scale: float = 64.0, t_alpha: float = 0.01, eps: float = 1e-3,
+                          axis_name=None):
+  """(per-row cross-entropy [B] of `adaface_logits`, new_stats), fused.
+
+  Same arguments, statistics (EMA updated before use, global over
+  axis_name) and gradients as adaface_logits + cross-entropy.
+  """
+  mg._check_common(cos, labels)
+  kw = dict(m=m, h=h, scale=scale, t_alpha=t_alpha, eps=eps)
+  *terms, new_stats = head_terms("adaface", cos, labels, kw, norms=norms, stats=stats,
+                                 axis_name=axis_name)
+  return fused_cross_entropy(cos, *terms), new_stats

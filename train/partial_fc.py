@@ -1,0 +1,76 @@
+"""Partial FC in the train loop: which runs use it, and the update of unsampled classes.
+
+A face config turns the class-sharded classifier (jaxset.ops.partial_fc) on
+with config.model.classifier.shards != 1 (-1: every device) or
+sample_rate < 1. The shards are the 'model' axis of config.train.mesh (the
+face configs tie mesh.model to classifier.shards).
+
+Unsampled classes (sample_rate < 1) get an exactly zero gradient. An
+optimiser with state would still move them: SGD momentum keeps applying its
+buffer, Adam's m_hat / (sqrt(v_hat) + eps) is non-zero while m is, and weight
+decay shrinks every row. By default (classifier.update_unsampled = False)
+`keep_unsampled` restores their weights AND their optimiser moments after
+the step, so a class changes only in the steps that sample it: the original
+Partial FC, which stepped the sampled rows' weight and momentum only.
+update_unsampled = True keeps the plain optimiser over the zero gradients,
+as insightface's partial_fc_v2 (one parameter, decayed every step).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxset.models.heads import labelled_mean
+from jaxset.ops.partial_fc import partial_fc_cross_entropy
+from train import meshes
+
+
+def enabled(config) -> bool:
+  """True when config.model.classifier asks for a sharded or sampled head."""
+  cls = config.model.get("classifier", None)
+  return cls is not None and (cls.shards != 1 or cls.sample_rate < 1.0)
+
+
+def mesh(config):
+  """The run's mesh with a 'model' axis (size 1 when only sampling)."""
+  return meshes.with_model_axis(meshes.build(config))
+
+
+def model_kwargs(config) -> dict:
+  """The face models' Partial FC arguments ({} when it is off)."""
+  if not enabled(config):
+    return {}
+  cls = config.model.classifier
+  return {"mesh": mesh(config), "sample_rate": float(cls.sample_rate),
+          "loss_cap": float(cls.loss_cap) if cls.get("loss_cap", 0.0) else None}
+
+
+def keep_unsampled(new_state, old_state, class_mask, kernel_path, config):
+  """new_state with the unsampled columns of the class weight, and of every
+  optimiser leaf at the same path, taken from old_state (see module doc)."""
+  if config.model.classifier.get("update_unsampled", False):
+    return new_state
+
+  def pick(path, new, old):
+    if meshes.is_class_sharded(path, kernel_path) and jnp.ndim(new) == 2:
+      return jnp.where(class_mask[None, :], new, old)
+    return new
+
+  params = jax.tree_util.tree_map_with_path(pick, new_state.params, old_state.params)
+  opt_state = jax.tree_util.tree_map_with_path(pick, new_state.opt_state, old_state.opt_state)
+  return new_state.replace(params=params, opt_state=opt_state)
+
+
+def cross_entropy(config, embeddings, labels, kernel, key, num_classes, head, head_kwargs,
+                  **rows):
+  """(mean loss over labelled rows, class_mask) of the sharded head on the
+  weights `kernel` (for tasks that apply the margin themselves, e.g. EQFace)."""
+  cls = config.model.classifier
+  m = mesh(config)
+  out = partial_fc_cross_entropy(
+      embeddings, labels, kernel, mesh=m, num_classes=num_classes, head=head,
+      head_kwargs=head_kwargs, sample_rate=float(cls.sample_rate),
+      rng=key if cls.sample_rate < 1.0 else None,
+      loss_cap=float(cls.loss_cap) if cls.get("loss_cap", 0.0) else None,
+      data_axis="data", **rows)
+  return labelled_mean(out.ce, labels), out.class_mask
