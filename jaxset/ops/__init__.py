@@ -8,6 +8,8 @@ function here.
 from jaxset.ops.attention import grad_cam
 from jaxset.ops.losses import (attention_consistency_loss, set_triplet_loss,
                                verification_bce, weakly_supervised_ranking_loss)
+from jaxset.ops.multi_similarity import (label_pair_masks, multi_similarity_from_labels,
+                                         multi_similarity_loss, multi_similarity_miner)
 from jaxset.ops.margins import (adaface_gradient_scaling_term, adaface_init_stats,
                                 adaface_logits, adaface_norm_scaler, eqface_logits,
                                 margin_logits)
@@ -15,6 +17,7 @@ from jaxset.ops.netvlad_layer import (from_matlab_order, kmeans, netvlad, netvla
                                 netvlad_params_from_centroids, to_matlab_order, vlad)
 from jaxset.ops.pooling import (gem_pool, max_pool, mean_pool, quality_pool,
                                 segment_quality_pool)
+from jaxset.ops.salad import salad_aggregate, salad_assignment, salad_log_transport
 
 __all__ = [
     "quality_pool", "segment_quality_pool", "mean_pool", "max_pool", "gem_pool",
@@ -25,4 +28,7 @@ __all__ = [
     "set_triplet_loss", "weakly_supervised_ranking_loss", "verification_bce",
     "attention_consistency_loss",
     "grad_cam",
+    "salad_log_transport", "salad_assignment", "salad_aggregate",
+    "multi_similarity_loss", "multi_similarity_miner", "label_pair_masks",
+    "multi_similarity_from_labels",
 ]
