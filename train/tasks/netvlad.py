@@ -25,7 +25,7 @@ from jaxset.models.netvlad import descriptors_as_seen, init_netvlad_params
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops.losses import weakly_supervised_ranking_loss
 from train import loop
-from train.tasks import common
+from train.tasks import common, place_pk
 
 
 class Task:
@@ -39,7 +39,8 @@ class Task:
     m = config.model
     return NetVLADModel(backbone=m.backbone, pooling=m.pooling, num_clusters=m.num_clusters,
                         assignment=m.assignment, normalize_input=m.normalize_input,
-                        dtype=common.compute_dtype(config))
+                        dtype=common.compute_dtype(config),
+                        aggregator_kwargs=dict(m.get(m.pooling, {})) or None)
 
   def create_state(self, config, rng):
     h, w = config.data.image_size
@@ -116,7 +117,7 @@ class Task:
 
   def on_step(self, state, config, step):
     """Refreshes the hard-negative cache every refresh_every queries."""
-    if not config.mining.enabled:
+    if not config.mining.enabled or place_pk.mode(config) == "pk":
       return state
     every = max(1, config.mining.refresh_every // config.train.batch_size)
     if self.cache is None or step % every == 0:
@@ -213,6 +214,8 @@ class Task:
         "db": np.zeros((len(db), self._dim(config)), np.float16),
         "queries": np.zeros((len(queries), self._dim(config)), np.float16),
         "hard": np.full((len(queries), f), -1, np.int64)}
+    if place_pk.mode(config) == "pk":
+      return place_pk.stages(self, config, model)
 
     def make_iterator():
       ds = pipeline.netvlad_tuples(
