@@ -131,3 +131,13 @@ def test_bad_input_names_problem_and_fix():
   # Large scores stay finite (log space).
   p = salad.salad_assignment(jnp.asarray([[800.0, -800.0]] * 5), jnp.asarray(0.0))
   assert np.isfinite(np.asarray(p)).all()
+
+
+@pytest.mark.parametrize("name", ["salad_log_transport", "multi_similarity_loss"])
+def test_gradcheck_cases(name):
+  from jaxset import gradcheck
+  from jaxset.gradcheck import vpr
+  rows = gradcheck.check_case({c.name: c for c in vpr.cases()}[name], seed=1)
+  assert {"autodiff", "finite_diff"} <= {r.against for r in rows}
+  bad = [r for r in rows if not r.ok]
+  assert not bad, gradcheck.format_table(bad)
