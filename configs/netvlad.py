@@ -32,7 +32,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # sizes), shrunk for the 8x8x128 map of small_cnn on 64x64 images.
   c.model.salad = ml_collections.ConfigDict(dict(
       num_clusters=16, cluster_dim=64, token_dim=64, score_hidden=128, feature_hidden=128,
-      token_hidden=128, num_iters=3, use_token=True))   # paper: 64, 128, 256, 512, 1024
+      token_hidden=128, num_iters=3, use_token=True))   # paper: 64, 128, 256, 512, 512, 512
   c.model.mixvpr = ml_collections.ConfigDict(dict(
       out_channels=256, out_rows=4, mix_depth=4, mlp_ratio=1.0))  # paper: 1024, 4, 4, 1
   c.model.boq = ml_collections.ConfigDict(dict(

@@ -8,8 +8,10 @@ embedded configs shrink them for a 128-channel 8 x 8 map (configs/netvlad.py).
   feature-to-cluster scores, jaxset.ops.salad turns them into an optimal
   transport plan with a dustbin (3 Sinkhorn iterations), a second MLP
   reduces the features, and the assigned features are summed per cluster.
-  Defaults: 64 clusters, cluster_dim 128, global token 256, hidden 512 (score
-  MLP) and 1024 (feature MLP): 8448-d. The paper's global token comes from
+  Defaults: 64 clusters, cluster_dim 128, global token 256, hidden width 512
+  in all three MLPs: 8448-d. The official code flattens the [cluster_dim,
+  clusters] matrix (dim-major); here it is cluster-major like NetVLAD, a fixed
+  permutation of the same descriptor. The paper's global token comes from
   DINOv2's class token; a CNN has none, so the token MLP reads the feature
   map's mean (use_token=False drops it).
 - MixVPR (Ali-bey et al., WACV 2023, arXiv 2303.02190): the map flattened to
@@ -51,7 +53,7 @@ class SALAD(nn.Module):
   cluster_dim: int = 128
   token_dim: int = 256
   score_hidden: int = 512
-  feature_hidden: int = 1024
+  feature_hidden: int = 512
   token_hidden: int = 512
   num_iters: int = salad_ops.DEFAULT_ITERS
   use_token: bool = True
