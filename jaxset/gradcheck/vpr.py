@@ -34,7 +34,7 @@ def reference_ms_loss(similarity, pos_mask, neg_mask, alpha=2.0, beta=50.0, lam=
 
 
 def paper_grad_ms_loss(args, fixed, cotangent):
-  """dL/dS_ij = -w+_ij (positives), +w-_ij (negatives), Wang et al. Sec. 3.3."""
+  """dL/dS_ij = -w+_ij (positives), +w-_ij (negatives), Wang et al. 2019."""
   s = np.asarray(args[0], np.float64)
   pos, neg = np.asarray(fixed["pos_mask"]), np.asarray(fixed["neg_mask"])
   a, b, lam = fixed["alpha"], fixed["beta"], fixed["lam"]
@@ -70,5 +70,5 @@ def cases() -> list[GradCase]:
                paper_eq="3 unrolled log-Sinkhorn iterations"),
       GradCase("multi_similarity_loss", multi_similarity.multi_similarity_loss,
                reference_ms_loss, paper_grad_ms_loss, _make_ms,
-               paper_eq="MS loss w+ / w- (Sec. 3.3)"),
+               paper_eq="MS loss pair weights w+ / w-"),
   ]

@@ -3,7 +3,7 @@
 The loss of GSV-Cities, MixVPR, BoQ and SALAD over P x K place batches.
 Similarities S_ik are dot products of L2-normalised descriptors (cosine).
 
-Defaults are the paper's (Sec. 5, implementation details): alpha = 2,
+Defaults are the paper's (its implementation details): alpha = 2,
 beta = 50, lambda = 1, epsilon = 0.1. pytorch-metric-learning has the same
 alpha, beta and epsilon but base (lambda) = 0.5; GSV-Cities trains with
 alpha = 1, beta = 50, base = 0 (pass them to reproduce those).
@@ -46,7 +46,7 @@ def _ms_loss(s, pos, neg, alpha, beta, lam):
 
 def _ms_loss_fwd(s, pos, neg, alpha, beta, lam):
   xp, xn, lp, ln = _ms_parts(s, pos, neg, alpha, beta, lam)
-  # The paper's pair weights (Sec. 3.3):
+  # The paper's pair weights (its weighting step):
   #   w+_ij = 1 / (e^{alpha (S_ij - lam)} + sum_{k in P_i} e^{-alpha (S_ik - S_ij)})
   #         = e^{-alpha (S_ij - lam)} / (1 + sum_{k in P_i} e^{-alpha (S_ik - lam)}),
   #   w-_ij = 1 / (e^{beta (lam - S_ij)} + sum_{k in N_i} e^{beta (S_ik - S_ij)})
@@ -76,7 +76,7 @@ def _check_pairs(similarity, pos_mask, neg_mask):
 
 def multi_similarity_loss(similarity, pos_mask, neg_mask, *, alpha: float = ALPHA,
                           beta: float = BETA, lam: float = LAMBDA):
-  """Per-anchor multi-similarity loss (Wang et al. 2019, Sec. 3.3).
+  """Per-anchor multi-similarity loss (Wang et al. 2019, the MS loss).
 
   L_i = 1/alpha log[1 + sum_{k in P_i} e^{-alpha (S_ik - lam)}]
       + 1/beta  log[1 + sum_{k in N_i} e^{ beta (S_ik - lam)}]
@@ -123,7 +123,7 @@ def label_pair_masks(labels, ref_labels=None):
 
 
 def multi_similarity_miner(similarity, pos_mask, neg_mask, *, epsilon: float = EPSILON):
-  """The paper's pair mining (Sec. 3.2), as pytorch-metric-learning's MultiSimilarityMiner.
+  """The paper's pair mining step, as pytorch-metric-learning's MultiSimilarityMiner.
 
   A negative pair (i, j) is kept if S_ij > min_{k in P_i} S_ik - epsilon; a
   positive pair if S_ij < max_{k in N_i} S_ik + epsilon.

@@ -157,7 +157,7 @@ def salad_assignment(scores, dustbin, num_iters: int = DEFAULT_ITERS):
 
 
 def salad_aggregate(features, assignment, token=None, *, eps: float = _EPS):
-  """SALAD's descriptor from assigned features (paper Sec. 3, the aggregation).
+  """SALAD's descriptor from assigned features (the paper's aggregation).
 
   Args:
     features: [..., N, L] per-feature vectors f_i (the paper's dimension-reduced
