@@ -6,6 +6,10 @@ Pittsburgh 30k with VGG16, as the paper (your local copy of the dataset):
   python -m train.main --config=configs/netvlad.py:pitts30k \
       --config.data.dir=/data/pittsburgh --config.model.pretrained=vgg16.msgpack
 Baselines with the same backbone and budget: --config.model.pooling=avg|max|gem
+Later aggregators (docs/aggregators.md): --config.model.pooling=salad|mixvpr|boq|convap
+GSV-Cities-style training (P places x K views, multi-similarity loss):
+  python -m train.main --config=configs/netvlad.py --config.model.pooling=boq \
+      --config.train.mode=pk
 """
 import ml_collections
 
@@ -24,6 +28,16 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.assignment = "paper"      # w = 2 alpha c, b = -alpha |c|^2; "official": v1
   c.model.normalize_input = True
   c.model.pretrained = ""           # converted backbone weights (python -m jaxset.convert)
+  # The later aggregators (jaxset/models/aggregators.py, which lists the papers'
+  # sizes), shrunk for the 8x8x128 map of small_cnn on 64x64 images.
+  c.model.salad = ml_collections.ConfigDict(dict(
+      num_clusters=16, cluster_dim=64, token_dim=64, score_hidden=128, feature_hidden=128,
+      token_hidden=128, num_iters=3, use_token=True))   # paper: 64, 128, 256, 512, 512, 512
+  c.model.mixvpr = ml_collections.ConfigDict(dict(
+      out_channels=256, out_rows=4, mix_depth=4, mlp_ratio=1.0))  # paper: 1024, 4, 4, 1
+  c.model.boq = ml_collections.ConfigDict(dict(
+      proj_channels=128, num_queries=32, num_layers=2, row_dim=8))  # paper: 512, 32, 2, 32
+  c.model.convap = ml_collections.ConfigDict(dict(out_channels=256, s1=2, s2=2))  # paper: 512
 
   c.kmeans = ml_collections.ConfigDict()
   c.kmeans.num_images = 500         # official: 100 descriptors from each of 500 images
@@ -54,6 +68,22 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # cache (official code: the single best); False = num_positives random ones.
   c.mining.positives = True
 
+  # train.mode = "pk": P places x K views with the multi-similarity loss and
+  # miner (train/tasks/place_pk.py) instead of tuples with a feature cache.
+  c.pk = ml_collections.ConfigDict()
+  c.pk.places = 15                  # P: 15 x 4 = 60 images a step, as 4 tuples of 1+4+10
+  c.pk.views = 4                    # K (GSV-Cities: 4)
+  c.pk.query_radius = 10.0          # a training query joins the nearest place this close
+  c.pk.min_views = 2
+  c.ms = ml_collections.ConfigDict()
+  # GSV-Cities' setting (alpha 1, beta 50, base 0, miner epsilon 0.1); the
+  # MS paper's is alpha 2, beta 50, lambda 1 (jaxset.ops.multi_similarity defaults).
+  c.ms.alpha = 1.0
+  c.ms.beta = 50.0
+  c.ms.base = 0.0
+  c.ms.epsilon = 0.1
+  c.ms.mine = True
+
   c.loss = ml_collections.ConfigDict()
   c.loss.margin = 0.1
   c.loss.squared = True             # paper; False = plain distance of the PyTorch ports
@@ -62,6 +92,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.optim.lr = 1e-3
   c.optim.schedule = "cosine"
   c.train.steps = 600
+  c.train.mode = "tuples"           # or "pk" (see c.pk)
   c.train.batch_size = 4            # queries (tuples) per step, as the paper
   c.train.log_every = 25
   c.train.ckpt_every = 200

@@ -44,6 +44,7 @@ from jaxset.data.records import fetch, neighbours_within, read_metadata
 from jaxset.data.samplers.evaluation import eval_batches
 from jaxset.data.samplers.pairs import pair_batches
 from jaxset.data.samplers.pk import pk_batches, pk_pairs
+from jaxset.data.samplers.places import place_groups, place_pk_batches
 from jaxset.data.samplers.sets import set_batches, set_triplet_batches
 from jaxset.data.samplers.tuples import Miner, netvlad_tuples
 from jaxset.data.sampling import process_shard, restore_args, save_args

@@ -6,7 +6,7 @@ the op's backward with all three and returns one `Row` per comparison. The
 command `python -m jaxset.gradcheck` prints the table for every case in
 `all_cases()` and exits non-zero on a mismatch; tests call the same functions.
 
-Each paper has its own module here (qan, netvlad, margins, casn) holding its
+Each paper has its own module here (qan, netvlad, margins, casn, vpr) holding its
 equations and cases.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 # Per-comparison tolerances on norm-relative error, in float64.
 TOLERANCES = {"autodiff": 1e-6, "finite_diff": 1e-5, "paper": 1e-6}
 
-CASE_MODULES = ("qan", "netvlad", "margins", "casn")
+CASE_MODULES = ("qan", "netvlad", "margins", "casn", "vpr")
 
 
 @dataclasses.dataclass(frozen=True)

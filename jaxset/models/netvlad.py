@@ -7,6 +7,9 @@ pooling="netvlad": jaxset.ops.netvlad_layer.netvlad (eq. (3)-(4), intra-norm + L
   output K*D flattened [K, D] row-major (see ops.netvlad_layer for MATLAB order).
 pooling="avg" / "max" / "gem": jaxset.ops.pooling over the descriptors
   (the f_avg / f_max baselines of the paper, and GeM with a learned p).
+pooling="salad" / "mixvpr" / "boq" / "convap": the later aggregators of
+  jaxset.models.aggregators on the backbone's [B, H, W, D] map, configured by
+  `aggregator_kwargs` (docs/aggregators.md compares them).
 
 Initialisation from data (the official recipe): run the model's
 `local_descriptors` on ~500 images, sample ~100 descriptors per image,
@@ -22,7 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxset.models import backbones
+from jaxset.models import aggregators, backbones
 from jaxset.models.heads import l2_normalize
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops import pooling as pooling_ops
@@ -31,7 +34,7 @@ __all__ = ["NetVLADPool", "NetVLADModel", "descriptors_as_seen", "init_netvlad_p
            "fit_pca_whitening", "set_pca_params"]
 
 Dtype = Any
-POOLINGS = ("netvlad", "avg", "max", "gem")
+POOLINGS = ("netvlad", "avg", "max", "gem") + tuple(aggregators.AGGREGATORS)
 
 
 class NetVLADPool(nn.Module):
@@ -66,7 +69,7 @@ class NetVLADModel(nn.Module):
 
   Attributes:
     backbone: trunk name, "vgg16" (paper) or "small_cnn" / "resnet18" etc.
-    pooling: "netvlad" | "avg" | "max" | "gem".
+    pooling: "netvlad" | "avg" | "max" | "gem" | "salad" | "mixvpr" | "boq" | "convap".
     num_clusters: K (64).
     assignment: "paper" (w_k = 2 alpha c_k, b_k = -alpha |c_k|^2) or "official"
       (w_k = alpha c_k / |c_k|, no bias), used by init_netvlad_params.
@@ -75,12 +78,14 @@ class NetVLADModel(nn.Module):
     pca_dim: if set, a Dense "pca" layer to this size (4096 in the paper)
       followed by L2; set its params with set_pca_params.
     dtype: backbone compute dtype.
+    aggregator_kwargs: the fields of the salad / mixvpr / boq / convap module
+      (None: the paper's defaults).
 
   __call__(images [B, H, W, 3] uint8, train=False) -> dict (float32):
     descriptor [B, out]: the L2-normalised image representation (after PCA
       when pca_dim is set); out = pca_dim, K*D (netvlad) or D.
     pooled     [B, K*D or D]: the pooled vector before PCA (what
-      fit_pca_whitening is fitted on).
+      fit_pca_whitening is fitted on); the aggregator's output for the others.
   local_descriptors(images, train=False) -> [B, h*w, D] float32, the conv map
   flattened row-major (for k-means initialisation).
   """
@@ -93,6 +98,7 @@ class NetVLADModel(nn.Module):
   pca_dim: int | None = None
   dtype: Dtype = jnp.float32
   backbone_kwargs: Any = None
+  aggregator_kwargs: Any = None
 
   def setup(self):
     if self.pooling not in POOLINGS:
@@ -101,6 +107,8 @@ class NetVLADModel(nn.Module):
                                            **(self.backbone_kwargs or {}))
     if self.pooling == "netvlad":
       self.vlad = NetVLADPool(self.num_clusters, self.assignment, self.normalize_input)
+    if self.pooling in aggregators.AGGREGATORS:
+      self.aggregator = aggregators.AGGREGATORS[self.pooling](**(self.aggregator_kwargs or {}))
     if self.pooling == "gem":
       self.p = self.param("gem_p", nn.initializers.constant(self.gem_p), (), jnp.float32)
     if self.pca_dim is not None:
@@ -112,6 +120,10 @@ class NetVLADModel(nn.Module):
     return jnp.reshape(fmap, (b, h * w, d)).astype(jnp.float32)
 
   def __call__(self, images, train: bool = False):
+    if self.pooling in aggregators.AGGREGATORS:
+      pooled = self.aggregator(self.trunk(images, train), train)
+      descriptor = l2_normalize(self.pca(pooled)) if self.pca_dim is not None else pooled
+      return {"descriptor": descriptor, "pooled": pooled}
     x = self.local_descriptors(images, train)
     if self.pooling == "netvlad":
       pooled = self.vlad(x)

@@ -21,6 +21,12 @@ from jaxset.ops.margins import (
   eqface_logits,
   margin_logits,
 )
+from jaxset.ops.multi_similarity import (
+  label_pair_masks,
+  multi_similarity_from_labels,
+  multi_similarity_loss,
+  multi_similarity_miner,
+)
 from jaxset.ops.netvlad_layer import (
   from_matlab_order,
   kmeans,
@@ -32,6 +38,7 @@ from jaxset.ops.netvlad_layer import (
 )
 from jaxset.ops.partial_fc import partial_fc_cross_entropy
 from jaxset.ops.pooling import gem_pool, max_pool, mean_pool, quality_pool, segment_quality_pool
+from jaxset.ops.salad import salad_aggregate, salad_assignment, salad_log_transport
 
 __all__ = [
     "quality_pool", "segment_quality_pool", "mean_pool", "max_pool", "gem_pool",
@@ -44,4 +51,7 @@ __all__ = [
     "set_triplet_loss", "weakly_supervised_ranking_loss", "verification_bce",
     "attention_consistency_loss",
     "grad_cam",
+    "salad_log_transport", "salad_assignment", "salad_aggregate",
+    "multi_similarity_loss", "multi_similarity_miner", "label_pair_masks",
+    "multi_similarity_from_labels",
 ]

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxset.ops import _checks
 from jaxset.ops import margins as mg
 
 __all__ = ["adaface_cross_entropy", "eqface_cross_entropy", "fused_cross_entropy", "head_terms",
@@ -119,7 +120,7 @@ def _target_cos(cos, labels):
   b, c = cos.shape
   valid, safe, _ = mg._target_index(labels, c)
   labels = jnp.where(valid, labels, -1)
-  return labels, cos[jnp.arange(b), safe].astype(mg._compute_dtype(cos))
+  return labels, cos[jnp.arange(b), safe].astype(_checks.compute_dtype(cos))
 
 
 def head_terms(head, cos, labels, kw, *, quality=None, norms=None, stats=None,

@@ -26,7 +26,7 @@ from jaxset.models.netvlad import descriptors_as_seen, init_netvlad_params
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops.losses import weakly_supervised_ranking_loss
 from train import loop, task
-from train.tasks import common
+from train.tasks import common, place_pk
 
 
 class Task(task.Task):
@@ -38,7 +38,10 @@ class Task(task.Task):
 
   # -- model and state ------------------------------------------------------
   def build_model(self, config):
-    return common.model_from_config(NetVLADModel, config)
+    m = config.model
+    # The aggregator's own sizes: config.model.<pooling> (salad, mixvpr, boq, convap).
+    return common.model_from_config(NetVLADModel, config,
+                                    aggregator_kwargs=dict(m.get(m.pooling, {})) or None)
 
   def create_state(self, config, rng):
     h, w = config.data.image_size
@@ -112,7 +115,7 @@ class Task(task.Task):
 
   def refresh_due(self, config, step):
     """Every refresh_every queries, and whenever no cache exists yet."""
-    if not config.mining.enabled:
+    if not config.mining.enabled or place_pk.mode(config) == "pk":
       return False
     every = max(1, config.mining.refresh_every // config.train.batch_size)
     return self.cache is None or step % every == 0
@@ -207,6 +210,8 @@ class Task(task.Task):
         "db": np.zeros((len(db), self._dim(config)), np.float16),
         "queries": np.zeros((len(queries), self._dim(config)), np.float16),
         "hard": np.full((len(queries), f), -1, np.int64)}
+    if place_pk.mode(config) == "pk":
+      return place_pk.stages(self, config, model)
 
     def make_iterator():
       ds = pipeline.netvlad_tuples(
