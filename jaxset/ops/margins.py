@@ -108,10 +108,16 @@ def _target_margin(c, p: _Margin):
     value = jnp.where(region, p.m1 * (c - p.m2 * math.sin(p.m2)) - p.m3, value)
     deriv = jnp.where(region, p.m1, deriv)
   elif p.fallback == "easy":
-    # ArcFace's easy_margin: no margin at all where cos <= 0.
+    # ArcFace's easy_margin: no additive angle where cos <= 0; m1 and m3 stay
+    # (the margin without m2: m1*cos - m3, or cos(m1*theta) - m3 in "angle" mode).
     region = c <= 0
-    value = jnp.where(region, c, value)
-    deriv = jnp.where(region, 1.0, deriv)
+    if p.m1_mode == "cosine":
+      easy_value, easy_deriv = p.m1 * c - p.m3, jnp.full_like(c, p.m1)
+    else:
+      easy_value = jnp.cos(p.m1 * theta) - p.m3
+      easy_deriv = p.m1 * jnp.sin(p.m1 * theta) / sin_theta
+    value = jnp.where(region, easy_value, value)
+    deriv = jnp.where(region, easy_deriv, deriv)
   return value, deriv
 
 
@@ -231,15 +237,18 @@ def margin_logits(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0
     cos: [B, C] cosines, float32/bfloat16/float64. Values slightly outside
       [-1, 1] are fine (clipped, see COS_CLIP_EPS).
     labels: [B] int; < 0 ignores the row (no margin; mask its loss yourself).
-    scale: s, the logit scale (e.g. 64).
+    scale: s, the logit scale (e.g. 64). May be traced (a learnable scale):
+      d logits / d s is then the margined cosine of each entry.
     m1, m2, m3: multiplicative, additive-angle and additive-cosine margins.
     grad: "exact" (differentiate through the margin) or "straight_through"
       (insightface: margin without gradient, dlogits/dcos = s everywhere).
     m1_mode: "cosine" (paper eq. (3)) or "angle" (insightface / SphereFace).
     fallback: where theta + m2 > pi the ArcFace margin is not monotonic.
       "arcface": use m1*(cos(theta) - m2*sin(m2)) - m3 where
-      cos(theta) <= cos(pi - m2) (only when m2 > 0); "easy": no margin where
-      cos(theta) <= 0 (ArcFace's easy_margin); "none": the formula everywhere.
+      cos(theta) <= cos(pi - m2) (only when m2 > 0); "easy": no additive
+      angle where cos(theta) <= 0 (ArcFace's easy_margin; m1 and m3 still
+      apply: m1*cos(theta) - m3, or cos(m1*theta) - m3 for "angle");
+      "none": the formula everywhere.
       None (default) = "arcface" for m1_mode="cosine", "none" for "angle".
 
   Returns:
@@ -250,7 +259,10 @@ def margin_logits(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0
   raise ValueError.
   """
   _check_common(cos, labels)
-  p = _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad=False)
+  # A traced scale needs its gradient (the row-scale gradient of eqface_logits);
+  # a Python float does not, and then cos is not kept for the backward.
+  traced_scale = isinstance(scale, jax.core.Tracer)
+  p = _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad=traced_scale)
   row_scale = jnp.full((cos.shape[0],), scale, _compute_dtype(cos))
   return _margin_rows_jit(cos, labels, row_scale, p)
 
@@ -461,7 +473,8 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
     `stats`; the statistics are computed in float32 at least).
 
   Degenerate input: a global batch of one norm has no unbiased std; the EMA
-  then keeps its previous std (the mean is still updated). All rows ignored:
+  then keeps its previous std (the mean is still updated). An empty batch
+  (B = 0, or an empty shard with axis_name=None) keeps both statistics. All rows ignored:
   plain s*clip(cos) logits, stats still updated. cos = +-1: finite logits and
   gradients (the clamp's gradient is 0 outside [-1 + eps, 1 - eps]). The
   gradient w.r.t. norms and stats is zero. Eagerly, NaN/Inf in cos or norms,
@@ -491,7 +504,9 @@ def _adaface_step(cos, norms, labels, stats, p, h, t_alpha, axis_name):
   old_mean = lax.stop_gradient(old_mean.astype(st))
   old_std = lax.stop_gradient(old_std.astype(st))
   n, batch_mean, batch_std = _batch_norm_stats(norms, axis_name)
-  new_mean = t_alpha * batch_mean + (1.0 - t_alpha) * old_mean
+  # No norm at all (an empty batch, or an empty shard without axis_name):
+  # nothing was measured, so the EMA keeps its mean (not a batch mean of 0).
+  new_mean = jnp.where(n > 0, t_alpha * batch_mean + (1.0 - t_alpha) * old_mean, old_mean)
   new_std = jnp.where(n > 1, t_alpha * batch_std + (1.0 - t_alpha) * old_std, old_std)
   z_hat = adaface_norm_scaler(norms, new_mean, new_std, h=h, eps=p.eps).astype(ct)
   logits = _adaface_rows(cos, labels, lax.stop_gradient(z_hat), p)
