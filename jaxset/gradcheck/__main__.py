@@ -40,11 +40,14 @@ def main(argv=None) -> int:
     return 1 if bad else 0
   failed_seeds = {case.name: [] for case in cases}
   for seed in a.seeds:
+    failing = 0
     for case in cases:
       bad = [r for r in gradcheck.check_case(case, seed=seed) if not r.ok]
       if bad:
+        failing += 1
         failed_seeds[case.name].append(seed)
         print(f"seed {seed}:\n{gradcheck.format_table(bad)}", flush=True)
+    print(f"seed {seed}: {len(cases) - failing}/{len(cases)} cases pass", flush=True)
   n = len(a.seeds)
   for name, seeds in failed_seeds.items():
     print(f"{name:34s} {n - len(seeds)}/{n} seeds pass"
