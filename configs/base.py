@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.progress_bar = True
   c.train.devices = 0         # 0: every device; n: the first n (1-vs-8 checks)
+  # True: resume a workdir whose config.json differs in model/data/optim keys
+  # (train/checkpoints.py refuses that by default).
+  c.train.allow_config_change = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 0            # 0: only at the end
