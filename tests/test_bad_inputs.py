@@ -255,3 +255,129 @@ def test_eval_of_a_damaged_checkpoint_falls_back_or_names_it(tiny_data, tmp_path
   assert r.returncode == 1 and "Traceback" not in r.stderr
   assert "model.embedding_dim" in r.stderr and "allow_config_change" in r.stderr
   assert (wd / "config.json").read_bytes() == saved
+
+
+# --------------------------------------------------------------------------
+# Part 3: the public ops and evaluators, called with plausible mistakes.
+# Each must raise ValueError naming the argument and what to pass instead.
+
+_X = jnp.ones((4, 3))
+_Q = jnp.ones(4)
+_C = jnp.ones((2, 3))
+_COS = jnp.zeros((2, 3))
+_LAB = jnp.array([0, 1])
+_rng = np.random.default_rng(0)
+_EMB = _rng.standard_normal((20, 3))
+_SAME = np.arange(20) % 2 == 0
+
+BAD_CALLS = [
+    # dtypes: integer / complex arrays would be cast back (truncated means, int logits)
+    ("int features", lambda: ops.quality_pool(_X.astype(jnp.int32), _Q),
+     r"features must be a floating-point array; got dtype int32.*astype"),
+    ("complex features", lambda: ops.mean_pool(_X.astype(jnp.complex64)),
+     r"features must be a floating-point .*complex"),
+    ("bool max_pool", lambda: ops.max_pool(_X.astype(bool)), r"features must be a floating"),
+    ("int quality", lambda: ops.quality_pool(_X, jnp.ones(4, jnp.int32)), r"quality must be a float"),
+    ("int descriptors", lambda: ops.netvlad(_X.astype(jnp.int32), _C, _C),
+     r"descriptors must be a floating"),
+    ("int cos", lambda: ops.margin_logits(_COS.astype(jnp.int32), _LAB, scale=1.0),
+     r"cos must be a floating"),
+    ("int anchor", lambda: ops.set_triplet_loss(*(jnp.ones((2, 3), jnp.int32),) * 3),
+     r"anchor must be a floating"),
+    ("float labels", lambda: ops.margin_logits(_COS, _LAB.astype(jnp.float32), scale=1.0),
+     r"labels must be integers"),
+    ("float segment ids", lambda: ops.segment_quality_pool(_X, _Q, jnp.zeros(4), 2),
+     r"segment_ids must be integers"),
+    # shapes
+    ("1-D features", lambda: ops.quality_pool(jnp.ones(3), jnp.ones(3)),
+     r"features must have at least 2 dims"),
+    ("quality shape", lambda: ops.quality_pool(_X, jnp.ones(3)), r"quality must have shape \(4,\)"),
+    ("mask shape", lambda: ops.netvlad(_X, _C, _C, mask=jnp.ones(3, bool)), r"mask must have shape"),
+    ("centroid dim", lambda: ops.netvlad(_X, jnp.ones((2, 4)), jnp.ones((2, 4))),
+     r"centroids must have shape .*D = descriptors.shape\[-1\] = 3"),
+    ("cos rank", lambda: ops.margin_logits(jnp.zeros(3), jnp.array([0]), scale=1.0),
+     r"cos must have shape"),
+    ("eqface quality", lambda: ops.eqface_logits(_COS, _LAB, jnp.ones(3), scale=1.0),
+     r"quality must have shape \(2,\)"),
+    ("ranking mask", lambda: ops.weakly_supervised_ranking_loss(
+        _X[:2], jnp.ones((2, 1, 3)), jnp.ones((2, 1, 3)), neg_mask=jnp.ones((2, 2), bool)),
+     r"neg_mask must have shape"),
+    ("pairs mismatch", lambda: E.roc_curve(np.ones(20), np.ones(19, bool)), r"Pair counts must agree"),
+    # empty sets / sizes
+    ("zero segments", lambda: ops.segment_quality_pool(_X, _Q, jnp.zeros(4, jnp.int32), 0),
+     r"num_segments must be >= 1"),
+    ("no clusters", lambda: ops.netvlad(_X, jnp.ones((0, 3)), jnp.ones((0, 3))),
+     r"at least one cluster"),
+    ("kmeans k", lambda: ops.kmeans(_X, 0, key=jax.random.key(0)), r"k must be in \[1, M=4\]"),
+    ("kmeans key", lambda: ops.kmeans(_X, 2, key=0), r"key must be a typed PRNG key"),
+    ("too few pairs", lambda: E.val_at_far(np.ones((3, 3)), np.ones((3, 3)), np.ones(3, bool)),
+     r"Cannot split 3 pairs into 10 folds; lower folds"),
+    ("no impostors", lambda: E.roc_curve(np.ones(4), np.ones(4, bool)), r"genuine and impostor"),
+    # NaN / Inf in valid entries
+    ("nan features", lambda: ops.quality_pool(_X.at[0, 0].set(jnp.nan), _Q), r"features holds 1 NaN"),
+    ("nan p", lambda: ops.gem_pool(_X, p=float("nan")), r"p holds 1 NaN"),
+    ("nan cos", lambda: ops.margin_logits(_COS.at[0, 0].set(jnp.nan), _LAB, scale=1.0),
+     r"cos holds 1 NaN"),
+    ("nan stats", lambda: ops.adaface_logits(_COS, jnp.ones(2), _LAB, {"mean": jnp.nan, "std": 1.0}),
+     r"stats\['mean'\] holds"),
+    ("nan embeddings", lambda: E.kfold_verification_accuracy(
+        np.full((20, 3), np.nan), np.ones((20, 3)), _SAME), r"embeddings_a holds 60 NaN"),
+    # values out of range
+    ("label >= C", lambda: ops.margin_logits(_COS, jnp.array([0, 3]), scale=1.0),
+     r"labels has 1 value\(s\) >= num_classes=3.*-1 to ignore"),
+    ("negative quality", lambda: ops.quality_pool(_X, -_Q), r"negative value.*sigmoid"),
+    ("cos not cosines", lambda: ops.margin_logits(jnp.full((2, 3), 5.0), _LAB, scale=1.0),
+     r"cos holds values outside \[-1, 1\].*L2-normalise"),
+    ("scale <= 0", lambda: ops.margin_logits(_COS, _LAB, scale=-1.0), r"scale must be in \(0"),
+    ("scale nan", lambda: ops.eqface_logits(_COS, _LAB, jnp.ones(2), scale=float("nan")),
+     r"scale must be in"),
+    ("negative norms", lambda: ops.adaface_logits(_COS, -jnp.ones(2), _LAB,
+                                                  ops.adaface_init_stats()),
+     r"norms must be >= 0"),
+    ("mask not 0/1", lambda: ops.quality_pool(_X, _Q, jnp.full(4, 0.5)), r"mask must hold 0/1"),
+    ("same not 0/1", lambda: ops.verification_bce(jnp.zeros(3), jnp.array([0, 1, 2])),
+     r"same must hold 0/1"),
+    ("pair same not 0/1", lambda: ops.attention_consistency_loss(
+        jnp.ones((1, 2, 2)), jnp.ones((1, 2, 2)), jnp.array([2])), r"same must hold 0/1"),
+    ("threshold > 1", lambda: ops.attention_consistency_loss(
+        jnp.ones((1, 2, 2)), jnp.ones((1, 2, 2)), jnp.ones(1), threshold=2.0),
+     r"threshold must be in \[0, 1\]"),
+    ("netvlad eps", lambda: ops.netvlad(_X, _C, _C, eps=-1.0), r"eps must be > 0"),
+    ("far_target > 1", lambda: E.val_at_far(_EMB, _EMB[::-1], _SAME, far_target=2.0),
+     r"far_target must be a false accept rate in \(0, 1\]"),
+    ("fars > 1", lambda: E.tar_at_far(np.arange(20.0), _SAME, fars=(2.0,)),
+     r"fars must be false accept rates"),
+    ("same labels", lambda: E.kfold_verification_accuracy(_EMB, _EMB, np.full(20, 2)),
+     r"same must hold booleans or 0/1"),
+    # option typos
+    ("grad typo", lambda: ops.margin_logits(_COS, _LAB, scale=1.0, grad="exakt"),
+     r"grad must be one of"),
+    ("fallback typo", lambda: ops.margin_logits(_COS, _LAB, scale=1.0, fallback="arc"),
+     r"fallback must be one of"),
+    ("transform typo", lambda: ops.eqface_logits(_COS, _LAB, jnp.ones(2), scale=1.0,
+                                                quality_transform="offical"),
+     r"quality_transform must be"),
+    ("interpolation typo", lambda: E.val_at_far(_EMB, _EMB, _SAME, interpolation="scipy"),
+     r"interpolation must be one of"),
+    ("metric typo", lambda: E.pair_distances(_EMB, _EMB, metric="l2"), r"metric must be"),
+]
+
+
+@pytest.mark.parametrize("name,call,match", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_input_gets_a_clear_error(name, call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
+
+
+def test_documented_finite_results_instead_of_errors():
+  # Empty sets pool to zeros; masked padding may hold NaN; under jit nothing raises.
+  assert not np.asarray(ops.quality_pool(jnp.ones((0, 3)), jnp.ones(0))).any()
+  assert not np.asarray(ops.gem_pool(jnp.ones((2, 3)), jnp.zeros(2, bool), p=0.0)).any()
+  pad = _X.at[3].set(jnp.nan)
+  mask = jnp.array([True, True, True, False])
+  for op in (lambda x: ops.quality_pool(x, _Q, mask), lambda x: ops.mean_pool(x, mask),
+             lambda x: ops.max_pool(x, mask), lambda x: ops.gem_pool(x, mask),
+             lambda x: ops.netvlad(x, _C, _C, mask=mask)):
+    assert np.isfinite(np.asarray(op(pad))).all()
+  out = jax.jit(lambda c: ops.margin_logits(c, _LAB, scale=1.0))(jnp.full((2, 3), 5.0))
+  assert np.isfinite(np.asarray(out)).all()                  # under jit: clipped, finite

@@ -235,6 +235,9 @@ def val_at_far(embeddings_a, embeddings_b, same, far_target: float = 1e-3,
     "fold_far" [F], "fold_thresholds" [F]. A fold without genuine (impostor)
     pairs reports VAL (FAR) 0.
   """
+  if not 0 < far_target <= 1:
+    raise ValueError(f"far_target must be a false accept rate in (0, 1], e.g. 1e-3; "
+                     f"got {far_target!r}.")
   if interpolation not in VAL_INTERPOLATIONS:
     raise ValueError(f"interpolation must be one of {VAL_INTERPOLATIONS}; "
                      f"got {interpolation!r}.")
@@ -326,6 +329,9 @@ def tar_at_far(scores, same, fars: Sequence[float] = DEFAULT_FARS, method: str =
   """
   if method not in TAR_METHODS:
     raise ValueError(f"method must be one of {TAR_METHODS}; got {method!r}.")
+  bad = [f for f in fars if not 0 < f <= 1]
+  if bad:
+    raise ValueError(f"fars must be false accept rates in (0, 1], e.g. (1e-4, 1e-3); got {bad}.")
   fpr, tpr, thr = roc_curve(scores, same, drop_intermediate=method == "insightface")
   tar, at = {}, {}
   for far in fars:

@@ -40,6 +40,7 @@ def _dtype_tag(x):
 
 def _check_all_finite(**arrays):
   for name, x in arrays.items():
+    _checks.check_float(name, x)
     _checks.check_finite(name, x)
 
 
@@ -203,6 +204,8 @@ def weakly_supervised_ranking_loss(query, positives, negatives, pos_mask=None,
   _checks.check_shape("positives", positives, (b, None, d), "[batch, positives, dim]")
   _checks.check_shape("negatives", negatives, (b, None, d), "[batch, negatives, dim]")
   p, m = positives.shape[1], negatives.shape[1]
+  _checks.check_binary("pos_mask", pos_mask)
+  _checks.check_binary("neg_mask", neg_mask)
   pos_mask = jnp.ones((b, p), bool) if pos_mask is None else jnp.asarray(pos_mask, bool)
   neg_mask = jnp.ones((b, m), bool) if neg_mask is None else jnp.asarray(neg_mask, bool)
   _checks.check_shape("pos_mask", pos_mask, (b, p), "one bool per positive")
@@ -267,6 +270,7 @@ def verification_bce(logits, same):
   same = jnp.asarray(same)
   _checks.check_shape("same", same, logits.shape, "one label per logit")
   _check_all_finite(logits=logits)
+  _checks.check_binary("same", same)
   if not jnp.issubdtype(same.dtype, jnp.floating):
     same = same.astype(_compute_dtype(logits))
   return _bce(logits, same)
@@ -382,6 +386,9 @@ def attention_consistency_loss(map_a, map_b, same, *, threshold: float = 0.5,
   if size < 1:
     raise ValueError(f"size must be a positive length (or None to keep H); got {size}.")
   _check_all_finite(map_a=map_a, map_b=map_b)
+  _checks.check_binary("same", same)
+  _checks.check_scalar_range("threshold", threshold, 0.0, 1.0,
+                             "relative to each profile's span; 0 keeps every row")
   if not jnp.issubdtype(same.dtype, jnp.floating):
     same = same.astype(_compute_dtype(map_a, map_b))
   return _consistency(map_a, map_b, same, float(threshold), size)

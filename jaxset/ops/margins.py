@@ -52,6 +52,9 @@ __all__ = [
 # factor is evaluated at the clipped cosine (not zeroed), so a target at
 # cos = +-1 still receives a bounded gradient.
 COS_CLIP_EPS = 1e-6
+# Called eagerly, |cos| beyond 1 + COS_RANGE_TOL raises: such values are not
+# rounding but unnormalised embeddings or weights.
+COS_RANGE_TOL = 1e-2
 
 _GRADS = ("exact", "straight_through")
 _M1_MODES = ("cosine", "angle")
@@ -196,8 +199,21 @@ def _check_common(cos, labels):
   _checks.check_shape("labels", labels, (b,), "[batch] int class ids, -1 = ignore the row")
   if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
     raise ValueError(f"labels must be integers; got dtype {jnp.asarray(labels).dtype}.")
+  _checks.check_float("cos", cos)
   _checks.check_finite("cos", cos)
   _checks.check_labels("labels", labels, c)
+  if _checks.is_concrete(cos) and cos.size:
+    worst = float(jnp.max(jnp.abs(cos)))
+    if worst > 1 + COS_RANGE_TOL:
+      raise ValueError(
+          f"cos holds values outside [-1, 1] (max |cos| = {worst:g}): these are not "
+          "cosines. L2-normalise the embeddings and the class weights before the "
+          "matmul (rounding slightly past +-1 is fine).")
+
+
+def _check_scale(scale) -> None:
+  _checks.check_scalar_range("scale", scale, 0.0, math.inf, "the logit scale s, e.g. 64",
+                             low_open=True)
 
 
 def _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad) -> _Margin:
@@ -259,6 +275,7 @@ def margin_logits(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0
   raise ValueError.
   """
   _check_common(cos, labels)
+  _check_scale(scale)
   # A traced scale needs its gradient (the row-scale gradient of eqface_logits);
   # a Python float does not, and then cos is not kept for the backward.
   traced_scale = isinstance(scale, jax.core.Tracer)
@@ -298,7 +315,9 @@ def eqface_logits(cos, labels, quality, *, scale: float, m1: float = 1.0,
   """
   _check_common(cos, labels)
   _checks.check_shape("quality", quality, (cos.shape[0],), "[batch] quality scores s_i")
+  _checks.check_float("quality", quality)
   _checks.check_finite("quality", quality)
+  _check_scale(scale)
   if quality_transform not in ("paper", "official"):
     raise ValueError(
         f"quality_transform must be 'paper' or 'official'; got {quality_transform!r}.")
@@ -486,9 +505,16 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
     _checks.check_shape("norms", norms, (b, 1), "[batch] or [batch, 1] embedding norms")
     norms = jnp.reshape(norms, (b,))
   _checks.check_shape("norms", norms, (b,), "[batch] or [batch, 1] embedding norms")
+  _checks.check_float("norms", norms)
   _checks.check_finite("norms", norms)
+  if _checks.is_concrete(norms) and b and float(jnp.min(norms)) < 0:
+    raise ValueError(f"norms must be >= 0 (they are ||z_i||); got min {float(jnp.min(norms)):g}. "
+                     "Pass jnp.linalg.norm(embeddings, axis=-1).")
   if not isinstance(stats, dict) or set(stats) != {"mean", "std"}:
     raise ValueError("stats must be a dict {'mean', 'std'}; start from adaface_init_stats().")
+  _checks.check_finite("stats['mean']", stats["mean"])
+  _checks.check_finite("stats['std']", stats["std"])
+  _check_scale(scale)
   p = _Ada(float(m), float(scale), float(eps))
   return _adaface_step(cos, norms, labels, stats, p, float(h), float(t_alpha), axis_name)
 

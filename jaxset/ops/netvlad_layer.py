@@ -72,6 +72,10 @@ def _validate(descriptors, centroids, assign_weight=None, assign_bias=None, mask
   if mask is not None:
     _checks.check_shape("mask", mask, tuple(jnp.shape(descriptors)[:-1]),
                         "descriptors.shape[:-1], True = a real descriptor")
+  for name, x in (("descriptors", descriptors), ("centroids", centroids),
+                  ("assign_weight", assign_weight), ("assign_bias", assign_bias)):
+    _checks.check_float(name, x)
+  _checks.check_binary("mask", mask)
   if mask is not None and _checks.is_concrete(descriptors, mask):
     # Masked-out padding may hold anything (the jaxset.ops.pooling convention):
     # only the valid descriptors are checked.
@@ -80,6 +84,11 @@ def _validate(descriptors, centroids, assign_weight=None, assign_bias=None, mask
                   ("assign_weight", assign_weight), ("assign_bias", assign_bias)):
     _checks.check_finite(name, x)
   return k, d
+
+
+def _check_eps(eps) -> None:
+  if not float(eps) > 0:
+    raise ValueError(f"eps must be > 0 (it keeps every 1/sqrt(eps + |v|^2) finite); got {eps}.")
 
 
 def _varying_axes(x) -> frozenset:
@@ -243,6 +252,7 @@ def netvlad(descriptors, centroids, assign_weight, assign_bias=None, mask=None,
   parameter raises eagerly (under jit it cannot be seen and propagates).
   """
   _validate(descriptors, centroids, assign_weight, assign_bias, mask)
+  _check_eps(eps)
   k, d = jnp.shape(centroids)
   dtype = _compute_dtype(descriptors, centroids, assign_weight, assign_bias)
   lead, x, m = _prepare(descriptors, mask, dtype)
@@ -265,6 +275,7 @@ def vlad(descriptors, centroids, mask=None, normalize_input=True, *, eps=DEFAULT
   masked set gives the zero vector.
   """
   _validate(descriptors, centroids, mask=mask)
+  _check_eps(eps)
   k, d = jnp.shape(centroids)
   dtype = _compute_dtype(descriptors, centroids)
   lead, x, m = _prepare(descriptors, mask, dtype)
@@ -354,6 +365,9 @@ def kmeans(descriptors, k, *, key, iters=20, init="kmeans++"):
     raise ValueError(f"k must be in [1, M={m}] (M = descriptors.shape[0]); got k={k}.")
   if init not in ("kmeans++", "random"):
     raise ValueError(f"init must be 'kmeans++' or 'random'; got {init!r}.")
+  _checks.check_float("descriptors", descriptors)
+  if not jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):
+    raise ValueError(f"key must be a typed PRNG key, e.g. jax.random.key(0); got {key!r}.")
   _checks.check_finite("descriptors", descriptors)
   x = jnp.asarray(descriptors).astype(_compute_dtype(descriptors))
   return _kmeans(x, key, int(k), int(iters), init)

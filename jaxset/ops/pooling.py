@@ -42,14 +42,17 @@ def _dtype_tag(x):
 def _check_set(features, mask, quality=None):
   """Shape checks shared by the padded-set pools; returns the valid mask."""
   _checks.check_rank("features", features, 2, "[..., set, dim]")
+  _checks.check_float("features", features)
   set_shape = tuple(features.shape[:-1])
   if quality is not None:
     _checks.check_shape("quality", quality, set_shape,
                         "one score per set element: features.shape[:-1]")
+    _checks.check_float("quality", quality)
   if mask is None:
     return jnp.ones(set_shape, bool)
   _checks.check_shape("mask", mask, set_shape,
                       "one bool per set element: features.shape[:-1]")
+  _checks.check_binary("mask", mask)
   return jnp.asarray(mask, bool)
 
 
@@ -265,7 +268,11 @@ def segment_quality_pool(features, quality, segment_ids, num_segments: int,
   _checks.check_shape("segment_ids", segment_ids, (m,), "one id per row of features")
   if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
     raise ValueError(f"segment_ids must be integers; got dtype {segment_ids.dtype}.")
+  _checks.check_float("features", features)
+  _checks.check_float("quality", quality)
   num_segments = int(num_segments)
+  if num_segments < 1:
+    raise ValueError(f"num_segments must be >= 1 (the number of sets K); got {num_segments}.")
   if _checks.is_concrete(features, quality, segment_ids):
     valid = (segment_ids >= 0) & (segment_ids < num_segments)
     _check_values(valid, features, quality)
