@@ -10,7 +10,6 @@ checkpoint under train.eval. Part 3 calls the public ops with the inputs a
 user plausibly passes by mistake.
 """
 import json
-import resource
 import shutil
 import sys
 from pathlib import Path
@@ -217,17 +216,17 @@ def test_missing_config_file_is_one_message():
   assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def _limit_file_size():
-  resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
-
-
 def test_full_disk_is_one_message_naming_where(tiny_data, tmp_path):
   import subprocess
   from tests.train_helpers import env
   wd = tmp_path / "run"
   args = cli_args("arcface", wd, tiny_overrides(tiny_data, 1, **{"train.devices": 1}))
-  r = subprocess.run(args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300,
-                     preexec_fn=_limit_file_size)
+  # A 2 MiB file-size limit (ulimit -f counts KiB), set in a shell: no fork of
+  # this multithreaded process with a preexec_fn.
+  import shlex
+  shell = f"ulimit -f 2048 && exec {' '.join(shlex.quote(str(a)) for a in args)}"
+  r = subprocess.run(["bash", "-c", shell], cwd=ROOT, env=env(), capture_output=True,
+                     text=True, timeout=300)
   assert r.returncode == 1, r.stderr[-2000:]
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: could not write {wd}") and "File too large" in last
