@@ -44,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Device mesh (train/meshes.py): model = 1 is the 1-D data-parallel mesh;
   # model = n > 1 (-1: every device) adds a 'model' axis for Partial FC.
   c.train.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+  # True: resume a workdir whose config.json differs in model/data/optim keys
+  # (train/checkpoints.py refuses that by default).
+  c.train.allow_config_change = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 0            # 0: only at the end

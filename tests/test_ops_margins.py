@@ -286,9 +286,20 @@ def test_adaface_ema_updated_before_use_two_steps():
     np.testing.assert_allclose(float(stats["std"]), std, rtol=1e-6)
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
   assert stats["mean"].dtype == jnp.float32 and stats["std"].dtype == jnp.float32
-  # Hand-computed first step: mean = 0.01*batch_mean + 0.99*20, not the old 20.
-  assert float(margins.adaface_init_stats()["mean"]) == 20.0
-  assert float(margins.adaface_init_stats()["std"]) == 100.0
+  # Hand-computed first EMA step from the initial stats (20, 100): norms
+  # 10, 20, 30 have batch mean 20 and unbiased std 10, so the new mean is
+  # 0.01*20 + 0.99*20 = 20 and the new std 0.01*10 + 0.99*100 = 99.1; norms
+  # 4, 6 give mean 0.01*5 + 0.99*20 = 19.85, std 0.01*sqrt(2) + 99 = 99.014142.
+  cos, labels = _data(3, 5, seed=30)
+  _, first = margins.adaface_logits(cos, jnp.asarray([10.0, 20.0, 30.0]), labels,
+                                    margins.adaface_init_stats())
+  assert float(first["mean"]) == pytest.approx(20.0, rel=1e-6)
+  assert float(first["std"]) == pytest.approx(99.1, rel=1e-6)
+  cos, labels = _data(2, 5, seed=31)
+  _, first = margins.adaface_logits(cos, jnp.asarray([4.0, 6.0]), labels,
+                                    margins.adaface_init_stats())
+  assert float(first["mean"]) == pytest.approx(19.85, rel=1e-6)
+  assert float(first["std"]) == pytest.approx(99.0 + 0.01 * math.sqrt(2), rel=1e-6)
 
 
 def test_adaface_unbiased_std_and_t_alpha():

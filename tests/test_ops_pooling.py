@@ -49,7 +49,8 @@ def np_quality_pool(x, q, mask=None):
 def test_gradcheck_cases(name):
   (case,) = [c for c in qan_cases.cases() if c.name == name]
   rows = gradcheck.check_case(case, seed=1)
-  assert {r.against for r in rows} == {"autodiff", "finite_diff", "paper", "check_grads(order=2)"}
+  assert {r.against for r in rows} == {"forward", "autodiff", "finite_diff", "paper",
+                                       "check_grads(order=2)"}
   bad = [r for r in rows if not r.ok]
   assert not bad, gradcheck.format_table(bad)
 

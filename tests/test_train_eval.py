@@ -61,13 +61,23 @@ def test_missing_checkpoint_says_where_it_looked(run, tmp_path):
     train_eval.evaluate_run(config, tmp_path / "empty")
 
 
-def test_corrupt_checkpoint_says_what_it_found(run, tmp_path):
+def test_corrupt_checkpoint_says_what_it_found(run, tmp_path, capsys):
   config, workdir = run
   broken = tmp_path / "broken"
   shutil.copytree(workdir, broken)
   for f in (broken / "checkpoints" / "4" / "state").rglob("*"):
     if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
       f.write_bytes(b"\0garbage")
+  # The digest manifest catches it: latest falls back to step 2, with a warning;
+  # asking for step 4 names the damaged file.
+  report = train_eval.evaluate_run(config, broken, "latest", tmp_path / "out")
+  assert report["step"] == 2
+  assert "checkpoint step 4" in capsys.readouterr().err
+  with pytest.raises(train_eval.CheckpointError, match=r"step 4 .* is damaged: .*state"):
+    train_eval.evaluate_run(config, broken, "4")
+  # Without manifests (an older jaxset's run) the restore itself fails clearly.
+  for manifest in (broken / "checkpoints").glob("*.digest.json"):
+    manifest.unlink()
   with pytest.raises(train_eval.CheckpointError, match=r"step 4 .* could not be read"):
     train_eval.evaluate_run(config, broken)
 

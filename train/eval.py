@@ -39,6 +39,39 @@ def _listing(d: Path) -> str:
   return f"it holds {entries[:12]}" if entries else "it is empty"
 
 
+def _intact_step(directory: Path, steps, which: str) -> int:
+  """The step to evaluate, checked against its digest (train/checkpoints.py).
+
+  latest/best: the newest step whose files match their digests, with a
+  warning for each damaged one skipped (evaluation moves nothing). A given
+  step: that one, or an error naming the damaged file.
+  """
+  from train import checkpoints
+  if which not in ("latest", "best"):
+    if not str(which).isdigit():
+      raise CheckpointError(f"--checkpoint={which!r}: give latest, best or a step number "
+                            f"(steps in {directory}: {steps}).")
+    step = int(which)
+    if step not in steps:
+      raise CheckpointError(f"no checkpoint for step {step} in {directory}; steps there: {steps}.")
+    candidates = [step]
+  else:
+    candidates = sorted(steps, reverse=True)
+  for i, step in enumerate(candidates):
+    try:
+      checkpoints.verify(directory, step)
+      return step
+    except checkpoints.DamagedCheckpoint as e:
+      if len(candidates) == 1 or step == candidates[-1]:
+        raise CheckpointError(
+            f"checkpoint step {step} in {directory} is damaged: {e}. Evaluate another "
+            f"step (--checkpoint=N; steps there: {steps}) or restore the folder from a "
+            "copy.") from None
+      print(f"warning: checkpoint step {step} in {directory} is damaged: {e}; "
+            f"trying step {candidates[i + 1]}.", file=sys.stderr, flush=True)
+  raise AssertionError("unreachable")
+
+
 def restore_state(task, config, workdir: Path, which: str = "latest"):
   """(state, step) from <workdir>/checkpoints (latest or a step) or <workdir>/best."""
   import jax
@@ -57,9 +90,7 @@ def restore_state(task, config, workdir: Path, which: str = "latest"):
     raise CheckpointError(
         f"no finished checkpoint in {directory}: {_listing(directory)} (a "
         "*.orbax-checkpoint-tmp folder is a save that was interrupted).")
-  step = max(steps) if which in ("latest", "best") else int(which)
-  if step not in steps:
-    raise CheckpointError(f"no checkpoint for step {step} in {directory}; steps there: {steps}.")
+  step = _intact_step(directory, steps, which)
   state = task.create_state(config, jax.random.key(config.seed))
   state = loop.replicate(state, loop.make_mesh())
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from train import meshes, writers
+from train import checkpoints, meshes, writers
 from train.task import Stage, Task, TrainState  # noqa: F401  (Stage, TrainState: loop.X for tasks)
 
 
@@ -110,6 +110,9 @@ def _save(manager, step, state, iterator, meta, task):
   if extra:
     items["extra"] = ocp.args.StandardSave(extra)
   manager.save(step, args=ocp.args.Composite(**items))
+  # The digest manifest is written once the save is final (train/checkpoints.py).
+  manager.wait_until_finished()
+  checkpoints.write_digest(Path(str(manager.directory)), step)
 
 
 def _restore(manager, step, abstract_state, iterator, task):
@@ -155,6 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   is_chief = jax.process_index() == 0
   mesh = meshes.build(config)  # config.train.mesh: ('data',) or ('data', 'model')
 
+  checkpoints.check_config(workdir, config)  # before anything in workdir is written
   log = writers.MetricWriter(workdir, enabled=is_chief)
   log.announce(config, workdir)
 
@@ -175,7 +179,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   stage_idx, _ = stage_at(stages, max((latest or 0) - 1, 0))
   iterator = stages[stage_idx].make_iterator()
   if latest is not None:
-    state, meta = _restore(manager, latest, abstract, iterator, task)
+    def restore_step(manager, step):
+      idx, _ = stage_at(stages, max(step - 1, 0))
+      it = stages[idx].make_iterator()
+      return idx, it, _restore(manager, step, abstract, it, task)
+    manager, latest, (stage_idx, iterator, (state, meta)) = checkpoints.restore_newest_good(
+        workdir / "checkpoints", lambda: _checkpoint_manager(
+            workdir / "checkpoints", config.train.keep_checkpoints), restore_step, log.info)
     start = latest
     log.info(f"resumed from step {latest} ({workdir / 'checkpoints'})")
   else:
@@ -233,7 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if bad:
           raise NonFiniteLossError(
               f"step {bad[0]}: metric {bad[1]!r} is {bad[2]} (not finite). The run "
-              f"stops here; the last good checkpoint is step {manager.latest_step()} "
+              f"stops here; the last good checkpoint is step "
+              f"{checkpoints.last_good_step(workdir / 'checkpoints')} "
               f"in {workdir / 'checkpoints'}. Lower the learning rate, enable "
               "gradient clipping (config.optim.clip_norm) or check the input data.")
         history = []

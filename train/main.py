@@ -73,12 +73,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/netvlad.py")
   config_arg = flags.FLAGS["config"].config_filename
+  if not config_arg:
+    raise app.UsageError("--config is required, e.g. --config=configs/netvlad.py")
+  config = _load_config(config_arg)
   workdir = _WORKDIR.value or default_workdir(config_arg)
-  from train import loop
-  if _CONFIG.value.get("distributed", False):
+  from train import checkpoints, loop
+  if config.get("distributed", False):
     import jax
     env = os.environ.get
     num, pid = _NUM_PROCESSES.value, _PROCESS_ID.value
@@ -86,7 +87,42 @@ def main(argv):
         coordinator_address=_COORDINATOR.value or env("JAX_COORDINATOR_ADDRESS"),
         num_processes=num if num is not None else _int_or_none(env("JAX_NUM_PROCESSES")),
         process_id=pid if pid is not None else _int_or_none(env("JAX_PROCESS_ID")))
-  loop.train_and_evaluate(_CONFIG.value, workdir)
+  checkpoints.quiet_failed_write_output()
+  try:
+    loop.train_and_evaluate(config, workdir)
+  except (checkpoints.CheckpointError, checkpoints.ConfigMismatchError,
+          loop.NonFiniteLossError) as e:
+    _fatal(f"error: {e}", code=1)
+  except Exception as e:
+    message = checkpoints.disk_full_message(e, Path(workdir))
+    if message is None:
+      raise
+    _fatal(message, code=1)
+
+
+def _fatal(message: str, code: int):
+  sys.stderr.flush()
+  print(message, file=sys.__stderr__, flush=True)  # past any output filter
+  # os._exit: orbax's and tensorstore's background threads may still hold
+  # failed writes, whose tracebacks at interpreter exit would bury the message.
+  sys.stderr.flush()
+  os._exit(code)
+
+
+def _load_config(config_arg: str):
+  """The --config file's config, or one clear line if it cannot be loaded."""
+  path = config_arg.partition(":")[0]
+  if not Path(path).is_file():
+    here = sorted(p.name for p in Path("configs").glob("*.py") if p.name != "__init__.py")
+    _fatal(f"FATAL --config={config_arg}: no file {path!r} (relative to {os.getcwd()}). "
+           f"Give a configs/<method>.py file, e.g. one of {here}.", code=2)
+  try:
+    return _CONFIG.value
+  except OSError as e:
+    cause = e.__cause__ or e
+    _fatal(f"FATAL --config={config_arg}: the file could not be loaded "
+           f"({type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}).",
+           code=2)
 
 
 if __name__ == "__main__":

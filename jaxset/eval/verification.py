@@ -181,37 +181,82 @@ def _val_far(dist, same, threshold):
   return float(val), float(far)
 
 
+VAL_INTERPOLATIONS = ("distinct_far", "insightface")
+
+
+def interp_every_point(x_new: float, x, y) -> float:
+  """Piecewise-linear y(x_new) through EVERY (x, y) point, repeats included.
+
+  The rule of scipy's interp1d(x, y) on data with repeated x (insightface's
+  calculate_val; interp1d evaluates linear data with np.interp): the points
+  are sorted by x, stably (equal x keep their order); x_new strictly between
+  two distinct x values is interpolated on the segment from the LAST point of
+  the lower x to the FIRST point of the higher one; x_new equal to a data x
+  takes the last point with that x. Outside [min x, max x] raises
+  (interp1d's bounds error).
+  """
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  order = np.argsort(x, kind="stable")
+  x, y = x[order], y[order]
+  if not x[0] <= x_new <= x[-1]:
+    raise ValueError(f"x_new={x_new} is outside the data range [{x[0]}, {x[-1]}].")
+  return float(np.interp(x_new, x, y))
+
+
 def val_at_far(embeddings_a, embeddings_b, same, far_target: float = 1e-3,
                folds: int = 10, metric: str = "squared_l2", thresholds=None,
-               fold_ids=None, normalize: bool = True):
+               fold_ids=None, normalize: bool = True,
+               interpolation: str = "distinct_far"):
   """VAL@FAR with insightface's k-fold threshold interpolation (calculate_val).
 
   Per fold: FAR(t) on the other folds over the grid (default 0..3.999 step
   0.001 for squared_l2); if max FAR >= far_target the threshold is linearly
   interpolated at far_target along (FAR, t), else it is 0 (the lowest
   distance threshold: nothing accepted); VAL and FAR are then measured on the
-  fold. insightface calls scipy interp1d(far, t, kind="slinear"), which current
-  scipy rejects whenever FAR repeats (it always does at small thresholds); jaxset
-  keeps the first (smallest) threshold of each distinct FAR value, the usual fix,
-  and interpolates linearly between them. For cosine the interpolated cosine
-  threshold is applied as cos > t; the fallback is then the top of the grid.
+  fold. For cosine the interpolated cosine threshold is applied as cos > t;
+  the fallback is then the top of the grid.
+
+  FAR(t) is a step function, so many grid thresholds share a FAR value and
+  "interpolate along (FAR, t)" needs a rule for the repeats (docs/evaluation.md):
+
+  * interpolation="distinct_far" (default): keep the first (smallest)
+    threshold of each distinct FAR and interpolate between those: the inverse
+    of FAR(t) at its jump points, independent of any library version.
+  * interpolation="insightface": insightface's verification.calculate_val,
+    scipy interp1d(far, t) through EVERY grid point (`interp_every_point`):
+    between two FAR values the segment runs from the LAST threshold of the
+    lower FAR to the FIRST of the higher, so the threshold sits next to the
+    FAR jump. This reproduces insightface's VAL table exactly. (insightface
+    asks for kind="slinear", which current scipy rejects on repeated FAR;
+    between distinct values it is the same segment.)
 
   Returns:
     dict: "val_mean", "val_std" (np.std), "far_mean", "fold_val" [F],
     "fold_far" [F], "fold_thresholds" [F]. A fold without genuine (impostor)
     pairs reports VAL (FAR) 0.
   """
+  if not 0 < far_target <= 1:
+    raise ValueError(f"far_target must be a false accept rate in (0, 1], e.g. 1e-3; "
+                     f"got {far_target!r}.")
+  if interpolation not in VAL_INTERPOLATIONS:
+    raise ValueError(f"interpolation must be one of {VAL_INTERPOLATIONS}; "
+                     f"got {interpolation!r}.")
   dist = pair_distances(embeddings_a, embeddings_b, metric, normalize)
   s = _check_same_labels(same, dist.size)
   th = (_default_thresholds(metric, 0.001) if thresholds is None
         else np.asarray(thresholds, np.float64))
+  if th.ndim != 1 or th.size == 0:
+    raise ValueError(f"thresholds must be a non-empty 1-D grid; got shape {th.shape}.")
   sth = np.sort(_signed_thresholds(th, metric))  # FAR is non-decreasing along sth.
   vals, fars, used = [], [], []
   for train, test in fold_splits(dist.size, folds, fold_ids):
     imp = np.sort(dist[train][~s[train]])
     # FAR(t) = #{impostor dist < t} / #impostors, for every t at once.
     far_train = np.searchsorted(imp, sth, side="left") / max(imp.size, 1)
-    if far_train.max() >= far_target:
+    if far_train.max() >= far_target and interpolation == "insightface":
+      t = interp_every_point(far_target, far_train, sth)
+    elif far_train.max() >= far_target:
       f_u, first = np.unique(far_train, return_index=True)
       t = float(np.interp(far_target, f_u, sth[first]))
     else:
@@ -226,12 +271,16 @@ def val_at_far(embeddings_a, embeddings_b, same, far_target: float = 1e-3,
           "fold_far": np.asarray(fars), "fold_thresholds": np.asarray(used)}
 
 
-def roc_curve(scores, same):
+def roc_curve(scores, same, drop_intermediate: bool = False):
   """ROC from sorted scores (higher score = more likely genuine), sklearn-free.
 
   One point per distinct score t (accept when score >= t), in decreasing t, plus a
   leading (fpr 0, tpr 0, threshold +inf) point as sklearn.metrics.roc_curve
-  (drop_intermediate=False). Returns (fpr, tpr, thresholds), float64 each.
+  (drop_intermediate=False). drop_intermediate=True applies sklearn's default
+  thinning (what insightface's IJB script sees): of the per-score points, keep
+  the first, the last and every point where the second difference of the
+  false- or the true-positive counts is nonzero (a corner of the ROC), then
+  prepend the (0, 0, +inf) point. Returns (fpr, tpr, thresholds), float64 each.
   Raises if there is no genuine or no impostor pair.
   """
   sc = np.asarray(scores, np.float64).reshape(-1)
@@ -246,10 +295,17 @@ def roc_curve(scores, same):
   last = np.r_[np.nonzero(np.diff(sc))[0], sc.size - 1]  # last index of each distinct score
   tps = np.cumsum(s)[last]
   fps = (last + 1) - tps
+  thr = sc[last]
+  if drop_intermediate and fps.size > 2:
+    corner = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+    fps, tps, thr = fps[corner], tps[corner], thr[corner]
   fpr = np.r_[0.0, fps / n_neg]
   tpr = np.r_[0.0, tps / n_pos]
-  thr = np.r_[np.inf, sc[last]]
+  thr = np.r_[np.inf, thr]
   return fpr, tpr, thr
+
+
+TAR_METHODS = ("floor", "nearest", "insightface")
 
 
 def tar_at_far(scores, same, fars: Sequence[float] = DEFAULT_FARS, method: str = "floor"):
@@ -257,24 +313,37 @@ def tar_at_far(scores, same, fars: Sequence[float] = DEFAULT_FARS, method: str =
 
   method "floor" (default): the ROC point with the largest FAR still <= target
   (that is, the lowest threshold whose FAR <= target; accept score >= threshold),
-  no interpolation. method "nearest": insightface's IJB scripts, the ROC point
-  whose FAR is closest to the target (np.argmin |fpr - far|, first on ties),
-  which may exceed the target. With fewer than 1/far impostor pairs "floor"
-  reports the TAR at zero false accepts.
+  no interpolation: a TAR measured at a FAR that does not exceed the target.
+  method "nearest": on the full ROC, the point whose FAR is closest to the
+  target (np.argmin |fpr - far|, first = smaller TAR on ties), which may
+  exceed the target. method "insightface": the IJB table of insightface's
+  eval_ijbc, exactly: sklearn's roc_curve with its default
+  drop_intermediate=True (`roc_curve(..., drop_intermediate=True)`), then
+  the kept point nearest the target by |fpr - far|, ties to the LARGER TAR
+  (the script flips the ROC and takes the first minimum). With fewer than
+  1/far impostor pairs "floor" reports the TAR at zero false accepts, while
+  "insightface" may report a point far above the target FAR (a thinned ROC
+  has few points near 0). See docs/evaluation.md.
 
   Returns:
     dict: "tar" {far: tar}, "threshold" {far: score threshold}, "fpr", "tpr",
     "thresholds" (the full ROC of `roc_curve`, for plotting).
   """
-  if method not in ("floor", "nearest"):
-    raise ValueError(f"method must be 'floor' or 'nearest'; got {method!r}.")
-  fpr, tpr, thr = roc_curve(scores, same)
+  if method not in TAR_METHODS:
+    raise ValueError(f"method must be one of {TAR_METHODS}; got {method!r}.")
+  bad = [f for f in fars if not 0 < f <= 1]
+  if bad:
+    raise ValueError(f"fars must be false accept rates in (0, 1], e.g. (1e-4, 1e-3); got {bad}.")
+  fpr, tpr, thr = roc_curve(scores, same, drop_intermediate=method == "insightface")
   tar, at = {}, {}
   for far in fars:
     if method == "floor":
       i = int(np.searchsorted(fpr, far, side="right")) - 1
-    else:
+    elif method == "nearest":
       i = int(np.argmin(np.abs(fpr - far)))
+    else:
+      # The last minimum: fpr and tpr are non-decreasing, so the larger TAR.
+      i = fpr.size - 1 - int(np.argmin(np.abs(fpr - far)[::-1]))
     tar[far] = float(tpr[i])
     at[far] = float(thr[i])
   return {"tar": tar, "threshold": at, "fpr": fpr, "tpr": tpr, "thresholds": thr}

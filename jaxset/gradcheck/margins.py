@@ -15,8 +15,13 @@ formulas out by hand:
   GST = cos(g_angle) + cos(theta)*sin(g_angle)/sqrt(1 - cos^2(theta)),
   g_angle = -m*z_hat; other columns s * g.
 
-Cosines are drawn in [-0.9, 0.9] (away from +-1 and from the ArcFace fallback
-boundary) so that finite differences are meaningful.
+Cosines are mostly drawn in [-0.9, 0.9] (away from +-1, where finite
+differences of arccos lose meaning). The ArcFace fallback starts at
+cos(pi - 0.5) = -0.878, inside that range, so the written-out factor covers
+it (m1 there; ArcFace's easy margin: the margin without m2 where cos <= 0).
+Boundary cases put cosines where the formulas change on purpose: the ArcFace
+fallback region, AdaFace's clamps (|cos| > 1 - eps, and theta + g_angle
+outside [eps, pi - eps]) and EQFace's official clamp (quality below 0.2).
 
 Straight-through is, by design, not the derivative of its forward, so finite
 differences of the raw op cannot match it. Its case checks
@@ -32,6 +37,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxset.gradcheck import GradCase
 from jaxset.ops import margins
@@ -58,9 +64,17 @@ def _one_hot(labels, c):
 # Plain references (full matrix, one-hot select, autodiff).
 
 
+def _resolve_fallback(fallback, m1_mode):
+  """The op's default: "arcface" for m1_mode="cosine", "none" for "angle"."""
+  if fallback is None:
+    return "arcface" if m1_mode == "cosine" else "none"
+  return fallback
+
+
 def reference_margin_base(cos, labels, *, m1=1.0, m2=0.0, m3=0.0, m1_mode="cosine",
-                          fallback="arcface"):
+                          fallback=None):
   """Combined-margin cosines (before the scale), plain jnp over every entry."""
+  fallback = _resolve_fallback(fallback, m1_mode)
   theta = jnp.arccos(cos)
   if m1_mode == "cosine":
     phi = m1 * jnp.cos(theta + m2) - m3
@@ -68,6 +82,9 @@ def reference_margin_base(cos, labels, *, m1=1.0, m2=0.0, m3=0.0, m1_mode="cosin
     phi = jnp.cos(m1 * theta + m2) - m3
   if fallback == "arcface" and m2 > 0:
     phi = jnp.where(cos <= math.cos(math.pi - m2), m1 * (cos - m2 * math.sin(m2)) - m3, phi)
+  elif fallback == "easy":
+    easy = m1 * cos - m3 if m1_mode == "cosine" else jnp.cos(m1 * theta) - m3
+    phi = jnp.where(cos <= 0, easy, phi)
   return jnp.where(_one_hot(labels, cos.shape[1]), phi, cos)
 
 
@@ -116,10 +133,29 @@ def paper_margin_factor(cos_t, *, m1=1.0, m2=0.0, m1_mode="cosine"):
   return m1 * jnp.sin(arg) / jnp.sin(theta)
 
 
+def paper_fallback_factor(cos_t, factor, *, m1=1.0, m2=0.0, m1_mode="cosine",
+                          fallback=None):
+  """`factor` with the fallback regions' derivatives swapped in.
+
+  ArcFace fallback (cos <= cos(pi - m2), m2 > 0): d/dcos m1*(cos - m2 sin m2) = m1.
+  Easy margin (cos <= 0): m1 ("cosine") or m1*sin(m1*theta)/sin(theta) ("angle").
+  """
+  fallback = _resolve_fallback(fallback, m1_mode)
+  if fallback == "arcface" and m2 > 0:
+    return jnp.where(cos_t <= math.cos(math.pi - m2), m1, factor)
+  if fallback == "easy":
+    easy = m1 if m1_mode == "cosine" else paper_margin_factor(
+        cos_t, m1=m1, m2=0.0, m1_mode="angle")
+    return jnp.where(cos_t <= 0, easy, factor)
+  return factor
+
+
 def _target_factor(cos, labels, margin):
   one_hot = _one_hot(labels, cos.shape[1])
-  factor = paper_margin_factor(cos, m1=margin.get("m1", 1.0), m2=margin.get("m2", 0.0),
-                               m1_mode=margin.get("m1_mode", "cosine"))
+  kw = dict(m1=margin.get("m1", 1.0), m2=margin.get("m2", 0.0),
+            m1_mode=margin.get("m1_mode", "cosine"))
+  factor = paper_margin_factor(cos, **kw)
+  factor = paper_fallback_factor(cos, factor, fallback=margin.get("fallback"), **kw)
   return jnp.where(one_hot, factor, 1.0)
 
 
@@ -157,14 +193,26 @@ def paper_adaface_gst(cos_t, z_hat, m):
 
 
 def paper_adaface_grad(args, fixed, cot):
+  """s * g * GST at the target, s * g elsewhere; 0 wherever a clamp binds.
+
+  The official head clamps cos to [-1 + eps, 1 - eps] (every entry) and the
+  target angle theta + g_angle to [eps, pi - eps]: a clamped value is
+  constant, so its derivative is 0 (torch.clamp's backward; bounds count as
+  inside).
+  """
   (cos,) = args
   logits_cot, _ = cot
   _, new = reference_adaface_logits(cos, **fixed)
   m, h, eps = fixed.get("m", 0.4), fixed.get("h", 0.333), fixed.get("eps", 1e-3)
   norms = jnp.clip(fixed["norms"], 0.001, 100.0)
-  z = jnp.clip(h * (norms - new["mean"]) / (new["std"] + eps), -1, 1)
+  z = jnp.clip(h * (norms - new["mean"]) / (new["std"] + eps), -1, 1)[:, None]
   one_hot = _one_hot(fixed["labels"], cos.shape[1])
-  factor = jnp.where(one_hot, paper_adaface_gst(cos, z[:, None], m), 1.0)
+  inside = (cos >= -1 + eps) & (cos <= 1 - eps)
+  theta_m = jnp.arccos(jnp.clip(cos, -1 + eps, 1 - eps)) - m * z
+  angle_inside = (theta_m >= eps) & (theta_m <= math.pi - eps)
+  safe = jnp.where(inside, cos, 0.0)
+  gst = jnp.where(angle_inside, paper_adaface_gst(safe, z, m), 0.0)
+  factor = jnp.where(inside, jnp.where(one_hot, gst, 1.0), 0.0)
   return (fixed.get("scale", 64.0) * logits_cot * factor,)
 
 
@@ -241,4 +289,80 @@ def cases() -> list[GradCase]:
       name="adaface_logits", fn=_adaface_op, reference=reference_adaface_logits,
       paper_grad=paper_adaface_grad, make=make_ada,
       paper_eq="GST cos(g)+c sin(g)/sqrt(1-c^2)"))
+  out.extend(_boundary_cases())
+  return out
+
+
+def _with_targets(rng, cos, labels, lo, hi):
+  """cos with each labelled row's target drawn from [lo, hi]."""
+  cos = np.array(cos)
+  rows = np.nonzero(labels >= 0)[0]
+  cos[rows, labels[rows]] = rng.uniform(lo, hi, len(rows))
+  return cos
+
+
+def _boundary_cases() -> list[GradCase]:
+  """Inputs inside the regions where the formulas switch (see the module doc)."""
+  m2 = 0.5
+  edge = math.cos(math.pi - m2)  # -0.8776: the ArcFace fallback starts here
+
+  def make_fallback(rng, **margin):
+    labels = _labels(rng)
+    # Half the targets beyond the fallback edge, half on the margin side.
+    cos = _with_targets(rng, _cos(rng), labels, -0.99, edge - 0.01)
+    cos[0, labels[0]] = rng.uniform(edge + 0.01, 0.9)
+    return (cos,), {"labels": jnp.asarray(labels), "scale": 16.0, **margin}
+
+  out = [GradCase(
+      name="margin_logits[arcface fallback]", fn=_margin_op,
+      reference=reference_margin_logits, paper_grad=paper_margin_grad,
+      make=lambda rng: make_fallback(rng, m2=m2, m1=1.1, m3=0.1),
+      paper_eq="s*m1 where cos <= cos(pi-m2)")]
+
+  for mode, m1 in (("cosine", 1.1), ("angle", 1.2)):
+    def make_easy(rng, mode=mode, m1=m1):
+      labels = _labels(rng)
+      cos = _with_targets(rng, _cos(rng), labels, -0.9, -0.05)
+      cos[0, labels[0]] = rng.uniform(0.05, 0.9)
+      return (cos,), {"labels": jnp.asarray(labels), "scale": 16.0, "m1": m1, "m2": 0.3,
+                      "m3": 0.1, "m1_mode": mode, "fallback": "easy"}
+    out.append(GradCase(
+        name=f"margin_logits[easy {mode}]", fn=_margin_op,
+        reference=reference_margin_logits, paper_grad=paper_margin_grad, make=make_easy,
+        paper_eq="no m2 where cos <= 0"))
+
+  def make_eq_clamp(rng):
+    # Official transform S*clamp(s - 0.2, 0, 1)*1.2: rows below 0.2 are clamped.
+    quality = np.concatenate([rng.uniform(0.0, 0.19, 2), rng.uniform(0.21, 0.95, 2)])
+    labels = _labels(rng)
+    cos = _with_targets(rng, _cos(rng), labels, -0.99, 0.9)
+    return ((cos, quality), {"labels": jnp.asarray(labels), "scale": 16.0, "m2": m2,
+                             "quality_transform": "official"})
+  out.append(GradCase(
+      name="eqface_logits[official clamp]", fn=_eqface_op,
+      reference=reference_eqface_logits, paper_grad=paper_eqface_grad, make=make_eq_clamp,
+      paper_eq="dL/ds_i = 0 where s_i < 0.2"))
+
+  def make_ada_clamp(rng):
+    eps = 1e-3
+    # Rows 0, 1: z_hat = +1 (large norms); rows 2, 3: z_hat = -1 (small norms).
+    norms = jnp.asarray([90.0, 80.0, 0.5, 1.0])
+    stats = {"mean": jnp.asarray(20.0), "std": jnp.asarray(6.0)}
+    labels = rng.integers(0, _C, _B)
+    cos = _cos(rng)
+    # Every entry's cosine clamp: values within eps of +-1.
+    cos[:, -1] = rng.choice([-1.0, 1.0], _B) * rng.uniform(1 - eps / 2, 1.0, _B)
+    # Target-angle clamp: z = +1 needs theta < m + eps (cos > 0.92); z = -1
+    # needs theta > pi - m - eps (cos < -0.92). Row 1 and 3 stay inside.
+    t = labels
+    cos[0, t[0]] = rng.uniform(0.93, 0.99)
+    cos[1, t[1]] = rng.uniform(0.2, 0.9)
+    cos[2, t[2]] = rng.uniform(-0.99, -0.93)
+    cos[3, t[3]] = rng.uniform(-0.9, -0.2)
+    return (cos,), {"norms": norms, "labels": jnp.asarray(labels), "stats": stats,
+                    "m": 0.4, "scale": 16.0, "eps": eps}
+  out.append(GradCase(
+      name="adaface_logits[clamps]", fn=_adaface_op, reference=reference_adaface_logits,
+      paper_grad=paper_adaface_grad, make=make_ada_clamp,
+      paper_eq="0 where a clamp binds"))
   return out

@@ -87,3 +87,47 @@ def check_labels(name: str, labels, num_classes: int) -> None:
         f"{name} has {int(bad.sum())} value(s) >= num_classes={num_classes} "
         f"(max {int(a.max())}). Labels index the class axis of the logits; use "
         "-1 to ignore a row, or give the head as many classes as the dataset has.")
+
+
+def check_float(name: str, x) -> None:
+  """Raises unless x is a real floating-point array (float16/32/64, bfloat16).
+
+  Integer, bool or complex inputs would be pooled, scaled or compared and then
+  cast back to their own dtype (a truncated mean, integer logits): say so.
+  """
+  if x is None:
+    return
+  dtype = jnp.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f"{name} must be a floating-point array; got dtype {dtype}. Cast it first, "
+        f"e.g. {name}.astype(jnp.float32)"
+        + (" (complex values have no order or norm here)." if jnp.issubdtype(
+            dtype, jnp.complexfloating) else "."))
+
+
+def check_binary(name: str, x) -> None:
+  """Eagerly raises unless x holds only 0/1 (or bool) values."""
+  if x is None or not is_concrete(x):
+    return
+  a = np.asarray(jax.device_get(x))
+  if a.dtype == bool:
+    return
+  bad = ~np.isin(a.astype(np.float64), (0.0, 1.0))
+  if bad.any():
+    raise ValueError(
+        f"{name} must hold 0/1 (or bool) values; got {int(bad.sum())} other value(s), "
+        f"e.g. {a.reshape(-1)[np.argmax(bad.reshape(-1))]!r}. Pass a boolean mask or labels "
+        "in {0, 1}.")
+
+
+def check_scalar_range(name: str, value, low: float, high: float, what: str,
+                       low_open: bool = False) -> None:
+  """Eagerly raises unless low (<) <= value <= high for a concrete scalar."""
+  if not is_concrete(value):
+    return
+  v = float(np.asarray(jax.device_get(value)))
+  below = v <= low if low_open else v < low
+  if not np.isfinite(v) or below or v > high:
+    left = "(" if low_open else "["
+    raise ValueError(f"{name} must be in {left}{low:g}, {high:g}] ({what}); got {v!r}.")

@@ -7,8 +7,13 @@ docstring; jaxset/gradcheck checks them against autodiff, finite differences
 and the papers. Plain softmax cross-entropy is not here: use
 optax.softmax_cross_entropy_with_integer_labels.
 
-Arithmetic runs in float32 at least (bfloat16 inputs are accumulated in
-float32); results are cast back to the inputs' dtype. Called eagerly, NaN/Inf
+Arithmetic runs in float32 at least (bfloat16/float16 inputs are accumulated
+in float32). The distance-based losses (set_triplet_loss,
+weakly_supervised_ranking_loss, attention_consistency_loss) return float32
+at least: a squared distance of unnormalised float16 descriptors passes the
+float16 maximum (65504) easily, and casting it back would give Inf. Their
+gradients come back in each input's dtype; verification_bce returns
+logits.dtype (its loss is bounded by |z| + log 2). Called eagerly, NaN/Inf
 inputs raise ValueError; under jit they propagate (the loop's NaN guard
 stops the run).
 
@@ -39,6 +44,7 @@ def _dtype_tag(x):
 
 def _check_all_finite(**arrays):
   for name, x in arrays.items():
+    _checks.check_float(name, x)
     _checks.check_finite(name, x)
 
 
@@ -55,8 +61,7 @@ def _set_triplet_fwd(anchor, positive, negative, margin):
   dtype = _checks.compute_dtype(anchor, positive, negative)
   a, p, n = (x.astype(dtype) for x in (anchor, positive, negative))
   hinge = jnp.sum((a - p) ** 2, -1) - jnp.sum((a - n) ** 2, -1) + margin
-  out_dtype = jnp.result_type(anchor, positive, negative)
-  loss = jnp.maximum(hinge, 0).astype(out_dtype)
+  loss = jnp.maximum(hinge, 0)
   return loss, (a, p, n, hinge > 0, _dtype_tag(anchor), _dtype_tag(positive),
                 _dtype_tag(negative))
 
@@ -84,7 +89,7 @@ def set_triplet_loss(anchor, positive, negative, margin: float = 1.2):
       official Caffe code's m.
 
   Returns:
-    [...] per-triplet loss (the paper's per-example form). The official code
+    [...] per-triplet loss (the paper's per-example form), float32 at least. The official code
     averages as (1/2N) sum over the batch: `0.5 * jnp.mean(loss)`.
 
   Gradient (jax.custom_vjp), with h = |a-p|^2 - |a-n|^2 + delta and
@@ -141,11 +146,10 @@ def _ranking(query, positives, negatives, pos_mask, neg_mask, margin, squared):
 def _ranking_fwd(query, positives, negatives, pos_mask, neg_mask, margin, squared):
   loss, (best, j_best, j_neg, active) = _ranking_terms(
       query, positives, negatives, pos_mask, neg_mask, margin, squared)
-  out_dtype = jnp.result_type(query, positives, negatives)
   best_onehot = jax.nn.one_hot(best, positives.shape[1], dtype=j_best.dtype)
   res = (best_onehot, j_best, j_neg, active, _dtype_tag(query),
          _dtype_tag(positives), _dtype_tag(negatives))
-  return loss.astype(out_dtype), res
+  return loss, res
 
 
 def _ranking_bwd(margin, squared, res, g):
@@ -185,7 +189,8 @@ def weakly_supervised_ranking_loss(query, positives, negatives, pos_mask=None,
       (which use margin 0.1 or sqrt(0.1)).
 
   Returns:
-    [B] per-query loss (sum over negatives; the caller averages queries).
+    [B] per-query loss (sum over negatives; the caller averages queries),
+    float32 at least (distances are computed in float32: no float16 overflow).
     A query with no valid positive (or P == 0) has loss 0 and gradient 0.
 
   Gradient (jax.custom_vjp), with A the set of active negatives
@@ -203,6 +208,8 @@ def weakly_supervised_ranking_loss(query, positives, negatives, pos_mask=None,
   _checks.check_shape("positives", positives, (b, None, d), "[batch, positives, dim]")
   _checks.check_shape("negatives", negatives, (b, None, d), "[batch, negatives, dim]")
   p, m = positives.shape[1], negatives.shape[1]
+  _checks.check_binary("pos_mask", pos_mask)
+  _checks.check_binary("neg_mask", neg_mask)
   pos_mask = jnp.ones((b, p), bool) if pos_mask is None else jnp.asarray(pos_mask, bool)
   neg_mask = jnp.ones((b, m), bool) if neg_mask is None else jnp.asarray(neg_mask, bool)
   _checks.check_shape("pos_mask", pos_mask, (b, p), "one bool per positive")
@@ -211,7 +218,7 @@ def weakly_supervised_ranking_loss(query, positives, negatives, pos_mask=None,
     _check_all_finite(query=query,
                       positives=jnp.where(pos_mask[..., None], positives, 0),
                       negatives=jnp.where(neg_mask[..., None], negatives, 0))
-  out_dtype = jnp.result_type(query, positives, negatives)
+  out_dtype = _checks.compute_dtype(query, positives, negatives)
   if p == 0 or m == 0:
     # No positive or no negative anywhere: every loss is 0; keep the graph
     # connected so that gradients are (zero) arrays of the right shapes.
@@ -267,6 +274,7 @@ def verification_bce(logits, same):
   same = jnp.asarray(same)
   _checks.check_shape("same", same, logits.shape, "one label per logit")
   _check_all_finite(logits=logits)
+  _checks.check_binary("same", same)
   if not jnp.issubdtype(same.dtype, jnp.floating):
     same = same.astype(_checks.compute_dtype(logits))
   return _bce(logits, same)
@@ -277,10 +285,17 @@ def verification_bce(logits, same):
 
 
 def _profile(maps, threshold):
-  """Horizontal max pool [B, H, W] -> [B, H], then the relative threshold."""
+  """Horizontal max pool [B, H, W] -> [B, H], then the relative threshold.
+
+  The threshold is relative to the profile's span above its floor
+  min(0, min_h profile): 0 for non-negative (ReLU) maps, the minimum for
+  signed ones, whose maximum may be negative. Dropped rows take the floor.
+  """
   profile = jnp.max(maps, axis=-1)
-  keep = profile >= threshold * jnp.max(profile, axis=-1, keepdims=True)
-  return jnp.where(keep, profile, 0), keep
+  floor = jax.lax.stop_gradient(jnp.minimum(jnp.min(profile, axis=-1, keepdims=True), 0))
+  peak = jnp.max(profile, axis=-1, keepdims=True)
+  keep = profile - floor >= threshold * (peak - floor)
+  return jnp.where(keep, profile, floor), keep
 
 
 def _resize(profile, size):
@@ -302,7 +317,7 @@ def _consistency_fwd(map_a, map_b, same, threshold, size):
   diff = _resize(pa, size) - _resize(pb, size)
   sq = jnp.sum(diff ** 2, axis=-1)
   y = same.astype(dtype)
-  loss = (y * sq).astype(jnp.result_type(map_a, map_b))
+  loss = y * sq
   res = (a, b, pa, keep_a, keep_b, diff, y, sq, _dtype_tag(map_a), _dtype_tag(map_b),
          _dtype_tag(same))
   return loss, res
@@ -339,7 +354,11 @@ def attention_consistency_loss(map_a, map_b, same, *, threshold: float = 0.5,
   vertical profile, values below `threshold` times the profile's own maximum
   are zeroed (the threshold is RELATIVE to the per-map max, so it does not
   depend on the Grad-CAM scale; threshold=0 keeps everything), and the
-  profile is linearly resized to `size`. The loss is
+  profile is linearly resized to `size`. Signed maps (grad_cam(relu=False)
+  without normalisation) are measured from their floor f = min(0, min_h
+  profile) instead of 0: rows with profile - f < threshold * (max - f) are
+  set to f (for non-negative maps f = 0: the rule above). A max-relative
+  threshold would drop every row of an all-negative profile. The loss is
   ||R(M_m1) - R(M_m2)||^2 for a positive pair and 0 for a negative pair.
 
   Args:
@@ -350,7 +369,7 @@ def attention_consistency_loss(map_a, map_b, same, *, threshold: float = 0.5,
     size: length of the resized profile; None keeps H.
 
   Returns:
-    [B] per-pair loss.
+    [B] per-pair loss, float32 at least.
 
   Gradient (jax.custom_vjp), with R the resize (a linear map), k the kept
   rows (piecewise constant, so no gradient through the threshold) and
@@ -371,6 +390,9 @@ def attention_consistency_loss(map_a, map_b, same, *, threshold: float = 0.5,
   if size < 1:
     raise ValueError(f"size must be a positive length (or None to keep H); got {size}.")
   _check_all_finite(map_a=map_a, map_b=map_b)
+  _checks.check_binary("same", same)
+  _checks.check_scalar_range("threshold", threshold, 0.0, 1.0,
+                             "relative to each profile's span; 0 keeps every row")
   if not jnp.issubdtype(same.dtype, jnp.floating):
     same = same.astype(_checks.compute_dtype(map_a, map_b))
   return _consistency(map_a, map_b, same, float(threshold), size)

@@ -55,6 +55,9 @@ __all__ = [
 # factor is evaluated at the clipped cosine (not zeroed), so a target at
 # cos = +-1 still receives a bounded gradient.
 COS_CLIP_EPS = 1e-6
+# Called eagerly, |cos| beyond 1 + COS_RANGE_TOL raises: such values are not
+# rounding but unnormalised embeddings or weights.
+COS_RANGE_TOL = 1e-2
 
 _GRADS = ("exact", "straight_through")
 _M1_MODES = ("cosine", "angle")
@@ -107,10 +110,16 @@ def _target_margin(c, p: _Margin):
     value = jnp.where(region, p.m1 * (c - p.m2 * math.sin(p.m2)) - p.m3, value)
     deriv = jnp.where(region, p.m1, deriv)
   elif p.fallback == "easy":
-    # ArcFace's easy_margin: no margin at all where cos <= 0.
+    # ArcFace's easy_margin: no additive angle where cos <= 0; m1 and m3 stay
+    # (the margin without m2: m1*cos - m3, or cos(m1*theta) - m3 in "angle" mode).
     region = c <= 0
-    value = jnp.where(region, c, value)
-    deriv = jnp.where(region, 1.0, deriv)
+    if p.m1_mode == "cosine":
+      easy_value, easy_deriv = p.m1 * c - p.m3, jnp.full_like(c, p.m1)
+    else:
+      easy_value = jnp.cos(p.m1 * theta) - p.m3
+      easy_deriv = p.m1 * jnp.sin(p.m1 * theta) / sin_theta
+    value = jnp.where(region, easy_value, value)
+    deriv = jnp.where(region, easy_deriv, deriv)
   return value, deriv
 
 
@@ -189,8 +198,21 @@ def _check_common(cos, labels):
   _checks.check_shape("labels", labels, (b,), "[batch] int class ids, -1 = ignore the row")
   if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
     raise ValueError(f"labels must be integers; got dtype {jnp.asarray(labels).dtype}.")
+  _checks.check_float("cos", cos)
   _checks.check_finite("cos", cos)
   _checks.check_labels("labels", labels, c)
+  if _checks.is_concrete(cos) and cos.size:
+    worst = float(jnp.max(jnp.abs(cos)))
+    if worst > 1 + COS_RANGE_TOL:
+      raise ValueError(
+          f"cos holds values outside [-1, 1] (max |cos| = {worst:g}): these are not "
+          "cosines. L2-normalise the embeddings and the class weights before the "
+          "matmul (rounding slightly past +-1 is fine).")
+
+
+def _check_scale(scale) -> None:
+  _checks.check_scalar_range("scale", scale, 0.0, math.inf, "the logit scale s, e.g. 64",
+                             low_open=True)
 
 
 def _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad) -> _Margin:
@@ -230,15 +252,18 @@ def margin_logits(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0
     cos: [B, C] cosines, float32/bfloat16/float64. Values slightly outside
       [-1, 1] are fine (clipped, see COS_CLIP_EPS).
     labels: [B] int; < 0 ignores the row (no margin; mask its loss yourself).
-    scale: s, the logit scale (e.g. 64).
+    scale: s, the logit scale (e.g. 64). May be traced (a learnable scale):
+      d logits / d s is then the margined cosine of each entry.
     m1, m2, m3: multiplicative, additive-angle and additive-cosine margins.
     grad: "exact" (differentiate through the margin) or "straight_through"
       (insightface: margin without gradient, dlogits/dcos = s everywhere).
     m1_mode: "cosine" (paper eq. (3)) or "angle" (insightface / SphereFace).
     fallback: where theta + m2 > pi the ArcFace margin is not monotonic.
       "arcface": use m1*(cos(theta) - m2*sin(m2)) - m3 where
-      cos(theta) <= cos(pi - m2) (only when m2 > 0); "easy": no margin where
-      cos(theta) <= 0 (ArcFace's easy_margin); "none": the formula everywhere.
+      cos(theta) <= cos(pi - m2) (only when m2 > 0); "easy": no additive
+      angle where cos(theta) <= 0 (ArcFace's easy_margin; m1 and m3 still
+      apply: m1*cos(theta) - m3, or cos(m1*theta) - m3 for "angle");
+      "none": the formula everywhere.
       None (default) = "arcface" for m1_mode="cosine", "none" for "angle".
 
   Returns:
@@ -249,7 +274,11 @@ def margin_logits(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0
   raise ValueError.
   """
   _check_common(cos, labels)
-  p = _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad=False)
+  _check_scale(scale)
+  # A traced scale needs its gradient (the row-scale gradient of eqface_logits);
+  # a Python float does not, and then cos is not kept for the backward.
+  traced_scale = isinstance(scale, jax.core.Tracer)
+  p = _make_margin(m1, m2, m3, m1_mode, fallback, grad, row_grad=traced_scale)
   row_scale = jnp.full((cos.shape[0],), scale, _checks.compute_dtype(cos))
   return _margin_rows_jit(cos, labels, row_scale, p)
 
@@ -285,7 +314,9 @@ def eqface_logits(cos, labels, quality, *, scale: float, m1: float = 1.0,
   """
   _check_common(cos, labels)
   _checks.check_shape("quality", quality, (cos.shape[0],), "[batch] quality scores s_i")
+  _checks.check_float("quality", quality)
   _checks.check_finite("quality", quality)
+  _check_scale(scale)
   if quality_transform not in ("paper", "official"):
     raise ValueError(
         f"quality_transform must be 'paper' or 'official'; got {quality_transform!r}.")
@@ -460,7 +491,8 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
     `stats`; the statistics are computed in float32 at least).
 
   Degenerate input: a global batch of one norm has no unbiased std; the EMA
-  then keeps its previous std (the mean is still updated). All rows ignored:
+  then keeps its previous std (the mean is still updated). An empty batch
+  (B = 0, or an empty shard with axis_name=None) keeps both statistics. All rows ignored:
   plain s*clip(cos) logits, stats still updated. cos = +-1: finite logits and
   gradients (the clamp's gradient is 0 outside [-1 + eps, 1 - eps]). The
   gradient w.r.t. norms and stats is zero. Eagerly, NaN/Inf in cos or norms,
@@ -472,9 +504,16 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
     _checks.check_shape("norms", norms, (b, 1), "[batch] or [batch, 1] embedding norms")
     norms = jnp.reshape(norms, (b,))
   _checks.check_shape("norms", norms, (b,), "[batch] or [batch, 1] embedding norms")
+  _checks.check_float("norms", norms)
   _checks.check_finite("norms", norms)
+  if _checks.is_concrete(norms) and b and float(jnp.min(norms)) < 0:
+    raise ValueError(f"norms must be >= 0 (they are ||z_i||); got min {float(jnp.min(norms)):g}. "
+                     "Pass jnp.linalg.norm(embeddings, axis=-1).")
   if not isinstance(stats, dict) or set(stats) != {"mean", "std"}:
     raise ValueError("stats must be a dict {'mean', 'std'}; start from adaface_init_stats().")
+  _checks.check_finite("stats['mean']", stats["mean"])
+  _checks.check_finite("stats['std']", stats["std"])
+  _check_scale(scale)
   p = _Ada(float(m), float(scale), float(eps))
   return _adaface_step(cos, norms, labels, stats, p, float(h), float(t_alpha), axis_name)
 
@@ -490,7 +529,9 @@ def _adaface_step(cos, norms, labels, stats, p, h, t_alpha, axis_name):
   old_mean = lax.stop_gradient(old_mean.astype(st))
   old_std = lax.stop_gradient(old_std.astype(st))
   n, batch_mean, batch_std = _batch_norm_stats(norms, axis_name)
-  new_mean = t_alpha * batch_mean + (1.0 - t_alpha) * old_mean
+  # No norm at all (an empty batch, or an empty shard without axis_name):
+  # nothing was measured, so the EMA keeps its mean (not a batch mean of 0).
+  new_mean = jnp.where(n > 0, t_alpha * batch_mean + (1.0 - t_alpha) * old_mean, old_mean)
   new_std = jnp.where(n > 1, t_alpha * batch_std + (1.0 - t_alpha) * old_std, old_std)
   z_hat = adaface_norm_scaler(norms, new_mean, new_std, h=h, eps=p.eps).astype(ct)
   logits = _adaface_rows(cos, labels, lax.stop_gradient(z_hat), p)

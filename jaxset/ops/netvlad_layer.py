@@ -36,6 +36,12 @@ import jax.numpy as jnp
 from jaxset.ops import _checks
 
 DEFAULT_EPS = 1e-12
+# The backward of the input L2 normalisation clips its 1/|x_i| factor at
+# 1/sqrt(INPUT_GRAD_EPS) = 1e3. The exact factor is 1/sqrt(eps + |x_i|^2),
+# up to 1/sqrt(DEFAULT_EPS) = 1e6 for a zero descriptor (padding, a dead
+# ReLU cell), which would reach the optimiser. Descriptors with |x_i| >= 1e-3
+# (every realistic conv feature) get the exact gradient.
+INPUT_GRAD_EPS = 1e-6
 
 
 # ----------------------------------------------------------------------------------
@@ -67,8 +73,21 @@ def _validate(descriptors, centroids, assign_weight=None, assign_bias=None, mask
                         "descriptors.shape[:-1], True = a real descriptor")
   for name, x in (("descriptors", descriptors), ("centroids", centroids),
                   ("assign_weight", assign_weight), ("assign_bias", assign_bias)):
+    _checks.check_float(name, x)
+  _checks.check_binary("mask", mask)
+  if mask is not None and _checks.is_concrete(descriptors, mask):
+    # Masked-out padding may hold anything (the jaxset.ops.pooling convention):
+    # only the valid descriptors are checked.
+    descriptors = jnp.where(jnp.asarray(mask, bool)[..., None], descriptors, 0)
+  for name, x in (("descriptors", descriptors), ("centroids", centroids),
+                  ("assign_weight", assign_weight), ("assign_bias", assign_bias)):
     _checks.check_finite(name, x)
   return k, d
+
+
+def _check_eps(eps) -> None:
+  if not float(eps) > 0:
+    raise ValueError(f"eps must be > 0 (it keeps every 1/sqrt(eps + |v|^2) finite); got {eps}.")
 
 
 def _varying_axes(x) -> frozenset:
@@ -112,7 +131,8 @@ def _prepare(descriptors, mask, dtype):
   """
   lead = tuple(jnp.shape(descriptors)[:-2])
   n, d = jnp.shape(descriptors)[-2:]
-  x = jnp.reshape(descriptors, (-1, n, d)).astype(dtype)
+  # An explicit batch size: reshape's -1 cannot be inferred when N == 0.
+  x = jnp.reshape(descriptors, (math.prod(lead), n, d)).astype(dtype)
   if mask is None:
     m = jnp.ones(x.shape[:2], bool)
   else:
@@ -170,7 +190,8 @@ def _netvlad_bwd(normalize_input, eps, res, g):
                   dL/dc_k  = -(sum_i a_ik) g_V_k                             -> [K, D]
     softmax (eq. 3)  g_s_ik = a_ik (g_a_ik - sum_k' a_ik' g_a_ik')  (mask rows: a = 0)
     linear  s = X W^T + b:  g_W = g_s^T X,  g_b = sum_i g_s_i,  g_X += g_s W
-    input L2      g_x_i = (g_xh_i - xh_i (xh_i.g_xh_i)) / rho_i
+    input L2      g_x_i = (g_xh_i - xh_i (xh_i.g_xh_i)) / max(rho_i, sqrt(INPUT_GRAD_EPS))
+  (the clip bounds a zero descriptor's gradient by 1e3; exact for |x_i| >= 1e-3).
   The residual term (x_i - c_k) da_ik/dx_i^T of the per-cluster Jacobian contracts
   to the [N, K] matrix g_a above, which is why nothing N x K x D is needed.
   """
@@ -186,6 +207,7 @@ def _netvlad_bwd(normalize_input, eps, res, g):
   g_b = jnp.sum(g_s, (0, 1))
   g_xh = g_xh + jnp.einsum("bnk,kd->bnd", g_s, w)
   if normalize_input:
+    inv_rho = jnp.minimum(inv_rho, 1 / math.sqrt(INPUT_GRAD_EPS))
     g_x = (g_xh - xh * jnp.sum(xh * g_xh, -1, keepdims=True)) * inv_rho
   else:
     g_x = g_xh
@@ -218,14 +240,19 @@ def netvlad(descriptors, centroids, assign_weight, assign_bias=None, mask=None,
     sum_i a_k(x_i)(x_i - c_k), each V(k, :) L2-normalised, then the whole vector.
 
   The output has norm 1 (up to eps) unless every V(k, :) is zero, e.g. a fully
-  masked set, where it is the zero vector. A cluster with no mass (or whose
-  residuals cancel) gives a zero block. Zero descriptors normalise to zero.
-  Gradients stay finite in all these cases (each 1/sqrt(eps + .) is at most
-  1/sqrt(eps)). The backward is a hand-written custom_vjp that, like the
-  forward, never builds an N x K x D array. NaN/Inf input raises eagerly (under
-  jit it cannot be seen and propagates).
+  masked set or N == 0, where it is the zero vector. A cluster with no mass
+  (or whose residuals cancel) gives a zero block. Zero descriptors normalise
+  to zero. Gradients stay finite in all these cases (each 1/sqrt(eps + .) is
+  at most 1/sqrt(eps)); the input normalisation's factor is clipped at 1e3 in
+  the backward (INPUT_GRAD_EPS), so a zero descriptor's gradient is bounded
+  by 1e3 |upstream| rather than 1e6. Masked-out descriptors may hold
+  anything, NaN included (as in jaxset.ops.pooling): they are zeroed first. The backward is a
+  hand-written custom_vjp that, like the
+  forward, never builds an N x K x D array. NaN/Inf in a valid descriptor or a
+  parameter raises eagerly (under jit it cannot be seen and propagates).
   """
   _validate(descriptors, centroids, assign_weight, assign_bias, mask)
+  _check_eps(eps)
   k, d = jnp.shape(centroids)
   dtype = _checks.compute_dtype(descriptors, centroids, assign_weight, assign_bias)
   lead, x, m = _prepare(descriptors, mask, dtype)
@@ -248,6 +275,7 @@ def vlad(descriptors, centroids, mask=None, normalize_input=True, *, eps=DEFAULT
   masked set gives the zero vector.
   """
   _validate(descriptors, centroids, mask=mask)
+  _check_eps(eps)
   k, d = jnp.shape(centroids)
   dtype = _checks.compute_dtype(descriptors, centroids)
   lead, x, m = _prepare(descriptors, mask, dtype)
@@ -337,6 +365,9 @@ def kmeans(descriptors, k, *, key, iters=20, init="kmeans++"):
     raise ValueError(f"k must be in [1, M={m}] (M = descriptors.shape[0]); got k={k}.")
   if init not in ("kmeans++", "random"):
     raise ValueError(f"init must be 'kmeans++' or 'random'; got {init!r}.")
+  _checks.check_float("descriptors", descriptors)
+  if not jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):
+    raise ValueError(f"key must be a typed PRNG key, e.g. jax.random.key(0); got {key!r}.")
   _checks.check_finite("descriptors", descriptors)
   x = jnp.asarray(descriptors).astype(_checks.compute_dtype(descriptors))
   return _kmeans(x, key, int(k), int(iters), init)

@@ -10,7 +10,8 @@ Conventions shared by every function here:
 * Arithmetic runs in float32 at least (bfloat16 inputs are accumulated in
   float32) and the result is cast back to the features' dtype.
 * An empty set (N == 0, or every element masked) pools to zeros, with zero
-  gradient; nothing returns NaN.
+  gradient; nothing returns NaN. The same masked-padding and empty-set
+  convention holds in jaxset.ops.netvlad_layer and the losses.
 * Called eagerly, NaN/Inf in the valid entries raise ValueError (see
   jaxset/ops/_checks.py); under jit/vmap/pmap they propagate to the output,
   where the training loop's NaN guard stops the run.
@@ -41,14 +42,17 @@ def _dtype_tag(x):
 def _check_set(features, mask, quality=None):
   """Shape checks shared by the padded-set pools; returns the valid mask."""
   _checks.check_rank("features", features, 2, "[..., set, dim]")
+  _checks.check_float("features", features)
   set_shape = tuple(features.shape[:-1])
   if quality is not None:
     _checks.check_shape("quality", quality, set_shape,
                         "one score per set element: features.shape[:-1]")
+    _checks.check_float("quality", quality)
   if mask is None:
     return jnp.ones(set_shape, bool)
   _checks.check_shape("mask", mask, set_shape,
                       "one bool per set element: features.shape[:-1]")
+  _checks.check_binary("mask", mask)
   return jnp.asarray(mask, bool)
 
 
@@ -72,6 +76,23 @@ def _check_values(valid, features, quality=None):
 # QAN quality pooling, padded sets.
 
 
+def degenerate_floor(dtype, eps=None) -> float:
+  """The weight sum at or below which a set counts as degenerate (all zero).
+
+  eps=None (default): sqrt of the dtype's smallest normal number (1.1e-19 in
+  float32, 1.5e-154 in float64), i.e. "zero up to underflow". Pooling is
+  invariant to the scale of mu, so the test must not depend on it: any
+  sum above the floor keeps its weights, however small (mu = [1e-12, 0, 0]
+  pools to the first element, as mu = [1, 0, 0] does). The floor is the
+  square root of the smallest normal so that dR_a/dmu_i = (R_i - R_a) / sum mu
+  stays below ~1e19 |R_i - R_a| and never overflows. A float eps sets an
+  absolute floor instead (not scale invariant).
+  """
+  if eps is not None:
+    return float(eps)
+  return float(np.sqrt(np.finfo(np.dtype(dtype)).tiny))
+
+
 def _effective_weights(quality, valid, eps):
   """Weights mu_i (masked), with the degenerate-set fallback mu_i = valid_i.
 
@@ -80,7 +101,8 @@ def _effective_weights(quality, valid, eps):
   total == 0 after the fallback), so every division is finite.
   """
   mu = jnp.where(valid, quality, 0)
-  degenerate = jnp.sum(mu, axis=-1, keepdims=True) <= eps
+  floor = degenerate_floor(mu.dtype, eps)
+  degenerate = jnp.sum(mu, axis=-1, keepdims=True) <= floor
   mu = jnp.where(degenerate, valid.astype(mu.dtype), mu)
   total = jnp.sum(mu, axis=-1)
   safe_total = jnp.where(total > 0, total, 1)
@@ -122,14 +144,16 @@ def _quality_pool_bwd(eps, res, g):
 _quality_pool.defvjp(_quality_pool_fwd, _quality_pool_bwd)
 
 
-def quality_pool(features, quality, mask=None, *, eps: float = 1e-6):
+def quality_pool(features, quality, mask=None, *, eps: float | None = None):
   """QAN set pooling, eq. (2): R_a = sum_i mu_i R_i / sum_i mu_i.
 
   Args:
     features: [..., N, D] per-element representations R_i (set axis -2).
     quality: [..., N] quality scores mu_i >= 0 (QAN: sigmoid outputs).
     mask: optional [..., N] bool, True for the valid elements of a padded set.
-    eps: a set whose valid quality sums to <= eps counts as degenerate.
+    eps: None (default): a set is degenerate only when its valid quality
+      sums to zero (up to underflow, see `degenerate_floor`), so the result
+      does not depend on the scale of mu. A float: an absolute floor.
 
   Returns:
     [..., D] pooled representation R_a, in features.dtype (accumulated in
@@ -142,8 +166,9 @@ def quality_pool(features, quality, mask=None, *, eps: float = 1e-6):
   already normalised mu (the official Caffe code L1-normalises mu first, and
   normalising the weights yourself gives the same result here).
 
-  Degenerate input: if sum_i mu_i <= eps over the valid elements (all-zero
-  quality, e.g. sigmoid underflow), every valid element gets weight 1: the
+  Degenerate input: if sum_i mu_i is zero over the valid elements (all-zero
+  quality, e.g. sigmoid underflow; precisely <= degenerate_floor), every valid element gets
+  weight 1: the
   result and its gradient are those of quality_pool(features, mask-as-ones),
   i.e. the masked mean, with dR_a/dmu_i = (R_i - R_a) / N_valid. An empty or
   fully masked set gives zeros and zero gradients. Masked elements get zero
@@ -162,7 +187,7 @@ def quality_pool(features, quality, mask=None, *, eps: float = 1e-6):
   quality = jnp.asarray(quality)
   valid = _check_set(features, mask, quality)
   _check_values(valid, features, quality)
-  return _quality_pool(features, quality, valid, float(eps))
+  return _quality_pool(features, quality, valid, None if eps is None else float(eps))
 
 
 # --------------------------------------------------------------------------
@@ -176,7 +201,7 @@ def _segment_impl(features, quality, segment_ids, num_segments, eps):
   x = jnp.where(valid[:, None], features.astype(dtype), 0)
   mu = jnp.where(valid, quality.astype(dtype), 0)
   seg_sum = lambda v: jax.ops.segment_sum(v, ids, num_segments)
-  degenerate = seg_sum(mu) <= eps
+  degenerate = seg_sum(mu) <= degenerate_floor(dtype, eps)
   mu = jnp.where(degenerate[ids], valid.astype(dtype), mu)
   total = seg_sum(mu)
   safe_total = jnp.where(total > 0, total, 1)
@@ -212,7 +237,7 @@ _segment_quality_pool.defvjp(_segment_fwd, _segment_bwd)
 
 
 def segment_quality_pool(features, quality, segment_ids, num_segments: int,
-                         *, eps: float = 1e-6):
+                         *, eps: float | None = None):
   """QAN eq. (2) over ragged sets stored back to back (no padding).
 
   Args:
@@ -222,7 +247,8 @@ def segment_quality_pool(features, quality, segment_ids, num_segments: int,
       [0, num_segments); rows with an id outside that range are ignored
       (use -1 to drop a row), as are their gradients.
     num_segments: static number of sets K.
-    eps: a set whose quality sums to <= eps counts as degenerate.
+    eps: as in `quality_pool` (None: degenerate only when the segment's
+      quality sums to zero, scale invariant).
 
   Returns:
     [K, D]: row k is sum_{i in k} mu_i R_i / sum_{i in k} mu_i.
@@ -243,11 +269,16 @@ def segment_quality_pool(features, quality, segment_ids, num_segments: int,
   _checks.check_shape("segment_ids", segment_ids, (m,), "one id per row of features")
   if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
     raise ValueError(f"segment_ids must be integers; got dtype {segment_ids.dtype}.")
+  _checks.check_float("features", features)
+  _checks.check_float("quality", quality)
   num_segments = int(num_segments)
+  if num_segments < 1:
+    raise ValueError(f"num_segments must be >= 1 (the number of sets K); got {num_segments}.")
   if _checks.is_concrete(features, quality, segment_ids):
     valid = (segment_ids >= 0) & (segment_ids < num_segments)
     _check_values(valid, features, quality)
-  return _segment_quality_pool(features, quality, segment_ids, num_segments, float(eps))
+  return _segment_quality_pool(features, quality, segment_ids, num_segments,
+                               None if eps is None else float(eps))
 
 
 # --------------------------------------------------------------------------
@@ -294,26 +325,48 @@ def max_pool(features, mask=None):
   return jnp.where(nonempty, out, 0).astype(features.dtype)
 
 
+# Below this |p| GeM uses its expansion around the geometric mean (see gem_pool).
+GEM_SMALL_P = 1e-3
+
+
 def gem_pool(features, mask=None, p=3.0, eps: float = 1e-6):
   """Generalised-mean (GeM) pooling over the set axis (Radenovic et al., eq. (1)).
 
   (sum_i max(R_i, eps)^p / N_valid)^(1/p), element-wise over D. p = 1 is the
-  mean of the clamped features, p -> inf tends to max pooling. p may be a
-  traced scalar (GeM learns it); gradients flow to features and p.
+  mean of the clamped features, p -> inf tends to max pooling, p -> 0 to the
+  geometric mean exp(mean_i log R_i). p may be a traced scalar (GeM learns
+  it); gradients flow to features and p.
 
   features [..., N, D], mask [..., N] bool -> [..., D]. An empty or fully
   masked set gives zeros (and zero gradient). The clamp at eps keeps the
   power and its gradient finite (features below eps get zero gradient).
+
+  Degenerate p: for |p| < GEM_SMALL_P (1e-3), including p = 0 (a learnable p
+  initialised to zeros), the formula's 1/p is replaced by its expansion
+  log M_p = mean(log R) + p var(log R) / 2 + O(p^2), whose value at p = 0 is
+  the geometric mean and whose p-gradient there is the true one,
+  M_0 var(log R) / 2 (not 0), so p can leave 0. Finite for every finite p.
   """
   features = jnp.asarray(features)
   valid = _check_set(features, mask)
   _check_values(valid, features)
   dtype = _checks.compute_dtype(features)
+  _checks.check_finite("p", p)
   p = jnp.asarray(p, dtype)
-  x = jnp.maximum(features.astype(dtype), eps)
-  x = jnp.where(valid[..., None], x ** p, 0)
   count, safe = _masked_count(valid, dtype)
-  mean = jnp.sum(x, axis=-2) / safe[..., None]
   nonempty = (count > 0)[..., None]
-  mean = jnp.where(nonempty, mean, 1)
-  return jnp.where(nonempty, mean ** (1 / p), 0).astype(features.dtype)
+  small = jnp.abs(p) < GEM_SMALL_P
+  # Double where: the unused branch gets a harmless p, so neither branch's
+  # gradient can be NaN.
+  p_big = jnp.where(small, 1.0, p)
+  x = jnp.maximum(features.astype(dtype), eps)
+  mean = jnp.sum(jnp.where(valid[..., None], x ** p_big, 0), axis=-2) / safe[..., None]
+  general = jnp.where(nonempty, mean, 1) ** (1 / p_big)
+  log_x = jnp.where(valid[..., None], jnp.log(x), 0)
+  log_mean = jnp.sum(log_x, axis=-2) / safe[..., None]
+  log_var = jnp.sum(jnp.where(valid[..., None], (log_x - log_mean[..., None, :]) ** 2, 0),
+                    axis=-2) / safe[..., None]
+  p_small = jnp.where(small, p, 0.0)
+  near_zero = jnp.exp(log_mean + p_small * log_var / 2)
+  out = jnp.where(small, near_zero, general)
+  return jnp.where(nonempty, out, 0).astype(features.dtype)
