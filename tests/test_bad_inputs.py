@@ -149,10 +149,12 @@ class _DamageThenNaN(ToyTask):
     super().__init__(poison_step=8)
     self.workdir = workdir
 
-  def on_step(self, state, config, step):
-    if step == 7:
-      _overwrite(_largest_file(self.workdir / "checkpoints" / "6"))
-    return state
+  # The task's refresh hook runs between steps: it damages the checkpoint there.
+  def refresh_due(self, config, step):
+    return step == 7
+
+  def refresh(self, state, config):
+    _overwrite(_largest_file(self.workdir / "checkpoints" / "6"))
 
 
 def test_nan_stop_never_calls_a_damaged_checkpoint_last_good(tmp_path):

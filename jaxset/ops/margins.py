@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxset.ops import _checks
@@ -202,7 +203,7 @@ def _check_common(cos, labels):
   _checks.check_finite("cos", cos)
   _checks.check_labels("labels", labels, c)
   if _checks.is_concrete(cos) and cos.size:
-    worst = float(jnp.max(jnp.abs(cos)))
+    worst = float(np.max(np.abs(np.asarray(cos))))
     if worst > 1 + COS_RANGE_TOL:
       raise ValueError(
           f"cos holds values outside [-1, 1] (max |cos| = {worst:g}): these are not "
@@ -506,8 +507,10 @@ def adaface_logits(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.33
   _checks.check_shape("norms", norms, (b,), "[batch] or [batch, 1] embedding norms")
   _checks.check_float("norms", norms)
   _checks.check_finite("norms", norms)
-  if _checks.is_concrete(norms) and b and float(jnp.min(norms)) < 0:
-    raise ValueError(f"norms must be >= 0 (they are ||z_i||); got min {float(jnp.min(norms)):g}. "
+  # numpy, not jnp: a concrete array closed over inside jit would be traced.
+  low = float(np.min(np.asarray(norms))) if _checks.is_concrete(norms) and b else 0.0
+  if low < 0:
+    raise ValueError(f"norms must be >= 0 (they are ||z_i||); got min {low:g}. "
                      "Pass jnp.linalg.norm(embeddings, axis=-1).")
   if not isinstance(stats, dict) or set(stats) != {"mean", "std"}:
     raise ValueError("stats must be a dict {'mean', 'std'}; start from adaface_init_stats().")
