@@ -51,6 +51,8 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
+from configs.base import with_overrides  # noqa: E402
+
 ANTI_CORRELATION = -0.5   # "anti-correlates": Spearman rho <= this, for every method
 SEVERE_TIER = 0.6         # degradation level of the most degraded tier: [0.6, 1]
 REJECT_FRACTION = 0.2     # ERC: the share of pairs dropped
@@ -147,15 +149,15 @@ def make_config(setup: str, seed: int, quick: bool = False, quick_data: str = ""
   """configs/<method>.py's default config with the claim's budget (x budget) applied."""
   s = SETUPS[setup]
   config = importlib.import_module(f"configs.{s.method}").get_config()
-  for key, value in overrides_for(setup, seed, quick, quick_data, budget).items():
+  over = overrides_for(setup, seed, quick, quick_data, budget)
+  for key in over:
     *path, leaf = key.split(".")
     node = config
     for p in path:
       node = node[p]
     if leaf not in node:
       raise KeyError(f"configs/{s.method}.py has no key {key!r} (claims budget override).")
-    node[leaf] = value
-  return config
+  return with_overrides(config, over)
 
 
 def config_hash(config) -> str:

@@ -42,6 +42,8 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
+from configs.base import with_overrides  # noqa: E402
+
 METHODS = ("qan", "eqface", "adaface", "arcface")
 LEVEL_EDGES = (0.2, 0.5, 0.8, 1.0)   # stored levels are drawn from [0.2, 1]
 PROBE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -60,13 +62,7 @@ def make_config(method: str, budget: float, seed: int, quick: bool, quick_data: 
     over["data.cache_dir"] = quick_data
   over["seed"] = seed
   over["train.ckpt_every"] = over["train.steps"]
-  for key, value in over.items():
-    *path, leaf = key.split(".")
-    node = config
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return with_overrides(config, over)
 
 
 # -- per-image proxies ------------------------------------------------------------

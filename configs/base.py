@@ -54,3 +54,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 256
   c.eval.best_metric = ""
   return c
+
+
+def with_overrides(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """`c` with dotted overrides ({"train.steps": 3, ...}) applied in place."""
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    node = c
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c

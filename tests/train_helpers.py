@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs.base import with_overrides  # noqa: F401  (tests import it from here too)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,15 +55,6 @@ def make_config(method: str, overrides: dict, preset: str | None = None):
                         overrides)
 
 
-def with_overrides(c, overrides: dict):
-  """`c` with dotted overrides ({"train.steps": 3, ...}) applied in place."""
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    node = c
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return c
 
 
 def cli_args(method: str, workdir, overrides: dict) -> list[str]:
