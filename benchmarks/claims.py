@@ -161,7 +161,13 @@ def make_config(setup: str, seed: int, quick: bool = False, quick_data: str = ""
 
 
 def config_hash(config) -> str:
-  return hashlib.sha1(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:10]
+  """The run cache key: the full config and the version of the dataset it reads
+  (a regenerated embedded dataset must not reuse results of the old one)."""
+  from jaxset.data import BUILDERS, builder_class
+  name = config.data.name
+  version = str(builder_class(name).VERSION) if name in BUILDERS else ""
+  text = config.to_json_best_effort(sort_keys=True) + version
+  return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 # -- numbers the tasks do not report ---------------------------------------------
@@ -264,6 +270,26 @@ def casn_identification_attention(task, state, config) -> dict:
   return out
 
 
+def proxy_tiers(task, state, config) -> list[dict]:
+  """The learned quality proxy's mean per stored degradation type and level
+  (jaxset.eval.proxy_by_tier) over every query and gallery image."""
+  from benchmarks.quality_diagnosis import LEVEL_EDGES, proxy_fn
+  from jaxset.data.synthetic_identities import DEGRADATION_TYPES
+  from jaxset.eval import proxy_by_tier
+  from train.tasks import identities
+
+  fn = proxy_fn(config.method, task.model(config))
+  q = identities.split_embeddings(fn, state, config, "query")
+  g = identities.split_embeddings(fn, state, config, "gallery")
+  cat = lambda k: np.concatenate([q[k], g[k]])
+  return proxy_by_tier(cat("q"), cat("degradation_type"), cat("degradation"),
+                       DEGRADATION_TYPES, LEVEL_EDGES)
+
+
+# The setups whose learned quality proxy is tabulated by tier, and its name.
+PROXIES = {"qan": "QAN mu", "eqface": "EQFace s_i", "adaface": "AdaFace norm",
+           "arcface": "ArcFace norm"}
+
 EXTRA: dict[str, Callable] = {
     "eqface": eqface_erc, "adaface": degradation_tiers, "arcface": degradation_tiers,
     "casn": casn_identification_attention, "ide": casn_identification_attention,
@@ -318,15 +344,16 @@ def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
   metrics = {k: float(v) for k, v in summary["after"].items()}
   if setup in EXTRA:
     metrics.update(EXTRA[setup](task, summary["state"], config))
+  tiers = proxy_tiers(task, summary["state"], config) if setup in PROXIES else None
   seconds = time.perf_counter() - t0
   cpu = _cpu_seconds() - cpu0
-  result = {"setup": setup, "seed": seed, "method": config.method,
+  result = {"setup": setup, "seed": seed, "method": config.method, "budget": budget,
             "overrides": {k: v for k, v in overrides_for(setup, seed, quick, quick_data,
                                                          budget).items()
                           if k != "data.cache_dir"},
             "steps": int(summary["step"]), "batch_size": int(config.train.batch_size),
             "seconds": seconds, "cpu_seconds": cpu, "train_and_eval_seconds": t_train,
-            "metrics": metrics,
+            "metrics": metrics, "proxy_tiers": tiers,
             "config": json.loads(config.to_json_best_effort(sort_keys=True))}
   cached.parent.mkdir(parents=True, exist_ok=True)
   tmp = cached.with_suffix(".tmp")
@@ -535,6 +562,59 @@ def render_budgets(results: dict) -> str:
   return "\n".join(out)
 
 
+def render_tiers(results: dict) -> str:
+  """Each proxy's mean per degradation type and level, averaged over seeds."""
+  runs = {k: [r for r in results.get(k, []) if r and r.get("proxy_tiers")] for k in PROXIES}
+  runs = {k: v for k, v in runs.items() if v}
+  if not runs:
+    return "(no quality proxy ran)"
+  keys = []
+  for v in runs.values():
+    for row in v[0]["proxy_tiers"]:
+      key = (row["type"], row["lo"], row["hi"])
+      if key not in keys:
+        keys.append(key)
+  head = "| type | level | images | " + " | ".join(PROXIES[k] for k in runs) + " |"
+  out = [head, "|---|---|---|" + "---|" * len(runs)]
+
+  def cell(k, key, field="mean"):
+    vals = [row[field] for r in runs[k] for row in r["proxy_tiers"]
+            if (row["type"], row["lo"], row["hi"]) == key]
+    return _fmt(float(np.mean(vals))) if vals else ""
+
+  for key in keys:
+    name, lo, hi = key
+    level = f"{lo:g}" if lo == hi else f"[{lo:g}, {hi:g}{']' if hi == 1 else ')'}"
+    n = next((row["n"] for v in runs.values() for row in v[0]["proxy_tiers"]
+              if (row["type"], row["lo"], row["hi"]) == key), "")
+    out.append(f"| {name} | {level} | {n} | " + " | ".join(cell(k, key) for k in runs) + " |")
+  clean = next(k for k in keys if k[0] == "clean")
+  out.append("| clean: std within the tier | | | "
+             + " | ".join(cell(k, clean, "std") for k in runs) + " |")
+  return "\n".join(out)
+
+
+def render_budget_curve(by_budget: dict) -> str:
+  """The judged series of every claim at each budget run in the workdir."""
+  budgets = sorted(by_budget)
+  table = {}
+  for b in budgets:
+    for row in build_rows(by_budget[b]):
+      s = summarize(row.series[row.judged])
+      if s["n"]:
+        table.setdefault((row.claim, row.judged, row.op, row.threshold), {})[b] = s
+  out = ["| claim | series | threshold | " + " | ".join(f"{b:g}x" for b in budgets) + " |",
+         "|---|---|---|" + "---|" * len(budgets)]
+  for (claim, judged, op, thr), cols in table.items():
+    cells = []
+    for b in budgets:
+      s = cols.get(b)
+      cells.append("" if s is None else f"{_fmt(s['mean'])} ({s['n']} seed"
+                   f"{'s' if s['n'] > 1 else ''})")
+    out.append(f"| {claim} | {judged} | {op} {thr:g} | " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
 def machine() -> str:
   cpu = platform.processor() or platform.machine()
   try:
@@ -549,7 +629,7 @@ def machine() -> str:
 
 def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: float,
            facts: dict | None = None, quick: bool = False, failures: Sequence[str] = (),
-           load: tuple = ()) -> str:
+           load: tuple = (), curve: dict | None = None) -> str:
   import flax
   import jax
   rows = build_rows(results)
@@ -625,6 +705,16 @@ def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: f
       "",
       render_context(results),
       "",
+      "## Quality proxies by tier",
+      "",
+      "The mean of each learned proxy over the test images (query and gallery) of each "
+      "stored degradation type and level, averaged over the seeds (jaxset.eval."
+      "proxy_by_tier). A proxy that tracks quality falls down the rows of every type; "
+      "the norms' scale is each model's own. The last row is the spread among clean "
+      "images, the yardstick for every gap above it.",
+      "",
+      render_tiers(results),
+      "",
       "## Budgets",
       "",
       "Every run starts from configs/<method>.py as it is when the script runs, with "
@@ -634,6 +724,18 @@ def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: f
       render_budgets(results),
       "",
   ]
+  if curve and len(curve) > 1:
+    lines += [
+        "## Budget curve",
+        "",
+        "The judged series at N times the claims budget (every step count times N; "
+        "`--budget N`), from every result in the run cache of this workdir: the mean over "
+        "the seeds that ran. A claim that appears with more training is a different "
+        "finding from one that never appears.",
+        "",
+        render_budget_curve(curve),
+        "",
+    ]
   return "\n".join(lines)
 
 
@@ -677,6 +779,38 @@ def parse_args(argv=None):
   return args
 
 
+NOTES_MARK = "<!-- Below this line: written by hand, kept when the script rewrites the file. -->"
+
+
+def kept_notes(out: Path) -> str:
+  """The hand-written part of an earlier `out` (from NOTES_MARK on), or ''."""
+  if not out.exists():
+    return ""
+  text = out.read_text()
+  at = text.find(NOTES_MARK)
+  return "" if at < 0 else "\n" + text[at:]
+
+
+def other_budgets(workdir: Path, setups: Sequence[str], seeds: Sequence[int],
+                  quick: bool) -> dict:
+  """{budget: {setup: [result per seed]}} of the cached results of other budgets
+  (those whose config equals what this code builds at that budget)."""
+  found = {}
+  for path in sorted((workdir / "results").glob("*.json")):
+    r = json.loads(path.read_text())
+    b = r.get("budget")
+    if b is None or r.get("setup") not in setups or r.get("seed") not in seeds:
+      continue
+    quick_data = str((workdir / "quick_data").absolute()) if quick else ""
+    config = make_config(r["setup"], r["seed"], quick, quick_data, b)
+    if path.stem != f"{r['setup']}_seed{r['seed']}_{config_hash(config)}":
+      continue  # stale: another config or dataset version
+    found.setdefault(b, {}).setdefault(r["setup"], {})[r["seed"]] = r
+  # Per seed, aligned across setups (a claim's difference pairs equal seeds).
+  return {b: {k: [v.get(seed) for seed in seeds] for k, v in by.items()}
+          for b, by in found.items()}
+
+
 def main(argv=None) -> dict:
   args = parse_args(argv)
   t0 = time.perf_counter()
@@ -706,14 +840,16 @@ def main(argv=None) -> dict:
   if "qan" in args.claims:
     quick_data = str((workdir / "quick_data").absolute()) if args.quick else ""
     facts = data_facts(make_config("qan", 0, args.quick, quick_data))
+  curve = other_budgets(workdir, setups, seeds, args.quick)
+  curve[args.budget] = results
   command = "python -m benchmarks.claims" + (" " + " ".join(argv if argv is not None
                                                              else sys.argv[1:])).rstrip()
   text = render(results, seeds, command=command.strip(), wall_seconds=time.perf_counter() - t0,
                 facts=facts, quick=args.quick, failures=failures,
-                load=(load_start, os.getloadavg()[0]))
+                load=(load_start, os.getloadavg()[0]), curve=curve)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(text)
+  out.write_text(text + kept_notes(out))
   say(f"wrote {out} ({(time.perf_counter() - t0) / 60:.1f} min)")
   for row in build_rows(results):
     say(f"  {row.claim}: {row.statement[:60]} -> {verdict(row)}")

@@ -1,5 +1,6 @@
 """benchmarks/claims.py: the held judgement, the table, the budgets, one --quick claim."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -103,6 +104,13 @@ def test_quick_claim_end_to_end_then_from_the_cache(tmp_path, monkeypatch):
   assert [p.name.split("_seed")[0] for p in cached] == ["adaface", "arcface"]
   saved = json.loads(cached[0].read_text())
   assert {"norm_spearman", "tier_severe_queries"} <= set(saved["metrics"])
+  tiers = saved["proxy_tiers"]
+  assert tiers[0]["type"] == "clean" and sum(r["n"] for r in tiers) > 0
+  table = text.split("## Quality proxies by tier")[1].split("## Budgets")[0]
+  assert "| AdaFace norm | ArcFace norm |" in table and "| clean | 0 |" in table
+
+  # A hand-written part below the mark survives a rewrite.
+  (tmp_path / "claims.md").write_text(text + "\n" + claims.NOTES_MARK + "\nwhy it fails\n")
 
   # A second invocation trains nothing: every run comes from the result cache.
   from train import loop
@@ -113,6 +121,31 @@ def test_quick_claim_end_to_end_then_from_the_cache(tmp_path, monkeypatch):
   second = claims.main(args)
   assert second["failures"] == []
   assert second["results"]["adaface"][0]["metrics"] == saved["metrics"]
+  rewritten = (tmp_path / "claims.md").read_text()
+  assert rewritten.count(claims.NOTES_MARK) == 1 and rewritten.endswith("why it fails\n")
+
+
+def test_budget_curve_lists_each_judged_series_per_budget():
+  low, high = _results(3), _results(1)
+  high["qan"] = [_run("qan", 0, mu_spearman=-0.55, set_pair_acc=0.8,
+                      set_pair_acc_meanpool=0.7)]
+  text = claims.render_budget_curve({1.0: low, 3.0: high})
+  mu = next(l for l in text.splitlines() if "rho(mu, degradation)" in l)
+  assert mu == "| 1 QAN | rho(mu, degradation) | <= -0.5 | -0.310 (3 seeds) | -0.550 (1 seed) |"
+  assert text.splitlines()[0].endswith("| 1x | 3x |")
+  # A stale cache entry (another config) is not read back as a budget.
+  assert claims.other_budgets(Path("/nonexistent"), ["qan"], [0], False) == {}
+
+
+def test_tiers_table_averages_the_seeds():
+  r = {"qan": [{"proxy_tiers": [{"type": "clean", "lo": 0.0, "hi": 0.0, "n": 5,
+                                 "mean": m, "std": 0.1},
+                                {"type": "blur", "lo": 0.2, "hi": 0.5, "n": 2,
+                                 "mean": m - 1, "std": 0.2}]} for m in (1.0, 2.0)]}
+  lines = claims.render_tiers(r).splitlines()
+  assert lines[0] == "| type | level | images | QAN mu |"
+  assert lines[2] == "| clean | 0 | 5 | 1.500 |" and lines[3] == "| blur | [0.2, 0.5) | 2 | 0.500 |"
+  assert lines[4] == "| clean: std within the tier | | | 0.100 |"
 
 
 def test_budget_scales_every_step_count_and_only_those():

@@ -21,9 +21,10 @@ import PIL.ImageFont
 
 from jaxset.data import builder
 from jaxset.data.pipeline import neighbours_within, read_metadata
+from jaxset.data.synthetic_identities import DEGRADATION_TYPES
 
 _TIMES_OF_DAY = ("day", "morning", "overcast", "dusk", "night", "harsh")  # synthetic_places
-DEGRADATION_NAMES = ("clean", "blur", "noise", "lowres", "occlusion", "background")
+DEGRADATION_NAMES = DEGRADATION_TYPES  # synthetic_identities' type ids
 
 
 def _tier_name(t: int, names=DEGRADATION_NAMES) -> str:

@@ -19,10 +19,7 @@ sensor noise draws come from numpy's Generator seeded with `seed`.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
-import PIL.Image
 
 from jaxset.data import render
 
@@ -52,16 +49,9 @@ def degrade(image: np.ndarray, kind: str, level: float, seed: int = 0) -> np.nda
   elif kind == "lowres":
     img = render.low_resolution(img, 1.0 + 7.0 * level)
   elif kind == "jpeg":
-    buf = io.BytesIO()
-    PIL.Image.fromarray(image).save(buf, format="JPEG", quality=int(round(95 - 90 * level)))
-    return np.asarray(PIL.Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return render.to_uint8(render.jpeg_compress(img, round(95 - 90 * level)))
   elif kind == "dark":
-    # Fewer photons: the signal shrinks and the sensor's own noise does not, so
-    # the signal-to-noise ratio falls with the exposure (shot noise ~ sqrt).
-    gain = 1.0 - 0.9 * level
-    signal = img * gain
-    shot = rng.normal(0.0, 1.0, img.shape).astype(np.float32) * np.sqrt(signal * 0.002)
-    img = np.clip(signal + shot + rng.normal(0.0, 0.01, img.shape).astype(np.float32), 0, 1)
+    img = render.underexpose(img, 1.0 - 0.9 * level, rng)
   elif kind == "noise":
     img = render.add_noise(img, 0.12 * level, rng)
   else:  # occlusion

@@ -141,6 +141,27 @@ def low_resolution(img: np.ndarray, factor: float) -> np.ndarray:
   return np.asarray(pil, np.float32) / 255.0
 
 
+def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
+  """A JPEG round trip at `quality` (1..95): block artefacts, lost colour detail."""
+  buf = io.BytesIO()
+  PIL.Image.fromarray(to_uint8(img)).save(buf, format="JPEG", quality=int(quality))
+  return np.asarray(PIL.Image.open(io.BytesIO(buf.getvalue())).convert("RGB"),
+                    np.float32) / 255.0
+
+
+def underexpose(img: np.ndarray, gain: float, rng: np.random.Generator) -> np.ndarray:
+  """Low light: the signal scaled by `gain` in (0, 1], then shot and read noise.
+
+  Fewer photons shrink the signal while the sensor's own noise stays, so the
+  signal-to-noise ratio falls with the exposure: shot noise grows as the
+  square root of the signal (variance 0.002 x signal, in [0, 1] units), read
+  noise is a constant std 0.01.
+  """
+  signal = img * np.float32(gain)
+  shot = rng.normal(0.0, 1.0, img.shape).astype(np.float32) * np.sqrt(signal * 0.002)
+  return np.clip(signal + shot + rng.normal(0.0, 0.01, img.shape).astype(np.float32), 0, 1)
+
+
 def to_uint8(img: np.ndarray) -> np.ndarray:
   """[H, W, 3] float in [0, 1] -> uint8 with rounding."""
   return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)

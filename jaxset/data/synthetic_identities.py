@@ -11,8 +11,8 @@ deterministically and offline on first use (see jaxset.data.load):
 - nuisance per frame: position, scale, walking phase, background clutter;
 - tracklets: `frames` consecutive frames per (identity, camera, tracklet); most
   frames are clean, a minority carry one degradation with a stored level in
-  [0, 1]: blur, noise, low resolution, occlusion, or a pure-background frame
-  (identity absent, level 1.0).
+  [0, 1]: blur, sensor noise, low resolution, occlusion, JPEG compression,
+  dark exposure, or a pure-background frame (identity absent, level 1.0).
 
 Records are stored in generation order (identity, camera, tracklet, frame), so
 a tracklet's frames are contiguous in every split.
@@ -27,8 +27,13 @@ import tensorflow_datasets as tfds
 
 from jaxset.data import formats, render
 
-DEGRADATION_TYPES = ("clean", "blur", "noise", "lowres", "occlusion", "background")
-CLEAN, BLUR, NOISE, LOWRES, OCCLUSION, BACKGROUND = range(6)
+DEGRADATION_TYPES = ("clean", "blur", "noise", "lowres", "occlusion", "jpeg", "dark",
+                     "background")
+CLEAN, BLUR, NOISE, LOWRES, OCCLUSION, JPEG, DARK, BACKGROUND = range(8)
+# How often each degradation is drawn (a cycling bag, so each appears in
+# proportion). Why these and at these levels: docs/data.md, "Degradations".
+_BAG = (BLUR, BLUR, LOWRES, LOWRES, OCCLUSION, OCCLUSION, JPEG, JPEG, DARK, DARK, NOISE,
+        BACKGROUND)
 NUM_FOLDS = 10
 
 
@@ -261,7 +266,7 @@ def render_tracklet(identity: int, camera: int, tracklet: int, frames: int, heig
     if kind == BLUR:
       img = render.gaussian_blur(img, 0.5 + 2.5 * level)
     elif kind == NOISE:
-      img = render.add_noise(img, 0.05 + 0.30 * level, rng)
+      img = render.add_noise(img, 0.02 + 0.10 * level, rng)
     elif kind == LOWRES:
       img = render.low_resolution(img, 2.0 + 6.0 * level)
     elif kind == OCCLUSION:
@@ -282,7 +287,12 @@ def render_tracklet(identity: int, camera: int, tracklet: int, frames: int, heig
       colour = render.hsv_colour(rng.uniform(), rng.uniform(0.1, 0.8), rng.uniform(0.2, 0.8))
       render.paint_box(img, *ob, lambda yy, xx: np.clip(
           colour * (0.5 + tex[yy.astype(int) % 64, xx.astype(int) % 64][..., None]), 0, 1))
-    img = render.add_noise(img, 0.01, rng)  # sensor noise on every frame
+    elif kind == DARK:
+      img = render.underexpose(img, 1.0 - 0.9 * level, rng)
+    if kind != DARK:  # underexpose adds its own read noise
+      img = render.add_noise(img, 0.01, rng)  # sensor noise on every frame
+    if kind == JPEG:  # compression comes last, after the sensor
+      img = render.jpeg_compress(img, round(95 - 90 * level))
     out.append(render.to_uint8(img))
   return out
 
@@ -300,8 +310,7 @@ def degradation_schedule(identity: int, camera: int, tracklet: int, frames: int,
   sched = [(CLEAN, 0.0)] * frames
   for f in rng.choice(frames, n_bad, replace=False):
     if not bag:
-      bag.extend(rng.permutation([BLUR, BLUR, NOISE, NOISE, LOWRES, LOWRES, OCCLUSION, OCCLUSION,
-                                  BACKGROUND]).tolist())
+      bag.extend(rng.permutation(_BAG).tolist())
     kind = bag.pop()
     sched[f] = (kind, 1.0 if kind == BACKGROUND else float(np.float32(rng.uniform(0.2, 1.0))))
   return sched
@@ -395,6 +404,12 @@ class SyntheticIdentities(formats.OfflineBuilder):
   set_pairs (tracklet verification, 10 folds). Tracklet ids of query and
   gallery share one id space (the test tracklets), which set_pairs refers to.
   """
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Blur, noise (std 0.05-0.35), low resolution, occlusion, background.",
+      "2.0.0": "Adds JPEG compression and dark exposure; sensor noise at std 0.02-0.12 "
+               "(docs/data.md, Degradations).",
+  }
   BUILDER_CONFIGS = list(CONFIGS)
   DEGRADATION_TYPES = DEGRADATION_TYPES
   NUM_FOLDS = NUM_FOLDS
