@@ -450,7 +450,8 @@ def main(argv=None):
   text = render(results, args, time.perf_counter() - t0)
   print(text)
   if args.out:
-    Path(args.out).write_text(text + "\n")
+    from benchmarks.claims import kept_notes  # the hand-written "What it shows"
+    Path(args.out).write_text(text + "\n" + kept_notes(Path(args.out)))
   return results
 
 
