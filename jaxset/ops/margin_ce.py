@@ -37,7 +37,7 @@ from jaxset.ops import _checks
 from jaxset.ops import margins as mg
 
 __all__ = ["adaface_cross_entropy", "eqface_cross_entropy", "fused_cross_entropy", "head_terms",
-           "margin_cross_entropy"]
+           "margin_cross_entropy", "matmul_cross_entropy", "target_terms"]
 
 
 def _is_target(labels, c):
@@ -48,24 +48,74 @@ def _nontarget(cos, clip_eps):
   return cos if clip_eps is None else jnp.clip(cos, -1.0 + clip_eps, 1.0 - clip_eps)
 
 
-def _forward(cos, labels, valid, r, t, col_ok, clip_eps, axis_name):
-  """(ce, lse) per row. labels: the target column on this device or -1;
-  over `axis_name` (class shards) the max, sum and target logit are global."""
-  ct = r.dtype
-  owned = labels >= 0
+def _block_max_sum(cos, labels, r, col_ok, clip_eps):
+  """(m, s) [b] of one block of cosines: m the row max of the non-target
+  logits z = r c' (target and excluded columns left out), s = sum exp(z - m)
+  (m = -inf and s = 0 for a row without such a column)."""
   is_t = _is_target(labels, cos.shape[1])
-  z = r[:, None] * _nontarget(cos.astype(ct), clip_eps)
+  z = r[:, None] * _nontarget(cos.astype(r.dtype), clip_eps)
   z = jnp.where(is_t | ~col_ok[None, :], -jnp.inf, z)
-  mx = jnp.maximum(jnp.max(z, axis=1), jnp.where(owned, t, -jnp.inf))
+  m = jnp.max(z, axis=1)
+  return m, jnp.sum(jnp.exp(z - jnp.where(jnp.isfinite(m), m, 0.0)[:, None]), axis=1)
+
+
+def _combine(m, s, labels, valid, t, axis_name):
+  """(ce, lse) per row from the block's (m, s) and the target logit t (held
+  where labels >= 0); over `axis_name` (class shards) the max, the sum of
+  exponentials and the target logit are global."""
+  owned = labels >= 0
+  mx = jnp.maximum(m, jnp.where(owned, t, -jnp.inf))
   if axis_name is not None:
     mx = lax.pmax(mx, axis_name)
   mx = lax.stop_gradient(jnp.where(jnp.isfinite(mx), mx, 0.0))
-  sum_exp = jnp.sum(jnp.exp(z - mx[:, None]), axis=1) + jnp.where(owned, jnp.exp(t - mx), 0.0)
+  # s is relative to the block's own max m <= mx: rescale it (a factor <= 1).
+  sum_exp = (jnp.where(jnp.isfinite(m), s * jnp.exp(m - mx), 0.0)
+             + jnp.where(owned, jnp.exp(t - mx), 0.0))
   t_row = jnp.where(owned, t, 0.0)
   if axis_name is not None:
     sum_exp, t_row = lax.psum(sum_exp, axis_name), lax.psum(t_row, axis_name)
   lse = mx + jnp.log(sum_exp)
   return jnp.where(valid, lse - t_row, 0.0), lse
+
+
+def _row_cotangent(g, valid, ct, axis_name):
+  if axis_name is not None:
+    # The loss is one value per row for all shards, but under shard_map each
+    # device receives the cotangent of the rows it reads back (its own):
+    # their sum over the shards is the row's cotangent.
+    g = lax.psum(g, axis_name)
+  return jnp.where(valid, g.astype(ct), 0.0)
+
+
+def _block_grad(cos, labels, r, t, dt, lse, g, col_ok, clip_eps, row_grad):
+  """(d cos in r's dtype, d r) of one block of rows, recomputing the softmax
+  p = exp(r c' - lse) from the cosines and the saved [b] lse."""
+  ct = r.dtype
+  owned = labels >= 0
+  is_t = _is_target(labels, cos.shape[1])
+  c = cos.astype(ct)
+  cp = _nontarget(c, clip_eps)
+  p = jnp.where(col_ok[None, :], jnp.exp(r[:, None] * cp - lse[:, None]), 0.0)
+  p_t = jnp.exp(t - lse)
+  d_nt = g[:, None] * r[:, None] * p
+  if clip_eps is not None:
+    # The clamp's gradient: 1 inside [-1 + eps, 1 - eps] (inclusive, as torch).
+    d_nt = jnp.where((c >= -1.0 + clip_eps) & (c <= 1.0 - clip_eps), d_nt, 0.0)
+  d_cos = jnp.where(is_t, (g * (p_t - 1.0) * dt)[:, None], d_nt)
+  if not row_grad:
+    return d_cos, jnp.zeros_like(r)
+  # t = r * base_y, so d t / d r = t / r (r = 0 gives a uniform row: base_y
+  # is not recoverable from t, and the row's gradient is taken as 0).
+  safe_r = jnp.where(r == 0, 1.0, r)
+  rest = jnp.sum(jnp.where(is_t, 0.0, p * cp), axis=1)
+  target = jnp.where(owned, (p_t - 1.0) * t / safe_r, 0.0)
+  return d_cos, jnp.where(r == 0, 0.0, g * (rest + target))
+
+
+def _forward(cos, labels, valid, r, t, col_ok, clip_eps, axis_name):
+  """(ce, lse) per row. labels: the target column on this device or -1."""
+  m, s = _block_max_sum(cos, labels, r, col_ok, clip_eps)
+  return _combine(m, s, labels, valid, t, axis_name)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
@@ -83,37 +133,83 @@ def _fused_fwd(cos, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_na
 def _fused_bwd(clip_eps, row_grad, axis_name, res, g):
   # Purely local: every device writes the gradient of its own columns.
   cos, labels, valid, r, t, dt, col_ok, lse = res
-  ct = r.dtype
-  owned = labels >= 0
-  if axis_name is not None:
-    # The loss is one value per row for all shards, but under shard_map each
-    # device receives the cotangent of the rows it reads back (its own):
-    # their sum over the shards is the row's cotangent.
-    g = lax.psum(g, axis_name)
-  g = jnp.where(valid, g.astype(ct), 0.0)
-  is_t = _is_target(labels, cos.shape[1])
-  c = cos.astype(ct)
-  cp = _nontarget(c, clip_eps)
-  p = jnp.where(col_ok[None, :], jnp.exp(r[:, None] * cp - lse[:, None]), 0.0)
-  p_t = jnp.exp(t - lse)
-  d_nt = g[:, None] * r[:, None] * p
-  if clip_eps is not None:
-    # The clamp's gradient: 1 inside [-1 + eps, 1 - eps] (inclusive, as torch).
-    d_nt = jnp.where((c >= -1.0 + clip_eps) & (c <= 1.0 - clip_eps), d_nt, 0.0)
-  d_cos = jnp.where(is_t, (g * (p_t - 1.0) * dt)[:, None], d_nt).astype(cos.dtype)
-  if row_grad:
-    # t = r * base_y, so d t / d r = t / r (r = 0 gives a uniform row: base_y
-    # is not recoverable from t, and the row's gradient is taken as 0).
-    safe_r = jnp.where(r == 0, 1.0, r)
-    rest = jnp.sum(jnp.where(is_t, 0.0, p * cp), axis=1)
-    target = jnp.where(owned, (p_t - 1.0) * t / safe_r, 0.0)
-    d_r = jnp.where(r == 0, 0.0, g * (rest + target))
-  else:
-    d_r = jnp.zeros_like(r)
-  return d_cos, None, None, d_r, jnp.zeros_like(t), jnp.zeros_like(dt), None
+  g = _row_cotangent(g, valid, r.dtype, axis_name)
+  d_cos, d_r = _block_grad(cos, labels, r, t, dt, lse, g, col_ok, clip_eps, row_grad)
+  return d_cos.astype(cos.dtype), None, None, d_r, jnp.zeros_like(t), jnp.zeros_like(dt), None
 
 
 _fused_ce.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _split_rows(x, chunk, fill):
+  """[R, ...] -> [ceil(R / chunk), chunk, ...], the last block padded with fill."""
+  n = -(-x.shape[0] // chunk)
+  pad = n * chunk - x.shape[0]
+  if pad:
+    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+  return x.reshape((n, chunk) + x.shape[1:])
+
+
+def _merge_rows(x, rows):
+  return x.reshape((-1,) + x.shape[2:])[:rows]
+
+
+def _matmul_forward(x, w, labels, valid, r, t, col_ok, clip_eps, axis_name, chunk):
+  def block(args):
+    xc, lc, rc = args
+    cos = jnp.dot(xc, w, preferred_element_type=r.dtype)
+    return _block_max_sum(cos, lc, rc, col_ok, clip_eps)
+
+  rows = x.shape[0]
+  m, s = lax.map(block, (_split_rows(x, chunk, 0), _split_rows(labels, chunk, -1),
+                         _split_rows(r, chunk, 0)))
+  return _combine(_merge_rows(m, rows), _merge_rows(s, rows), labels, valid, t, axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
+def _matmul_ce(x, w, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name, chunk):
+  """_fused_ce of cos = x @ w, `chunk` rows at a time."""
+  return _matmul_forward(x, w, labels, valid, r, t, col_ok, clip_eps, axis_name, chunk)[0]
+
+
+def _matmul_fwd(x, w, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name, chunk):
+  ce, lse = _matmul_forward(x, w, labels, valid, r, t, col_ok, clip_eps, axis_name, chunk)
+  return ce, (x, w, labels, valid, r, t, dt, col_ok, lse)
+
+
+def _matmul_bwd(clip_eps, row_grad, axis_name, chunk, res, g):
+  x, w, labels, valid, r, t, dt, col_ok, lse = res
+  ct, rows = r.dtype, x.shape[0]
+  g = _row_cotangent(g, valid, ct, axis_name)
+
+  def block(args):
+    # The block's cosines again (one matmul more than autodiff, the price of
+    # never storing them), its d cos, then d x of its rows and its share of d w.
+    xc, lc, rc, tc, dtc, lsec, gc = args
+    cos = jnp.dot(xc, w, preferred_element_type=ct)
+    d_cos, d_r = _block_grad(cos, lc, rc, tc, dtc, lsec, gc, col_ok, clip_eps, row_grad)
+    d_cos = d_cos.astype(w.dtype)
+    dx = jnp.dot(d_cos, w.T, preferred_element_type=ct)
+    return jnp.dot(xc.T, d_cos, preferred_element_type=ct), (dx, d_r)
+
+  blocks = [_split_rows(v, chunk, f) for v, f in
+            ((x, 0), (labels, -1), (r, 0), (t, 0), (dt, 0), (lse, 0), (g, 0))]
+  # The first block outside the loop: its d w starts the sum with the right
+  # type (under shard_map, varying over the axes of the rows and of w).
+  dw, (dx0, d_r0) = block([v[0] for v in blocks])
+
+  def step(dw, args):
+    dw_c, out = block(args)
+    return dw + dw_c, out
+
+  dw, (dx, d_r) = lax.scan(step, dw, [v[1:] for v in blocks])
+  dx = _merge_rows(jnp.concatenate([dx0[None], dx]), rows)
+  d_r = _merge_rows(jnp.concatenate([d_r0[None], d_r]), rows)
+  return (dx.astype(x.dtype), dw.astype(w.dtype), None, None, d_r, jnp.zeros_like(t),
+          jnp.zeros_like(dt), None)
+
+
+_matmul_ce.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def _target_cos(cos, labels):
@@ -131,8 +227,16 @@ def head_terms(head, cos, labels, kw, *, quality=None, norms=None, stats=None,
   head "margin" / "eqface" / "adaface" with margin_logits' / eqface_logits' /
   adaface_logits' keyword arguments `kw`; axis_name: AdaFace's batch axis.
   """
-  kw = dict(kw)
   labels, c_t = _target_cos(cos, labels)
+  return target_terms(head, c_t, labels, kw, quality=quality, norms=norms, stats=stats,
+                      axis_name=axis_name)
+
+
+def target_terms(head, c_t, labels, kw, *, quality=None, norms=None, stats=None,
+                 axis_name=None):
+  """`head_terms` from the target cosines c_t [B] (labels: the target column
+  or -1, already checked): for callers that never hold the cosine matrix."""
+  kw = dict(kw)
   new_stats = None
   if head in ("margin", "eqface"):
     scale, grad = kw.pop("scale"), kw.get("grad", "exact")
@@ -158,7 +262,7 @@ def head_terms(head, cos, labels, kw, *, quality=None, norms=None, stats=None,
     raise ValueError(f"head must be 'margin', 'eqface' or 'adaface'; got {head!r}.")
   m, h, scale = kw.get("m", 0.4), kw.get("h", 0.333), kw.get("scale", 64.0)
   t_alpha, eps = kw.get("t_alpha", 0.01), kw.get("eps", 1e-3)
-  b = cos.shape[0]
+  b = c_t.shape[0]
   old_mean, old_std = jnp.asarray(stats["mean"]), jnp.asarray(stats["std"])
   st = jnp.result_type(jnp.float32, jnp.asarray(norms).dtype, old_mean.dtype, old_std.dtype)
   nrm = lax.stop_gradient(jnp.clip(jnp.reshape(norms, (b,)).astype(st), 0.001, 100.0))
@@ -184,6 +288,41 @@ def fused_cross_entropy(cos, labels, r, t, dt, clip_eps, row_grad, *, valid=None
   col_ok = jnp.ones((cos.shape[1],), bool) if col_ok is None else col_ok
   return _fused_ce(cos, labels, valid, r, lax.stop_gradient(t), lax.stop_gradient(dt), col_ok,
                    clip_eps, row_grad, axis_name)
+
+
+def matmul_cross_entropy(x, w, labels, r, t, dt, clip_eps, row_grad, *, valid=None,
+                         col_ok=None, axis_name=None, chunk_rows=None):
+  """Per-row CE [R] of the cosines cos = x @ w, `chunk_rows` rows at a time.
+
+  x [R, D] and w [D, C]: unit rows / columns, in the matmul's dtype (the
+  products accumulate in r's dtype); labels and the [R] terms r, t, dt,
+  clip_eps, row_grad from `target_terms` (the caller takes the target
+  cosines x_i . w_y without the matrix); valid, col_ok, axis_name as
+  fused_cross_entropy, whose loss and gradients (w.r.t. x, w, r) this is.
+
+  Why the chunks: fused_cross_entropy takes cos, so the full [R, C] cosines
+  and, in the backward, their gradient exist. Partial FC's gathered batch
+  makes that large (R = 2048 rows x C/8 classes per device for 8 x 256
+  rows: as much as data parallel's [256, C]). Here the forward maps over
+  blocks of chunk_rows rows, keeping only each row's max and sum of
+  exponentials ([R] vectors; the reductions over the class shards happen
+  once, after the map); the backward recomputes each block's cosines from x
+  and w, writes its rows of d x and adds its d w. At most one [chunk_rows, C]
+  block of cosines and its gradient exist at a time, for one matmul more per
+  step (4 instead of 3). chunk_rows None: one block of all rows; a size that
+  does not divide R pads the last block (padded rows count nowhere).
+  Under shard_map, x and w must vary over the same mesh axes (lax.pcast
+  the replicated one), as d w is returned with w's type.
+  """
+  rows = x.shape[0]
+  chunk = rows if chunk_rows is None else int(chunk_rows)
+  if chunk < 1:
+    raise ValueError(f"chunk_rows must be a positive row count (or None); got {chunk_rows}.")
+  chunk = min(chunk, max(rows, 1))
+  valid = labels >= 0 if valid is None else valid
+  col_ok = jnp.ones((w.shape[1],), bool) if col_ok is None else col_ok
+  return _matmul_ce(x, w, labels, valid, r, lax.stop_gradient(t), lax.stop_gradient(dt), col_ok,
+                    clip_eps, row_grad, axis_name, chunk)
 
 
 def margin_cross_entropy(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0,

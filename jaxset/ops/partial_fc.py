@@ -58,6 +58,7 @@ gradient) and are never sampled ahead of a real class.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -119,7 +120,8 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
                              head: str = "margin", head_kwargs=None, quality=None,
                              norms=None, stats=None, sample_rate: float = 1.0, rng=None,
                              loss_cap: float | None = None, data_axis: str | None = "data",
-                             model_axis: str = "model", dtype=None) -> PartialFCOutput:
+                             model_axis: str = "model", dtype=None,
+                             chunk_rows: int | None = None) -> PartialFCOutput:
   """Class-sharded margin softmax cross-entropy (Partial FC), per row.
 
   Args:
@@ -140,6 +142,11 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
       get no gradient).
     dtype: the matmul's input dtype (e.g. bfloat16; default float32 at least);
       it accumulates in float32 at least.
+    chunk_rows: the gathered rows (n*b per model group) whose cosines exist
+      at once, forward and backward (margin_ce.matmul_cross_entropy); default
+      b, one device's rows, so a device never holds more than [b, C/n]
+      cosines, 1/n of data parallel's [b, C]. Any positive count works (a
+      last partial chunk is padded); larger is faster, smaller leaner.
 
   Returns:
     PartialFCOutput(ce [B], class_mask [C_pad], stats). The mean over
@@ -179,6 +186,10 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
     raise ValueError("sample_rate < 1 needs rng: pass the step's key so that a resumed "
                      "run draws the same classes.")
   c_local = c_pad // n_model
+  chunk = b // n_batch if chunk_rows is None else chunk_rows
+  if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+    raise ValueError(f"chunk_rows must be a positive int (rows of cosines at a time) or "
+                     f"None; got {chunk_rows!r}.")
   k = num_sampled(c_local, sample_rate, b)
   kw = dict(head_kwargs or {})
   batch_axes = (data_axis, model_axis) if data_axis else (model_axis,)
@@ -216,15 +227,24 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
       mask = jnp.ones((c_local,), bool)
     mask &= cols < num_classes
     target = jnp.where(owned, local, -1)
-    cos = jnp.dot(l2_normalize(e_g).astype(mm), l2_normalize(w, 0).astype(mm),
-                  preferred_element_type=ct)
+    x, wn = l2_normalize(e_g).astype(mm), l2_normalize(w, 0).astype(mm)
+    if data_axis is not None:
+      # W is the same on every data replica, the rows are not: typed as
+      # varying over data, W's gradient is summed over data (the transpose).
+      wn = lax.pcast(wn, data_axis, to="varying")
+    # The target cosines alone, one column of wn per row (no cosine matrix;
+    # the margin's value and slope at them carry no gradient of their own).
+    w_t = jnp.take(wn, jnp.maximum(target, 0), axis=1).T
+    c_t = lax.stop_gradient(jnp.sum(x.astype(ct) * w_t.astype(ct), axis=1))
     # The margin of margins.py on the owned targets, fused with the softmax
-    # cross-entropy (jaxset.ops.margin_ce): no [rows, C/n] logit array, and
-    # the max, sum of exponentials and target logit reduced over the shards.
-    target, r, t, dt, clip_eps, row_grad, new_stats = margin_ce.head_terms(
-        head, cos, target, kw, quality=extra_g, norms=extra_g, stats=st, axis_name=data_axis)
-    ce = margin_ce.fused_cross_entropy(cos, target, r, t, dt, clip_eps, row_grad,
-                                       valid=lab_g >= 0, col_ok=real, axis_name=model_axis)
+    # cross-entropy (jaxset.ops.margin_ce) and computed chunk rows at a time:
+    # no [rows, C/n] cosine or logit array, and the max, sum of exponentials
+    # and target logit reduced over the shards.
+    target, r, t, dt, clip_eps, row_grad, new_stats = margin_ce.target_terms(
+        head, c_t, target, kw, quality=extra_g, norms=extra_g, stats=st, axis_name=data_axis)
+    ce = margin_ce.matmul_cross_entropy(x, wn, target, r, t, dt, clip_eps, row_grad,
+                                        valid=lab_g >= 0, col_ok=real, axis_name=model_axis,
+                                        chunk_rows=chunk)
     new_stats = st if new_stats is None else new_stats
     if loss_cap is not None:
       ce = jnp.minimum(ce, loss_cap)
