@@ -28,6 +28,8 @@ yourself (jaxset.models.heads.labelled_mean).
 from __future__ import annotations
 
 import functools
+import numbers
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -141,71 +143,98 @@ def _fused_bwd(clip_eps, row_grad, axis_name, res, g):
 _fused_ce.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _split_rows(x, chunk, fill):
-  """[R, ...] -> [ceil(R / chunk), chunk, ...], the last block padded with fill."""
-  n = -(-x.shape[0] // chunk)
-  pad = n * chunk - x.shape[0]
-  if pad:
-    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
-  return x.reshape((n, chunk) + x.shape[1:])
+class _Blocks(NamedTuple):
+  """Column blocks of width `width` over `cols` columns: block j starts at
+  min(j * width, cols - width), so every block is full; the last one
+  overlaps its neighbour, and there its columns below j * width are left out
+  (the loss and gradients see every column once)."""
+  cols: int
+  width: int
+
+  @property
+  def n(self):
+    return -(-self.cols // self.width)
+
+  def take(self, j, w, scale, labels, col_ok):
+    """(w [D, width], scale, labels (the target column in the block or -1),
+    col_ok) of block j; start: its first column."""
+    lo = j * self.width
+    start = jnp.minimum(lo, self.cols - self.width)
+    w_b = lax.dynamic_slice_in_dim(w, start, self.width, axis=1)
+    s_b = lax.dynamic_slice_in_dim(scale, start, self.width)
+    cols = start + jnp.arange(self.width)
+    ok = lax.dynamic_slice_in_dim(col_ok, start, self.width) & (cols >= lo)
+    mine = (labels >= lo) & (labels < start + self.width)
+    return start, w_b, s_b, jnp.where(mine, labels - start, -1), ok
 
 
-def _merge_rows(x, rows):
-  return x.reshape((-1,) + x.shape[2:])[:rows]
+def _matmul_forward(x, w, scale, labels, valid, r, t, col_ok, clip_eps, axis_name, blocks):
+  ct = r.dtype
+
+  def step(carry, j):
+    # Online softmax over the blocks: the row max and the sum of
+    # exponentials relative to it, rescaled when the max grows.
+    m, s = carry
+    _, w_b, s_b, lab_b, ok_b = blocks.take(j, w, scale, labels, col_ok)
+    cos = jnp.dot(x, w_b, preferred_element_type=ct) * s_b[None, :]
+    m_b, s_b = _block_max_sum(cos, lab_b, r, ok_b, clip_eps)
+    m_new = jnp.maximum(m, m_b)
+    ref = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    s = (jnp.where(jnp.isfinite(m), s * jnp.exp(m - ref), 0.0)
+         + jnp.where(jnp.isfinite(m_b), s_b * jnp.exp(m_b - ref), 0.0))
+    return (m_new, s), None
+
+  zero = jnp.zeros_like(x[:, 0], ct)  # the rows' type (their varying mesh axes)
+  (m, s), _ = lax.scan(step, (zero - jnp.inf, zero), jnp.arange(blocks.n))
+  return _combine(m, s, labels, valid, t, axis_name)
 
 
-def _matmul_forward(x, w, labels, valid, r, t, col_ok, clip_eps, axis_name, chunk):
-  def block(args):
-    xc, lc, rc = args
-    cos = jnp.dot(xc, w, preferred_element_type=r.dtype)
-    return _block_max_sum(cos, lc, rc, col_ok, clip_eps)
-
-  rows = x.shape[0]
-  m, s = lax.map(block, (_split_rows(x, chunk, 0), _split_rows(labels, chunk, -1),
-                         _split_rows(r, chunk, 0)))
-  return _combine(_merge_rows(m, rows), _merge_rows(s, rows), labels, valid, t, axis_name)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12))
+def _matmul_ce(x, w, scale, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name,
+               blocks):
+  """_fused_ce of cos = (x @ w) * scale, one column block at a time."""
+  return _matmul_forward(x, w, scale, labels, valid, r, t, col_ok, clip_eps, axis_name,
+                         blocks)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
-def _matmul_ce(x, w, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name, chunk):
-  """_fused_ce of cos = x @ w, `chunk` rows at a time."""
-  return _matmul_forward(x, w, labels, valid, r, t, col_ok, clip_eps, axis_name, chunk)[0]
+def _matmul_fwd(x, w, scale, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name,
+                blocks):
+  ce, lse = _matmul_forward(x, w, scale, labels, valid, r, t, col_ok, clip_eps, axis_name,
+                            blocks)
+  return ce, (x, w, scale, labels, valid, r, t, dt, col_ok, lse)
 
 
-def _matmul_fwd(x, w, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name, chunk):
-  ce, lse = _matmul_forward(x, w, labels, valid, r, t, col_ok, clip_eps, axis_name, chunk)
-  return ce, (x, w, labels, valid, r, t, dt, col_ok, lse)
-
-
-def _matmul_bwd(clip_eps, row_grad, axis_name, chunk, res, g):
-  x, w, labels, valid, r, t, dt, col_ok, lse = res
-  ct, rows = r.dtype, x.shape[0]
+def _matmul_bwd(clip_eps, row_grad, axis_name, blocks, res, g):
+  x, w, scale, labels, valid, r, t, dt, col_ok, lse = res
+  ct = r.dtype
   g = _row_cotangent(g, valid, ct, axis_name)
 
-  def block(args):
-    # The block's cosines again (one matmul more than autodiff, the price of
-    # never storing them), its d cos, then d x of its rows and its share of d w.
-    xc, lc, rc, tc, dtc, lsec, gc = args
-    cos = jnp.dot(xc, w, preferred_element_type=ct)
-    d_cos, d_r = _block_grad(cos, lc, rc, tc, dtc, lsec, gc, col_ok, clip_eps, row_grad)
-    d_cos = d_cos.astype(w.dtype)
-    dx = jnp.dot(d_cos, w.T, preferred_element_type=ct)
-    return jnp.dot(xc.T, d_cos, preferred_element_type=ct), (dx, d_r)
+  def step(carry, j):
+    # The block's cosines again (one matmul more than autodiff: the price of
+    # never storing them), its d cos, then its columns of d w and d scale
+    # written in place, its share of d x and d r added.
+    dx, dw, d_scale, d_r = carry
+    start, w_b, s_b, lab_b, ok_b = blocks.take(j, w, scale, labels, col_ok)
+    raw = jnp.dot(x, w_b, preferred_element_type=ct)
+    d_cos, d_r_b = _block_grad(raw * s_b[None, :], lab_b, r, t, dt, lse, g, ok_b, clip_eps,
+                               row_grad)
+    d_raw = (d_cos * s_b[None, :]).astype(w.dtype)
+    dx = dx + jnp.dot(d_raw, w_b.T, preferred_element_type=ct)
+    dw_b = jnp.dot(x.T, d_raw, preferred_element_type=ct)
+    dw = lax.dynamic_update_slice_in_dim(dw, dw_b.astype(dw.dtype), start, axis=1)
+    # d scale_j = sum_i d cos_ij raw_ij = sum_d w_dj dw_dj / scale_j: from the
+    # [D, width] block, so the [R, width] raw and d cos die with d_raw.
+    d_s = jnp.sum(w_b.astype(ct) * dw_b, axis=0) / s_b
+    d_scale = lax.dynamic_update_slice_in_dim(d_scale, d_s.astype(d_scale.dtype), start, axis=0)
+    return (dx, dw, d_scale, d_r + d_r_b), None
 
-  blocks = [_split_rows(v, chunk, f) for v, f in
-            ((x, 0), (labels, -1), (r, 0), (t, 0), (dt, 0), (lse, 0), (g, 0))]
-  # The first block outside the loop: its d w starts the sum with the right
-  # type (under shard_map, varying over the axes of the rows and of w).
-  dw, (dx0, d_r0) = block([v[0] for v in blocks])
-
-  def step(dw, args):
-    dw_c, out = block(args)
-    return dw + dw_c, out
-
-  dw, (dx, d_r) = lax.scan(step, dw, [v[1:] for v in blocks])
-  dx = _merge_rows(jnp.concatenate([dx0[None], dx]), rows)
-  d_r = _merge_rows(jnp.concatenate([d_r0[None], d_r]), rows)
-  return (dx.astype(x.dtype), dw.astype(w.dtype), None, None, d_r, jnp.zeros_like(t),
+  # Zeros of the inputs' types; the overlapping last block goes first (its
+  # left-out columns hold 0 until their own block writes them).
+  init = (jnp.zeros_like(x, ct), jnp.zeros_like(w), jnp.zeros_like(scale),
+          jnp.zeros_like(x[:, 0], ct))
+  (dx, dw, d_scale, d_r), _ = lax.scan(step, init, jnp.arange(blocks.n), reverse=True)
+  d_r = d_r.astype(r.dtype) if row_grad else jnp.zeros_like(r)
+  return (dx.astype(x.dtype), dw, d_scale, None, None, d_r, jnp.zeros_like(t),
           jnp.zeros_like(dt), None)
 
 
@@ -290,39 +319,43 @@ def fused_cross_entropy(cos, labels, r, t, dt, clip_eps, row_grad, *, valid=None
                    clip_eps, row_grad, axis_name)
 
 
-def matmul_cross_entropy(x, w, labels, r, t, dt, clip_eps, row_grad, *, valid=None,
-                         col_ok=None, axis_name=None, chunk_rows=None):
-  """Per-row CE [R] of the cosines cos = x @ w, `chunk_rows` rows at a time.
+def matmul_cross_entropy(x, w, scale, labels, r, t, dt, clip_eps, row_grad, *, valid=None,
+                         col_ok=None, axis_name=None, chunk_classes=None):
+  """Per-row CE [R] of the cosines cos = (x @ w) * scale, `chunk_classes` columns at a time.
 
-  x [R, D] and w [D, C]: unit rows / columns, in the matmul's dtype (the
-  products accumulate in r's dtype); labels and the [R] terms r, t, dt,
-  clip_eps, row_grad from `target_terms` (the caller takes the target
-  cosines x_i . w_y without the matrix); valid, col_ok, axis_name as
-  fused_cross_entropy, whose loss and gradients (w.r.t. x, w, r) this is.
+  x [R, D] unit rows and w [D, C] in the matmul's dtype (the products
+  accumulate in r's dtype), scale [C] the columns' inverse norms (w's
+  normalisation, differentiable: no normalised copy of w is made); labels
+  and the [R] terms r, t, dt, clip_eps, row_grad from `target_terms` (the
+  caller takes the target cosines without the matrix); valid, col_ok,
+  axis_name as fused_cross_entropy, whose loss and gradients (w.r.t. x, w,
+  scale, r) this is.
 
-  Why the chunks: fused_cross_entropy takes cos, so the full [R, C] cosines
-  and, in the backward, their gradient exist. Partial FC's gathered batch
-  makes that large (R = 2048 rows x C/8 classes per device for 8 x 256
-  rows: as much as data parallel's [256, C]). Here the forward maps over
-  blocks of chunk_rows rows, keeping only each row's max and sum of
-  exponentials ([R] vectors; the reductions over the class shards happen
-  once, after the map); the backward recomputes each block's cosines from x
-  and w, writes its rows of d x and adds its d w. At most one [chunk_rows, C]
-  block of cosines and its gradient exist at a time, for one matmul more per
-  step (4 instead of 3). chunk_rows None: one block of all rows; a size that
-  does not divide R pads the last block (padded rows count nowhere).
-  Under shard_map, x and w must vary over the same mesh axes (lax.pcast
-  the replicated one), as d w is returned with w's type.
+  Why the blocks: fused_cross_entropy takes cos, so the whole [R, C] cosine
+  array exists and, in the backward, its gradient too. Partial FC's gathered
+  batch makes that large (R = 8 x 256 rows against C/8 classes per device:
+  as much as data parallel's [256, C]). Here the forward scans blocks of
+  chunk_classes columns with an online softmax (per row a running max and
+  sum of exponentials; the reductions over the class shards happen once,
+  after the scan); the backward recomputes each block's cosines from x and
+  w, writes its columns of d w and adds its part of d x. At most one
+  [R, chunk_classes] block of cosines and its gradient exist at a time, for
+  one matmul more per step (4 instead of 3). Column blocks rather than row
+  blocks: each block's d w is a slice of the result, not a [D, C] partial
+  sum to add. chunk_classes None: one block; a width that does not divide
+  C is served by full blocks, the last overlapping its neighbour.
+  Under shard_map, x, w and scale must vary over the same mesh axes (lax.pcast
+  the replicated one): the gradients come back with the inputs' types.
   """
-  rows = x.shape[0]
-  chunk = rows if chunk_rows is None else int(chunk_rows)
-  if chunk < 1:
-    raise ValueError(f"chunk_rows must be a positive row count (or None); got {chunk_rows}.")
-  chunk = min(chunk, max(rows, 1))
+  c = w.shape[1]
+  width = c if chunk_classes is None else chunk_classes
+  if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+    raise ValueError(f"chunk_classes must be a positive int (columns of cosines at a time) "
+                     f"or None; got {chunk_classes!r}.")
   valid = labels >= 0 if valid is None else valid
-  col_ok = jnp.ones((w.shape[1],), bool) if col_ok is None else col_ok
-  return _matmul_ce(x, w, labels, valid, r, lax.stop_gradient(t), lax.stop_gradient(dt), col_ok,
-                    clip_eps, row_grad, axis_name, chunk)
+  col_ok = jnp.ones((c,), bool) if col_ok is None else col_ok
+  return _matmul_ce(x, w, scale, labels, valid, r, lax.stop_gradient(t), lax.stop_gradient(dt),
+                    col_ok, clip_eps, row_grad, axis_name, _Blocks(c, min(int(width), c)))
 
 
 def margin_cross_entropy(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0,

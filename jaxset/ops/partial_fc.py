@@ -68,7 +68,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxset.ops import _checks, margin_ce
 from jaxset.ops import margins as margin_ops
-from jaxset.ops._norms import l2_normalize
+from jaxset.ops._norms import l2_normalize, safe_norm
 
 __all__ = [
   "CE_CAP_PARTIAL_FC",
@@ -121,7 +121,7 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
                              norms=None, stats=None, sample_rate: float = 1.0, rng=None,
                              loss_cap: float | None = None, data_axis: str | None = "data",
                              model_axis: str = "model", dtype=None,
-                             chunk_rows: int | None = None) -> PartialFCOutput:
+                             chunk_classes: int | None = None) -> PartialFCOutput:
   """Class-sharded margin softmax cross-entropy (Partial FC), per row.
 
   Args:
@@ -142,11 +142,12 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
       get no gradient).
     dtype: the matmul's input dtype (e.g. bfloat16; default float32 at least);
       it accumulates in float32 at least.
-    chunk_rows: the gathered rows (n*b per model group) whose cosines exist
-      at once, forward and backward (margin_ce.matmul_cross_entropy); default
-      b, one device's rows, so a device never holds more than [b, C/n]
-      cosines, 1/n of data parallel's [b, C]. Any positive count works (a
-      last partial chunk is padded); larger is faster, smaller leaner.
+    chunk_classes: the classes of this shard whose cosines (against all n*b
+      gathered rows) exist at once, forward and backward
+      (margin_ce.matmul_cross_entropy). Default ceil(K / n), K the shard's
+      softmax columns (C/n, or the sampled k): a device never holds more
+      than [n*b, K/n] cosines, as many as [b, K], 1/n of data parallel's
+      [b, C]. Any positive count works; larger is faster, smaller leaner.
 
   Returns:
     PartialFCOutput(ce [B], class_mask [C_pad], stats). The mean over
@@ -186,11 +187,15 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
     raise ValueError("sample_rate < 1 needs rng: pass the step's key so that a resumed "
                      "run draws the same classes.")
   c_local = c_pad // n_model
-  chunk = b // n_batch if chunk_rows is None else chunk_rows
-  if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
-    raise ValueError(f"chunk_rows must be a positive int (rows of cosines at a time) or "
-                     f"None; got {chunk_rows!r}.")
+  if data_axis is not None and mesh.shape[data_axis] == 1:
+    # One data replica (the classifier over every device): nothing to reduce
+    # over data, and no [D, C/n] all-reduce of W's gradient to allocate.
+    data_axis = None
   k = num_sampled(c_local, sample_rate, b)
+  chunk = -(-k // n_model) if chunk_classes is None else chunk_classes
+  if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+    raise ValueError(f"chunk_classes must be a positive int (classes of cosines at a time) "
+                     f"or None; got {chunk_classes!r}.")
   kw = dict(head_kwargs or {})
   batch_axes = (data_axis, model_axis) if data_axis else (model_axis,)
   ct = jnp.result_type(jnp.float32, embeddings.dtype)
@@ -227,24 +232,28 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
       mask = jnp.ones((c_local,), bool)
     mask &= cols < num_classes
     target = jnp.where(owned, local, -1)
-    x, wn = l2_normalize(e_g).astype(mm), l2_normalize(w, 0).astype(mm)
+    # Unit rows; the columns' normalisation as a scale on the products (no
+    # normalised copy of the [D, C/n] weight).
+    x, col_scale = l2_normalize(e_g).astype(mm), 1.0 / safe_norm(w, 0)
+    w = w.astype(mm)
     if data_axis is not None:
       # W is the same on every data replica, the rows are not: typed as
       # varying over data, W's gradient is summed over data (the transpose).
-      wn = lax.pcast(wn, data_axis, to="varying")
-    # The target cosines alone, one column of wn per row (no cosine matrix;
-    # the margin's value and slope at them carry no gradient of their own).
-    w_t = jnp.take(wn, jnp.maximum(target, 0), axis=1).T
-    c_t = lax.stop_gradient(jnp.sum(x.astype(ct) * w_t.astype(ct), axis=1))
+      w, col_scale = lax.pcast((w, col_scale), data_axis, to="varying")
+    # The target cosines alone, one column of W per row (no cosine matrix;
+    # the margin's value and slope there carry no gradient of their own).
+    safe_t = jnp.maximum(target, 0)
+    w_t = jnp.take(w, safe_t, axis=1).T.astype(ct)
+    c_t = lax.stop_gradient(jnp.sum(x.astype(ct) * w_t, axis=1) * col_scale[safe_t])
     # The margin of margins.py on the owned targets, fused with the softmax
-    # cross-entropy (jaxset.ops.margin_ce) and computed chunk rows at a time:
+    # cross-entropy (jaxset.ops.margin_ce) one block of classes at a time:
     # no [rows, C/n] cosine or logit array, and the max, sum of exponentials
     # and target logit reduced over the shards.
     target, r, t, dt, clip_eps, row_grad, new_stats = margin_ce.target_terms(
         head, c_t, target, kw, quality=extra_g, norms=extra_g, stats=st, axis_name=data_axis)
-    ce = margin_ce.matmul_cross_entropy(x, wn, target, r, t, dt, clip_eps, row_grad,
+    ce = margin_ce.matmul_cross_entropy(x, w, col_scale, target, r, t, dt, clip_eps, row_grad,
                                         valid=lab_g >= 0, col_ok=real, axis_name=model_axis,
-                                        chunk_rows=chunk)
+                                        chunk_classes=chunk)
     new_stats = st if new_stats is None else new_stats
     if loss_cap is not None:
       ce = jnp.minimum(ce, loss_cap)
