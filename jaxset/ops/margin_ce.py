@@ -20,7 +20,9 @@ many passes over them. The functions here return the per-row loss directly:
 The target value and its derivative are the margins.py formulas
 (_target_margin, _adaface_target, adaface_gradient_scaling_term); the result
 equals head + optax cross-entropy (tests: float64, loss and gradients).
-The only B x C float32 array is the cosine gradient of the backward.
+The only B x C float32 array is the cosine gradient of the backward;
+matmul_cross_entropy takes the matmul's inputs instead of cos and works on
+blocks of columns, so not even that exists (Partial FC's gathered batch).
 
 Rows with labels < 0 (or >= C) give ce 0 and no gradient; mask the mean
 yourself (jaxset.models.heads.labelled_mean).
