@@ -52,3 +52,44 @@ def test_fused_equals_logits_then_cross_entropy(x64, grad):
   _, new = margin_ce.adaface_cross_entropy(cos, norms, lab, stats)
   _, ref = margins.adaface_logits(cos, norms, lab, stats)
   np.testing.assert_allclose(new["std"], ref["std"], rtol=1e-14)
+
+
+@pytest.mark.parametrize("width", [None, 1, 4, 11, 50])
+def test_matmul_blocks_equal_fused(x64, width):
+  """matmul_cross_entropy (cosines (x @ w) * scale, one block of columns at a
+  time; 4 does not divide C = 11) equals fused_cross_entropy on the full
+  cosines: loss and gradients w.r.t. x, w (through the column scale) and r."""
+  _, lab, q, norms, g = _inputs()
+  r = np.random.default_rng(1)
+  x = jnp.asarray(r.normal(size=(B, 6)))
+  w = jnp.asarray(r.normal(size=(6, C)))
+  col_ok = jnp.asarray(np.arange(C) != 2)  # a padding column
+
+  def unit(x):
+    return x / jnp.linalg.norm(x, axis=1, keepdims=True)
+
+  stats = {"mean": jnp.float64(20.0), "std": jnp.float64(100.0)}
+  heads = [("margin", {"scale": 16.0, "m2": 0.5}), ("eqface", {"scale": 16.0, "m2": 0.5}),
+           ("adaface", {"scale": 16.0})]
+  for head, kw in heads:
+    def loss(x, w, q, blocked, head=head, kw=kw):
+      xn, scale = unit(x), 1.0 / jnp.linalg.norm(w, axis=0)
+      cos = xn @ (w * scale)
+      lab_c, c_t = margin_ce._target_cos(cos, lab)
+      terms = margin_ce.target_terms(head, jax.lax.stop_gradient(c_t), lab_c, kw, quality=q,
+                                     norms=norms, stats=stats)[:-1]
+      if blocked:
+        ce = margin_ce.matmul_cross_entropy(xn, w, scale, *terms, col_ok=col_ok,
+                                            chunk_classes=width)
+      else:
+        ce = margin_ce.fused_cross_entropy(cos, *terms, col_ok=col_ok)
+      return jnp.sum(g * ce)
+
+    ref = jax.value_and_grad(loss, (0, 1, 2))(x, w, q, False)
+    got = jax.jit(jax.value_and_grad(loss, (0, 1, 2)), static_argnums=3)(x, w, q, True)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-12, atol=0)
+    for a, b in zip(got[1], ref[1]):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=head)
+    assert float(jnp.abs(got[1][1]).max()) > 1e-3
+    if head == "eqface":
+      assert float(jnp.abs(got[1][2]).max()) > 1e-3

@@ -171,3 +171,43 @@ def test_bad_input_names_the_fix():
   with pytest.raises(ValueError, match="not model_axis='model'"):
     pfc.partial_fc_cross_entropy(e, lab, jnp.ones((3, 8)), head_kwargs={"scale": 1.0},
                                  mesh=Mesh(np.asarray(jax.devices()), ("data",)))
+
+
+def test_chunk_sizes_agree(x64):
+  """Blocks of classes that divide C/n, do not (the last block overlaps) or exceed
+  it give the unsharded head's loss and gradients, with and without sampling."""
+  x = _inputs()
+  mesh = _mesh(2, 2)  # C_local = 12 per shard
+  chunks = (1, 5, 100)
+
+  @jax.jit
+  def all_cases(e, w, q):
+    return [[jax.value_and_grad(lambda e, w, q, head=head, k=k, n=n: _sharded(
+        e, w, q, x, head, k, mesh, chunk_classes=n), (0, 1, 2), has_aux=True)(e, w, q)
+        for head, k in CASES] for n in chunks]
+
+  for n, res in zip(chunks, all_cases(x["e"], x["w"], x["q"])):
+    for (head, k), ((l1, _), g1), ((l0, _), g0) in zip(CASES, res, _references()):
+      assert abs(float(l1 - l0)) < 1e-10, (n, head, k)
+      for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10, err_msg=f"{n} {head} {k}")
+  # Sampled (k = 16 classes per shard): blocks of 3 against the default blocks.
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(D, 96)))
+  rng = jax.random.key(7)
+  res = jax.jit(lambda e, w, q: [jax.value_and_grad(lambda e, w, q, n=n: _sharded(
+      e, w, q, x, "eqface", HEADS[1][1], mesh, sample_rate=0.25, rng=rng, chunk_classes=n),
+      (0, 1, 2), has_aux=True)(e, w, q) for n in (None, 3)])(x["e"], w, x["q"])
+  ((l_a, (_, m_a)), g_a), ((l_b, (_, m_b)), g_b) = res
+  np.testing.assert_array_equal(m_a, m_b)
+  assert not bool(m_a.all())
+  assert abs(float(l_a - l_b)) < 1e-10
+  for a, b in zip(g_a, g_b):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_bad_chunk_is_rejected(bad):
+  e, lab = jnp.zeros((8, 3)), jnp.zeros((8,), jnp.int32)
+  with pytest.raises(ValueError, match="chunk_classes must be a positive int"):
+    pfc.partial_fc_cross_entropy(e, lab, jnp.ones((3, 8)), mesh=_mesh(1, 4),
+                                 head_kwargs={"scale": 1.0}, chunk_classes=bad)

@@ -20,7 +20,9 @@ many passes over them. The functions here return the per-row loss directly:
 The target value and its derivative are the margins.py formulas
 (_target_margin, _adaface_target, adaface_gradient_scaling_term); the result
 equals head + optax cross-entropy (tests: float64, loss and gradients).
-The only B x C float32 array is the cosine gradient of the backward.
+The only B x C float32 array is the cosine gradient of the backward;
+matmul_cross_entropy takes the matmul's inputs instead of cos and works on
+blocks of columns, so not even that exists (Partial FC's gathered batch).
 
 Rows with labels < 0 (or >= C) give ce 0 and no gradient; mask the mean
 yourself (jaxset.models.heads.labelled_mean).
@@ -28,6 +30,8 @@ yourself (jaxset.models.heads.labelled_mean).
 from __future__ import annotations
 
 import functools
+import numbers
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +41,7 @@ from jaxset.ops import _checks
 from jaxset.ops import margins as mg
 
 __all__ = ["adaface_cross_entropy", "eqface_cross_entropy", "fused_cross_entropy", "head_terms",
-           "margin_cross_entropy"]
+           "margin_cross_entropy", "matmul_cross_entropy", "target_terms"]
 
 
 def _is_target(labels, c):
@@ -48,24 +52,74 @@ def _nontarget(cos, clip_eps):
   return cos if clip_eps is None else jnp.clip(cos, -1.0 + clip_eps, 1.0 - clip_eps)
 
 
-def _forward(cos, labels, valid, r, t, col_ok, clip_eps, axis_name):
-  """(ce, lse) per row. labels: the target column on this device or -1;
-  over `axis_name` (class shards) the max, sum and target logit are global."""
-  ct = r.dtype
-  owned = labels >= 0
+def _block_max_sum(cos, labels, r, col_ok, clip_eps):
+  """(m, s) [b] of one block of cosines: m the row max of the non-target
+  logits z = r c' (target and excluded columns left out), s = sum exp(z - m)
+  (m = -inf and s = 0 for a row without such a column)."""
   is_t = _is_target(labels, cos.shape[1])
-  z = r[:, None] * _nontarget(cos.astype(ct), clip_eps)
+  z = r[:, None] * _nontarget(cos.astype(r.dtype), clip_eps)
   z = jnp.where(is_t | ~col_ok[None, :], -jnp.inf, z)
-  mx = jnp.maximum(jnp.max(z, axis=1), jnp.where(owned, t, -jnp.inf))
+  m = jnp.max(z, axis=1)
+  return m, jnp.sum(jnp.exp(z - jnp.where(jnp.isfinite(m), m, 0.0)[:, None]), axis=1)
+
+
+def _combine(m, s, labels, valid, t, axis_name):
+  """(ce, lse) per row from the block's (m, s) and the target logit t (held
+  where labels >= 0); over `axis_name` (class shards) the max, the sum of
+  exponentials and the target logit are global."""
+  owned = labels >= 0
+  mx = jnp.maximum(m, jnp.where(owned, t, -jnp.inf))
   if axis_name is not None:
     mx = lax.pmax(mx, axis_name)
   mx = lax.stop_gradient(jnp.where(jnp.isfinite(mx), mx, 0.0))
-  sum_exp = jnp.sum(jnp.exp(z - mx[:, None]), axis=1) + jnp.where(owned, jnp.exp(t - mx), 0.0)
+  # s is relative to the block's own max m <= mx: rescale it (a factor <= 1).
+  sum_exp = (jnp.where(jnp.isfinite(m), s * jnp.exp(m - mx), 0.0)
+             + jnp.where(owned, jnp.exp(t - mx), 0.0))
   t_row = jnp.where(owned, t, 0.0)
   if axis_name is not None:
     sum_exp, t_row = lax.psum(sum_exp, axis_name), lax.psum(t_row, axis_name)
   lse = mx + jnp.log(sum_exp)
   return jnp.where(valid, lse - t_row, 0.0), lse
+
+
+def _row_cotangent(g, valid, ct, axis_name):
+  if axis_name is not None:
+    # The loss is one value per row for all shards, but under shard_map each
+    # device receives the cotangent of the rows it reads back (its own):
+    # their sum over the shards is the row's cotangent.
+    g = lax.psum(g, axis_name)
+  return jnp.where(valid, g.astype(ct), 0.0)
+
+
+def _block_grad(cos, labels, r, t, dt, lse, g, col_ok, clip_eps, row_grad):
+  """(d cos in r's dtype, d r) of one block of rows, recomputing the softmax
+  p = exp(r c' - lse) from the cosines and the saved [b] lse."""
+  ct = r.dtype
+  owned = labels >= 0
+  is_t = _is_target(labels, cos.shape[1])
+  c = cos.astype(ct)
+  cp = _nontarget(c, clip_eps)
+  p = jnp.where(col_ok[None, :], jnp.exp(r[:, None] * cp - lse[:, None]), 0.0)
+  p_t = jnp.exp(t - lse)
+  d_nt = g[:, None] * r[:, None] * p
+  if clip_eps is not None:
+    # The clamp's gradient: 1 inside [-1 + eps, 1 - eps] (inclusive, as torch).
+    d_nt = jnp.where((c >= -1.0 + clip_eps) & (c <= 1.0 - clip_eps), d_nt, 0.0)
+  d_cos = jnp.where(is_t, (g * (p_t - 1.0) * dt)[:, None], d_nt)
+  if not row_grad:
+    return d_cos, jnp.zeros_like(r)
+  # t = r * base_y, so d t / d r = t / r (r = 0 gives a uniform row: base_y
+  # is not recoverable from t, and the row's gradient is taken as 0).
+  safe_r = jnp.where(r == 0, 1.0, r)
+  rest = jnp.sum(jnp.where(is_t, 0.0, p * cp), axis=1)
+  target = jnp.where(owned, (p_t - 1.0) * t / safe_r, 0.0)
+  return d_cos, jnp.where(r == 0, 0.0, g * (rest + target))
+
+
+def _forward(cos, labels, valid, r, t, col_ok, clip_eps, axis_name):
+  """(ce, lse) per row. labels: the target column on this device or -1."""
+  m, s = _block_max_sum(cos, labels, r, col_ok, clip_eps)
+  return _combine(m, s, labels, valid, t, axis_name)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
@@ -83,37 +137,110 @@ def _fused_fwd(cos, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_na
 def _fused_bwd(clip_eps, row_grad, axis_name, res, g):
   # Purely local: every device writes the gradient of its own columns.
   cos, labels, valid, r, t, dt, col_ok, lse = res
-  ct = r.dtype
-  owned = labels >= 0
-  if axis_name is not None:
-    # The loss is one value per row for all shards, but under shard_map each
-    # device receives the cotangent of the rows it reads back (its own):
-    # their sum over the shards is the row's cotangent.
-    g = lax.psum(g, axis_name)
-  g = jnp.where(valid, g.astype(ct), 0.0)
-  is_t = _is_target(labels, cos.shape[1])
-  c = cos.astype(ct)
-  cp = _nontarget(c, clip_eps)
-  p = jnp.where(col_ok[None, :], jnp.exp(r[:, None] * cp - lse[:, None]), 0.0)
-  p_t = jnp.exp(t - lse)
-  d_nt = g[:, None] * r[:, None] * p
-  if clip_eps is not None:
-    # The clamp's gradient: 1 inside [-1 + eps, 1 - eps] (inclusive, as torch).
-    d_nt = jnp.where((c >= -1.0 + clip_eps) & (c <= 1.0 - clip_eps), d_nt, 0.0)
-  d_cos = jnp.where(is_t, (g * (p_t - 1.0) * dt)[:, None], d_nt).astype(cos.dtype)
-  if row_grad:
-    # t = r * base_y, so d t / d r = t / r (r = 0 gives a uniform row: base_y
-    # is not recoverable from t, and the row's gradient is taken as 0).
-    safe_r = jnp.where(r == 0, 1.0, r)
-    rest = jnp.sum(jnp.where(is_t, 0.0, p * cp), axis=1)
-    target = jnp.where(owned, (p_t - 1.0) * t / safe_r, 0.0)
-    d_r = jnp.where(r == 0, 0.0, g * (rest + target))
-  else:
-    d_r = jnp.zeros_like(r)
-  return d_cos, None, None, d_r, jnp.zeros_like(t), jnp.zeros_like(dt), None
+  g = _row_cotangent(g, valid, r.dtype, axis_name)
+  d_cos, d_r = _block_grad(cos, labels, r, t, dt, lse, g, col_ok, clip_eps, row_grad)
+  return d_cos.astype(cos.dtype), None, None, d_r, jnp.zeros_like(t), jnp.zeros_like(dt), None
 
 
 _fused_ce.defvjp(_fused_fwd, _fused_bwd)
+
+
+class _Blocks(NamedTuple):
+  """Column blocks of width `width` over `cols` columns: block j starts at
+  min(j * width, cols - width), so every block is full; the last one
+  overlaps its neighbour, and there its columns below j * width are left out
+  (the loss and gradients see every column once)."""
+  cols: int
+  width: int
+
+  @property
+  def n(self):
+    return -(-self.cols // self.width)
+
+  def take(self, j, w, scale, labels, col_ok):
+    """(w [D, width], scale, labels (the target column in the block or -1),
+    col_ok) of block j; start: its first column."""
+    lo = j * self.width
+    start = jnp.minimum(lo, self.cols - self.width)
+    w_b = lax.dynamic_slice_in_dim(w, start, self.width, axis=1)
+    s_b = lax.dynamic_slice_in_dim(scale, start, self.width)
+    cols = start + jnp.arange(self.width)
+    ok = lax.dynamic_slice_in_dim(col_ok, start, self.width) & (cols >= lo)
+    mine = (labels >= lo) & (labels < start + self.width)
+    return start, w_b, s_b, jnp.where(mine, labels - start, -1), ok
+
+
+def _matmul_forward(x, w, scale, labels, valid, r, t, col_ok, clip_eps, axis_name, blocks):
+  ct = r.dtype
+
+  def step(carry, j):
+    # Online softmax over the blocks: the row max and the sum of
+    # exponentials relative to it, rescaled when the max grows.
+    m, s = carry
+    _, w_b, s_b, lab_b, ok_b = blocks.take(j, w, scale, labels, col_ok)
+    cos = jnp.dot(x, w_b, preferred_element_type=ct) * s_b[None, :]
+    m_b, s_b = _block_max_sum(cos, lab_b, r, ok_b, clip_eps)
+    m_new = jnp.maximum(m, m_b)
+    ref = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    s = (jnp.where(jnp.isfinite(m), s * jnp.exp(m - ref), 0.0)
+         + jnp.where(jnp.isfinite(m_b), s_b * jnp.exp(m_b - ref), 0.0))
+    return (m_new, s), None
+
+  zero = jnp.zeros_like(x[:, 0], ct)  # the rows' type (their varying mesh axes)
+  (m, s), _ = lax.scan(step, (zero - jnp.inf, zero), jnp.arange(blocks.n))
+  return _combine(m, s, labels, valid, t, axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12))
+def _matmul_ce(x, w, scale, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name,
+               blocks):
+  """_fused_ce of cos = (x @ w) * scale, one column block at a time."""
+  return _matmul_forward(x, w, scale, labels, valid, r, t, col_ok, clip_eps, axis_name,
+                         blocks)[0]
+
+
+def _matmul_fwd(x, w, scale, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name,
+                blocks):
+  ce, lse = _matmul_forward(x, w, scale, labels, valid, r, t, col_ok, clip_eps, axis_name,
+                            blocks)
+  return ce, (x, w, scale, labels, valid, r, t, dt, col_ok, lse)
+
+
+def _matmul_bwd(clip_eps, row_grad, axis_name, blocks, res, g):
+  x, w, scale, labels, valid, r, t, dt, col_ok, lse = res
+  ct = r.dtype
+  g = _row_cotangent(g, valid, ct, axis_name)
+
+  def step(carry, j):
+    # The block's cosines again (one matmul more than autodiff: the price of
+    # never storing them), its d cos, then its columns of d w and d scale
+    # written in place, its share of d x and d r added.
+    dx, dw, d_scale, d_r = carry
+    start, w_b, s_b, lab_b, ok_b = blocks.take(j, w, scale, labels, col_ok)
+    raw = jnp.dot(x, w_b, preferred_element_type=ct)
+    d_cos, d_r_b = _block_grad(raw * s_b[None, :], lab_b, r, t, dt, lse, g, ok_b, clip_eps,
+                               row_grad)
+    d_raw = (d_cos * s_b[None, :]).astype(w.dtype)
+    dx = dx + jnp.dot(d_raw, w_b.T, preferred_element_type=ct)
+    dw_b = jnp.dot(x.T, d_raw, preferred_element_type=ct)
+    dw = lax.dynamic_update_slice_in_dim(dw, dw_b.astype(dw.dtype), start, axis=1)
+    # d scale_j = sum_i d cos_ij raw_ij = sum_d w_dj dw_dj / scale_j: from the
+    # [D, width] block, so the [R, width] raw and d cos die with d_raw.
+    d_s = jnp.sum(w_b.astype(ct) * dw_b, axis=0) / s_b
+    d_scale = lax.dynamic_update_slice_in_dim(d_scale, d_s.astype(d_scale.dtype), start, axis=0)
+    return (dx, dw, d_scale, d_r + d_r_b), None
+
+  # Zeros of the inputs' types; the overlapping last block goes first (its
+  # left-out columns hold 0 until their own block writes them).
+  init = (jnp.zeros_like(x, ct), jnp.zeros_like(w), jnp.zeros_like(scale),
+          jnp.zeros_like(x[:, 0], ct))
+  (dx, dw, d_scale, d_r), _ = lax.scan(step, init, jnp.arange(blocks.n), reverse=True)
+  d_r = d_r.astype(r.dtype) if row_grad else jnp.zeros_like(r)
+  return (dx.astype(x.dtype), dw, d_scale, None, None, d_r, jnp.zeros_like(t),
+          jnp.zeros_like(dt), None)
+
+
+_matmul_ce.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def _target_cos(cos, labels):
@@ -131,8 +258,16 @@ def head_terms(head, cos, labels, kw, *, quality=None, norms=None, stats=None,
   head "margin" / "eqface" / "adaface" with margin_logits' / eqface_logits' /
   adaface_logits' keyword arguments `kw`; axis_name: AdaFace's batch axis.
   """
-  kw = dict(kw)
   labels, c_t = _target_cos(cos, labels)
+  return target_terms(head, c_t, labels, kw, quality=quality, norms=norms, stats=stats,
+                      axis_name=axis_name)
+
+
+def target_terms(head, c_t, labels, kw, *, quality=None, norms=None, stats=None,
+                 axis_name=None):
+  """`head_terms` from the target cosines c_t [B] (labels: the target column
+  or -1, already checked): for callers that never hold the cosine matrix."""
+  kw = dict(kw)
   new_stats = None
   if head in ("margin", "eqface"):
     scale, grad = kw.pop("scale"), kw.get("grad", "exact")
@@ -158,7 +293,7 @@ def head_terms(head, cos, labels, kw, *, quality=None, norms=None, stats=None,
     raise ValueError(f"head must be 'margin', 'eqface' or 'adaface'; got {head!r}.")
   m, h, scale = kw.get("m", 0.4), kw.get("h", 0.333), kw.get("scale", 64.0)
   t_alpha, eps = kw.get("t_alpha", 0.01), kw.get("eps", 1e-3)
-  b = cos.shape[0]
+  b = c_t.shape[0]
   old_mean, old_std = jnp.asarray(stats["mean"]), jnp.asarray(stats["std"])
   st = jnp.result_type(jnp.float32, jnp.asarray(norms).dtype, old_mean.dtype, old_std.dtype)
   nrm = lax.stop_gradient(jnp.clip(jnp.reshape(norms, (b,)).astype(st), 0.001, 100.0))
@@ -184,6 +319,45 @@ def fused_cross_entropy(cos, labels, r, t, dt, clip_eps, row_grad, *, valid=None
   col_ok = jnp.ones((cos.shape[1],), bool) if col_ok is None else col_ok
   return _fused_ce(cos, labels, valid, r, lax.stop_gradient(t), lax.stop_gradient(dt), col_ok,
                    clip_eps, row_grad, axis_name)
+
+
+def matmul_cross_entropy(x, w, scale, labels, r, t, dt, clip_eps, row_grad, *, valid=None,
+                         col_ok=None, axis_name=None, chunk_classes=None):
+  """Per-row CE [R] of the cosines cos = (x @ w) * scale, `chunk_classes` columns at a time.
+
+  x [R, D] unit rows and w [D, C] in the matmul's dtype (the products
+  accumulate in r's dtype), scale [C] the columns' inverse norms (w's
+  normalisation, differentiable: no normalised copy of w is made); labels
+  and the [R] terms r, t, dt, clip_eps, row_grad from `target_terms` (the
+  caller takes the target cosines without the matrix); valid, col_ok,
+  axis_name as fused_cross_entropy, whose loss and gradients (w.r.t. x, w,
+  scale, r) this is.
+
+  Why the blocks: fused_cross_entropy takes cos, so the whole [R, C] cosine
+  array exists and, in the backward, its gradient too. Partial FC's gathered
+  batch makes that large (R = 8 x 256 rows against C/8 classes per device:
+  as much as data parallel's [256, C]). Here the forward scans blocks of
+  chunk_classes columns with an online softmax (per row a running max and
+  sum of exponentials; the reductions over the class shards happen once,
+  after the scan); the backward recomputes each block's cosines from x and
+  w, writes its columns of d w and adds its part of d x. At most one
+  [R, chunk_classes] block of cosines and its gradient exist at a time, for
+  one matmul more per step (4 instead of 3). Column blocks rather than row
+  blocks: each block's d w is a slice of the result, not a [D, C] partial
+  sum to add. chunk_classes None: one block; a width that does not divide
+  C is served by full blocks, the last overlapping its neighbour.
+  Under shard_map, x, w and scale must vary over the same mesh axes (lax.pcast
+  the replicated one): the gradients come back with the inputs' types.
+  """
+  c = w.shape[1]
+  width = c if chunk_classes is None else chunk_classes
+  if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+    raise ValueError(f"chunk_classes must be a positive int (columns of cosines at a time) "
+                     f"or None; got {chunk_classes!r}.")
+  valid = labels >= 0 if valid is None else valid
+  col_ok = jnp.ones((c,), bool) if col_ok is None else col_ok
+  return _matmul_ce(x, w, scale, labels, valid, r, lax.stop_gradient(t), lax.stop_gradient(dt),
+                    col_ok, clip_eps, row_grad, axis_name, _Blocks(c, min(int(width), c)))
 
 
 def margin_cross_entropy(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0,
