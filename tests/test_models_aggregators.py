@@ -111,3 +111,9 @@ def test_netvlad_model_selects_every_aggregator_and_rejects_unknown():
   with pytest.raises(ValueError, match="fewer clusters"):  # 8x8 map, 64 clusters
     jax.eval_shape(lambda: NetVLADModel(backbone="small_cnn", pooling="salad").init(
         jax.random.key(0), images))
+
+
+def test_boq_rejects_channels_it_cannot_split_into_heads_when_built():
+  with pytest.raises(ValueError, match="multiple of 64"):
+    agg.BoQ(proj_channels=100)
+  assert agg.BoQ(proj_channels=48).proj_channels == 48  # below 64: one head
