@@ -10,20 +10,10 @@ WebFace42M (2M identities; Partial FC: sharded classifier, 20% of classes sample
 """
 import ml_collections
 
-from configs.faces_base import face_config, ms1m_preset, webface_preset
+from configs.faces_base import margin_head_config, with_face_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-  c = face_config()
-  c.method = "adaface"
-  c.model.head = "adaface"
-  c.model.margin = 0.4              # m
-  c.model.h = 0.333
-  c.model.t_alpha = 0.01            # EMA weight of the batch statistics (paper momentum 0.99)
-  if preset in (None, "", "default"):
-    return c
-  if preset in ("ms1m", "webface"):
-    c = ms1m_preset(c) if preset == "ms1m" else webface_preset(c)
-    c.model.dropout_rate = 0.4      # AdaFace's embedding dropout
-    return c
-  raise ValueError(f"unknown preset {preset!r} for configs/adaface.py; use ms1m or webface.")
+  c = margin_head_config("adaface", margin=0.4)   # m (h, t_alpha: faces_base)
+  # At scale AdaFace adds dropout on the embedding.
+  return with_face_preset(c, preset, "configs/adaface.py", {"model.dropout_rate": 0.4})

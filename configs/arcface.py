@@ -11,21 +11,9 @@ WebFace42M (2M identities; Partial FC: sharded classifier, 20% of classes sample
 """
 import ml_collections
 
-from configs.faces_base import face_config, ms1m_preset, webface_preset
+from configs.faces_base import margin_head_config, with_face_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-  c = face_config()
-  c.method = "arcface"
-  c.model.head = "arcface"
-  c.model.margin = 0.5              # m2 (arcface) or m3 (cosface)
-  # Unused by the fixed-margin heads; kept so that AdaFace and ArcFace share one task.
-  c.model.h = 0.333
-  c.model.t_alpha = 0.01
-  if preset in (None, "", "default"):
-    return c
-  if preset == "ms1m":
-    return ms1m_preset(c)
-  if preset == "webface":
-    return webface_preset(c)
-  raise ValueError(f"unknown preset {preset!r} for configs/arcface.py; use ms1m or webface.")
+  c = margin_head_config("arcface", margin=0.5)   # m2 (arcface) or m3 (cosface)
+  return with_face_preset(c, preset, "configs/arcface.py")

@@ -13,7 +13,7 @@ The EQFace code's choices instead of the paper's:
 """
 import ml_collections
 
-from configs.faces_base import face_config, ms1m_preset, webface_preset
+from configs.faces_base import face_config, with_face_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -28,10 +28,4 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.eqface.cycles = 1                   # repeat steps 2-3 this many times (sec. 3.4)
   c.eqface.official_stage2 = False      # True: step 2 also trains the classifier (code)
   c.train.steps = 1000
-  if preset in (None, "", "default"):
-    return c
-  if preset in ("ms1m", "webface"):
-    c = ms1m_preset(c) if preset == "ms1m" else webface_preset(c)
-    c.model.quality_hidden = 512
-    return c
-  raise ValueError(f"unknown preset {preset!r} for configs/eqface.py; use ms1m or webface.")
+  return with_face_preset(c, preset, "configs/eqface.py", {"model.quality_hidden": 512})

@@ -1,7 +1,7 @@
 """Keys shared by the face-recognition configs (AdaFace, ArcFace, EQFace)."""
 import ml_collections
 
-from configs.base import base_config
+from configs.base import base_config, with_overrides
 
 
 def face_config() -> ml_collections.ConfigDict:
@@ -39,6 +39,20 @@ def face_config() -> ml_collections.ConfigDict:
   c.train.ckpt_every = 400
   c.eval.batch_size = 256
   c.eval.best_metric = "pair_acc"
+  return c
+
+
+def margin_head_config(head: str, margin: float) -> ml_collections.ConfigDict:
+  """face_config() for train/tasks/adaface.py's task, which AdaFace and its
+  fixed-margin baselines (ArcFace, CosFace) share: the head and its margin
+  (m; m2 for arcface, m3 for cosface), and AdaFace's h and EMA weight t_alpha
+  (paper momentum 0.99), which the fixed-margin heads leave unused."""
+  c = face_config()
+  c.method = head
+  c.model.head = head
+  c.model.margin = margin
+  c.model.h = 0.333
+  c.model.t_alpha = 0.01
   return c
 
 
@@ -82,3 +96,16 @@ def webface_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optim.milestones = (10 / 20, 16 / 20, 18 / 20)
   c.train.steps = 20 * 42_500_000 // c.train.batch_size
   return c
+
+
+def with_face_preset(c: ml_collections.ConfigDict, preset: str | None, config_file: str,
+                     large: dict | None = None) -> ml_collections.ConfigDict:
+  """The presets every face config has: c itself (None, "" or "default"), or
+  ms1m_preset / webface_preset on top of c and then `large`, the method's own
+  dotted changes to the large-scale recipe ({"model.dropout_rate": 0.4})."""
+  if preset in (None, "", "default"):
+    return c
+  if preset not in ("ms1m", "webface"):
+    raise ValueError(f"unknown preset {preset!r} for {config_file}; use ms1m or webface.")
+  c = ms1m_preset(c) if preset == "ms1m" else webface_preset(c)
+  return with_overrides(c, large or {})

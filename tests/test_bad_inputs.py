@@ -223,7 +223,10 @@ def test_full_disk_is_one_message_naming_where(tiny_data, tmp_path):
 
   from tests.train_helpers import env
   wd = tmp_path / "run"
-  args = cli_args("arcface", wd, tiny_overrides(tiny_data, 1, **{"train.devices": 1}))
+  # Two steps, a checkpoint every step: the first save (8 MiB of state) fails
+  # before the final evaluation would be compiled and run.
+  args = cli_args("arcface", wd, tiny_overrides(tiny_data, 2, **{"train.devices": 1,
+                                                                 "train.ckpt_every": 1}))
   # A 2 MiB file-size limit (ulimit -f counts KiB), set in a shell: no fork of
   # this multithreaded process with a preexec_fn.
   import shlex

@@ -27,10 +27,15 @@ def test_descriptor_size_norm_and_gradient(name):
   module = agg.AGGREGATORS[name](**SMALL[name])
   x = _fmap()
   params = jax.jit(module.init)(jax.random.key(0), x)
-  out = jax.jit(module.apply)(params, x)
+
+  def first_column(p):
+    out = module.apply(p, x)
+    return jnp.sum(out[:, 0]), out
+
+  # One compiled program gives the forward output and its gradient.
+  grads, out = jax.jit(jax.grad(first_column, has_aux=True))(params)
   assert out.shape == (2, SIZES[name]) and out.dtype == jnp.float32
   np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, rtol=1e-5)
-  grads = jax.jit(jax.grad(lambda p: jnp.sum(module.apply(p, x)[:, 0])))(params)
   leaves = jax.tree.leaves(grads)
   assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
   assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
@@ -111,3 +116,9 @@ def test_netvlad_model_selects_every_aggregator_and_rejects_unknown():
   with pytest.raises(ValueError, match="fewer clusters"):  # 8x8 map, 64 clusters
     jax.eval_shape(lambda: NetVLADModel(backbone="small_cnn", pooling="salad").init(
         jax.random.key(0), images))
+
+
+def test_boq_rejects_channels_it_cannot_split_into_heads_when_built():
+  with pytest.raises(ValueError, match="multiple of 64"):
+    agg.BoQ(proj_channels=100)
+  assert agg.BoQ(proj_channels=48).proj_channels == 48  # below 64: one head

@@ -45,14 +45,35 @@ def _rng(seed: int, *path: int) -> np.random.Generator:
   return np.random.default_rng([int(seed) % 2**63, *(int(p) for p in path)])
 
 
-def _epoch_permutation(cache: dict, seed: int, epoch: int, items: np.ndarray):
-  perm = cache.get(epoch)
-  if perm is None:
-    perm = _rng(seed, _PERM, epoch).permutation(items)
-    if len(cache) > 2:
-      cache.clear()
-    cache[epoch] = perm
-  return perm
+class _Epochs:
+  """Items drawn epoch by epoch: each epoch permutes `items` (seeded by
+  (seed, epoch)) and cuts the permutation into batches of `size`, the
+  remainder waiting for the next epoch; this process makes rows `local` of
+  each batch. `what` names `size` in the errors; `too_few` is the error when
+  there are fewer items than `size`, in the sampler's terms."""
+
+  def __init__(self, items: np.ndarray, size: int, seed: int, shard: tuple[int, int],
+               what: str, too_few: str | None = None):
+    if len(items) < size:
+      raise ValueError(too_few or f"{what}={size} but only {len(items)} items to draw.")
+    self.items, self.size, self.seed = items, size, seed
+    self.steps_per_epoch = len(items) // size
+    self.local = _shard_slice(size, shard, what)
+    self._perms = {}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    perm = self._perms.get(epoch)
+    if perm is None:
+      perm = _rng(self.seed, _PERM, epoch).permutation(self.items)
+      if len(self._perms) > 2:
+        self._perms.clear()
+      self._perms[epoch] = perm
+    return perm
+
+  def batch(self, step: int) -> np.ndarray:
+    """This process's items of batch `step`: its global rows local.start, ..."""
+    epoch, within = divmod(int(step), self.steps_per_epoch)
+    return self._permutation(epoch)[within * self.size:(within + 1) * self.size][self.local]
 
 
 def _ensure_absl_flags_parsed():

@@ -47,7 +47,23 @@ __all__ = ["SALAD", "MixVPR", "BoQ", "ConvAP", "AGGREGATORS"]
 _trunc = nn.initializers.truncated_normal(0.02)
 
 
-class SALAD(nn.Module):
+class _Aggregator(nn.Module):
+  """What every aggregator shares: the map cast to float32 and `train` unused.
+
+  NetVLADModel calls each aggregator as `agg(fmap, train)`; none of them has a
+  train-time mode (the official dropout is left out, see the module doc).
+  Subclasses implement `aggregate(x)`: float32 [B, H, W, D] -> [B, out].
+  """
+
+  def __call__(self, fmap, train: bool = False):
+    del train
+    return self.aggregate(fmap.astype(jnp.float32))
+
+  def aggregate(self, x):
+    raise NotImplementedError
+
+
+class SALAD(_Aggregator):
   """[B, H, W, D] -> [B, token_dim + num_clusters * cluster_dim] (see module doc)."""
   num_clusters: int = 64
   cluster_dim: int = 128
@@ -59,10 +75,9 @@ class SALAD(nn.Module):
   use_token: bool = True
 
   @nn.compact
-  def __call__(self, fmap, train: bool = False):
-    del train
-    b, h, w, d = fmap.shape
-    x = fmap.reshape(b, h * w, d).astype(jnp.float32)
+  def aggregate(self, x):
+    b, h, w, d = x.shape
+    x = x.reshape(b, h * w, d)
     scores = nn.Dense(self.num_clusters, name="score_out")(
         nn.relu(nn.Dense(self.score_hidden, name="score_hidden")(x)))
     features = nn.Dense(self.cluster_dim, name="feature_out")(
@@ -88,7 +103,7 @@ class _FeatureMixer(nn.Module):
     return x + y
 
 
-class MixVPR(nn.Module):
+class MixVPR(_Aggregator):
   """[B, H, W, D] -> [B, out_channels * out_rows] (see module doc)."""
   out_channels: int = 1024
   out_rows: int = 4
@@ -96,10 +111,9 @@ class MixVPR(nn.Module):
   mlp_ratio: float = 1.0
 
   @nn.compact
-  def __call__(self, fmap, train: bool = False):
-    del train
-    b, h, w, d = fmap.shape
-    x = jnp.swapaxes(fmap.reshape(b, h * w, d).astype(jnp.float32), 1, 2)  # [B, D, HW]
+  def aggregate(self, x):
+    b, h, w, d = x.shape
+    x = jnp.swapaxes(x.reshape(b, h * w, d), 1, 2)  # [B, D, HW]
     for i in range(self.mix_depth):
       x = _FeatureMixer(self.mlp_ratio, name=f"mixer{i}")(x)
     x = nn.Dense(self.out_channels, name="channel_proj")(jnp.swapaxes(x, 1, 2))  # [B, HW, C']
@@ -128,22 +142,24 @@ class _BoQBlock(nn.Module):
     return x, nn.LayerNorm(name="norm_out")(out)
 
 
-class BoQ(nn.Module):
+class BoQ(_Aggregator):
   """[B, H, W, D] -> [B, proj_channels * row_dim] (see module doc)."""
   proj_channels: int = 512
   num_queries: int = 32
   num_layers: int = 2
   row_dim: int = 32
 
-  @nn.compact
-  def __call__(self, fmap, train: bool = False):
-    del train
+  def __post_init__(self):
+    # Checked when the module is built, before any shape is known.
     if self.proj_channels % 64 and self.proj_channels >= 64:
       raise ValueError(f"BoQ.proj_channels={self.proj_channels} must be a multiple of 64 "
                        "(one attention head per 64 channels) or below 64 (one head).")
+    super().__post_init__()
+
+  @nn.compact
+  def aggregate(self, x):
     heads = max(1, self.proj_channels // 64)
-    x = nn.Conv(self.proj_channels, (3, 3), padding="SAME", name="proj_c")(
-        fmap.astype(jnp.float32))
+    x = nn.Conv(self.proj_channels, (3, 3), padding="SAME", name="proj_c")(x)
     b = x.shape[0]
     x = nn.LayerNorm(name="norm_input")(x.reshape(b, -1, self.proj_channels))
     outs = []
@@ -155,20 +171,19 @@ class BoQ(nn.Module):
     return l2_normalize(out.reshape(b, -1))
 
 
-class ConvAP(nn.Module):
+class ConvAP(_Aggregator):
   """[B, H, W, D] -> [B, out_channels * s1 * s2] (see module doc)."""
   out_channels: int = 512
   s1: int = 2
   s2: int = 2
 
   @nn.compact
-  def __call__(self, fmap, train: bool = False):
-    del train
-    b, h, w, _ = fmap.shape
+  def aggregate(self, x):
+    b, h, w, _ = x.shape
     if h % self.s1 or w % self.s2:
       raise ValueError(f"ConvAP pools a {h}x{w} map into {self.s1}x{self.s2} equal cells; "
                        "choose s1, s2 that divide the map's height and width.")
-    x = nn.Conv(self.out_channels, (1, 1), name="channel_pool")(fmap.astype(jnp.float32))
+    x = nn.Conv(self.out_channels, (1, 1), name="channel_pool")(x)
     x = x.reshape(b, self.s1, h // self.s1, self.s2, w // self.s2, self.out_channels)
     x = jnp.mean(x, axis=(2, 4))  # [B, s1, s2, C]
     # Channel-major flattening, as the official [B, C, s1, s2].flatten(1).

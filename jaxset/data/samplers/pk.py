@@ -10,11 +10,10 @@ from jaxset.data.images import _load_images
 from jaxset.data.records import read_metadata
 from jaxset.data.sampling import (
   _PICK,
-  _epoch_permutation,
+  _Epochs,
   _group,
   _resolve_shard,
   _rng,
-  _shard_slice,
   _take_meta,
   _to_dataset,
   _with_common_args,
@@ -29,21 +28,16 @@ class _PKMaker:
     self.seed, self.image_fn = seed, image_fn
     self.groups = _group(labels)
     self.ids = np.array(sorted(self.groups), np.int64)
-    if len(self.ids) < p:
-      raise ValueError(
-          f"p={p} identities per batch but the split has only {len(self.ids)} "
-          "labelled identities; lower p.")
-    self.steps_per_epoch = len(self.ids) // p
-    self.local = _shard_slice(p, shard, "p (identities per batch)")
-    self._perms = {}
+    self.epochs = _Epochs(
+        self.ids, p, seed, shard, "p (identities per batch)",
+        f"p={p} identities per batch but the split has only {len(self.ids)} "
+        "labelled identities; lower p.")
+    self.local = self.epochs.local
 
   def __call__(self, step: int) -> dict:
-    epoch, within = divmod(int(step), self.steps_per_epoch)
-    perm = _epoch_permutation(self._perms, self.seed, epoch, self.ids)
-    group = perm[within * self.p:(within + 1) * self.p]
     rows = []
-    for j in range(self.local.start, self.local.stop):
-      members = self.groups[int(group[j])]
+    for j, identity in enumerate(self.epochs.batch(step), self.local.start):
+      members = self.groups[int(identity)]
       rng = _rng(self.seed, _PICK, step, j)
       rows.append(rng.choice(members, self.k, replace=len(members) < self.k))
     idx = np.concatenate(rows).astype(np.int64)

@@ -19,10 +19,9 @@ from jaxset.data.images import _load_images
 from jaxset.data.records import read_metadata
 from jaxset.data.sampling import (
   _PICK,
-  _epoch_permutation,
+  _Epochs,
   _resolve_shard,
   _rng,
-  _shard_slice,
   _to_dataset,
 )
 from jaxset.data.transforms import ImageFn
@@ -81,24 +80,19 @@ class _PlacePKMaker:
     self.members = {int(views[g[0]]): g for g in np.split(idx, cuts)}
     self.places = np.array(sorted(pl for pl, m in self.members.items() if len(m) >= min_views),
                            np.int64)
-    if len(self.places) < p:
-      raise ValueError(
-          f"p={p} places per batch but only {len(self.places)} places have >= min_views="
-          f"{min_views} views; lower p or min_views, or raise query_radius.")
-    self.steps_per_epoch = len(self.places) // p
-    self.local = _shard_slice(p, shard, "p (places per batch)")
-    self._perms = {}
+    self.epochs = _Epochs(
+        self.places, p, seed, shard, "p (places per batch)",
+        f"p={p} places per batch but only {len(self.places)} places have >= min_views="
+        f"{min_views} views; lower p or min_views, or raise query_radius.")
+    self.local = self.epochs.local
 
   def __call__(self, step: int) -> dict:
-    epoch, within = divmod(int(step), self.steps_per_epoch)
-    perm = _epoch_permutation(self._perms, self.seed, epoch, self.places)
-    group = perm[within * self.p:(within + 1) * self.p]
     rows, labels = [], []
-    for j in range(self.local.start, self.local.stop):
-      members = self.members[int(group[j])]
+    for j, place in enumerate(self.epochs.batch(step), self.local.start):
+      members = self.members[int(place)]
       rng = _rng(self.seed, _PICK, step, j)
       rows.append(rng.choice(members, self.k, replace=len(members) < self.k))
-      labels.append(np.full(self.k, group[j]))
+      labels.append(np.full(self.k, place))
     views, labels = np.concatenate(rows).astype(np.int64), np.concatenate(labels)
     positions = [(j * self.k + t,) for j in range(self.local.start, self.local.stop)
                  for t in range(self.k)]

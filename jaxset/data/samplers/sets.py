@@ -11,11 +11,10 @@ from jaxset.data.sampling import (
   _PAIR,
   _PICK,
   _SET,
-  _epoch_permutation,
+  _Epochs,
   _group,
   _resolve_shard,
   _rng,
-  _shard_slice,
   _to_dataset,
   _with_common_args,
 )
@@ -90,19 +89,14 @@ class _SetMaker:
   def __init__(self, source, tracks, batch_size, seed, image_fn, shard):
     self.source, self.tracks, self.batch_size = source, tracks, batch_size
     self.seed, self.image_fn = seed, image_fn
-    if len(tracks.ids) < batch_size:
-      raise ValueError(
-          f"batch_size={batch_size} sets but the split has only "
-          f"{len(tracks.ids)} labelled tracklets; lower batch_size.")
-    self.steps_per_epoch = len(tracks.ids) // batch_size
-    self.local = _shard_slice(batch_size, shard, "batch_size")
-    self._perms = {}
+    self.epochs = _Epochs(
+        tracks.ids, batch_size, seed, shard, "batch_size",
+        f"batch_size={batch_size} sets but the split has only "
+        f"{len(tracks.ids)} labelled tracklets; lower batch_size.")
+    self.local = self.epochs.local
 
   def __call__(self, step: int) -> dict:
-    epoch, within = divmod(int(step), self.steps_per_epoch)
-    perm = _epoch_permutation(self._perms, self.seed, epoch, self.tracks.ids)
-    chosen = perm[within * self.batch_size:(within + 1) * self.batch_size]
-    return self.tracks.build(self.source, chosen[self.local], self.seed, step, _SET,
+    return self.tracks.build(self.source, self.epochs.batch(step), self.seed, step, _SET,
                              self.local.start, self.image_fn)
 
 
@@ -148,9 +142,8 @@ class _SetTripletMaker:
           f"set triplets need >= 2 identities and >= batch_size={batch_size} "
           f"tracklets whose identity has another tracklet; the split has "
           f"{len(self.labels)} identities and {len(self.anchors)} such tracklets.")
-    self.steps_per_epoch = len(self.anchors) // batch_size
-    self.local = _shard_slice(batch_size, shard, "batch_size")
-    self._perms = {}
+    self.epochs = _Epochs(self.anchors, batch_size, seed, shard, "batch_size")
+    self.local = self.epochs.local
 
   def _partners(self, anchor: int, rng) -> tuple[int, int]:
     tr = self.tracks
@@ -164,9 +157,7 @@ class _SetTripletMaker:
     return positive, negative
 
   def __call__(self, step: int) -> dict:
-    epoch, within = divmod(int(step), self.steps_per_epoch)
-    perm = _epoch_permutation(self._perms, self.seed, epoch, self.anchors)
-    anchors = perm[within * self.batch_size:(within + 1) * self.batch_size][self.local]
+    anchors = self.epochs.batch(step)
     pos, neg = [], []
     for i, a in enumerate(anchors):
       p_, n_ = self._partners(int(a), _rng(self.seed, _PAIR, step, self.local.start + i))

@@ -11,10 +11,9 @@ from jaxset.data.records import neighbours_within, read_metadata
 from jaxset.data.sampling import (
   _NEG,
   _PICK,
-  _epoch_permutation,
+  _Epochs,
   _resolve_shard,
   _rng,
-  _shard_slice,
   _to_dataset,
   _with_common_args,
 )
@@ -42,14 +41,12 @@ class _TupleMaker:
     self.near = neighbours_within(q_utm, db_utm, neg_radius)
     self.train_queries = np.array(
         [i for i, p in enumerate(self.positives) if len(p)], np.int64)
-    if len(self.train_queries) < batch_size:
-      raise ValueError(
-          f"batch_size={batch_size} but only {len(self.train_queries)} queries have "
-          f"a database image within pos_radius={pos_radius} m; check the utm "
-          "columns (metres) or lower batch_size.")
-    self.steps_per_epoch = len(self.train_queries) // batch_size
-    self.local = _shard_slice(batch_size, shard, "batch_size")
-    self._perms = {}
+    self.epochs = _Epochs(
+        self.train_queries, batch_size, seed, shard, "batch_size",
+        f"batch_size={batch_size} but only {len(self.train_queries)} queries have "
+        f"a database image within pos_radius={pos_radius} m; check the utm "
+        "columns (metres) or lower batch_size.")
+    self.local = self.epochs.local
 
   def negatives(self, q: int, rng) -> np.ndarray:
     forbidden = self.near[q]
@@ -76,9 +73,7 @@ class _TupleMaker:
     return chosen
 
   def __call__(self, step: int) -> dict:
-    epoch, within = divmod(int(step), self.steps_per_epoch)
-    perm = _epoch_permutation(self._perms, self.seed, epoch, self.train_queries)
-    qs = perm[within * self.batch_size:(within + 1) * self.batch_size][self.local]
+    qs = self.epochs.batch(step)
     b, P, M = len(qs), self.num_positives, self.num_negatives
     pos = np.full((b, P), -1, np.int64)
     neg = np.full((b, M), -1, np.int64)
