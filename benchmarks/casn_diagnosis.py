@@ -1,7 +1,7 @@
 """Why CASN's full objective trails its IDE baseline: each loss term, by mechanism.
 
   python -m benchmarks.casn_diagnosis [--budget 1.0] [--seed 0]
-      [--out docs/casn_diagnosis.md] [--quick]
+      [--out runs/casn_diagnosis/report.md] [--quick]
 
 CASN (Zheng et al., CVPR 2019) sums identification (softmax), identification
 attention (attention mining through Grad-CAM), Siamese verification (BCE) and
@@ -204,7 +204,7 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--budget", type=float, default=1.0)
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--out", default="docs/casn_diagnosis.md")
+  ap.add_argument("--out", default="runs/casn_diagnosis/report.md")
   ap.add_argument("--workdir", default="runs/casn_diagnosis")
   ap.add_argument("--claims_workdir", default="runs/claims",
                   help="benchmarks/claims.py's workdir: its CASN and IDE runs are reused")
