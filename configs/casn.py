@@ -8,18 +8,15 @@ Market-1501 with ResNet-50 (your local copy):
 The IDE baseline (identification only): --config.casn.ia_weight=0 \
   --config.casn.verification_weight=0 --config.casn.sa_weight=0
 
-Known open issues (embedded default, measured 2026-11-23): the Siamese BCE
-trained from the first step on a backbone trained from scratch kept the
-verifier at chance and stalled identification; the warmup now trains
-identification alone (casn.warmup_verification=False). The 600-step default
-reaches rank-1 0.47 +- 0.05 / mAP 0.40 (seeds 0-4), but the Siamese
-attention-consistency loss is minimised by shortcuts
-(notebooks/05_casn_attention.ipynb): with the paper's ReLU Grad-CAM maps
-17-99% of the test maps end all zero, depending on the seed; with
-casn.siamese_map="signed" no map is blank but every image attends the same
-full-height stripe (positive-pair inconsistency 0.010, negative 0.008).
-Neither changes rank-1 (seed 0: 0.488 paper maps, 0.493 signed, 0.493
-without the loss).
+Known open issues: the Siamese BCE trained from the first step on a backbone
+trained from scratch kept the verifier at chance and stalled identification,
+so the warmup trains identification alone (casn.warmup_verification=False).
+The Siamese attention-consistency loss is minimised by shortcuts
+(notebooks/05_casn_attention.ipynb: blank ReLU maps, or maps that agree for
+every pair with casn.siamese_map="signed"), and at the claims budget the full
+objective trails IDE (docs/claims.md, synthetic_identities 2.0.0: rank-1
+0.078 vs 0.135 over seeds 0-2); benchmarks/casn_diagnosis.py measures each
+term's gradient and ablation.
 """
 import ml_collections
 
