@@ -796,12 +796,12 @@ def other_budgets(workdir: Path, setups: Sequence[str], seeds: Sequence[int],
   """{budget: {setup: [result per seed]}} of the cached results of other budgets
   (those whose config equals what this code builds at that budget)."""
   found = {}
+  quick_data = str((workdir / "quick_data").absolute()) if quick else ""
   for path in sorted((workdir / "results").glob("*.json")):
     r = json.loads(path.read_text())
     b = r.get("budget")
     if b is None or r.get("setup") not in setups or r.get("seed") not in seeds:
       continue
-    quick_data = str((workdir / "quick_data").absolute()) if quick else ""
     config = make_config(r["setup"], r["seed"], quick, quick_data, b)
     if path.stem != f"{r['setup']}_seed{r['seed']}_{config_hash(config)}":
       continue  # stale: another config or dataset version

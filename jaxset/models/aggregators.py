@@ -59,9 +59,6 @@ class _Aggregator(nn.Module):
     del train
     return self.aggregate(fmap.astype(jnp.float32))
 
-  def aggregate(self, x):
-    raise NotImplementedError
-
 
 class SALAD(_Aggregator):
   """[B, H, W, D] -> [B, token_dim + num_clusters * cluster_dim] (see module doc)."""
