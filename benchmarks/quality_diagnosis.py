@@ -44,17 +44,20 @@ import numpy as np  # noqa: E402
 
 from configs.base import with_overrides  # noqa: E402
 
-METHODS = ("qan", "eqface", "adaface", "arcface")
+METHODS = ("qan", "eqface", "adaface", "arcface", "adaface_oracle")
+# A diagnosis that is no method of its own: AdaFace with an oracle margin.
+CONFIG_OF = {"adaface_oracle": "adaface"}
 LEVEL_EDGES = (0.2, 0.5, 0.8, 1.0)   # stored levels are drawn from [0.2, 1]
 PROBE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NUM_PROBE_IMAGES = 160
+REJECT = 0.2                         # share of pairs the error-versus-reject tests drop
 COMMON = {"eval.at_start": False, "eval.every": 0, "train.progress_bar": False}
 QUICK = {"data.builder_config": "tiny", "train.steps": 6, "train.batch_size": 16,
          "eval.batch_size": 32, "optim.warmup_steps": 0}
 
 
 def make_config(method: str, budget: float, seed: int, quick: bool, quick_data: str = ""):
-  config = importlib.import_module(f"configs.{method}").get_config()
+  config = importlib.import_module(f"configs.{CONFIG_OF.get(method, method)}").get_config()
   over = dict(COMMON)
   over["train.steps"] = max(1, int(round(config.train.steps * budget)))
   if quick:
@@ -63,6 +66,18 @@ def make_config(method: str, budget: float, seed: int, quick: bool, quick_data: 
   over["seed"] = seed
   over["train.ckpt_every"] = over["train.steps"]
   return with_overrides(config, over)
+
+
+def task_for(method: str):
+  from train import tasks
+  return oracle_margin_task() if method == "adaface_oracle" else tasks.get(method)
+
+
+def keep_checkpoints_at(config, steps) -> None:
+  """Checkpoints every gcd(steps) and keeps them all, so each step is restorable."""
+  every = int(np.gcd.reduce(np.asarray(steps, np.int64)))
+  config.train.ckpt_every = every
+  config.train.keep_checkpoints = config.train.steps // every + 1
 
 
 # -- per-image proxies ------------------------------------------------------------
@@ -310,6 +325,145 @@ def qan_mu_gradients(task, state, config, num_batches: int = 8) -> list[dict]:
   return rows
 
 
+def _auc_below(clean, degraded) -> tuple[float, int]:
+  """(U, n_c * n_d): U counts the (clean, degraded) pairs whose degraded proxy is
+  below the clean one, ties half (Mann-Whitney); U / (n_c n_d) is the AUC."""
+  from scipy.stats import rankdata
+  r = rankdata(np.concatenate([clean, degraded]))
+  n = len(clean)
+  return float(r[:n].sum() - n * (n + 1) / 2), n * len(degraded)
+
+
+def _between_share(values, groups) -> float:
+  """Share of the variance of `values` that lies between the means of `groups`."""
+  total = np.sum((values - values.mean()) ** 2)
+  if total == 0:
+    return 0.0
+  between = sum(np.sum(groups == k) * (values[groups == k].mean() - values.mean()) ** 2
+                for k in np.unique(groups))
+  return float(between / total)
+
+
+def within_tracklets(method, task, state, config) -> dict:
+  """Ranks within a tracklet against ranks across the test set.
+
+  A tracklet is one person under one camera at one time, so comparing the
+  degraded frames of a tracklet with its clean frames holds the content
+  fixed. AUC = P(a degraded frame's proxy < a clean frame's), ties half:
+  over every (clean, degraded) pair of the test images ("global"), and over
+  the pairs within each tracklet ("within"). QAN's eq. (2) is invariant to a
+  common scale of a set's mu, so its loss trains the within-set contrast
+  only; rho over all images also needs a scale that is comparable across
+  sets. The clean tier's spread is split into what lies between tracklets,
+  identities and cameras."""
+  from train.tasks import identities
+
+  fn = proxy_fn(method, task.model(config))
+  q = identities.split_embeddings(fn, state, config, "query")
+  g = identities.split_embeddings(fn, state, config, "gallery")
+  cat = lambda k: np.concatenate([q[k], g[k]])
+  proxy, lv, tid = cat("q").astype(np.float64), cat("degradation"), cat("tracklet")
+  clean, bad = lv == 0, lv > 0
+  u, n = _auc_below(proxy[clean], proxy[bad])
+  u_in = n_in = 0
+  for t in np.unique(tid[bad]):
+    m = tid == t
+    if (m & clean).any():
+      du, dn = _auc_below(proxy[m & clean], proxy[m & bad])
+      u_in, n_in = u_in + du, n_in + dn
+  return {"auc_global": u / n, "auc_within": u_in / max(n_in, 1), "pairs_within": int(n_in),
+          "clean_between_tracklets": _between_share(proxy[clean], tid[clean]),
+          "clean_between_identities": _between_share(proxy[clean], cat("identity")[clean]),
+          "clean_between_cameras": _between_share(proxy[clean], cat("camera")[clean])}
+
+
+def clean_pairs_erc(method, task, state, config) -> dict:
+  """Is the proxy's spread among CLEAN images quality? The error-versus-reject
+  test on the test pairs whose two images are both clean (level 0, so the
+  stored level cannot tell them apart): FNMR at the threshold that gives 0.1
+  on those pairs, after dropping the REJECT share with the lowest
+  min(q_a, q_b), against dropping as many at random."""
+  from jaxset.data import pipeline
+  from jaxset.eval import error_vs_reject
+  from train.tasks import common
+
+  fn = proxy_fn(method, task.model(config))
+
+  def describe_pair(state, batch):
+    a, b = fn(state, {"image": batch["image_a"]}), fn(state, {"image": batch["image_b"]})
+    return {"a": a["e"], "b": b["e"], "qa": a["q"], "qb": b["q"]}
+
+  src = common.source(config, "pairs")
+  p = common.extract(describe_pair, state, src, config, keys=["image_a", "image_b"])
+  meta = pipeline.read_metadata(src, ["same", "degradation_a", "degradation_b"])
+  keep = (meta["degradation_a"] == 0) & (meta["degradation_b"] == 0)
+  same = meta["same"].astype(bool)[keep]
+  scores = _cosine(p["a"][keep], p["b"][keep])
+  erc = error_vs_reject(scores, same, p["qa"][keep], p["qb"][keep], fnmr=0.1,
+                        reject_fractions=(0.0, REJECT))
+  return {"pairs": int(keep.sum()), "genuine": int(same.sum()),
+          "fnmr_before": float(erc["fnmr"][0]), "fnmr_quality": float(erc["fnmr"][1]),
+          "fnmr_random": float(erc["fnmr_random"][1])}
+
+
+def checkpoint_steps(method, task, config) -> list[int]:
+  """The steps whose state over_training reads: a quarter, half, three
+  quarters and the end of the run, plus every stage boundary (QAN's start
+  of set training; the ends of EQFace's steps 1, 2 and 3)."""
+  total = config.train.steps
+  bounds = np.cumsum([st.steps for st in task.stages(config)]).tolist()
+  return sorted({int(round(total * f)) for f in (0.25, 0.5, 0.75, 1.0)} | set(bounds))
+
+
+def over_training(method, task, config, run_dir: Path, steps) -> list[dict]:
+  """The proxy by degradation type (levels pooled) at each checkpoint step, and
+  for QAN the mean eq. (8) gradient dL/dmu on clean and on degraded frames."""
+  from jaxset.data.synthetic_identities import DEGRADATION_TYPES
+  from jaxset.eval import spearman
+  from train.eval import restore_state
+  from train.tasks import identities
+
+  fn = proxy_fn(method, task.model(config))
+  rows = []
+  for step in steps:
+    state, _ = restore_state(task, config, run_dir, str(step))
+    q = identities.split_embeddings(fn, state, config, "query")
+    g = identities.split_embeddings(fn, state, config, "gallery")
+    cat = lambda k: np.concatenate([q[k], g[k]])
+    proxy, kind = cat("q"), cat("degradation_type")
+    row = {"step": int(step), "rho": spearman(proxy, cat("degradation")),
+           "clean_std": float(proxy[kind == 0].std())}
+    row.update({name: float(proxy[kind == k].mean()) for k, name in enumerate(DEGRADATION_TYPES)
+                if (kind == k).any()})
+    if method == "qan" and step > task.stages(config)[0].steps:
+      grads = qan_mu_gradients(task, state, config, num_batches=4)
+      row["grad_clean"] = next(r["mean"] for r in grads if r["type"] == "clean")
+      bad = [r for r in grads if r["type"] != "clean"]
+      row["grad_degraded"] = float(sum(r["mean"] * r["n"] for r in bad) /
+                                   max(sum(r["n"] for r in bad), 1))
+      row["active_triplets"] = grads[0]["active_triplets"]
+    rows.append(row)
+  return rows
+
+
+def oracle_margin_task():
+  """AdaFace whose margin reads an oracle quality, 20 - 10 x the stored level
+  (clean 20, the worst 10; on the norms' scale, so the head's EMA statistics,
+  which start at 20 and 100, settle as fast as for the norm), instead of the
+  feature norm. It asks whether a perfect quality signal would make AdaFace's
+  margin pay off on this data: a diagnosis only, since it trains on the
+  stored levels."""
+  import jax.numpy as jnp
+
+  from train.tasks import adaface
+
+  class OracleMargin(adaface.Task):
+    def margin_quality(self, batch):
+      return 20.0 - 10.0 * jnp.clip(batch["degradation"], 0.0, 1.0)
+
+  return OracleMargin()
+
+
 def rho_ceilings(config, seed: int = 0) -> list[dict]:
   """What Spearman rho a proxy can reach on the test levels: most images are
   clean, all tied at level 0, so any spread of the proxy within the clean tier
@@ -403,29 +557,99 @@ def render(results: dict, args, seconds: float) -> str:
                 "loss.", "", "| tier | n | mean dL/dmu | std |", "|---|---|---|---|"]
       lines += [f"| {_tier_label(x)} | {x['n']} | {x['mean']:.3g} | {x['std']:.3g} |"
                 for x in g]
+    lines += _render_extra(r)
     lines.append("")
+  lines += _render_recognition(results)
   return "\n".join(lines)
 
 
-PROXY = {"qan": "mu", "eqface": "s_i", "adaface": "feature norm", "arcface": "feature norm"}
+def _render_extra(r: dict) -> list[str]:
+  """Within tracklets, clean pairs, and the proxy over training."""
+  lines = []
+  if r.get("within"):
+    w = r["within"]
+    lines += ["", f"Within tracklets: AUC = P(degraded frame's proxy < clean frame's) "
+              f"{w['auc_global']:.3f} over every test image, {w['auc_within']:.3f} within each "
+              f"tracklet ({w['pairs_within']} pairs; same person, camera and moment). Of the "
+              f"clean tier's variance, {100 * w['clean_between_tracklets']:.0f}% lies between "
+              f"tracklets, {100 * w['clean_between_identities']:.0f}% between identities and "
+              f"{100 * w['clean_between_cameras']:.0f}% between cameras."]
+  if r.get("clean_erc"):
+    c = r["clean_erc"]
+    lines += ["", f"Clean pairs only ({c['pairs']} test pairs, {c['genuine']} genuine, both "
+              f"images at level 0): FNMR {c['fnmr_before']:.3f} before rejection; dropping the "
+              f"{REJECT:.0%} with the lowest proxy gives {c['fnmr_quality']:.3f}, a random "
+              f"{REJECT:.0%} {c['fnmr_random']:.3f}."]
+  if r.get("training"):
+    rows = r["training"]
+    kinds = [k for k in rows[-1] if k not in ("step", "rho", "clean_std", "grad_clean",
+                                               "grad_degraded", "active_triplets")]
+    grads = any("grad_clean" in x for x in rows)
+    head = ["step", "rho"] + kinds + ["clean std"]
+    if grads:
+      head += ["dL/dmu clean", "dL/dmu degraded", "active triplets"]
+    lines += ["", "Over training: the proxy's mean by degradation type (levels pooled) at each "
+              "checkpoint" + ("; eq. (8)'s mean gradient on training triplets (positive "
+                              "pushes mu down)" if grads else "") + ".", "",
+              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for x in rows:
+      cells = [str(x["step"]), f"{x['rho']:.3f}"] + [f"{x[k]:.4g}" if k in x else ""
+                                                      for k in kinds]
+      cells.append(f"{x['clean_std']:.3g}")
+      if grads:
+        cells += ([f"{x['grad_clean']:.3g}", f"{x['grad_degraded']:.3g}",
+                   f"{x['active_triplets']:.2f}"] if "grad_clean" in x else ["", "", ""])
+      lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def _render_recognition(results: dict) -> list[str]:
+  """Rank-1 by tier of the face methods, the oracle margin among them."""
+  rows = {m: r["recognition"] for m, r in results.items()
+          if not m.startswith("_") and r.get("recognition")}
+  if not rows:
+    return []
+  lines = ["## Recognition by tier", "",
+           "Rank-1 of the query images of each tier against the whole gallery (cross-camera; "
+           "tiers by the true level: clean 0, mild (0, 0.6), severe [0.6, 1], background "
+           "frames in none). adaface_oracle is AdaFace whose margin reads 20 - 10 x the stored "
+           "level instead of the norm: what a perfect quality signal would do to its margin.",
+           "", "| method | clean | mild | severe |", "|---|---|---|---|"]
+  for m, x in rows.items():
+    lines.append(f"| {m} | " + " | ".join(f"{x.get(f'tier_{t}_rank1', float('nan')):.3f}"
+                                          for t in ("clean", "mild", "severe")) + " |")
+  return lines + [""]
+
+
+PROXY = {"qan": "mu", "eqface": "s_i", "adaface": "feature norm", "arcface": "feature norm",
+         "adaface_oracle": "feature norm (the margin reads the oracle)"}
 
 
 def run_method(method: str, args, workdir: Path) -> dict:
-  from train import loop, tasks
+  from benchmarks.claims import degradation_tiers
+  from train import loop
 
   quick_data = str((workdir / "quick_data").absolute()) if args.quick else ""
   config = make_config(method, args.budget, args.seed, args.quick, quick_data)
-  task = tasks.get(method)
+  task = task_for(method)
+  steps = checkpoint_steps(method, task, config)
+  keep_checkpoints_at(config, steps)
   run_dir = workdir / f"{method}_x{args.budget:g}_seed{args.seed}{'_quick' if args.quick else ''}"
   summary = loop.train_and_evaluate(config, run_dir, task)
   state = summary["state"]
+  proxy_method = CONFIG_OF.get(method, method)
   res = {"proxy": PROXY[method], "steps": int(summary["step"]),
          "after": {k: float(v) for k, v in summary["after"].items()},
-         "tiers": tiers_and_probes(method, task, state, config),
-         "fit": train_fit(method, task, state, config)}
+         "tiers": tiers_and_probes(proxy_method, task, state, config),
+         "fit": train_fit(proxy_method, task, state, config),
+         "within": within_tracklets(proxy_method, task, state, config),
+         "clean_erc": clean_pairs_erc(proxy_method, task, state, config),
+         "training": over_training(proxy_method, task, config, run_dir, steps)}
   if method == "qan":
     res["sets"] = qan_sets(task, state, config)
     res["mu_grad"] = qan_mu_gradients(task, state, config)
+  else:
+    res["recognition"] = degradation_tiers(task, state, config)
   return res
 
 

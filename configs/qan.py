@@ -22,7 +22,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.feature_dim = 128
   c.model.embedding_dim = 128
   c.model.num_parts = 1             # >1: one quality score per horizontal part (official)
-  c.model.quality_input = "trunk"   # paper fig. 2; "image": the released code
+  c.model.quality_input = "trunk"   # the trunk's last map; "middle": paper fig. 2; "image": code
+  c.model.quality_tap = 2           # the trunk block "middle" splits after
+  c.model.quality_relu = False      # ReLUs in the quality CNN (the released code has none)
 
   c.qan = ml_collections.ConfigDict()
   c.qan.pretrain_fraction = 0.4     # single-image softmax stage (sec. 3.2)

@@ -407,6 +407,63 @@ def test_qan_mask_and_quality():
     qan.horizontal_parts(jnp.zeros((1, 2, 2, 3)), 3)
 
 
+def test_backbone_tap_returns_a_middle_map_and_the_same_last_map():
+  x = _images((2, 32, 16, 3))
+  plain = backbones.SmallCNN(**TINY)
+  tapped = backbones.SmallCNN(**TINY, tap=2)
+  variables = jax.jit(plain.init)(jax.random.key(0), x)
+  mid, last = jax.jit(tapped.apply)(variables, x)  # the tap adds no parameter
+  assert mid.shape == (2, 8, 4, 16) and last.shape == (2, 4, 2, 16)
+  np.testing.assert_array_equal(last, jax.jit(plain.apply)(variables, x))
+  r = backbones.ResNet18(tap=2)
+  xr = jnp.zeros((1, 64, 64, 3), jnp.uint8)
+  mid, last = jax.eval_shape(r.apply, jax.eval_shape(r.init, jax.random.key(0), xr), xr)
+  assert mid.shape == (1, 8, 8, 128) and last.shape == (1, 2, 2, 512)
+  with pytest.raises(ValueError, match="tap"):
+    backbones.SmallCNN(**TINY, tap=4).init(jax.random.key(0), x)
+
+
+def test_qan_middle_quality_reads_only_the_shared_blocks():
+  """quality_input='middle' (QAN fig. 2): mu depends on the trunk's blocks up to
+  the split and on the quality CNN, not on the blocks only the features use."""
+  x = _images((2, 3, 32, 16, 3))
+  for relu in (False, True):
+    model = qan.QAN(feature_dim=4, embedding_dim=4, quality_input="middle", quality_tap=2,
+                    quality_relu=relu, backbone_kwargs=TINY)
+    v = jax.jit(model.init)(jax.random.key(0), x)
+    mu = lambda p: jnp.sum(model.apply({**v, "params": p}, x)["quality"])
+    g = jax.jit(jax.grad(mu))(v["params"])["trunk"]
+    assert all(float(jnp.abs(g[f"conv{i}"]["kernel"]).max()) > 0 for i in (1, 2))
+    assert all(float(jnp.abs(g[f"conv{i}"]["kernel"]).max()) == 0 for i in (3, 4))
+  flat = qan.QAN(feature_dim=4, embedding_dim=4, quality_input="middle",
+                 backbone_kwargs=TINY)
+  bent = flat.clone(quality_relu=True)
+  v = jax.jit(flat.init)(jax.random.key(0), x)
+  assert not np.allclose(flat.apply(v, x)["quality"], bent.apply(v, x)["quality"])
+  with pytest.raises(ValueError, match="quality_input"):
+    qan.QAN(quality_input="mid", backbone_kwargs=TINY).init(jax.random.key(0), x)
+
+
+def test_adaface_margin_quality_replaces_the_norm():
+  model = adaface.AdaFace(6, backbone="small_cnn", embedding_dim=16, backbone_kwargs=TINY)
+  images, labels = _images((4, 32, 32, 3)), jnp.array([0, 1, 2, 3])
+  variables = jax.jit(model.init)(jax.random.key(0), images, labels)
+  apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+  out, upd = apply(variables, images, labels, train=True, mutable=("batch_stats",
+                                                                   "adaface_stats"))
+  same, _ = apply(variables, images, labels, train=True, mutable=("batch_stats",
+                                                                  "adaface_stats"),
+                  margin_quality=out["norm"])
+  np.testing.assert_allclose(same["logits"], out["logits"], rtol=1e-6)
+  q = jnp.array([30.0, 10.0, 20.0, 25.0])
+  other, upd_q = apply(variables, images, labels, train=True,
+                       mutable=("batch_stats", "adaface_stats"), margin_quality=q)
+  np.testing.assert_allclose(upd_q["adaface_stats"]["head"]["mean"],
+                             0.01 * float(q.mean()) + 0.99 * 20.0, rtol=1e-6)
+  assert not np.allclose(other["logits"], out["logits"])
+  np.testing.assert_allclose(other["norm"], out["norm"], rtol=1e-6)
+
+
 def test_casn_in_batch_pairs_equal_the_gathered_pair_batch():
   """A P x 2 batch with pk_pairs gives the objective (and gradient) of the batch
   of its pairs written out, images gathered: with K = 2 every image is in

@@ -90,10 +90,15 @@ class AdaFace(nn.Module):
       "class_mask" instead of cos / logits); None: the unsharded head.
     sample_rate, loss_cap: the sharded head's Partial FC options.
 
-  __call__(images [B, H, W, 3] uint8, labels [B] int or None, train=False) -> dict:
+  __call__(images [B, H, W, 3] uint8, labels [B] int or None, train=False,
+           margin_quality=None) -> dict:
     feature_map [B, h, w, C]; embedding [B, D] L2-NORMALISED; norm [B] the
     norm ||z|| before normalisation; cos [B, C]; logits [B, C] (margin logits
     with labels, scale * cos without).
+    margin_quality [B]: what the AdaFace margin reads in place of the norm
+    (its batch statistics and z-score apply unchanged); None = the norm, as
+    the paper. For diagnostics only, e.g. an oracle quality
+    (benchmarks/quality_diagnosis.py): a real run has no quality labels.
   Parameter groups: "backbone" (FaceEmbedder), "head" (its "classifier").
   """
   num_classes: int
@@ -115,7 +120,7 @@ class AdaFace(nn.Module):
   loss_cap: Any = None
 
   @nn.compact
-  def __call__(self, images, labels=None, train: bool = False):
+  def __call__(self, images, labels=None, train: bool = False, margin_quality=None):
     if self.head not in _DEFAULT_MARGIN:
       raise ValueError(f"head must be one of {sorted(_DEFAULT_MARGIN)}; got {self.head!r}.")
     m = _DEFAULT_MARGIN[self.head] if self.margin is None else self.margin
@@ -123,6 +128,7 @@ class AdaFace(nn.Module):
                                  self.dtype, self.backbone_kwargs, name="backbone")(
                                      images, train)
     embedding = l2_normalize(out["embedding"])
+    norms = out["norm"] if margin_quality is None else jnp.asarray(margin_quality, jnp.float32)
     if self.mesh is not None:
       if self.head == "adaface":
         kind, kw = "adaface", dict(m=m, h=self.h, scale=self.scale, t_alpha=self.t_alpha,
@@ -132,11 +138,11 @@ class AdaFace(nn.Module):
         kind, kw = "margin", dict(scale=self.scale, m2=m2, m3=m3, grad=self.margin_grad)
       res = ShardedMarginHead(self.num_classes, self.mesh, kind, tuple(sorted(kw.items())),
                               self.sample_rate, self.loss_cap, name="head")(
-                                  out["embedding"], labels, out["norm"], train)
+                                  out["embedding"], labels, norms, train)
     elif self.head == "adaface":
       head = AdaFaceHead(self.num_classes, m, self.h, self.scale, self.t_alpha, self.eps,
                          self.axis_name, name="head")
-      res = head(out["embedding"], out["norm"], labels, train)
+      res = head(out["embedding"], norms, labels, train)
     else:
       m2, m3 = (m, 0.0) if self.head == "arcface" else (0.0, m)
       res = MarginHead(self.num_classes, self.scale, 1.0, m2, m3, self.margin_grad,

@@ -66,6 +66,12 @@ def normalize_images(images, mode: str = "imagenet", dtype: Dtype = jnp.float32,
   return x.astype(dtype)
 
 
+def _check_tap(tap, last: int, name: str):
+  if tap is not None and not 1 <= tap <= last:
+    raise ValueError(f"{name}.tap must be a block index in 1..{last} (the map it returns "
+                     f"beside the last one) or None; got {tap!r}.")
+
+
 def _pad(k: int):
   return ((k // 2, k // 2), (k // 2, k // 2))
 
@@ -101,22 +107,29 @@ class SmallCNN(nn.Module):
   conv3x3/2 - conv3x3 - maxpool2 - conv3x3 - maxpool2 - conv3x3, widths
   `widths`: a 64x32 input gives an 8x4 map, 64x64 an 8x8 map (stride 8).
   Returns the last conv map after its ReLU, [B, H/8, W/8, widths[-1]].
+  With `tap` = k in 1..3 it returns (the map after block k, the last map):
+  a branch can split off the middle of the trunk (QAN fig. 2).
   """
   widths: Sequence[int] = (32, 64, 128, 128)
   dtype: Dtype = jnp.float32
+  tap: int | None = None
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     if len(self.widths) != 4:
       raise ValueError(f"SmallCNN.widths must list 4 channel counts; got {self.widths}.")
+    _check_tap(self.tap, 3, "SmallCNN")
     x = normalize_images(images, "imagenet", self.dtype)
+    tapped = None
     for i, (w, stride, pool) in enumerate(zip(self.widths, (2, 1, 1, 1),
                                               (False, True, True, False))):
       x = _conv(w, 3, stride, dtype=self.dtype, name=f"conv{i + 1}")(x)
       x = nn.relu(_bn(train, self.dtype, name=f"bn{i + 1}")(x))
       if pool:
         x = nn.max_pool(x, (2, 2), (2, 2))
-    return x
+      if self.tap == i + 1:
+        tapped = x
+    return x if self.tap is None else (tapped, x)
 
 
 # ----------------------------------------------------------------------------
@@ -166,26 +179,32 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
   """torchvision ResNet trunk (conv1 7x7/2 - maxpool - layer1..4), no avgpool/fc.
 
-  Returns the layer4 map [B, H/32, W/32, 512 (basic) or 2048 (bottleneck)].
+  Returns the layer4 map [B, H/32, W/32, 512 (basic) or 2048 (bottleneck)];
+  with `tap` = k in 1..3, (the layer-k map, the layer4 map).
   Parameter names: conv1, bn1, layer{i}_{j}/{conv1, bn1, ..., downsample_conv,
   downsample_bn} (jaxset.convert maps torchvision's names onto these).
   """
   stage_sizes: Sequence[int]
   block: str = "basic"  # "basic" (ResNet-18/34) or "bottleneck" (ResNet-50+)
   dtype: Dtype = jnp.float32
+  tap: int | None = None
 
   @nn.compact
   def __call__(self, images, train: bool = False):
+    _check_tap(self.tap, len(self.stage_sizes) - 1, "ResNet")
     block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[self.block]
     x = normalize_images(images, "imagenet", self.dtype)
     x = _conv(64, 7, 2, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(_bn(train, self.dtype, "bn1")(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    tapped = None
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1
         x = block_cls(64 * 2 ** i, stride, self.dtype, name=f"layer{i + 1}_{j}")(x, train)
-    return x
+      if self.tap == i + 1:
+        tapped = x
+    return x if self.tap is None else (tapped, x)
 
 
 def ResNet18(dtype: Dtype = jnp.float32, **kw):

@@ -46,21 +46,24 @@ class QualityCNN(nn.Module):
   """QAN's quality branch as in the official Caffe code.
 
   conv7x7/2-64 - maxpool3x3/2 - conv3x3-64 - conv3x3-64 - global avgpool -
-  fc(num_outputs) - sigmoid, with no ReLU between the layers (as released).
+  fc(num_outputs) - sigmoid. relu=False: no ReLU between the layers, as
+  released; relu=True: a ReLU after each conv, the usual "small CNN".
   x [N, H, W, C] -> mu [N, num_outputs] in (0, 1), float32.
   """
   num_outputs: int = 1
   width: int = 64
+  relu: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    act = nn.relu if self.relu else (lambda y: y)
     conv = lambda k, s, name: nn.Conv(self.width, (k, k), (s, s), padding=((k // 2,) * 2,) * 2,
                                       dtype=self.dtype, param_dtype=jnp.float32, name=name)
-    x = conv(7, 2, "conv1")(x.astype(self.dtype))
+    x = act(conv(7, 2, "conv1")(x.astype(self.dtype)))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    x = conv(3, 1, "conv2")(x)
-    x = conv(3, 1, "conv3")(x)
+    x = act(conv(3, 1, "conv2")(x))
+    x = act(conv(3, 1, "conv3")(x))
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     x = nn.Dense(self.num_outputs, param_dtype=jnp.float32, name="fc")(x)
     return nn.sigmoid(x)
@@ -90,8 +93,13 @@ class QAN(nn.Module):
       features (the official code pools per body part); 1 = whole frame.
     num_classes: if set, a softmax identity classifier on single frames
       (QAN sec. 3.2 single-image training); its params are created at init.
-    quality_input: "trunk" (paper fig. 2: the quality branch reads the shared
-      trunk's map) or "image" (the released code: it reads the image).
+    quality_input: "trunk" (the quality branch reads the trunk's last map, the
+      one the features come from), "middle" (paper fig. 2: the branches split
+      after the trunk's block `quality_tap`) or "image" (the released code:
+      it reads the image).
+    quality_tap: the trunk block whose map "middle" reads (SmallCNN 1..3,
+      ResNet 1..3).
+    quality_relu: ReLUs inside the quality CNN (QualityCNN.relu).
     dtype: compute dtype of the convolutions.
 
   __call__(images [B, S, H, W, 3] uint8, mask [B, S] bool or None, train=False)
@@ -114,15 +122,20 @@ class QAN(nn.Module):
   num_parts: int = 1
   num_classes: int | None = None
   quality_input: str = "trunk"
+  quality_tap: int = 2
+  quality_relu: bool = False
   dtype: Dtype = jnp.float32
   backbone_kwargs: Any = None
 
   def setup(self):
-    if self.quality_input not in ("trunk", "image"):
-      raise ValueError(f"quality_input must be 'trunk' or 'image'; got {self.quality_input!r}.")
-    self.trunk = backbones.create_backbone(self.backbone, self.dtype,
-                                           **(self.backbone_kwargs or {}))
-    self.quality_branch = QualityCNN(self.num_parts, dtype=self.dtype)
+    if self.quality_input not in ("trunk", "middle", "image"):
+      raise ValueError("quality_input must be 'trunk', 'middle' or 'image'; got "
+                       f"{self.quality_input!r}.")
+    kwargs = dict(self.backbone_kwargs or {})
+    if self.quality_input == "middle":
+      kwargs["tap"] = self.quality_tap
+    self.trunk = backbones.create_backbone(self.backbone, self.dtype, **kwargs)
+    self.quality_branch = QualityCNN(self.num_parts, relu=self.quality_relu, dtype=self.dtype)
     self.frame_fc = PartDense(self.feature_dim)
     self.set_fc = nn.Dense(self.embedding_dim, param_dtype=jnp.float32)
     if self.num_classes is not None:
@@ -131,11 +144,13 @@ class QAN(nn.Module):
   def frames(self, images, train: bool = False):
     """images [N, H, W, 3] -> (features [N, P, F], quality [N, P]), float32."""
     fmap = self.trunk(images, train)
-    features = self.frame_fc(horizontal_parts(fmap, self.num_parts))
-    if self.quality_input == "trunk":
+    if self.quality_input == "middle":
+      q_in, fmap = fmap
+    elif self.quality_input == "trunk":
       q_in = fmap
     else:
       q_in = backbones.normalize_images(images, "imagenet", self.dtype)
+    features = self.frame_fc(horizontal_parts(fmap, self.num_parts))
     return features, self.quality_branch(q_in)
 
   def classify(self, images, train: bool = False):

@@ -35,6 +35,14 @@ class Task(task.Task):
                                jnp.zeros((1, h, w, 3), jnp.uint8), config.train.steps,
                                labels=jnp.zeros((1,), jnp.int32))
 
+  def margin_quality(self, batch):
+    """What AdaFace's margin reads in place of the feature norm, from a training
+    batch; None (the paper): the norm. benchmarks/quality_diagnosis.py overrides
+    it with an oracle built from the stored levels, a diagnosis that no
+    training run of the library makes."""
+    del batch
+    return None
+
   def stages(self, config):
     model = self.model(config)
 
@@ -42,7 +50,8 @@ class Task(task.Task):
       def loss_fn(params):
         out, new_state = model.apply(
             {"params": params, **state.model_state}, batch["image"], batch["label"],
-            train=True, mutable=list(state.model_state), rngs=common.step_rng(state))
+            train=True, mutable=list(state.model_state), rngs=common.step_rng(state),
+            margin_quality=self.margin_quality(batch))
         if "ce" in out:  # Partial FC: per-row cross-entropy from the sharded head
           return labelled_mean(out["ce"], batch["label"]), (new_state, out)
         return softmax_cross_entropy(out["logits"], batch["label"]), (new_state, out)
