@@ -435,6 +435,9 @@ def over_training(method, task, config, run_dir: Path, steps) -> list[dict]:
            "clean_std": float(proxy[kind == 0].std())}
     row.update({name: float(proxy[kind == k].mean()) for k, name in enumerate(DEGRADATION_TYPES)
                 if (kind == k).any()})
+    stats = state.model_state.get("adaface_stats")
+    if stats:  # the EMA statistics AdaFace's margin normalises the norm with
+      row["ema_mean"], row["ema_std"] = (float(stats["head"][k]) for k in ("mean", "std"))
     if method == "qan" and step > task.stages(config)[0].steps:
       grads = qan_mu_gradients(task, state, config, num_batches=4)
       row["grad_clean"] = next(r["mean"] for r in grads if r["type"] == "clean")
@@ -582,20 +585,26 @@ def _render_extra(r: dict) -> list[str]:
               f"{REJECT:.0%} {c['fnmr_random']:.3f}."]
   if r.get("training"):
     rows = r["training"]
-    kinds = [k for k in rows[-1] if k not in ("step", "rho", "clean_std", "grad_clean",
-                                               "grad_degraded", "active_triplets")]
+    extra = ("step", "rho", "clean_std", "grad_clean", "grad_degraded", "active_triplets",
+             "ema_mean", "ema_std")
+    kinds = [k for k in rows[-1] if k not in extra]
     grads = any("grad_clean" in x for x in rows)
-    head = ["step", "rho"] + kinds + ["clean std"]
+    ema = all("ema_std" in x for x in rows)
+    head = ["step", "rho"] + kinds + ["clean std"] + (["EMA mean", "EMA std"] if ema else [])
     if grads:
       head += ["dL/dmu clean", "dL/dmu degraded", "active triplets"]
     lines += ["", "Over training: the proxy's mean by degradation type (levels pooled) at each "
               "checkpoint" + ("; eq. (8)'s mean gradient on training triplets (positive "
-                              "pushes mu down)" if grads else "") + ".", "",
+                              "pushes mu down)" if grads else "")
+              + ("; the EMA statistics the margin z-scores the norm with (h (norm - mean) / "
+                 "std, from 20 and 100)" if ema else "") + ".", "",
               "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for x in rows:
       cells = [str(x["step"]), f"{x['rho']:.3f}"] + [f"{x[k]:.4g}" if k in x else ""
                                                       for k in kinds]
       cells.append(f"{x['clean_std']:.3g}")
+      if ema:
+        cells += [f"{x['ema_mean']:.4g}", f"{x['ema_std']:.4g}"]
       if grads:
         cells += ([f"{x['grad_clean']:.3g}", f"{x['grad_degraded']:.3g}",
                    f"{x['active_triplets']:.2f}"] if "grad_clean" in x else ["", "", ""])

@@ -45,6 +45,14 @@ def test_report_and_plots_from_latest_checkpoint(run, tmp_path):
   assert names == ["cmc.png", "erc.png", "norm_vs_degradation.png", "roc.png"]
   saved = json.loads((tmp_path / "out" / "report.json").read_text())
   assert saved["metrics"] == pytest.approx(report["metrics"])
+  # The ERC / EDC: the norm, random discarding and the oracle of the stored levels.
+  series = saved["curves"]["erc"]["series"]
+  assert [k.split(" (AUC")[0] for k in series] == [
+      "lowest norm first", "random", "oracle: most degraded first"]
+  for curve in series.values():
+    assert curve["x"][0] == 0.0 and len(curve["x"]) == len(curve["y"]) > 10
+  # One threshold for every proxy: nothing discarded, one FNMR.
+  assert np.ptp([curve["y"][0] for curve in series.values()]) < 1e-12
   # The same numbers as the training run's own final evaluation.
   last = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()
           if '"eval"' in l][-1]

@@ -152,10 +152,16 @@ def evaluate_run(config, workdir, which: str = "latest", out=None) -> dict:
   out = Path(out) if out else workdir / f"eval_{which}_{step}"
   out.mkdir(parents=True, exist_ok=True)
   plots = plot_curves(curves, out)
+  def points(c):
+    out = {k: np.asarray(c[k]).tolist() for k in ("x", "y")}
+    if c.get("series"):  # e.g. the ERC's one curve per quality proxy
+      out["series"] = {label: {"x": np.asarray(x).tolist(), "y": np.asarray(y).tolist()}
+                       for label, (x, y) in c["series"].items()}
+    return out
+
   report = {"method": config.method, "dataset": config.data.name, "checkpoint": which,
             "step": step, "metrics": metrics, "plots": plots,
-            "curves": {k: {kk: np.asarray(vv).tolist() for kk, vv in v.items()
-                           if kk in ("x", "y")} for k, v in curves.items()}}
+            "curves": {k: points(v) for k, v in curves.items()}}
   (out / "report.json").write_text(json.dumps(report, indent=2))
   return report
 

@@ -121,4 +121,5 @@ class Task(task.Task):
     return identities.face_metrics(self.model(config), state, config, "quality", "quality")
 
   def curves(self, state, config):
-    return identities.face_curves(self.model(config), state, config, "quality", "quality")
+    return identities.face_curves(self.model(config), state, config, "quality", "quality",
+                                  also={"norm": "norm"})

@@ -93,10 +93,21 @@ def face_metrics(model, state, config, quality_key: str, name: str) -> dict:
   return out
 
 
-def face_curves(model, state, config, quality_key: str | None, name: str = "quality") -> dict:
+def face_curves(model, state, config, quality_key: str | None, name: str = "quality",
+                also: dict | None = None) -> dict:
   """Curves for train.eval's plots: CMC, pair ROC, and with a quality output,
-  error-versus-reject and quality against the true degradation."""
+  the error-versus-discard curve (ERC, the EDC of ISO/IEC 29794-1) of every
+  quality proxy and the proxy against the true degradation.
+
+  The ERC holds one series per proxy: `quality_key` (labelled `name`) and
+  `also` ({label: model output key}, e.g. EQFace's feature norm beside s_i),
+  random discarding, and where the pairs store their degradation levels,
+  the oracle that discards the most degraded pairs first: the best any
+  proxy could do on these pairs.
+  """
   from jaxset.eval import error_vs_reject, roc_curve
+
+  proxies = {name: quality_key, **(also or {})} if quality_key else {}
 
   def describe(state, batch):
     out = model.apply({"params": state.params, **state.model_state}, batch["image"])
@@ -111,8 +122,8 @@ def face_curves(model, state, config, quality_key: str | None, name: str = "qual
     for side in ("a", "b"):
       out = model.apply(v, batch[f"image_{side}"])
       res[side] = out["embedding"] if "embedding" in out else out["features"]
-      if quality_key:
-        res[f"q{side}"] = out[quality_key]
+      for label, key in proxies.items():
+        res[f"{label}_{side}"] = out[key]
     return res
 
   q = split_embeddings(describe, state, config, "query")
@@ -122,7 +133,8 @@ def face_curves(model, state, config, quality_key: str | None, name: str = "qual
                     "ylabel": "matching rate", "title": f"CMC (mAP {r['mAP']:.3f})"}}
   src = common.source(config, "pairs")
   p = common.extract(describe_pair, state, src, config, keys=["image_a", "image_b"])
-  same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
+  meta = pipeline.read_metadata(src)
+  same = meta["same"].astype(bool)
   a = p["a"] / np.linalg.norm(p["a"], axis=1, keepdims=True).clip(1e-12)
   b = p["b"] / np.linalg.norm(p["b"], axis=1, keepdims=True).clip(1e-12)
   scores = np.sum(a * b, axis=1)
@@ -130,11 +142,22 @@ def face_curves(model, state, config, quality_key: str | None, name: str = "qual
   curves["roc"] = {"x": np.maximum(fpr, 1e-4), "y": tpr, "xlabel": "false accept rate",
                    "ylabel": "true accept rate", "logx": True, "title": "pair ROC"}
   if quality_key:
-    erc = error_vs_reject(scores, same, p["qa"], p["qb"], fnmr=0.1)
-    curves["erc"] = {"x": erc["reject_fractions"], "y": erc["fnmr"], "xlabel": "fraction rejected",
-                     "ylabel": "FNMR", "title": f"error vs reject ({name})",
-                     "series": {f"lowest {name} first": (erc["reject_fractions"], erc["fnmr"]),
-                                "random": (erc["reject_fractions"], erc["fnmr_random"])}}
+    series = {}
+    for label in proxies:
+      erc = error_vs_reject(scores, same, p[f"{label}_a"], p[f"{label}_b"], fnmr=0.1)
+      series[f"lowest {label} first (AUC {erc['auc']:.3f})"] = (erc["reject_fractions"],
+                                                                 erc["fnmr"])
+    series[f"random (AUC {erc['auc_random']:.3f})"] = (erc["reject_fractions"],
+                                                      erc["fnmr_random"])
+    levels = [meta.get(f"degradation_{side}") for side in ("a", "b")]
+    if all(lv is not None and np.all(lv >= 0) for lv in levels):
+      oracle = error_vs_reject(scores, same, -levels[0], -levels[1], fnmr=0.1)
+      series[f"oracle: most degraded first (AUC {oracle['auc']:.3f})"] = (
+          oracle["reject_fractions"], oracle["fnmr"])
+    curves["erc"] = {"x": erc["reject_fractions"], "y": erc["fnmr"],
+                     "xlabel": "fraction of pairs discarded", "ylabel": "FNMR",
+                     "title": "error vs discard (ERC / EDC), threshold at FNMR 0.1",
+                     "series": series}
     curves[f"{name}_vs_degradation"] = {
         "x": np.concatenate([q["degradation"], g["degradation"]]),
         "y": np.concatenate([q["q"], g["q"]]), "kind": "scatter",
