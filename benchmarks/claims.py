@@ -764,6 +764,8 @@ def parse_args(argv=None):
   ap.add_argument("--budget", type=float, default=1.0,
                   help="N times the claims budget (every step count); the default fits "
                        "45 min on 2 cores, larger budgets take proportionally longer")
+  ap.add_argument("--jobs", type=int, default=1,
+                  help="runs trained side by side, each in its own process")
   ap.add_argument("--quick", action="store_true",
                   help="tiny datasets, a few steps: checks the script, numbers mean nothing")
   args = ap.parse_args(argv)
@@ -775,6 +777,8 @@ def parse_args(argv=None):
     ap.error("--seeds must be >= 1.")
   if args.budget <= 0:
     ap.error("--budget must be > 0.")
+  if args.jobs < 1:
+    ap.error("--jobs must be >= 1.")
   args.claims = claims
   return args
 
@@ -811,31 +815,52 @@ def other_budgets(workdir: Path, setups: Sequence[str], seeds: Sequence[int],
           for b, by in found.items()}
 
 
+def _run_or_fail(setup, seed, workdir, quick, budget, compile_cache) -> tuple:
+  """(result, None) or (None, "setup seed k: error"): one failing run must not
+  hide the others' numbers. Also the entry point of a --jobs worker process."""
+  if compile_cache:
+    enable_compilation_cache(Path(compile_cache))
+  say = lambda msg: print(msg, flush=True)
+  try:
+    return run_setup(setup, seed, workdir, quick, say, budget), None
+  except Exception as e:
+    say(f"  {setup} seed {seed}: FAILED {type(e).__name__}: {e}")
+    return None, f"{setup} seed {seed}: {type(e).__name__}: {e}"
+
+
+def run_all(setups, seeds, workdir: Path, args, say) -> tuple[dict, list]:
+  """Every (setup, seed): in this process, or with --jobs N in N worker
+  processes (each run is single-process JAX on the CPU and leaves part of the
+  cores idle, so two runs side by side finish sooner than one after the other)."""
+  cache = args.compile_cache.replace("<workdir>", str(workdir)) if args.compile_cache else ""
+  todo = [(setup, seed) for setup in setups for seed in seeds]
+  say(f"{len(todo)} runs, {args.jobs} at a time")
+  if args.jobs == 1:
+    done = {k: _run_or_fail(*k, workdir, args.quick, args.budget, cache) for k in todo}
+  else:
+    import concurrent.futures
+    import multiprocessing
+    pool = concurrent.futures.ProcessPoolExecutor(
+        args.jobs, mp_context=multiprocessing.get_context("spawn"))
+    with pool:
+      futures = {k: pool.submit(_run_or_fail, *k, workdir, args.quick, args.budget, cache)
+                 for k in todo}
+      done = {k: f.result() for k, f in futures.items()}
+  results = {setup: [done[(setup, seed)][0] for seed in seeds] for setup in setups}
+  return results, [done[k][1] for k in todo if done[k][1]]
+
+
 def main(argv=None) -> dict:
   args = parse_args(argv)
   t0 = time.perf_counter()
   load_start = os.getloadavg()[0]
   workdir = Path(args.workdir)
-  if args.compile_cache:
-    enable_compilation_cache(Path(args.compile_cache.replace("<workdir>", str(workdir))))
   seeds = list(range(args.seeds))
   say = lambda msg: print(msg, flush=True)
   setups = [s for c in args.claims for s in CLAIM_SETUPS[c]]
   say(f"claims: {', '.join(args.claims)}; {len(setups)} setups x {len(seeds)} seeds "
       f"= {len(setups) * len(seeds)} runs; workdir {workdir}")
-  results, failures = {}, []
-  for claim in args.claims:
-    say(f"claim {claim}")
-    for setup in CLAIM_SETUPS[claim]:
-      results[setup] = []
-      for seed in seeds:
-        try:
-          results[setup].append(run_setup(setup, seed, workdir, args.quick, say,
-                                          args.budget))
-        except Exception as e:  # one failing run must not hide the others' numbers
-          failures.append(f"{setup} seed {seed}: {type(e).__name__}: {e}")
-          say(f"  {setup} seed {seed}: FAILED {type(e).__name__}: {e}")
-          results[setup].append(None)
+  results, failures = run_all(setups, seeds, workdir, args, say)
   facts = None
   if "qan" in args.claims:
     quick_data = str((workdir / "quick_data").absolute()) if args.quick else ""

@@ -7,6 +7,8 @@ as `manual_dir` (config flag `--config.data.dir`).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import os
 from pathlib import Path
@@ -71,12 +73,33 @@ def builder(name: str, *, data_dir=None, manual_dir=None, config=None, **kwargs)
 
   cls = builder_class(name)
   data_dir = Path(data_dir) if data_dir else default_data_dir()
-  b = cls(data_dir=str(data_dir), config=config, **kwargs) if config else cls(
-      data_dir=str(data_dir), **kwargs)
   dl_config = tfds.download.DownloadConfig(
       manual_dir=str(manual_dir) if manual_dir else None)
-  b.download_and_prepare(download_config=dl_config, file_format="array_record")
+  # Built under the lock too: a builder made before another process finished
+  # preparing would not know the files' format.
+  with _prepare_lock(data_dir, name):
+    b = cls(data_dir=str(data_dir), config=config, **kwargs) if config else cls(
+        data_dir=str(data_dir), **kwargs)
+    b.download_and_prepare(download_config=dl_config, file_format="array_record")
   return b
+
+
+@contextlib.contextmanager
+def _prepare_lock(data_dir: Path, name: str):
+  """Holds an exclusive lock on <data_dir>/.<name>.prepare.lock: two processes
+  preparing one dataset at once (two runs started together on a fresh
+  machine) would race to rename the same folder, so the second waits and then
+  finds it prepared. A data_dir where no lock file can be written (a read-only
+  copy of prepared data) is used without one."""
+  try:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / f".{name}.prepare.lock", "a")
+  except OSError:
+    yield
+    return
+  with lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    yield
 
 
 def load(name: str, split: str, **kwargs):
