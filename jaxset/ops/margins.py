@@ -418,17 +418,32 @@ def _adaface_rows(cos, labels, z_hat, p):
   return _adaface_impl(cos, labels, z_hat, p)[0]
 
 
+def _pack_bits(mask):
+  """[B, C] bool -> [B, ceil(C / 8)] uint8, 8 columns a byte."""
+  b, c = mask.shape
+  m = jnp.pad(mask, ((0, 0), (0, -c % 8))).reshape(b, -1, 8).astype(jnp.uint8)
+  return jnp.sum(m << jnp.arange(8, dtype=jnp.uint8), axis=2, dtype=jnp.uint8)
+
+
+def _unpack_bits(packed, c):
+  """_pack_bits' inverse: [B, C] bool."""
+  bits = (packed[:, :, None] >> jnp.arange(8, dtype=jnp.uint8)) & 1
+  return bits.reshape(packed.shape[0], -1)[:, :c].astype(bool)
+
+
 def _adaface_rows_fwd(cos, labels, z_hat, p):
   logits, (safe, drop, c_t, z) = _adaface_impl(cos, labels, z_hat, p)
-  # The clamp's gradient mask is kept as bool (1 byte per entry), not cos:
-  # neither cos nor the logits are otherwise alive in the backward.
+  # The clamp's gradient mask is kept as bits (1/32 of cos), not cos: neither
+  # cos nor the logits are otherwise alive in the backward. (A bool array
+  # would be fused into the backward by XLA, which then keeps cos alive.)
   ct = c_t.dtype
   inside = (cos.astype(ct) >= -1.0 + p.eps) & (cos.astype(ct) <= 1.0 - p.eps)
-  return logits, (inside, safe, drop, c_t, z, _dtype_tag(cos))
+  return logits, (_pack_bits(inside), safe, drop, c_t, z, _dtype_tag(cos))
 
 
 def _adaface_rows_bwd(p, res, g):
-  inside, safe, drop, c_t, z, cos_tag = res
+  packed, safe, drop, c_t, z, cos_tag = res
+  inside = _unpack_bits(packed, g.shape[1])
   ct = c_t.dtype
   rows = jnp.arange(g.shape[0])
   g_t = g[rows, safe].astype(ct)
