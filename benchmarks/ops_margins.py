@@ -16,20 +16,27 @@ included, within 1.1x of the reference, and no head holding more than one
 Timing on a shared machine: every head is compiled and warmed up first, then
 the heads run round-robin, one call each per round, for --rounds rounds
 (the order rotated each round), so that load from other processes falls on
-all of them alike; ms is the fastest call of each head (the least
-disturbed), median_ms its median, ratio = ms / the reference's ms,
-ratio_median the same for the medians. Pin the process to one core for
-steadier numbers: `taskset -c 1 python -m benchmarks.ops_margins`. The
-header prints the CPU affinity and the load average before and after.
+all of them alike. ms is the fastest call of each head (wall clock, the
+least disturbed), median_ms its median, ratio = ms / the reference's ms.
+cpu_ms is the fewest CPU seconds of the process a call took
+(time.process_time: time spent waiting for a busy core is not counted),
+cpu_ratio its ratio to the reference's. Pinned to one core, XLA runs one
+thread and cpu_ms is the step's single-core cost, steady even when other
+jobs share the machine: `taskset -c 1 python -m benchmarks.ops_margins`.
+The header prints the CPU affinity and the load average before and after.
 
 Memory: peak_mb is XLA's compiled temp + output bytes of the whole step
-(benchmarks.common.peak_bytes; the outputs are the [D, C] weight gradient
-and the embedding gradient, whose buffers XLA also lends to the [B, C]
-temporaries before writing them). head_bxc isolates the head: the same for
-the gradient of head + cross-entropy w.r.t. given cosines, in [B, C]
-float32 arrays. 1.0 is the minimum, the cosine gradient it returns.
+(benchmarks.common.peak_bytes: the outputs are the [D, C] weight gradient
+and the embedding gradient, the temporaries include W's normalised copy;
+XLA reuses those buffers for [B, C] arrays that die before they are
+written, so peak_mb only grows by what does not fit). head_bxc isolates the
+head: temp + output bytes of the gradient of head + cross-entropy w.r.t.
+given cosines, in [B, C] float32 arrays; 1.0 is the minimum, the cosine
+gradient it returns. "plain autodiff" is the usual ArcFace for comparison:
+the margin computed over the whole matrix, a one-hot select, autodiff.
 
     python -m benchmarks.ops_margins [--batch 256 --dim 512 --classes 50000 --rounds 15]
+    taskset -c 1 python -m benchmarks.ops_margins   # one core: steadier times
 """
 from __future__ import annotations
 
@@ -47,8 +54,8 @@ from jaxset.ops import margin_ce, margins
 
 SCALE = 64.0
 BASELINE = ("baseline", "s*cos (bare matmul)")
-COLUMNS = ("op", "variant", "shape", "ms", "median_ms", "ratio", "ratio_median", "peak_mb",
-           "head_bxc")
+COLUMNS = ("op", "variant", "shape", "ms", "median_ms", "cpu_ms", "ratio", "cpu_ratio",
+           "peak_mb", "head_bxc")
 
 
 def _normalise(x, axis):
@@ -121,19 +128,21 @@ def _steps(losses):
 
 
 def interleaved_ms(steps, args, rounds: int, warmup: int = 1):
-  """{key: [ms of each round]}: every step called once per round, round-robin,
-  the starting step rotated each round (compile and warm-up excluded)."""
+  """({key: [wall ms of each round]}, {key: [CPU ms of each round]}): every
+  step called once per round, round-robin, the starting step rotated each
+  round (compile and warm-up excluded)."""
   keys = list(steps)
   for key in keys:
     for _ in range(warmup):
       jax.block_until_ready(steps[key](*args))
-  times = {key: [] for key in keys}
+  wall, cpu = {key: [] for key in keys}, {key: [] for key in keys}
   for r in range(rounds):
     for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-      t = time.perf_counter()
+      t, c = time.perf_counter(), time.process_time()
       jax.block_until_ready(steps[key](*args))
-      times[key].append(1e3 * (time.perf_counter() - t))
-  return times
+      wall[key].append(1e3 * (time.perf_counter() - t))
+      cpu[key].append(1e3 * (time.process_time() - c))
+  return wall, cpu
 
 
 def rows(batch: int = 256, dim: int = 512, classes: int = 50_000, rounds: int = 15):
@@ -150,16 +159,18 @@ def rows(batch: int = 256, dim: int = 512, classes: int = 50_000, rounds: int = 
   cos = jax.ShapeDtypeStruct((batch, classes), jnp.float32)
   bxc = batch * classes * 4
   head = {key: peak_bytes(jax.grad(f), cos) / bxc for key, f in losses.items()}
-  times = interleaved_ms(steps, (emb, weights), rounds)
-  best = {key: min(t) for key, t in times.items()}
-  median = {key: float(np.median(t)) for key, t in times.items()}
+  wall, cpu = interleaved_ms(steps, (emb, weights), rounds)
+  best = {key: min(t) for key, t in wall.items()}
+  median = {key: float(np.median(t)) for key, t in wall.items()}
+  best_cpu = {key: min(t) for key, t in cpu.items()}
   out = []
   for op, variant in steps:
     key = (op, variant)
     out.append({"op": op, "variant": variant, "shape": f"B{batch} D{dim} C{classes}",
                 "ms": round(best[key], 1), "median_ms": round(median[key], 1),
+                "cpu_ms": round(best_cpu[key], 1),
                 "ratio": round(best[key] / best[BASELINE], 3),
-                "ratio_median": round(median[key] / median[BASELINE], 3),
+                "cpu_ratio": round(best_cpu[key] / best_cpu[BASELINE], 3),
                 "peak_mb": round(peak[key] / 2**20, 1),
                 "head_bxc": round(head[key], 2)})
   return out
