@@ -106,6 +106,21 @@ def test_chunk_classes_is_checked(bad, match):
   c.model.classifier.chunk_classes = 0
   assert partial_fc.model_kwargs(c)["chunk_classes"] is None
 
+def test_chunk_classes_may_change_on_resume(tmp_path):
+  from train import checkpoints
+  (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+  sharded = {"model.classifier.shards": -1}
+  saved = json.loads(make_config("adaface", sharded).to_json_best_effort())
+  del saved["model"]["classifier"]["chunk_classes"]  # a run from before the key
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  # The block size changes memory and speed only: a run resumes with another.
+  checkpoints.check_config(tmp_path, make_config("adaface", {
+      **sharded, "model.classifier.chunk_classes": 64}))
+  with pytest.raises(checkpoints.ConfigMismatchError, match="model.classifier.sample_rate"):
+    checkpoints.check_config(tmp_path, make_config("adaface", {
+        **sharded, "model.classifier.sample_rate": 0.5}))
+
+
 def _kernel_spec(ckpt_state_dir):
   shardings = json.loads((ckpt_state_dir / "_sharding").read_text())
   for key, value in shardings.items():
