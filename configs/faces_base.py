@@ -27,6 +27,10 @@ def face_config() -> ml_collections.ConfigDict:
   c.model.classifier.sample_rate = 1.0
   c.model.classifier.update_unsampled = False  # True: optimiser also steps unsampled rows
   c.model.classifier.loss_cap = 0.0            # 0: none; 69.0776 = insightface's -log(1e-30)
+  # Classes of a shard whose cosines (against the gathered batch) exist at
+  # once, forward and backward (jaxset.ops.partial_fc); 0: ceil(K / shards),
+  # K the shard's softmax classes. Larger is faster, smaller leaner.
+  c.model.classifier.chunk_classes = 0
   c.train.mesh.model = c.model.classifier.get_ref("shards")
 
   c.optim.name = "adam"

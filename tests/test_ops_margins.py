@@ -328,6 +328,29 @@ def test_adaface_z_hat_clip_gives_arcface_and_negative_margin():
   np.testing.assert_allclose(out[:, 1], s * 0.1, rtol=1e-6)
 
 
+
+def test_adaface_clamp_gradient_mask_per_entry():
+  # The backward keeps the clamp's mask as bits, 8 columns a byte: C = 11
+  # spans a padded second byte. Non-target entries pass s * g inside
+  # [-1 + eps, 1 - eps], bounds included (torch.clamp), and 0 beyond.
+  hi, lo = np.float32(1 - 1e-3), np.float32(-1 + 1e-3)
+  edge = [hi, lo, np.nextafter(hi, np.float32(2)), np.nextafter(lo, np.float32(-2)), 1.0,
+          -1.0, 0.3, -0.7, 0.9995, -0.9995, 0.0]
+  rng = np.random.default_rng(3)
+  cos = np.stack([np.roll(np.asarray(edge, np.float32), k) for k in range(3)])
+  labels = jnp.asarray([10, 5, -1])
+  w = jnp.asarray(rng.standard_normal(cos.shape), jnp.float32)
+  stats = margins.adaface_init_stats()
+  norms = jnp.asarray([10.0, 20.0, 30.0])
+  g = jax.grad(lambda c: jnp.sum(w * margins.adaface_logits(c, norms, labels, stats)[0]))(
+      jnp.asarray(cos))
+  inside = (cos >= lo) & (cos <= hi)
+  nontarget = np.ones(cos.shape, bool)
+  nontarget[0, 10] = nontarget[1, 5] = False
+  np.testing.assert_array_equal(np.asarray(g)[nontarget],
+                                np.where(inside, 64.0 * np.asarray(w), 0.0)[nontarget])
+  assert 0 < inside[nontarget].sum() < nontarget.sum()
+
 def test_adaface_degenerate_batches_and_gradients():
   stats = margins.adaface_init_stats()
   cos, _ = _data(1, 5)

@@ -62,6 +62,65 @@ def test_unsampled_rows_and_their_moments(update_unsampled):
     assert not np.allclose(mom_new[:, mask], mom_old[:, mask])
 
 
+
+def _scan_lengths(jaxpr) -> set:
+  """The lengths of every scan in a closed jaxpr, sub-jaxprs included."""
+  found = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      found.add(eqn.params["length"])
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      found |= _scan_lengths(sub)
+  return found
+
+
+@pytest.mark.parametrize("method", ["arcface", "adaface", "eqface"])
+def test_chunk_classes_reaches_the_sharded_head(method, tiny_data):
+  from train import tasks
+  c = make_config(method, tiny_overrides(tiny_data, 1, **{
+      "model.classifier.shards": -1, "model.classifier.chunk_classes": 5}))
+  task = tasks.get(method)
+  state = jax.eval_shape(lambda key: task.create_state(c, key), jax.random.key(0))
+  h, w = c.data.image_size
+  batch = {"image": jax.ShapeDtypeStruct((16, h, w, 3), jnp.uint8),
+           "label": jax.ShapeDtypeStruct((16,), jnp.int32)}
+  jaxpr = jax.make_jaxpr(task.stages(c)[0].train_step)(state, batch)
+  # Each shard's K classes in blocks of 5, forward and backward (the
+  # default, ceil(K / 8) classes a block, would scan 8 blocks).
+  kernel = state.params
+  for name in task.class_kernel_path:
+    kernel = kernel[name]
+  k = kernel.shape[1] // 8
+  assert -(-k // 5) != 8 and _scan_lengths(jaxpr.jaxpr) == {-(-k // 5)}
+
+
+@pytest.mark.parametrize("bad, match", [(-1, "must be an int >= 0"),
+                                        (4, "class-sharded head, which is off")])
+def test_chunk_classes_is_checked(bad, match):
+  c = make_config("adaface", {})
+  c.model.classifier.chunk_classes = bad
+  with pytest.raises(ValueError, match=match):
+    partial_fc.model_kwargs(c)
+  c.model.classifier.shards, c.model.classifier.chunk_classes = -1, 4
+  assert partial_fc.model_kwargs(c)["chunk_classes"] == 4
+  c.model.classifier.chunk_classes = 0
+  assert partial_fc.model_kwargs(c)["chunk_classes"] is None
+
+def test_chunk_classes_may_change_on_resume(tmp_path):
+  from train import checkpoints
+  (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+  sharded = {"model.classifier.shards": -1}
+  saved = json.loads(make_config("adaface", sharded).to_json_best_effort())
+  del saved["model"]["classifier"]["chunk_classes"]  # a run from before the key
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  # The block size changes memory and speed only: a run resumes with another.
+  checkpoints.check_config(tmp_path, make_config("adaface", {
+      **sharded, "model.classifier.chunk_classes": 64}))
+  with pytest.raises(checkpoints.ConfigMismatchError, match="model.classifier.sample_rate"):
+    checkpoints.check_config(tmp_path, make_config("adaface", {
+        **sharded, "model.classifier.sample_rate": 0.5}))
+
+
 def _kernel_spec(ckpt_state_dir):
   shardings = json.loads((ckpt_state_dir / "_sharding").read_text())
   for key, value in shardings.items():
@@ -122,7 +181,7 @@ def test_ms1m_preset_trains_the_sharded_head_on_recordio(tmp_path):
           "--config.model.embedding_dim=16", "--config.model.dtype=float32",
           "--config.train.steps=2", "--config.train.batch_size=16",
           "--config.train.progress_bar=False", "--config.eval.at_start=False",
-          "--config.train.log_every=1"]
+          "--config.train.log_every=1", "--config.model.classifier.chunk_classes=3"]
   r = run_main(args, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]

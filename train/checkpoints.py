@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 DIGEST_SUFFIX = ".digest.json"
-# Keys that may change when a run resumes: schedules, logging, where data lives.
-RESUMABLE_PREFIXES = ("train.", "eval.", "distributed", "data.dir", "data.cache_dir")
+# Keys that may change when a run resumes: schedules, logging, where data lives,
+# the Partial FC head's block size (memory and speed only).
+RESUMABLE_PREFIXES = ("train.", "eval.", "distributed", "data.dir", "data.cache_dir",
+                      "model.classifier.chunk_classes")
 
 
 class CheckpointError(RuntimeError):

@@ -14,8 +14,15 @@ the step, so a class changes only in the steps that sample it: the original
 Partial FC, which stepped the sampled rows' weight and momentum only.
 update_unsampled = True keeps the plain optimiser over the zero gradients,
 as insightface's partial_fc_v2 (one parameter, decayed every step).
+
+classifier.chunk_classes (0: the op's default) is the head's block: the
+classes of a shard whose cosines against the gathered batch exist at once
+(jaxset.ops.partial_fc). It trades memory for speed; loss and gradients are
+the same up to float rounding (the order of the sums).
 """
 from __future__ import annotations
+
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -36,13 +43,30 @@ def mesh(config):
   return meshes.with_model_axis(meshes.build(config))
 
 
+def chunk_classes(config):
+  """config.model.classifier.chunk_classes as partial_fc_cross_entropy takes
+  it: None for 0 (its default, ceil(K / shards)), else the positive int."""
+  cls = config.model.classifier
+  n = cls.get("chunk_classes", 0)
+  if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+    raise ValueError(f"config.model.classifier.chunk_classes must be an int >= 0 (classes of "
+                     f"cosines at a time; 0: the default ceil(K / shards)); got {n!r}.")
+  if n and not enabled(config):
+    raise ValueError(f"config.model.classifier.chunk_classes={n} sets the block of the "
+                     "class-sharded head, which is off (shards=1, sample_rate=1): set "
+                     "classifier.shards (-1: every device) or leave chunk_classes=0.")
+  return int(n) or None
+
+
 def model_kwargs(config) -> dict:
   """The face models' Partial FC arguments ({} when it is off)."""
+  chunk = chunk_classes(config)
   if not enabled(config):
     return {}
   cls = config.model.classifier
   return {"mesh": mesh(config), "sample_rate": float(cls.sample_rate),
-          "loss_cap": float(cls.loss_cap) if cls.get("loss_cap", 0.0) else None}
+          "loss_cap": float(cls.loss_cap) if cls.get("loss_cap", 0.0) else None,
+          "chunk_classes": chunk}
 
 
 def keep_unsampled(new_state, old_state, class_mask, kernel_path, config):
@@ -72,5 +96,5 @@ def cross_entropy(config, embeddings, labels, kernel, key, num_classes, head, he
       head_kwargs=head_kwargs, sample_rate=float(cls.sample_rate),
       rng=key if cls.sample_rate < 1.0 else None,
       loss_cap=float(cls.loss_cap) if cls.get("loss_cap", 0.0) else None,
-      data_axis="data", **rows)
+      data_axis="data", chunk_classes=chunk_classes(config), **rows)
   return labelled_mean(out.ce, labels), out.class_mask

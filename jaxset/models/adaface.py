@@ -88,7 +88,7 @@ class AdaFace(nn.Module):
     mesh: a Mesh with a 'model' axis: the class-sharded head
       (jaxset.models.partial_fc.ShardedMarginHead; outputs "ce" [B] and
       "class_mask" instead of cos / logits); None: the unsharded head.
-    sample_rate, loss_cap: the sharded head's Partial FC options.
+    sample_rate, loss_cap, chunk_classes: the sharded head's Partial FC options.
 
   __call__(images [B, H, W, 3] uint8, labels [B] int or None, train=False,
            margin_quality=None) -> dict:
@@ -118,6 +118,7 @@ class AdaFace(nn.Module):
   mesh: Any = None
   sample_rate: float = 1.0
   loss_cap: Any = None
+  chunk_classes: Any = None
 
   @nn.compact
   def __call__(self, images, labels=None, train: bool = False, margin_quality=None):
@@ -137,7 +138,8 @@ class AdaFace(nn.Module):
         m2, m3 = (m, 0.0) if self.head == "arcface" else (0.0, m)
         kind, kw = "margin", dict(scale=self.scale, m2=m2, m3=m3, grad=self.margin_grad)
       res = ShardedMarginHead(self.num_classes, self.mesh, kind, tuple(sorted(kw.items())),
-                              self.sample_rate, self.loss_cap, name="head")(
+                              self.sample_rate, self.loss_cap,
+                              chunk_classes=self.chunk_classes, name="head")(
                                   out["embedding"], labels, norms, train)
     elif self.head == "adaface":
       head = AdaFaceHead(self.num_classes, m, self.h, self.scale, self.t_alpha, self.eps,

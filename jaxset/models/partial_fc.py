@@ -46,6 +46,8 @@ class ShardedMarginHead(nn.Module):
       jaxset.ops.margins.margin_logits / adaface_logits.
     sample_rate: Partial FC's class sampling rate (1 = every class).
     loss_cap: None or a per-row loss cap (jaxset.ops.partial_fc.CE_CAP_PARTIAL_FC).
+    chunk_classes: None (the op's default) or the classes of a shard whose
+      cosines exist at once (jaxset.ops.partial_fc.partial_fc_cross_entropy).
 
   __call__(embeddings [B, D], labels [B] or None, norms [B] (AdaFace),
   train=False) -> {} without labels (and at init), else {"ce": [B],
@@ -60,6 +62,7 @@ class ShardedMarginHead(nn.Module):
   sample_rate: float = 1.0
   loss_cap: Any = None
   dtype: Any = jnp.float32
+  chunk_classes: Any = None
 
   @nn.compact
   def __call__(self, embeddings, labels=None, norms=None, train: bool = False):
@@ -83,7 +86,7 @@ class ShardedMarginHead(nn.Module):
         embeddings, labels, w, mesh=self.mesh, num_classes=self.num_classes, head=self.head,
         head_kwargs=dict(self.head_kwargs), norms=norms, stats=stats,
         sample_rate=self.sample_rate, rng=rng, loss_cap=self.loss_cap, data_axis=data_axis,
-        dtype=self.dtype)
+        dtype=self.dtype, chunk_classes=self.chunk_classes)
     if self.head == "adaface" and train:
       mean.value, std.value = out.stats["mean"], out.stats["std"]
     return {"ce": out.ce, "class_mask": out.class_mask}

@@ -11,8 +11,9 @@ many passes over them. The functions here return the per-row loss directly:
             target logit t_i enters as a [B] term:
               ce_i = log(sum_{j != y} exp(r_i c'_ij) + exp(t_i)) - t_i,
             c' = cos (or clip(cos) for AdaFace), r_i the row scale;
-  backward  one elementwise pass writes d cos, recomputing the softmax
-            p_ij = exp(r_i c'_ij - lse_i) from cos and the saved [B] lse:
+  backward  one elementwise pass writes d cos from the softmax
+            p_ij = e_ij exp(m_i - lse_i), e_ij = exp(r_i c'_ij - m_i) kept
+            from the forward's sum in place of cos (times the clip mask):
               d cos_ij = g_i r_i p_ij           (j != y_i, times the clip mask)
               d cos_iy = g_i (p_iy - 1) dt_i/dc (exact or straight-through);
             EQFace's d r_i = g_i (sum_{j != y} p_ij c'_ij + (p_iy - 1) t_i / r_i).
@@ -20,9 +21,11 @@ many passes over them. The functions here return the per-row loss directly:
 The target value and its derivative are the margins.py formulas
 (_target_margin, _adaface_target, adaface_gradient_scaling_term); the result
 equals head + optax cross-entropy (tests: float64, loss and gradients).
-The only B x C float32 array is the cosine gradient of the backward;
-matmul_cross_entropy takes the matmul's inputs instead of cos and works on
-blocks of columns, so not even that exists (Partial FC's gathered batch).
+Besides cos itself, the only B x C float32 array is e (which becomes the
+cosine gradient of the backward, in place); matmul_cross_entropy takes the
+matmul's inputs instead of cos and works on blocks of columns, so not even
+that exists (Partial FC's gathered batch); its backward recomputes each
+block's cosines and softmax.
 
 Rows with labels < 0 (or >= C) give ce 0 and no gradient; mask the mean
 yourself (jaxset.models.heads.labelled_mean).
@@ -52,15 +55,26 @@ def _nontarget(cos, clip_eps):
   return cos if clip_eps is None else jnp.clip(cos, -1.0 + clip_eps, 1.0 - clip_eps)
 
 
-def _block_max_sum(cos, labels, r, col_ok, clip_eps):
-  """(m, s) [b] of one block of cosines: m the row max of the non-target
-  logits z = r c' (target and excluded columns left out), s = sum exp(z - m)
-  (m = -inf and s = 0 for a row without such a column)."""
+def _block_exp(cos, labels, r, col_ok, clip_eps):
+  """(m, e, c', is_t) of one block of cosines: m [b] the row max of the
+  non-target logits z = r c' (target and excluded columns left out; -inf for
+  a row without such a column), e = exp(z - m) (0 where left out)."""
   is_t = _is_target(labels, cos.shape[1])
-  z = r[:, None] * _nontarget(cos.astype(r.dtype), clip_eps)
-  z = jnp.where(is_t | ~col_ok[None, :], -jnp.inf, z)
+  cp = _nontarget(cos.astype(r.dtype), clip_eps)
+  z = jnp.where(is_t | ~col_ok[None, :], -jnp.inf, r[:, None] * cp)
   m = jnp.max(z, axis=1)
-  return m, jnp.sum(jnp.exp(z - jnp.where(jnp.isfinite(m), m, 0.0)[:, None]), axis=1)
+  return m, jnp.exp(z - jnp.where(jnp.isfinite(m), m, 0.0)[:, None]), cp, is_t
+
+
+def _block_max_sum(cos, labels, r, col_ok, clip_eps):
+  """(m, s) [b] of one block of cosines: _block_exp's m and s = sum e."""
+  m, e, _, _ = _block_exp(cos, labels, r, col_ok, clip_eps)
+  return m, jnp.sum(e, axis=1)
+
+
+def _inside(c, clip_eps):
+  """The clamp's gradient: 1 inside [-1 + eps, 1 - eps] (inclusive, as torch)."""
+  return (c >= -1.0 + clip_eps) & (c <= 1.0 - clip_eps)
 
 
 def _combine(m, s, labels, valid, t, axis_name):
@@ -91,29 +105,32 @@ def _row_cotangent(g, valid, ct, axis_name):
   return jnp.where(valid, g.astype(ct), 0.0)
 
 
-def _block_grad(cos, labels, r, t, dt, lse, g, col_ok, clip_eps, row_grad):
-  """(d cos in r's dtype, d r) of one block of rows, recomputing the softmax
-  p = exp(r c' - lse) from the cosines and the saved [b] lse."""
-  ct = r.dtype
-  owned = labels >= 0
-  is_t = _is_target(labels, cos.shape[1])
-  c = cos.astype(ct)
-  cp = _nontarget(c, clip_eps)
-  p = jnp.where(col_ok[None, :], jnp.exp(r[:, None] * cp - lse[:, None]), 0.0)
+def _grads(d_nt, is_t, owned, r, t, dt, lse, g, rest, row_grad):
+  """(d cos, d r) from the non-target part d_nt = g r p (times the clamp's
+  mask) and, for the row gradient, rest = sum_{j != y} p_j c'_j."""
   p_t = jnp.exp(t - lse)
-  d_nt = g[:, None] * r[:, None] * p
-  if clip_eps is not None:
-    # The clamp's gradient: 1 inside [-1 + eps, 1 - eps] (inclusive, as torch).
-    d_nt = jnp.where((c >= -1.0 + clip_eps) & (c <= 1.0 - clip_eps), d_nt, 0.0)
   d_cos = jnp.where(is_t, (g * (p_t - 1.0) * dt)[:, None], d_nt)
   if not row_grad:
     return d_cos, jnp.zeros_like(r)
   # t = r * base_y, so d t / d r = t / r (r = 0 gives a uniform row: base_y
   # is not recoverable from t, and the row's gradient is taken as 0).
   safe_r = jnp.where(r == 0, 1.0, r)
-  rest = jnp.sum(jnp.where(is_t, 0.0, p * cp), axis=1)
   target = jnp.where(owned, (p_t - 1.0) * t / safe_r, 0.0)
   return d_cos, jnp.where(r == 0, 0.0, g * (rest + target))
+
+
+def _block_grad(cos, labels, r, t, dt, lse, g, col_ok, clip_eps, row_grad):
+  """(d cos in r's dtype, d r) of one block of rows, recomputing the softmax
+  p = exp(r c' - lse) from the cosines and the saved [b] lse."""
+  is_t = _is_target(labels, cos.shape[1])
+  c = cos.astype(r.dtype)
+  cp = _nontarget(c, clip_eps)
+  p = jnp.where(col_ok[None, :], jnp.exp(r[:, None] * cp - lse[:, None]), 0.0)
+  d_nt = g[:, None] * r[:, None] * p
+  if clip_eps is not None:
+    d_nt = jnp.where(_inside(c, clip_eps), d_nt, 0.0)
+  rest = jnp.sum(jnp.where(is_t, 0.0, p * cp), axis=1) if row_grad else None
+  return _grads(d_nt, is_t, labels >= 0, r, t, dt, lse, g, rest, row_grad)
 
 
 def _forward(cos, labels, valid, r, t, col_ok, clip_eps, axis_name):
@@ -130,16 +147,26 @@ def _fused_ce(cos, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_nam
 
 
 def _fused_fwd(cos, labels, valid, r, t, dt, col_ok, clip_eps, row_grad, axis_name):
-  ce, lse = _forward(cos, labels, valid, r, t, col_ok, clip_eps, axis_name)
-  return ce, (cos, labels, valid, r, t, dt, col_ok, lse)
+  # The backward needs the softmax p = e * exp(m - lse), and e is written
+  # here anyway: kept (times the clamp's mask) rather than cos, it spares
+  # the backward a second pass of exponentials, in the same [B, C] memory.
+  m, e, cp, _ = _block_exp(cos, labels, r, col_ok, clip_eps)
+  ce, lse = _combine(m, jnp.sum(e, axis=1), labels, valid, t, axis_name)
+  k = jnp.where(jnp.isfinite(m), jnp.exp(m - lse), 0.0)
+  # EQFace's sum_{j != y} p_j c'_j, from e now (e is 0 at the target).
+  rest = k * jnp.sum(e * cp, axis=1) if row_grad else None
+  q = e if clip_eps is None else jnp.where(_inside(cos.astype(r.dtype), clip_eps), e, 0.0)
+  return ce, (q, labels, valid, r, t, dt, lse, k, rest, jnp.zeros((0,), cos.dtype))
 
 
 def _fused_bwd(clip_eps, row_grad, axis_name, res, g):
   # Purely local: every device writes the gradient of its own columns.
-  cos, labels, valid, r, t, dt, col_ok, lse = res
+  q, labels, valid, r, t, dt, lse, k, rest, cos_tag = res
   g = _row_cotangent(g, valid, r.dtype, axis_name)
-  d_cos, d_r = _block_grad(cos, labels, r, t, dt, lse, g, col_ok, clip_eps, row_grad)
-  return d_cos.astype(cos.dtype), None, None, d_r, jnp.zeros_like(t), jnp.zeros_like(dt), None
+  d_nt = (g * r * k)[:, None] * q
+  d_cos, d_r = _grads(d_nt, _is_target(labels, q.shape[1]), labels >= 0, r, t, dt, lse, g,
+                      rest, row_grad)
+  return d_cos.astype(cos_tag.dtype), None, None, d_r, jnp.zeros_like(t), jnp.zeros_like(dt), None
 
 
 _fused_ce.defvjp(_fused_fwd, _fused_bwd)

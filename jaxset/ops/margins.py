@@ -4,9 +4,10 @@ Every function here maps cosines `cos` [B, C] (between L2-normalised
 embeddings and L2-normalised class weights) and integer `labels` [B] to logits
 [B, C] for a softmax cross-entropy. Shared conventions:
 
-* Only the target column changes: the ops compute the scaled cosine for every
-  entry and patch the B target entries in place (gather + scatter with
-  `mode="drop"`, no one-hot [B, C] array), forward and backward. Each op is a
+* Only the target column changes: the ops gather the B target cosines and
+  write every entry in one pass, the scaled cosine or, where the column index
+  equals the label, the margined target (a select fused with the pass; no
+  one-hot [B, C] array), forward and backward. Each op is a
   `jax.custom_vjp` whose backward is the written gradient formula.
 * `labels < 0` marks an ignored row: it gets no margin (its logits are the
   plain scaled cosines). The op does not mask the loss: the caller must, e.g.
@@ -132,10 +133,16 @@ def _target_index(labels, num_classes):
   return valid, safe, drop
 
 
-def _patch(x, rows, cols, values):
-  """x with x[rows, cols] = values; cols == C (ignored rows) are skipped."""
-  return x.at[rows, cols].set(values.astype(x.dtype), mode="drop",
-                              indices_are_sorted=True, unique_indices=True)
+def _patch(x, cols, values):
+  """x with x[i, cols[i]] = values[i]; cols == C (ignored rows) are skipped.
+
+  A select against the column index rather than a scatter: XLA fuses it
+  with the elementwise pass that writes x (one pass over [B, C], x's buffer
+  reused), where a scatter needs x written first and, in the backward, a
+  second [B, C] buffer (benchmarks/ops_margins.py, head_bxc).
+  """
+  hit = lax.broadcasted_iota(jnp.int32, x.shape, 1) == cols[:, None]
+  return jnp.where(hit, values.astype(x.dtype)[:, None], x)
 
 
 def _margin_impl(cos, labels, row_scale, p: _Margin):
@@ -147,7 +154,7 @@ def _margin_impl(cos, labels, row_scale, p: _Margin):
   value, deriv = _target_margin(c_t, p)
   r = row_scale.astype(ct)
   logits = (cos.astype(ct) * r[:, None]).astype(cos.dtype)
-  logits = _patch(logits, rows, drop, r * value)
+  logits = _patch(logits, drop, r * value)
   return logits, (valid, safe, drop, c_t, value, deriv)
 
 
@@ -175,7 +182,7 @@ def _margin_rows_bwd(p, res, g):
   d_cos = (g.astype(ct) * r[:, None]).astype(cos_tag.dtype)
   if p.grad == "exact":
     # Target column: s * f'(cos), e.g. s * sin(theta + m) / sin(theta).
-    d_cos = _patch(d_cos, rows, drop, r * g_t * deriv)
+    d_cos = _patch(d_cos, drop, r * g_t * deriv)
   if p.row_grad:
     # d L / d row_scale_i = sum_j g_ij * base_ij, base = margined cosines:
     # the plain sum over the row, corrected at the target entry.
@@ -402,7 +409,7 @@ def _adaface_impl(cos, labels, z_hat, p: _Ada):
   # Non-target columns: the official cos(clip(arccos(clip(cos)), eps, pi-eps))
   # is clip(cos) (arccos(1 - eps) > eps, so the theta clip never binds there).
   logits = (p.scale * jnp.clip(cos.astype(ct), -1.0 + p.eps, 1.0 - p.eps)).astype(cos.dtype)
-  logits = _patch(logits, rows, drop, p.scale * _adaface_target(c_t, z, p))
+  logits = _patch(logits, drop, p.scale * _adaface_target(c_t, z, p))
   return logits, (safe, drop, c_t, z)
 
 
@@ -411,17 +418,32 @@ def _adaface_rows(cos, labels, z_hat, p):
   return _adaface_impl(cos, labels, z_hat, p)[0]
 
 
+def _pack_bits(mask):
+  """[B, C] bool -> [B, ceil(C / 8)] uint8, 8 columns a byte."""
+  b, c = mask.shape
+  m = jnp.pad(mask, ((0, 0), (0, -c % 8))).reshape(b, -1, 8).astype(jnp.uint8)
+  return jnp.sum(m << jnp.arange(8, dtype=jnp.uint8), axis=2, dtype=jnp.uint8)
+
+
+def _unpack_bits(packed, c):
+  """_pack_bits' inverse: [B, C] bool."""
+  bits = (packed[:, :, None] >> jnp.arange(8, dtype=jnp.uint8)) & 1
+  return bits.reshape(packed.shape[0], -1)[:, :c].astype(bool)
+
+
 def _adaface_rows_fwd(cos, labels, z_hat, p):
   logits, (safe, drop, c_t, z) = _adaface_impl(cos, labels, z_hat, p)
-  # The clamp's gradient mask is kept as bool (1 byte per entry), not cos:
-  # neither cos nor the logits are otherwise alive in the backward.
+  # The clamp's gradient mask is kept as bits (1/32 of cos), not cos: neither
+  # cos nor the logits are otherwise alive in the backward. (A bool array
+  # would be fused into the backward by XLA, which then keeps cos alive.)
   ct = c_t.dtype
   inside = (cos.astype(ct) >= -1.0 + p.eps) & (cos.astype(ct) <= 1.0 - p.eps)
-  return logits, (inside, safe, drop, c_t, z, _dtype_tag(cos))
+  return logits, (_pack_bits(inside), safe, drop, c_t, z, _dtype_tag(cos))
 
 
 def _adaface_rows_bwd(p, res, g):
-  inside, safe, drop, c_t, z, cos_tag = res
+  packed, safe, drop, c_t, z, cos_tag = res
+  inside = _unpack_bits(packed, g.shape[1])
   ct = c_t.dtype
   rows = jnp.arange(g.shape[0])
   g_t = g[rows, safe].astype(ct)
@@ -429,7 +451,7 @@ def _adaface_rows_bwd(p, res, g):
   # as torch.clamp's backward), 0 where it binds.
   d_cos = jnp.where(inside, p.scale * g.astype(ct), 0.0).astype(cos_tag.dtype)
   gst = adaface_gradient_scaling_term(c_t, z, p.m, p.eps)
-  d_cos = _patch(d_cos, rows, drop, p.scale * g_t * gst)
+  d_cos = _patch(d_cos, drop, p.scale * g_t * gst)
   # Norms are stop-gradient in AdaFace: z_hat gets no gradient.
   return d_cos, None, jnp.zeros_like(z)
 
