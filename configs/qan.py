@@ -33,7 +33,12 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.qan.set_size_range = (4, 8)     # variable set sizes, padded with masks; () = fixed
   c.qan.margin = 0.4                # triplet margin on L2-normalised set embeddings
   c.qan.softmax_weight = 0.0        # >0: keep a frame identity loss (official code)
-  # Step scale of the quality branch: at 1.0 Adam drives mu into saturation (= 1 everywhere).
+  # The quality branch's solver (train/tasks/qan.py, Task.optimizer): "sgd",
+  # momentum 0.9 at quality_lr on the run's schedule (the paper's Caffe solver);
+  # "run": the run's Adam with its steps scaled by quality_lr_scale (at 1.0 Adam
+  # drives mu into saturation, = 1 everywhere).
+  c.qan.quality_optimizer = "sgd"
+  c.qan.quality_lr = 0.1
   c.qan.quality_lr_scale = 0.1
 
   c.optim.name = "adam"
@@ -58,6 +63,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.qan.softmax_weight = 1.0
     c.optim.name = "sgd"
     c.optim.lr = 1e-3
+    c.qan.quality_lr = 1e-3         # one SGD rate for the whole net, as the Caffe solver
     c.optim.momentum = 0.9
     c.optim.weight_decay = 5e-4
     c.optim.schedule = "step"

@@ -32,3 +32,36 @@ def test_casn_ide_baseline_has_no_warmup_and_verification_alone_has_one():
   assert [n for n, _, _ in task.schedule(ver)] == ["warmup", "casn"]
   assert [n for n, _, _ in task.schedule(_casn(ia_weight=0.0, sa_weight=0.0,
                                                warmup_verification=True))] == ["casn"]
+
+
+def test_qan_quality_branch_has_its_own_solver():
+  """quality_optimizer='sgd': the branch steps by -lr x gradient (SGD, first
+  momentum step) at qan.quality_lr on the run's schedule, the rest by Adam;
+  'run': the branch takes Adam's step times quality_lr_scale."""
+  import jax.numpy as jnp
+  import numpy as np
+  import pytest
+
+  from train import optim
+  task = tasks.get("qan")
+  c = importlib.import_module("configs.qan").get_config()
+  params = {"quality_branch": {"w": jnp.ones(3)}, "trunk": {"w": jnp.ones(3)}}
+  grads = {"quality_branch": {"w": jnp.array([0.5, -2.0, 1e-4])},
+           "trunk": {"w": jnp.array([0.5, -2.0, 1e-4])}}
+  adam = optim.make_optimizer(c.optim, c.train.steps)
+  adam_step, _ = adam.update(grads["trunk"], adam.init(params["trunk"]), params["trunk"])
+  tx = task.optimizer(c)
+  upd, _ = tx.update(grads, tx.init(params), params)
+  lr0 = optim.schedule(c.optim, c.train.steps)(0)
+  np.testing.assert_allclose(upd["quality_branch"]["w"],
+                             -lr0 * c.qan.quality_lr / c.optim.lr * grads["quality_branch"]["w"],
+                             rtol=1e-6)
+  np.testing.assert_allclose(upd["trunk"]["w"], adam_step["w"], rtol=1e-6)
+  c.qan.quality_optimizer = "run"
+  tx = task.optimizer(c)
+  upd, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(upd["quality_branch"]["w"], c.qan.quality_lr_scale * adam_step["w"],
+                             rtol=1e-6)
+  c.qan.quality_optimizer = "adam"
+  with pytest.raises(ValueError, match="quality_optimizer"):
+    task.optimizer(c)

@@ -43,23 +43,36 @@ class Task(task.Task):
                                tx=self.optimizer(config), mask=jnp.ones((1, s), bool))
 
   def optimizer(self, config):
-    """The run's optimiser; the quality branch's steps are scaled by
-    config.qan.quality_lr_scale.
+    """The run's optimiser, with the quality branch on its own solver.
 
-    Eq. (2) is invariant to a common rescaling of the set's mu, so the set loss
-    gives the quality branch's overall offset almost no gradient; Adam
-    normalises that near-zero gradient into full-size steps and the offset
-    random-walks until the sigmoid saturates (mu = 1 for every frame, mean
-    pooling, no gradient left). A smaller step on the branch keeps mu in the
-    sigmoid's working range.
+    Eq. (2) is invariant to a common rescaling of a set's mu, so the set loss
+    gives the branch's overall offset almost no gradient. Adam normalises that
+    near-zero gradient into full-size steps: the offset random-walks until the
+    sigmoid saturates (mu = 1 for every frame, mean pooling, no gradient
+    left). config.qan.quality_optimizer:
+      "sgd": SGD with momentum 0.9 at qan.quality_lr on the run's schedule
+        (the paper's Caffe solver): a step in proportion to the gradient, so
+        the offset stays where the loss leaves it and the directions that eq.
+        (8) does train move at their own rate;
+      "run": the run's optimiser with the branch's steps scaled by
+        qan.quality_lr_scale (Adam at 0.1 keeps mu out of saturation but
+        leaves the branch near its initialisation in a default run).
     """
     base = optim.make_optimizer(config.optim, config.train.steps)
-    scale = float(config.qan.get("quality_lr_scale", 1.0))
-    if scale == 1.0:
-      return base
+    cq = config.qan
+    if cq.quality_optimizer == "sgd":
+      lr = optim.schedule(config.optim, config.train.steps)
+      branch = optax.sgd(lambda step: lr(step) * (cq.quality_lr / config.optim.lr),
+                         momentum=0.9)
+    elif cq.quality_optimizer == "run":
+      if cq.quality_lr_scale == 1.0:
+        return base
+      branch = optax.chain(base, optax.scale(cq.quality_lr_scale))
+    else:
+      raise ValueError(f"config.qan.quality_optimizer={cq.quality_optimizer!r}; use 'sgd' "
+                       "(the branch's own SGD) or 'run' (the run's optimiser, scaled).")
     labels = lambda params: {k: "quality" if k == "quality_branch" else "rest" for k in params}
-    return optax.multi_transform(
-        {"rest": base, "quality": optax.chain(base, optax.scale(scale))}, labels)
+    return optax.multi_transform({"rest": base, "quality": branch}, labels)
 
   def stages(self, config):
     model = self.model(config)
