@@ -2,7 +2,7 @@
 
   python -m benchmarks.claims [--seeds 3] [--claims qan,eqface,adaface,netvlad,casn]
                               [--out docs/claims.md] [--workdir runs/claims]
-                              [--compile_cache DIR] [--budget N] [--quick]
+                              [--compile_cache DIR] [--budget N] [--jobs 2] [--quick]
 
 Every claim trains its method (and, where the claim compares, its baseline at
 the same budget) once per seed with train.loop.train_and_evaluate, takes the
@@ -13,8 +13,9 @@ mean over seeds against a threshold fixed in build_rows (and the constants
 below); the table also says how many seeds satisfy it alone.
 
 The budgets (BUDGETS) are smaller than the configs' defaults so that the whole
-script fits in about 45 minutes on 2 CPU cores; a method and its baseline
-always share one budget. The configs themselves are read when the script runs
+script fits in about 45 minutes on 2 CPU cores, two runs at a time (--jobs:
+one JAX process on the CPU leaves part of two cores idle); a method and its
+baseline always share one budget. The configs themselves are read when the script runs
 (configs/<method>.py), and the budget is applied on top as overrides.
 --budget N multiplies every step count of the budgets (3, 10: the budget curve;
 it takes about N times as long, and CI does not run it).
@@ -764,8 +765,9 @@ def parse_args(argv=None):
   ap.add_argument("--budget", type=float, default=1.0,
                   help="N times the claims budget (every step count); the default fits "
                        "45 min on 2 cores, larger budgets take proportionally longer")
-  ap.add_argument("--jobs", type=int, default=1,
-                  help="runs trained side by side, each in its own process")
+  ap.add_argument("--jobs", type=int, default=2,
+                  help="runs trained side by side, each in its own process (1: one after "
+                       "the other in this process)")
   ap.add_argument("--quick", action="store_true",
                   help="tiny datasets, a few steps: checks the script, numbers mean nothing")
   args = ap.parse_args(argv)

@@ -1,6 +1,7 @@
 """Why each learned quality proxy does or does not track image quality, by mechanism.
 
-  python -m benchmarks.quality_diagnosis [--methods qan,eqface,adaface,arcface]
+  python -m benchmarks.quality_diagnosis
+      [--methods qan,qan_adam,eqface,adaface,arcface,adaface_oracle]
       [--budget 1.0] [--seed 0] [--workdir runs/quality_diagnosis]
       [--out docs/quality_diagnosis.md] [--quick]
 
@@ -24,6 +25,16 @@ mu, EQFace's s_i, the feature norm of AdaFace and ArcFace):
   (mu = 1 - true level) and mean pooling, and the eq. (8) gradient each frame
   receives on training triplets, by tier.
 
+Two diagnoses that are no method of their own: qan_adam (QAN's quality branch
+on the run's Adam with its steps scaled by 0.1, the recipe before the branch
+got its own SGD) and adaface_oracle (AdaFace whose margin reads an oracle
+quality from the stored level instead of the norm). Each method also gets the
+proxy's rank within tracklets against across the test set, the clean tier's
+spread by tracklet, identity and camera, an error-versus-reject test on clean
+pairs only, and the proxy by type at checkpoints over training (EQFace: the
+ends of its three steps; QAN: eq. (8)'s gradient at each; AdaFace: its EMA
+statistics); the face methods their rank-1 by tier.
+
 --quick: the tiny datasets and a few steps (checks the script end to end; its
 numbers mean nothing).
 """
@@ -44,9 +55,13 @@ import numpy as np  # noqa: E402
 
 from configs.base import with_overrides  # noqa: E402
 
-METHODS = ("qan", "eqface", "adaface", "arcface", "adaface_oracle")
-# A diagnosis that is no method of its own: AdaFace with an oracle margin.
-CONFIG_OF = {"adaface_oracle": "adaface"}
+METHODS = ("qan", "qan_adam", "eqface", "adaface", "arcface", "adaface_oracle")
+# Diagnoses that are no method of their own: a method's config with overrides
+# (QAN's quality branch on the run's Adam scaled by 0.1, the recipe before the
+# branch got its own SGD) or with another task (AdaFace with an oracle margin).
+VARIANTS = {"qan_adam": ("qan", {"qan.quality_optimizer": "run"}),
+            "adaface_oracle": ("adaface", {})}
+CONFIG_OF = {k: v[0] for k, v in VARIANTS.items()}
 LEVEL_EDGES = (0.2, 0.5, 0.8, 1.0)   # stored levels are drawn from [0.2, 1]
 PROBE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NUM_PROBE_IMAGES = 160
@@ -65,6 +80,7 @@ def make_config(method: str, budget: float, seed: int, quick: bool, quick_data: 
     over["data.cache_dir"] = quick_data
   over["seed"] = seed
   over["train.ckpt_every"] = over["train.steps"]
+  over.update(VARIANTS.get(method, ("", {}))[1])
   return with_overrides(config, over)
 
 
@@ -630,7 +646,8 @@ def _render_recognition(results: dict) -> list[str]:
   return lines + [""]
 
 
-PROXY = {"qan": "mu", "eqface": "s_i", "adaface": "feature norm", "arcface": "feature norm",
+PROXY = {"qan": "mu", "qan_adam": "mu (the branch on Adam x 0.1)", "eqface": "s_i",
+         "adaface": "feature norm", "arcface": "feature norm",
          "adaface_oracle": "feature norm (the margin reads the oracle)"}
 
 
@@ -654,7 +671,7 @@ def run_method(method: str, args, workdir: Path) -> dict:
          "within": within_tracklets(proxy_method, task, state, config),
          "clean_erc": clean_pairs_erc(proxy_method, task, state, config),
          "training": over_training(proxy_method, task, config, run_dir, steps)}
-  if method == "qan":
+  if proxy_method == "qan":
     res["sets"] = qan_sets(task, state, config)
     res["mu_grad"] = qan_mu_gradients(task, state, config)
   else:
