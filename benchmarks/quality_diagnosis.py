@@ -86,7 +86,8 @@ def make_config(method: str, budget: float, seed: int, quick: bool, quick_data: 
 
 def task_for(method: str):
   from train import tasks
-  return oracle_margin_task() if method == "adaface_oracle" else tasks.get(method)
+  return (oracle_margin_task() if method == "adaface_oracle"
+          else tasks.get(CONFIG_OF.get(method, method)))
 
 
 def keep_checkpoints_at(config, steps) -> None:
