@@ -8,6 +8,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxset.models import adaface, backbones, casn, eqface, heads, netvlad, qan
+from jaxset.ops import losses
 from jaxset.ops import netvlad_layer as netvlad_ops
 
 TINY = {"widths": (8, 16, 16, 16)}  # a fast SmallCNN for the tests
@@ -152,7 +153,9 @@ CASN_PAIRS = (np.arange(8), 8 + np.arange(8), np.arange(8) % 2)  # explicit pair
 
 
 def _casn_case():
-  model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY)
+  # A random verifier, so that every term reaches the trunk at init.
+  model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY,
+                    verifier_init="lecun_normal")
   images = _images((16, 16, 8, 3))
   batch = {"images": images, "labels": jnp.arange(16) % 5}
   variables = jax.jit(model.init)(jax.random.key(0), images[:8], images[8:])
@@ -459,3 +462,75 @@ def test_casn_attention_terms_reach_backbone():
                                jnp.zeros((2, 16)))
   w = variables["params"]["verifier"]["kernel"][:, 0]
   np.testing.assert_array_equal(ind, np.broadcast_to(np.asarray(w) > 0, (2, 16)))
+
+
+def test_casn_verifier_only_trains_the_verifier_alone():
+  """verifier_only: the BCE's gradient reaches the verifier but none of the
+  trunk, the embedding or the classifier; without it, it reaches the trunk.
+  verification_acc is the share of pairs whose logit has the right sign."""
+  variables, batch, _ = _casn_case()
+  model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY)
+  grads = {}
+  for only in (True, False):
+    cfg = casn.CASNLossConfig(id_weight=0, ia_weight=0, sa_weight=0, verifier_only=only)
+    loss = lambda p, cfg=cfg: casn.casn_loss(model, p, variables["batch_stats"], batch,
+                                             CASN_PAIRS, config=cfg)
+    (total, aux), grads[only] = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        variables["params"])
+    assert float(total) == pytest.approx(float(aux["metrics"]["verification"]))
+  _check_grads_nonzero_finite(grads[True]["verifier"])
+  for part in ("trunk", "embed", "embed_norm", "classifier"):
+    assert all(float(jnp.max(jnp.abs(x))) == 0 for x in jax.tree.leaves(grads[True][part]))
+  _check_grads_nonzero_finite(grads[False]["trunk"])
+  jax.tree.map(np.testing.assert_array_equal, grads[True]["verifier"],
+               grads[False]["verifier"])
+  # The pairs (i, 8 + i) written out: one BatchNorm batch of the same 16 images.
+  out, _ = model.apply(variables, batch["images"][:8], batch["images"][8:], train=True,
+                       mutable=["batch_stats"])
+  want = np.mean((np.asarray(out["siamese_logits"]) > 0) == CASN_PAIRS[2].astype(bool))
+  assert float(aux["metrics"]["verification_acc"]) == pytest.approx(want, abs=1e-6)
+
+
+def test_casn_mining_mask_area_is_the_share_the_mask_covers():
+  """ia_mask_area = mean soft mask: 0 when the threshold is above every map
+  value (with a steep mask), 1 when below every value."""
+  variables, batch, _ = _casn_case()
+  model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY)
+  areas = []
+  for threshold in (2.0, -1.0):
+    cfg = casn.CASNLossConfig(verification_weight=0, sa_weight=0, mask_scale=1e3,
+                              mask_threshold=threshold)
+    _, aux = casn.casn_loss(model, variables["params"], variables["batch_stats"], batch,
+                            CASN_PAIRS, config=cfg)
+    areas.append(float(aux["metrics"]["ia_mask_area"]))
+  np.testing.assert_allclose(areas, [0.0, 1.0], atol=1e-6)
+
+
+def test_casn_zero_verifier_starts_neutral_and_learns_the_right_sign():
+  """verifier_init="zeros": logit 0 and no BCE gradient on the trunk at init;
+  on pairs whose positives differ less than their negatives, the BCE's
+  gradient on every w_j is positive, so descent makes w_j < 0 (a larger
+  difference means "different"), the sign that pulls positives together."""
+  model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY)
+  images = _images((16, 16, 8, 3))
+  variables = jax.jit(model.init)(jax.random.key(0), images[:8], images[8:])
+  w = variables["params"]["verifier"]["kernel"]
+  assert float(jnp.max(jnp.abs(w))) == 0
+  batch = {"images": images, "labels": jnp.arange(16) % 5}
+  cfg = casn.CASNLossConfig(id_weight=0, ia_weight=0, sa_weight=0)
+  (l, _), g = jax.value_and_grad(
+      lambda p: casn.casn_loss(model, p, variables["batch_stats"], batch, CASN_PAIRS,
+                               config=cfg), has_aux=True)(variables["params"])
+  np.testing.assert_allclose(float(l), np.log(2), rtol=1e-6)
+  assert all(float(jnp.max(jnp.abs(x))) == 0 for x in jax.tree.leaves(g["trunk"]))
+  f = jax.random.normal(jax.random.key(1), (8, 16))
+  same = np.arange(8) % 2
+  f_b = f + jnp.where(same[:, None] == 1, 0.1, 2.0) * jax.random.normal(jax.random.key(2),
+                                                                       (8, 16))
+  bce = lambda p: jnp.mean(losses.verification_bce(
+      model.apply({"params": p}, f, f_b, method=casn.CASN.siamese_logits), same))
+  g_w = jax.grad(bce)(variables["params"])["verifier"]["kernel"][:, 0]
+  assert np.all(np.asarray(g_w) > 0)
+  with pytest.raises(ValueError, match="verifier_init"):
+    casn.CASN(5, backbone="small_cnn", verifier_init="ones").init(
+        jax.random.key(0), images[:2])

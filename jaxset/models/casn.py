@@ -44,6 +44,8 @@ __all__ = ["CASN", "CASNLossConfig", "identification_loss", "identification_atte
            "siamese_attention_loss", "casn_loss", "zero_map_fraction"]
 
 Dtype = Any
+VERIFIER_INITS = {"zeros": nn.initializers.zeros,
+                  "lecun_normal": nn.initializers.lecun_normal()}
 
 
 class CASN(nn.Module):
@@ -59,6 +61,13 @@ class CASN(nn.Module):
     num_parts: 1 = global average pool (IDE); p > 1 = PCB-style pooling of p
       horizontal stripes, concatenated before the FC (the paper's CASN+PCB
       variant; p must divide the map height).
+    verifier_init: the verifier's kernel at init: "zeros" (its logit starts at
+      the bias, and the BCE's gradient on the features, w_j 2 (f1_j - f2_j),
+      starts at 0 and grows with the sign the pairs teach w) or "lecun_normal"
+      (Flax's default, like PyTorch's random nn.Linear init; the paper does not
+      say): random signs, so on the dims with w_j > 0 the BCE pushes
+      positive pairs apart and pulls negative pairs together until w has
+      learnt its sign (docs/casn_diagnosis.md).
 
   __call__(images_a [B, H, W, 3], images_b [B, H, W, 3] or None, train=False)
   -> dict: feature_map [B, h, w, C], features [B, F], logits [B, num_classes];
@@ -79,6 +88,7 @@ class CASN(nn.Module):
   backbone_kwargs: Any = None
   head_norm: bool = True
   num_parts: int = 1
+  verifier_init: str = "zeros"
 
   def setup(self):
     if self.num_parts < 1:
@@ -91,7 +101,11 @@ class CASN(nn.Module):
     if self.head_norm:
       self.embed_norm = nn.BatchNorm(momentum=0.9, epsilon=1e-5, param_dtype=jnp.float32)
     self.classifier = nn.Dense(self.num_classes, param_dtype=jnp.float32)
-    self.verifier = nn.Dense(1, param_dtype=jnp.float32)
+    if self.verifier_init not in VERIFIER_INITS:
+      raise ValueError(f"verifier_init must be one of {sorted(VERIFIER_INITS)}; "
+                       f"got {self.verifier_init!r}.")
+    self.verifier = nn.Dense(1, param_dtype=jnp.float32,
+                             kernel_init=VERIFIER_INITS[self.verifier_init])
 
   def feature_map(self, images, train: bool = False):
     return self.trunk(images, train)
@@ -149,6 +163,9 @@ class CASNLossConfig(NamedTuple):
   indicator: siamese_indicator's mode ("relative" or the literal "positive").
   siamese_map: "gradcam" (the paper: Grad-CAM with its ReLU, max-normalised)
     or "signed" (no ReLU, min-max normalised; see siamese_attention_maps).
+  verifier_only: the BCE trains the verifier alone: its input features are
+    stop-gradient, so none of its gradient reaches the trunk or the
+    embedding (train/tasks/casn.py's warmup_verification="head").
   """
   id_weight: float = 1.0
   ia_weight: float = 1.0
@@ -160,6 +177,7 @@ class CASNLossConfig(NamedTuple):
   mask_threshold: float = 0.5
   indicator: str = "relative"
   siamese_map: str = "gradcam"
+  verifier_only: bool = False
 
 
 # CASN's identification loss is the masked softmax cross-entropy shared by every head.
@@ -196,7 +214,8 @@ def identification_attention_loss(model: CASN, variables, images, feature_map, l
   I* = I (1 - T); loss = mean_b softmax(model(I*))[b, c_b]. Gradients reach
   the backbone through both the mask (Grad-CAM, second order) and I*.
   The masked pass's BatchNorm statistics are discarded.
-  Returns (loss, cam [B, h, w]).
+  Returns (loss, cam [B, h, w], mask_area): mask_area is the mean of T over
+  the batch's pixels (the share of the image the mining erases; no gradient).
   """
   classes = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
   cam = identification_attention(model, variables, feature_map, classes)
@@ -210,7 +229,7 @@ def identification_attention_loss(model: CASN, variables, images, feature_map, l
     out = model.apply(variables, masked)
   probs = jax.nn.softmax(out["logits"].astype(jnp.float32), axis=-1)
   loss = jnp.mean(jnp.take_along_axis(probs, classes[:, None], axis=1))
-  return loss, cam
+  return loss, cam, jax.lax.stop_gradient(jnp.mean(soft_mask))
 
 
 def siamese_indicator(model: CASN, params, features_a, features_b, mode: str = "positive"):
@@ -289,7 +308,10 @@ def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
   "batch_stats": the updated statistics (unchanged when train=False)}; the
   metrics of a term with weight 0 are 0 (not computed), and *_zero_maps give
   the fraction of all-zero Grad-CAM maps of each attention term (an all-zero
-  map makes the consistency loss trivially 0).
+  map makes the consistency loss trivially 0), ia_mask_area the share of the
+  image that attention mining erases, verification_acc the share of pairs
+  whose Siamese logit has the right sign. With config.verifier_only the BCE's
+  gradient stops at the features (it trains the verifier alone).
   """
   a, b, same = pairs
   a, b = jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32)
@@ -310,16 +332,21 @@ def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
   # Terms with weight 0 are skipped (static Python floats): the IDE baseline
   # costs one forward/backward pass, not three.
   if config.ia_weight:
-    l_ia, cam = identification_attention_loss(model, variables, images, out["feature_map"],
-                                              out["logits"], config=config, train=train)
+    l_ia, cam, area = identification_attention_loss(
+        model, variables, images, out["feature_map"], out["logits"], config=config,
+        train=train)
     total += config.ia_weight * l_ia
-    metrics.update(ia=l_ia, ia_zero_maps=zero_map_fraction(cam))
+    metrics.update(ia=l_ia, ia_zero_maps=zero_map_fraction(cam), ia_mask_area=area)
   f_a, f_b = out["features"][a], out["features"][b]
   if config.verification_weight:
-    same_logits = model.apply({"params": params}, f_a, f_b, method=CASN.siamese_logits)
+    v_a, v_b = ((jax.lax.stop_gradient(f_a), jax.lax.stop_gradient(f_b))
+                if config.verifier_only else (f_a, f_b))
+    same_logits = model.apply({"params": params}, v_a, v_b, method=CASN.siamese_logits)
     l_ver = jnp.mean(loss_ops.verification_bce(same_logits, same))
     total += config.verification_weight * l_ver
     metrics["verification"] = l_ver
+    metrics["verification_acc"] = jnp.mean(((same_logits > 0) == (same > 0.5)).astype(
+        jnp.float32))
   if config.sa_weight:
     fmap = out["feature_map"]
     l_sa, (m1, m2) = siamese_attention_loss(model, variables, fmap[a], fmap[b], f_a, f_b,
