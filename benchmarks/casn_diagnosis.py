@@ -32,7 +32,9 @@ seed than the training batches):
   signed version's spatial mean m says on which side of 0 the map sits. The
   share of images with m < 0, and |mean m| / std m over the images (above 1:
   the sign is one constant of the model, the same for nearly every image,
-  not a property of the image).
+  not a property of the image); and whether the BatchNorm offset decides it:
+  the linear part of the score, sum_j ind_j (gamma_j / sigma_j) u_j, is
+  BatchNorm's subtracted offset plus the image's own centred part.
 
 It then trains the ablations at the same budget and seed (IDE; + attention
 mining; + verification; + verification and consistency; the full objective;
@@ -68,11 +70,14 @@ NUM_PROBE_BATCHES = 4
 PROBE_SEED_OFFSET = 1000                    # probe batches: config.seed + this
 MEASUREMENTS = 8                            # measurements over the run
 # The full objective's state on the probes (key, column title).
-STATE_COLUMNS = (("id", "L_id"), ("ia", "L_ia"), ("verification", "L_ver"), ("sa", "L_sa"),
-                 ("ia_mask_area", "IA mask area"), ("ia_zero_maps", "IA blank"),
+STATE_COLUMNS = (("id", "L_id"), ("ia", "L_ia"), ("ia_clean", "p(c) unmasked"),
+                 ("verification", "L_ver"), ("sa", "L_sa"), ("ia_mask_area", "IA mask area"),
+                 ("ia_zero_maps", "IA blank"),
                  ("sa_zero_maps", "SA blank"), ("verification_acc", "verifier acc"),
                  ("verifier_positive", "w_j > 0"), ("verifier_norm", "\\|w\\|"),
-                 ("sa_negative_mean", "SA m < 0"), ("sa_offset_ratio", "\\|mean m\\| / std m"))
+                 ("sa_negative_mean", "SA m < 0"), ("sa_offset_ratio", "\\|mean m\\| / std m"),
+                 ("sa_sign_agrees", "sign(m) = sign(linear part)"),
+                 ("sa_offset_dominates", "BN offset dominates"))
 # (name, the claims setup that IS this objective or None, overrides of configs/casn.py)
 ABLATIONS = (
     ("IDE (identification only)", "ide", dict(claims._NO_ATTENTION)),
@@ -162,6 +167,11 @@ def probe_fn(task, config):
       out[f"{t}_sep"] = cos(g, g_sep)
     _, aux = casn_loss(model, state.params, stats, data, pairs, config=full, train=True)
     out.update(aux["metrics"])
+    # The predicted identity's probability on the unmasked images (training-mode
+    # BatchNorm, as the masked pass): attention mining's reference.
+    logits = model.apply({"params": state.params, "batch_stats": stats}, data["images"],
+                         train=True, mutable=["batch_stats"])[0]["logits"]
+    out["ia_clean"] = jnp.mean(jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1))
     w = state.params["verifier"]["kernel"][:, 0]
     out["verifier_positive"] = jnp.mean((w > 0).astype(jnp.float32))
     out["verifier_norm"] = jnp.linalg.norm(w)
@@ -178,6 +188,20 @@ def probe_fn(task, config):
                                   axis=(1, 2)) for s in (a, b)])
     out["sa_negative_mean"] = jnp.mean((m < 0).astype(jnp.float32))
     out["sa_offset_ratio"] = jnp.abs(jnp.mean(m)) / jnp.maximum(jnp.std(m), 1e-30)
+    if "embed_norm" in state.params:
+      # The score's linear part sum_j ind_j (gamma_j / sigma_j) u_j (u: the
+      # embedding before BatchNorm) splits into what BatchNorm subtracts,
+      # offset = sum_j ind_j gamma_j mu_j / sigma_j (the same for every image
+      # but for the indicator), and the image's own part sum_j ind_j (f_j - beta_j).
+      bn, st = state.params["embed_norm"], state.model_state["batch_stats"]["embed_norm"]
+      gain = bn["scale"] / jnp.sqrt(st["var"] + 1e-5)
+      offset = jnp.concatenate([jnp.sum(ind * gain * st["mean"], axis=-1)] * 2)
+      image = jnp.concatenate([jnp.sum(ind * (o["features"][s] - bn["bias"]), axis=-1)
+                               for s in (a, b)])
+      out["sa_offset_dominates"] = jnp.mean((jnp.abs(offset) > jnp.abs(image)).astype(
+          jnp.float32))
+      out["sa_sign_agrees"] = jnp.mean((jnp.sign(offset + image) == jnp.sign(m)).astype(
+          jnp.float32))
     return out
   return jax.jit(fn)
 
@@ -281,7 +305,9 @@ def render(tr: dict, abl: list[dict], *, command: str, seconds: float, config,
                          + [claims._fmt(r.get(f"{t}_sep")) for t in terms]
                          for r in rows])
   lines += ["", "## The full objective on the same batches", "",
-            "Whatever the stage: the loss terms; IA mask area = mean soft mask "
+            "Whatever the stage: the loss terms (L_ia is the predicted identity's "
+            "probability on the masked images; p(c) unmasked the same on the images "
+            "themselves); IA mask area = mean soft mask "
             "sigmoid(w (cam - sigma)) over the pixels (the share of the image that "
             "attention mining erases); IA / SA blank = fraction of all-zero Grad-CAM maps; "
             "verifier acc = share of pairs whose Siamese logit has the right sign; "
@@ -289,7 +315,12 @@ def render(tr: dict, abl: list[dict], *, command: str, seconds: float, config,
             "difference); \\|w\\| = the norm of the verifier's weights; SA m < 0 = "
             "share of images whose signed Siamese map has a negative spatial mean (a blank "
             "ReLU map needs it); \\|mean m\\| / std m over the images (above 1: the sign "
-            "is the model's, the same for most images).", ""]
+            "is the model's, the same for most images). The score's linear part "
+            "sum_j ind_j (gamma_j / sigma_j) u_j (u: the embedding before BatchNorm) is "
+            "offset + image part, offset = sum_j ind_j gamma_j mu_j / sigma_j (what "
+            "BatchNorm subtracts, the running mean mu) and image part = sum_j ind_j "
+            "(f_j - beta_j): the share of images whose m has the sign of the linear part, "
+            "and the share where the offset is the larger of the two.", ""]
   lines += _table(["step", "stage"] + [t for _, t in STATE_COLUMNS],
                   [[str(r["step"]), r["stage"]] + [claims._fmt(r.get(k)) for k, _ in STATE_COLUMNS]
                    for r in rows])
