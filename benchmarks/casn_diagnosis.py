@@ -22,11 +22,15 @@ seed than the training batches):
   The full objective's terms at every point, the warmup included: what each
   term would do to the trunk if it were on;
 - the full objective's terms on those batches, whatever the stage: the loss
-  values, the share of the image that attention mining erases and the
-  fraction of all-zero Grad-CAM maps of each attention term;
+  values, the share of the image that attention mining erases, the
+  predicted identity's probability with no mask and with the mining mask
+  moved elsewhere (same area: has the model learnt to keep the identity's
+  evidence where its Grad-CAM points, or to answer "not c" to any erased
+  image?), and the fraction of all-zero Grad-CAM maps of each attention term;
 - the verifier: the share of its weights that are positive (on a squared
   difference, w_j > 0 says "a larger difference means the same person": the
-  wrong sign), their norm, and the share of pairs its logit classifies
+  wrong sign for a Euclidean ranking; none with model.verifier_sign=
+  "nonpositive"), their norm, and the share of pairs its logit classifies
   right;
 - why Siamese maps go blank: Grad-CAM's map is ReLU(sum_c alpha_c A_c); its
   signed version's spatial mean m says on which side of 0 the map sits. The
@@ -71,6 +75,7 @@ PROBE_SEED_OFFSET = 1000                    # probe batches: config.seed + this
 MEASUREMENTS = 8                            # measurements over the run
 # The full objective's state on the probes (key, column title).
 STATE_COLUMNS = (("id", "L_id"), ("ia", "L_ia"), ("ia_clean", "p(c) unmasked"),
+                 ("ia_rolled", "p(c) mask moved"),
                  ("verification", "L_ver"), ("sa", "L_sa"), ("ia_mask_area", "IA mask area"),
                  ("ia_zero_maps", "IA blank"),
                  ("sa_zero_maps", "SA blank"), ("verification_acc", "verifier acc"),
@@ -125,7 +130,13 @@ def probe_fn(task, config):
 
   from jaxset.data import pipeline
   from jaxset.models import casn_loss
-  from jaxset.models.casn import CASN, siamese_indicator
+  from jaxset.models.casn import (
+    CASN,
+    masked_probability,
+    mining_mask,
+    siamese_indicator,
+    verifier_weight,
+  )
   from jaxset.ops.attention import grad_cam
 
   model = task.model(config)
@@ -169,16 +180,23 @@ def probe_fn(task, config):
     out.update(aux["metrics"])
     # The predicted identity's probability on the unmasked images (training-mode
     # BatchNorm, as the masked pass): attention mining's reference.
-    logits = model.apply({"params": state.params, "batch_stats": stats}, data["images"],
-                         train=True, mutable=["batch_stats"])[0]["logits"]
-    out["ia_clean"] = jnp.mean(jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1))
-    w = state.params["verifier"]["kernel"][:, 0]
+    variables = {"params": state.params, **state.model_state}
+    train_out = model.apply(variables, data["images"], train=True, mutable=["batch_stats"])[0]
+    out["ia_clean"] = jnp.mean(jnp.max(jax.nn.softmax(train_out["logits"], axis=-1), axis=-1))
+    # The same mask moved half the image height: as much erased, elsewhere. A
+    # model that keeps identity c's evidence where its Grad-CAM points keeps
+    # c there; one that learnt to answer "not c" to any erased image does not.
+    classes = jnp.argmax(train_out["logits"], axis=-1)
+    mask, _ = mining_mask(model, variables, data["images"], train_out["feature_map"], classes,
+                          config=full)
+    out["ia_rolled"] = masked_probability(model, variables, data["images"],
+                                          jnp.roll(mask, mask.shape[1] // 2, axis=1), classes)
+    w = verifier_weight(model, state.params)
     out["verifier_positive"] = jnp.mean((w > 0).astype(jnp.float32))
     out["verifier_norm"] = jnp.linalg.norm(w)
     # The signed Siamese map's spatial mean per image (inference-mode head, as
     # the task's maps): which side of 0 the map sits on, and whether that side
     # varies between images.
-    variables = {"params": state.params, **state.model_state}
     o = model.apply(variables, batch["image"])
     ind = siamese_indicator(model, state.params, o["features"][a], o["features"][b],
                             full.indicator)
@@ -307,7 +325,8 @@ def render(tr: dict, abl: list[dict], *, command: str, seconds: float, config,
   lines += ["", "## The full objective on the same batches", "",
             "Whatever the stage: the loss terms (L_ia is the predicted identity's "
             "probability on the masked images; p(c) unmasked the same on the images "
-            "themselves); IA mask area = mean soft mask "
+            "themselves, p(c) mask moved with the mask rolled by half the image height: "
+            "as much erased, elsewhere); IA mask area = mean soft mask "
             "sigmoid(w (cam - sigma)) over the pixels (the share of the image that "
             "attention mining erases); IA / SA blank = fraction of all-zero Grad-CAM maps; "
             "verifier acc = share of pairs whose Siamese logit has the right sign; "

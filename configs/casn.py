@@ -36,7 +36,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.siamese = "squared"       # BCE on FC((f1 - f2)^2); "abs": |f1 - f2|
   c.model.head_norm = True          # IDE head FC-BN(-ReLU-FC); False: FC only
   c.model.num_parts = 8                 # PCB-style stripes of the 8x4 map (1 = GAP, plain IDE)
-  c.model.verifier_init = "zeros"   # Siamese FC kernel; "lecun_normal": random signs
+  c.model.verifier_sign = "nonpositive"  # Siamese FC weights <= 0; "free": a plain FC
+  c.model.verifier_init = "zeros"   # Siamese FC weights at init; "lecun_normal": random
 
   c.casn = ml_collections.ConfigDict()
   c.casn.id_weight = 1.0
