@@ -36,6 +36,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.siamese = "squared"       # BCE on FC((f1 - f2)^2); "abs": |f1 - f2|
   c.model.head_norm = True          # IDE head FC-BN(-ReLU-FC); False: FC only
   c.model.num_parts = 8                 # PCB-style stripes of the 8x4 map (1 = GAP, plain IDE)
+  c.model.verifier_sign = "nonpositive"  # Siamese FC weights <= 0; "free": a plain FC
+  c.model.verifier_init = "zeros"   # Siamese FC weights at init; "lecun_normal": random
 
   c.casn = ml_collections.ConfigDict()
   c.casn.id_weight = 1.0
@@ -48,10 +50,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.casn.indicator = "relative"     # dims voting "same": above-mean w_j d_j ("positive": > 0)
   c.casn.siamese_map = "gradcam"    # M1, M2 as in the paper; "signed": no ReLU, never all zero
   c.casn.warmup_steps = 200         # attention terms off first (paper: unspecified)
-  # The warmup trains identification alone (True: with the Siamese BCE too). The
-  # paper starts from ImageNet weights; from scratch the BCE's gradients on
-  # meaningless features stalled both heads (see the docstring).
-  c.casn.warmup_verification = False
+  # What the Siamese BCE does in the warmup: "head" fits the verifier on
+  # stop-gradient features; "none" leaves it at its random init until the full
+  # objective starts; "full" trains it into the trunk from step 0.
+  c.casn.warmup_verification = "head"
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3

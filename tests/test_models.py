@@ -8,6 +8,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxset.models import adaface, backbones, casn, eqface, heads, netvlad, qan
+from jaxset.ops import losses
 from jaxset.ops import netvlad_layer as netvlad_ops
 
 TINY = {"widths": (8, 16, 16, 16)}  # a fast SmallCNN for the tests
@@ -151,8 +152,15 @@ def _adaface_case(head="adaface"):
 CASN_PAIRS = (np.arange(8), 8 + np.arange(8), np.arange(8) % 2)  # explicit pairs (i, 8 + i)
 
 
+def _casn_model():
+  # A random free-signed verifier, so that every term reaches the trunk at init
+  # and the "positive" indicator is not empty.
+  return casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY,
+                   verifier_sign="free", verifier_init="lecun_normal")
+
+
 def _casn_case():
-  model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY)
+  model = _casn_model()
   images = _images((16, 16, 8, 3))
   batch = {"images": images, "labels": jnp.arange(16) % 5}
   variables = jax.jit(model.init)(jax.random.key(0), images[:8], images[8:])
@@ -470,7 +478,7 @@ def test_casn_in_batch_pairs_equal_the_gathered_pair_batch():
   exactly two pairs, so the per-image terms and BatchNorm's statistics agree."""
   from jaxset.data.pipeline import pk_pairs
   variables, _, _ = _casn_case()
-  model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY)
+  model = _casn_model()
   images, labels = _images((8, 16, 8, 3)), jnp.arange(8) // 2
   a, b, same = pk_pairs(4, 2)
   gathered = {"images": jnp.concatenate([images[a], images[b]]),
@@ -497,7 +505,7 @@ def test_casn_in_batch_pairs_equal_the_gathered_pair_batch():
 def test_casn_attention_terms_reach_backbone():
   """The attention losses alone (Grad-CAM inside) give finite, nonzero backbone grads."""
   variables, batch, _ = _casn_case()
-  model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY)
+  model = _casn_model()
   for cfg in (casn.CASNLossConfig(id_weight=0, verification_weight=0, sa_weight=0),
               # "positive": on this 4x2 map the "relative" indicator happens to give
               # one-hot profiles, whose max-normalised loss has zero gradient.
@@ -516,3 +524,117 @@ def test_casn_attention_terms_reach_backbone():
                                jnp.zeros((2, 16)))
   w = variables["params"]["verifier"]["kernel"][:, 0]
   np.testing.assert_array_equal(ind, np.broadcast_to(np.asarray(w) > 0, (2, 16)))
+
+
+def test_casn_verifier_only_trains_the_verifier_alone():
+  """verifier_only: the BCE's gradient reaches the verifier but none of the
+  trunk, the embedding or the classifier; without it, it reaches the trunk.
+  verification_acc is the share of pairs whose logit has the right sign."""
+  variables, batch, _ = _casn_case()
+  model = _casn_model()
+  grads = {}
+  for only in (True, False):
+    cfg = casn.CASNLossConfig(id_weight=0, ia_weight=0, sa_weight=0, verifier_only=only)
+    loss = lambda p, cfg=cfg: casn.casn_loss(model, p, variables["batch_stats"], batch,
+                                             CASN_PAIRS, config=cfg)
+    (total, aux), grads[only] = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        variables["params"])
+    assert float(total) == pytest.approx(float(aux["metrics"]["verification"]))
+  _check_grads_nonzero_finite(grads[True]["verifier"])
+  for part in ("trunk", "embed", "embed_norm", "classifier"):
+    assert all(float(jnp.max(jnp.abs(x))) == 0 for x in jax.tree.leaves(grads[True][part]))
+  _check_grads_nonzero_finite(grads[False]["trunk"])
+  jax.tree.map(np.testing.assert_array_equal, grads[True]["verifier"],
+               grads[False]["verifier"])
+  # The pairs (i, 8 + i) written out: one BatchNorm batch of the same 16 images.
+  out, _ = model.apply(variables, batch["images"][:8], batch["images"][8:], train=True,
+                       mutable=["batch_stats"])
+  want = np.mean((np.asarray(out["siamese_logits"]) > 0) == CASN_PAIRS[2].astype(bool))
+  assert float(aux["metrics"]["verification_acc"]) == pytest.approx(want, abs=1e-6)
+
+
+def test_casn_mining_mask_area_is_the_share_the_mask_covers():
+  """ia_mask_area = mean soft mask: 0 when the threshold is above every map
+  value (with a steep mask), 1 when below every value."""
+  variables, batch, _ = _casn_case()
+  model = _casn_model()
+  areas = []
+  for threshold in (2.0, -1.0):
+    cfg = casn.CASNLossConfig(verification_weight=0, sa_weight=0, mask_scale=1e3,
+                              mask_threshold=threshold)
+    _, aux = casn.casn_loss(model, variables["params"], variables["batch_stats"], batch,
+                            CASN_PAIRS, config=cfg)
+    areas.append(float(aux["metrics"]["ia_mask_area"]))
+  np.testing.assert_allclose(areas, [0.0, 1.0], atol=1e-6)
+
+
+def test_casn_zero_verifier_starts_neutral_and_learns_the_right_sign():
+  """verifier_init="zeros": logit 0 and no BCE gradient on the trunk at init
+  (exactly with free signs; with nonpositive ones w = -1e-6); on pairs whose
+  positives differ less than their negatives, the BCE's gradient on every w_j
+  is positive, so descent makes w_j < 0 (a larger difference means
+  "different"), the sign that pulls positives together."""
+  images = _images((16, 16, 8, 3))
+  batch = {"images": images, "labels": jnp.arange(16) % 5}
+  cfg = casn.CASNLossConfig(id_weight=0, ia_weight=0, sa_weight=0)
+  f = jax.random.normal(jax.random.key(1), (8, 16))
+  same = np.arange(8) % 2
+  f_b = f + jnp.where(same[:, None] == 1, 0.1, 2.0) * jax.random.normal(jax.random.key(2),
+                                                                       (8, 16))
+  for sign, tol in (("free", 0.0), ("nonpositive", 1e-4)):
+    model = casn.CASN(5, backbone="small_cnn", feature_dim=16, backbone_kwargs=TINY,
+                      verifier_sign=sign)
+    variables = jax.jit(model.init)(jax.random.key(0), images[:8], images[8:])
+    w = casn.verifier_weight(model, variables["params"])
+    assert w.shape == (16,) and float(jnp.max(jnp.abs(w))) <= 1.1e-6
+    (l, _), g = jax.value_and_grad(
+        lambda p: casn.casn_loss(model, p, variables["batch_stats"], batch, CASN_PAIRS,
+                                 config=cfg), has_aux=True)(variables["params"])
+    np.testing.assert_allclose(float(l), np.log(2), rtol=1e-4)
+    assert all(float(jnp.max(jnp.abs(x))) <= tol for x in jax.tree.leaves(g["trunk"]))
+    bce = lambda p: jnp.mean(losses.verification_bce(
+        model.apply({"params": p}, f, f_b, method=casn.CASN.siamese_logits), same))
+    g_w = jax.grad(lambda p: bce(p))(variables["params"])["verifier"]
+    # d L / d w_j > 0 on every dim (nonpositive: d L / d r_j = -2 r_j d L / d w_j < 0).
+    got = g_w["kernel"][:, 0] if sign == "free" else -g_w["root"]
+    assert np.all(np.asarray(got) > 0)
+  with pytest.raises(ValueError, match="verifier_init"):
+    casn.CASN(5, backbone="small_cnn", verifier_init="ones").init(
+        jax.random.key(0), images[:2])
+  with pytest.raises(ValueError, match="verifier_sign"):
+    casn.CASN(5, backbone="small_cnn", verifier_sign="positive").init(
+        jax.random.key(0), images[:2])
+
+
+def test_casn_nonpositive_verifier_never_rewards_a_larger_difference():
+  """On pairs whose POSITIVES differ more (a dim that tells identities apart
+  backwards), descent on the BCE turns a free verifier's weights positive;
+  the nonpositive verifier's stay <= 0 (they go to 0 instead), so its logit
+  never rises with a difference."""
+  f = jax.random.normal(jax.random.key(1), (64, 8))
+  same = np.arange(64) % 2
+  f_b = f + jnp.where(same[:, None] == 1, 2.0, 0.1) * jax.random.normal(jax.random.key(2),
+                                                                       (64, 8))
+  weights = {}
+  for sign in ("free", "nonpositive"):
+    model = casn.CASN(5, backbone="small_cnn", feature_dim=8, backbone_kwargs=TINY,
+                      verifier_sign=sign, verifier_init="lecun_normal")
+    x = jnp.zeros((2, 16, 8, 3), jnp.uint8)
+    params = {"verifier": model.init(jax.random.key(0), x, x)[
+        "params"]["verifier"]}
+    bce = lambda p: jnp.mean(losses.verification_bce(
+        model.apply({"params": p}, f, f_b, method=casn.CASN.siamese_logits), same))
+    tx = optax.adam(1e-2)  # the embedded configs train with Adam
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, bce=bce, tx=tx):
+      updates, opt = tx.update(jax.grad(bce)(params), opt)
+      return optax.apply_updates(params, updates), opt
+
+    for _ in range(200):
+      params, opt = step(params, opt)
+      assert float(jnp.max(casn.verifier_weight(model, params))) <= 0 or sign == "free"
+    weights[sign] = np.asarray(casn.verifier_weight(model, params))
+  assert np.all(weights["free"] > 0)
+  assert np.all(weights["nonpositive"] <= 0) and np.max(np.abs(weights["nonpositive"])) < 0.05

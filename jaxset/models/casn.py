@@ -18,6 +18,9 @@ CASN):
   the classifier still predicting that identity on image * (1 - T).
 * Siamese module: BCE same/different logit from FC((f1 - f2)^2) (the
   squared difference; siamese="abs" uses |f1 - f2|). Logit > 0 means "same".
+  By default the FC's weights are kept <= 0 (verifier_sign="nonpositive"):
+  a larger difference on any dim can only mean "different", so the BCE is a
+  learned diagonal metric on the features re-ID ranks by.
 * Siamese attention: the indicator of feature dims voting "same", i.e. whose
   contribution w_j * d_j to the Siamese logit is positive; Grad-CAM of
   (indicator . f) gives M1, M2; jaxset.ops.losses.attention_consistency_loss
@@ -40,10 +43,35 @@ from jaxset.ops import attention as grad_cam_ops
 from jaxset.ops import losses as loss_ops
 
 __all__ = ["CASN", "CASNLossConfig", "identification_loss", "identification_attention",
-           "identification_attention_loss", "siamese_indicator", "siamese_attention_maps",
-           "siamese_attention_loss", "casn_loss", "zero_map_fraction"]
+           "mining_mask", "masked_probability", "identification_attention_loss",
+           "verifier_weight",
+           "siamese_indicator", "siamese_attention_maps", "siamese_attention_loss", "casn_loss",
+           "zero_map_fraction"]
 
 Dtype = Any
+VERIFIER_INITS = {"zeros": nn.initializers.zeros,
+                  "lecun_normal": nn.initializers.lecun_normal()}
+_ROOT_AT_ZERO = 1e-3   # r of a "zeros" nonpositive verifier (w = -r^2 = -1e-6)
+
+
+class _NonPositiveVerifier(nn.Module):
+  """Siamese logit b - sum_j r_j^2 d_j [B, 1]: weights w = -r^2 <= 0."""
+  init: str = "zeros"
+
+  @nn.compact
+  def __call__(self, d):
+    f = d.shape[-1]
+    init = (nn.initializers.constant(_ROOT_AT_ZERO) if self.init == "zeros"
+            else nn.initializers.normal(f ** -0.5))
+    root = self.param("root", init, (f,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (1,), jnp.float32)
+    return bias - (d @ (root * root))[:, None]
+
+
+def verifier_weight(model, params):
+  """[F] the verifier's weights w (logit = b + sum_j w_j d_j)."""
+  v = params["verifier"]
+  return v["kernel"][:, 0] if model.verifier_sign == "free" else -v["root"] ** 2
 
 
 class CASN(nn.Module):
@@ -59,6 +87,21 @@ class CASN(nn.Module):
     num_parts: 1 = global average pool (IDE); p > 1 = PCB-style pooling of p
       horizontal stripes, concatenated before the FC (the paper's CASN+PCB
       variant; p must divide the map height).
+    verifier_sign: "nonpositive": the verifier's weights are w = -r^2 <= 0
+      (parameter r), so the Siamese logit falls with every dim's difference;
+      "free": a plain FC (the common Siamese-IDE head; the paper does not
+      say). With free signs the verifier learns w_j > 0 on the dims whose
+      difference does not tell identities apart (37% of them by 2,400 steps
+      on the embedded set), and on those dims the BCE pushes positive pairs
+      apart and pulls negative pairs together: it makes them worse for the
+      Euclidean ranking that re-ID uses (docs/casn_diagnosis.md).
+    verifier_init: the verifier's weights at init: "zeros" (the logit starts
+      at the bias and the BCE's gradient on the features, w_j 2 (f1_j - f2_j),
+      starts at 0 and grows as the pairs teach w; with nonpositive signs r
+      starts at 1e-3, w at -1e-6, since r = 0 would never move) or
+      "lecun_normal" (random, Flax's default, like PyTorch's nn.Linear; the
+      paper does not say): with free signs, on the dims with w_j > 0 the BCE
+      pushes positive pairs apart until w has learnt its sign.
 
   __call__(images_a [B, H, W, 3], images_b [B, H, W, 3] or None, train=False)
   -> dict: feature_map [B, h, w, C], features [B, F], logits [B, num_classes];
@@ -79,6 +122,8 @@ class CASN(nn.Module):
   backbone_kwargs: Any = None
   head_norm: bool = True
   num_parts: int = 1
+  verifier_sign: str = "nonpositive"
+  verifier_init: str = "zeros"
 
   def setup(self):
     if self.num_parts < 1:
@@ -91,7 +136,17 @@ class CASN(nn.Module):
     if self.head_norm:
       self.embed_norm = nn.BatchNorm(momentum=0.9, epsilon=1e-5, param_dtype=jnp.float32)
     self.classifier = nn.Dense(self.num_classes, param_dtype=jnp.float32)
-    self.verifier = nn.Dense(1, param_dtype=jnp.float32)
+    if self.verifier_init not in VERIFIER_INITS:
+      raise ValueError(f"verifier_init must be one of {sorted(VERIFIER_INITS)}; "
+                       f"got {self.verifier_init!r}.")
+    if self.verifier_sign == "free":
+      self.verifier = nn.Dense(1, param_dtype=jnp.float32,
+                               kernel_init=VERIFIER_INITS[self.verifier_init])
+    elif self.verifier_sign == "nonpositive":
+      self.verifier = _NonPositiveVerifier(self.verifier_init)
+    else:
+      raise ValueError(f"verifier_sign must be 'nonpositive' or 'free'; "
+                       f"got {self.verifier_sign!r}.")
 
   def feature_map(self, images, train: bool = False):
     return self.trunk(images, train)
@@ -149,6 +204,9 @@ class CASNLossConfig(NamedTuple):
   indicator: siamese_indicator's mode ("relative" or the literal "positive").
   siamese_map: "gradcam" (the paper: Grad-CAM with its ReLU, max-normalised)
     or "signed" (no ReLU, min-max normalised; see siamese_attention_maps).
+  verifier_only: the BCE trains the verifier alone: its input features are
+    stop-gradient, so none of its gradient reaches the trunk or the
+    embedding (train/tasks/casn.py's warmup_verification="head").
   """
   id_weight: float = 1.0
   ia_weight: float = 1.0
@@ -160,6 +218,7 @@ class CASNLossConfig(NamedTuple):
   mask_threshold: float = 0.5
   indicator: str = "relative"
   siamese_map: str = "gradcam"
+  verifier_only: bool = False
 
 
 # CASN's identification loss is the masked softmax cross-entropy shared by every head.
@@ -186,31 +245,47 @@ def identification_attention(model: CASN, variables, feature_map, classes):
   return grad_cam_ops.grad_cam(score, feature_map, normalize=True)
 
 
-def identification_attention_loss(model: CASN, variables, images, feature_map, logits, *,
-                                  config: CASNLossConfig = CASNLossConfig(),
-                                  train: bool = True):
-  """Attention mining: the predicted identity's probability on the masked image.
-
-  c = argmax logits (no gradient); cam = Grad-CAM of logit c, normalised to
-  [0, 1] and resized to the image; T = sigmoid(w (cam - sigma));
-  I* = I (1 - T); loss = mean_b softmax(model(I*))[b, c_b]. Gradients reach
-  the backbone through both the mask (Grad-CAM, second order) and I*.
-  The masked pass's BatchNorm statistics are discarded.
-  Returns (loss, cam [B, h, w]).
-  """
-  classes = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
+def mining_mask(model: CASN, variables, images, feature_map, classes, *,
+                config: CASNLossConfig = CASNLossConfig()):
+  """GAIN's soft mask of the most attended region: T = sigmoid(w (cam - sigma)),
+  cam = the Grad-CAM of logit `classes` [B], normalised to [0, 1] and resized
+  to the images [B, H, W, 3]. Returns (T [B, H, W], cam [B, h, w])."""
   cam = identification_attention(model, variables, feature_map, classes)
   b, h, w = images.shape[:3]
   cam_up = jax.image.resize(cam, (b, h, w), method="linear")
-  soft_mask = jax.nn.sigmoid(config.mask_scale * (cam_up - config.mask_threshold))
-  masked = images.astype(jnp.float32) * (1.0 - soft_mask[..., None])
+  return jax.nn.sigmoid(config.mask_scale * (cam_up - config.mask_threshold)), cam
+
+
+def masked_probability(model: CASN, variables, images, mask, classes, train: bool = True):
+  """mean_b softmax(model(I (1 - mask)))[b, c_b]: how much of identity c's
+  evidence the image keeps where `mask` [B, H, W] is not (training-mode
+  BatchNorm, its statistics discarded, when train)."""
+  masked = images.astype(jnp.float32) * (1.0 - mask[..., None])
   if train:
     out, _ = model.apply(variables, masked, train=True, mutable=["batch_stats"])
   else:
     out = model.apply(variables, masked)
   probs = jax.nn.softmax(out["logits"].astype(jnp.float32), axis=-1)
-  loss = jnp.mean(jnp.take_along_axis(probs, classes[:, None], axis=1))
-  return loss, cam
+  return jnp.mean(jnp.take_along_axis(probs, classes[:, None], axis=1))
+
+
+def identification_attention_loss(model: CASN, variables, images, feature_map, logits, *,
+                                  config: CASNLossConfig = CASNLossConfig(),
+                                  train: bool = True):
+  """Attention mining: the predicted identity's probability on the masked image.
+
+  c = argmax logits (no gradient); T = mining_mask (the soft mask of the
+  Grad-CAM of logit c); I* = I (1 - T); loss = masked_probability, i.e.
+  mean_b softmax(model(I*))[b, c_b]. Gradients reach the backbone through
+  both the mask (Grad-CAM, second order) and I*. The masked pass's BatchNorm
+  statistics are discarded.
+  Returns (loss, cam [B, h, w], mask_area): mask_area is the mean of T over
+  the batch's pixels (the share of the image the mining erases; no gradient).
+  """
+  classes = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
+  soft_mask, cam = mining_mask(model, variables, images, feature_map, classes, config=config)
+  loss = masked_probability(model, variables, images, soft_mask, classes, train)
+  return loss, cam, jax.lax.stop_gradient(jnp.mean(soft_mask))
 
 
 def siamese_indicator(model: CASN, params, features_a, features_b, mode: str = "positive"):
@@ -218,16 +293,16 @@ def siamese_indicator(model: CASN, params, features_a, features_b, mode: str = "
 
   c_j = w_j d_j is dim j's contribution to the Siamese logit (d = the pair
   difference, logit > 0 = same). mode="positive" (the paper read literally):
-  c_j > 0. A trained verifier on d >= 0 learns w_j < 0 on nearly every dim
-  (a larger difference means "different"), so this indicator empties and
-  Grad-CAM of (indicator . f) is all zero. mode="relative": c_j above the
-  pair's mean contribution, i.e. the dims pulling towards "same" more than
-  the average dim (non-empty unless all c_j are equal).
+  c_j > 0. On d >= 0 that is the dims with w_j > 0, the same for every pair;
+  with verifier_sign="nonpositive" there are none, and Grad-CAM of
+  (indicator . f) is all zero. mode="relative": c_j above the pair's mean
+  contribution, i.e. the dims pulling towards "same" more than the average
+  dim (non-empty unless all c_j are equal).
   """
   if mode not in ("positive", "relative"):
     raise ValueError(f"mode must be 'positive' or 'relative'; got {mode!r}.")
   d = model.apply({"params": params}, features_a, features_b, method=CASN.pair_difference)
-  c = d * params["verifier"]["kernel"][:, 0]
+  c = d * verifier_weight(model, params)
   ref = 0.0 if mode == "positive" else jnp.mean(c, axis=-1, keepdims=True)
   return jax.lax.stop_gradient((c > ref).astype(jnp.float32))
 
@@ -289,7 +364,10 @@ def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
   "batch_stats": the updated statistics (unchanged when train=False)}; the
   metrics of a term with weight 0 are 0 (not computed), and *_zero_maps give
   the fraction of all-zero Grad-CAM maps of each attention term (an all-zero
-  map makes the consistency loss trivially 0).
+  map makes the consistency loss trivially 0), ia_mask_area the share of the
+  image that attention mining erases, verification_acc the share of pairs
+  whose Siamese logit has the right sign. With config.verifier_only the BCE's
+  gradient stops at the features (it trains the verifier alone).
   """
   a, b, same = pairs
   a, b = jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32)
@@ -310,16 +388,21 @@ def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
   # Terms with weight 0 are skipped (static Python floats): the IDE baseline
   # costs one forward/backward pass, not three.
   if config.ia_weight:
-    l_ia, cam = identification_attention_loss(model, variables, images, out["feature_map"],
-                                              out["logits"], config=config, train=train)
+    l_ia, cam, area = identification_attention_loss(
+        model, variables, images, out["feature_map"], out["logits"], config=config,
+        train=train)
     total += config.ia_weight * l_ia
-    metrics.update(ia=l_ia, ia_zero_maps=zero_map_fraction(cam))
+    metrics.update(ia=l_ia, ia_zero_maps=zero_map_fraction(cam), ia_mask_area=area)
   f_a, f_b = out["features"][a], out["features"][b]
   if config.verification_weight:
-    same_logits = model.apply({"params": params}, f_a, f_b, method=CASN.siamese_logits)
+    v_a, v_b = ((jax.lax.stop_gradient(f_a), jax.lax.stop_gradient(f_b))
+                if config.verifier_only else (f_a, f_b))
+    same_logits = model.apply({"params": params}, v_a, v_b, method=CASN.siamese_logits)
     l_ver = jnp.mean(loss_ops.verification_bce(same_logits, same))
     total += config.verification_weight * l_ver
     metrics["verification"] = l_ver
+    metrics["verification_acc"] = jnp.mean(((same_logits > 0) == (same > 0.5)).astype(
+        jnp.float32))
   if config.sa_weight:
     fmap = out["feature_map"]
     l_sa, (m1, m2) = siamese_attention_loss(model, variables, fmap[a], fmap[b], f_a, f_b,

@@ -17,11 +17,16 @@ trivially perfect consistency, so the first number means something only when
 this one is small).
 
 Stages (config.casn.warmup_steps, a choice the paper leaves open): first
-identification only ("warmup"; with config.casn.warmup_verification also the
-Siamese BCE), so that the predicted identity
-(attention mining) and the verifier's indicator (Siamese attention) mean
-something before the attention terms are switched on; then the whole
-objective ("casn"). The two stages share one optimiser and LR schedule.
+identification ("warmup"), so that the predicted identity (attention mining)
+and the verifier's indicator (Siamese attention) mean something before the
+attention terms are switched on; then the whole objective ("casn"). The two
+stages share one optimiser and LR schedule, and the second continues the
+first's batch sequence (it does not replay it from step 0).
+config.casn.warmup_verification says what the Siamese BCE does in the warmup:
+"head" trains the verifier alone on the (stop-gradient) features, so that it
+is fitted when its gradient starts to reach the trunk; "none" leaves it
+untrained until the full objective starts; "full" trains it, trunk included,
+from step 0 (then the warmup only delays the attention terms).
 """
 from __future__ import annotations
 
@@ -36,6 +41,17 @@ from jaxset.ops.losses import attention_consistency_loss
 from train import loop, task
 from train.tasks import common, identities
 
+WARMUP_VERIFICATION = ("head", "none", "full")
+
+
+def warmup_verification(config) -> str:
+  """config.casn.warmup_verification, checked: one of WARMUP_VERIFICATION."""
+  mode = config.casn.get("warmup_verification", "full")
+  if mode not in WARMUP_VERIFICATION:
+    raise ValueError(f"config.casn.warmup_verification={mode!r}; use one of "
+                     f"{', '.join(WARMUP_VERIFICATION)}.")
+  return mode
+
 
 class Task(task.Task):
 
@@ -44,9 +60,11 @@ class Task(task.Task):
 
   def loss_config(self, config, warmup: bool = False):
     c = config.casn
-    ver = 0.0 if warmup and not c.get("warmup_verification", True) else c.verification_weight
+    mode = warmup_verification(config)
+    ver = 0.0 if warmup and mode == "none" else c.verification_weight
     return CASNLossConfig(id_weight=c.id_weight, ia_weight=0.0 if warmup else c.ia_weight,
                           verification_weight=ver,
+                          verifier_only=warmup and mode == "head",
                           sa_weight=0.0 if warmup else c.sa_weight,
                           mask_scale=c.mask_scale, mask_threshold=c.mask_threshold,
                           consistency_threshold=c.consistency_threshold,
@@ -60,11 +78,12 @@ class Task(task.Task):
                                images_b=x)
 
   def schedule(self, config):
-    """[(stage name, steps, warmup?)]: warmup_steps of id + verification, then all."""
+    """[(stage name, steps, warmup?)]: warmup_steps of identification (and the
+    BCE as warmup_verification says), then the whole objective."""
     total = config.train.steps
     warm = min(max(int(config.casn.get("warmup_steps", 0)), 0), total)
     if not (config.casn.ia_weight or config.casn.sa_weight or (
-        config.casn.verification_weight and not config.casn.get("warmup_verification", True))):
+        config.casn.verification_weight and warmup_verification(config) != "full")):
       warm = 0  # nothing to warm up for (the IDE baseline)
     plan = [("warmup", warm, True), ("casn", total - warm, False)]
     return [p for p in plan if p[1] > 0]
@@ -89,9 +108,12 @@ class Task(task.Task):
         return state, {"loss": loss, **metrics}
       return train_step
 
-    return [loop.Stage(name, n, lambda: identities.pk_iterator(config),
+    plan = self.schedule(config)
+    starts = np.cumsum([0] + [n for _, n, _ in plan])
+    # Each stage continues the run's batch sequence from its first step.
+    return [loop.Stage(name, n, lambda s=int(s): identities.pk_iterator(config, start=s),
                        make_step(self.loss_config(config, warmup)))
-            for name, n, warmup in self.schedule(config)]
+            for (name, n, warmup), s in zip(plan, starts)]
 
   def evaluate(self, state, config):
     model = self.model(config)

@@ -22,12 +22,18 @@ def num_classes(config) -> int:
   return int(labels.max()) + 1
 
 
-def pk_iterator(config, split: str = "train"):
-  """P identities x K images per batch; P*K = config.train.batch_size."""
+def pk_iterator(config, split: str = "train", start: int = 0):
+  """P identities x K images per batch; P*K = config.train.batch_size.
+
+  start: the step of the first batch (a later stage of a run continues the
+  run's batch sequence instead of replaying it from step 0)."""
   p, k = config.train.batch_size // config.data.k, config.data.k
   ds = pipeline.pk_batches(common.source(config, split), p=p, k=k, seed=config.seed,
                            image_fn=common.image_fn(config, train=True))
-  return iter(ds)
+  it = iter(ds)
+  if start:
+    it.set_state({**it.get_state(), "next_index": int(start)})
+  return it
 
 
 def split_embeddings(describe, state, config, split: str) -> dict:
