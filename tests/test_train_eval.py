@@ -29,9 +29,9 @@ def _config(cache_dir):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_data):
   root = tmp_path_factory.mktemp("eval")
-  config = _config(root / "data")
+  config = _config(tiny_data)
   loop.train_and_evaluate(config, root / "run")
   return config, root / "run"
 
@@ -99,11 +99,11 @@ def test_cli_exit_code_and_message_on_missing_run(tmp_path):
   assert "no checkpoint folder at" in out.stderr
 
 
-def test_qan_report_has_an_erc_of_its_frame_quality(tmp_path):
+def test_qan_report_has_an_erc_of_its_frame_quality(tiny_data, tmp_path):
   from configs import qan as qan_config
   c = qan_config.get_config()
   c.data.builder_config = "tiny"
-  c.data.cache_dir = str(tmp_path / "data")
+  c.data.cache_dir = tiny_data
   c.model.feature_dim = c.model.embedding_dim = 16
   c.train.steps, c.train.batch_size, c.train.ckpt_every = 4, 16, 4
   c.train.progress_bar, c.eval.at_start, c.eval.batch_size = False, False, 32

@@ -205,10 +205,10 @@ class Task(task.Task):
     h, w = config.data.image_size
     db, queries = self._sources(config)
     self._far(config)
-    f = config.tuples.num_negatives
+    f, dim = config.tuples.num_negatives, self._dim(config)
     self._empty_cache = {
-        "db": np.zeros((len(db), self._dim(config)), np.float16),
-        "queries": np.zeros((len(queries), self._dim(config)), np.float16),
+        "db": np.zeros((len(db), dim), np.float16),
+        "queries": np.zeros((len(queries), dim), np.float16),
         "hard": np.full((len(queries), f), -1, np.int64)}
     if place_pk.mode(config) == "pk":
       return place_pk.stages(self, config, model)
@@ -255,10 +255,8 @@ class Task(task.Task):
 
   def _dim(self, config):
     h, w = config.data.image_size
-    shapes = jax.eval_shape(
-        lambda: self.model(config).init(jax.random.key(0), jnp.zeros((1, h, w, 3), jnp.uint8)))
-    out = jax.eval_shape(
-        lambda v: self.model(config).apply(v, jnp.zeros((1, h, w, 3), jnp.uint8)), shapes)
+    out, _ = jax.eval_shape(lambda: self.model(config).init_with_output(
+        jax.random.key(0), jnp.zeros((1, h, w, 3), jnp.uint8)))
     return out["descriptor"].shape[-1]
 
   # -- evaluation ----------------------------------------------------------------
