@@ -8,15 +8,20 @@ Market-1501 with ResNet-50 (your local copy):
 The IDE baseline (identification only): --config.casn.ia_weight=0 \
   --config.casn.verification_weight=0 --config.casn.sa_weight=0
 
-Known open issues: the Siamese BCE trained from the first step on a backbone
-trained from scratch kept the verifier at chance and stalled identification,
-so the warmup trains identification alone (casn.warmup_verification=False).
-The Siamese attention-consistency loss is minimised by shortcuts
-(notebooks/05_casn_attention.ipynb: blank ReLU maps, or maps that agree for
-every pair with casn.siamese_map="signed"), and at the claims budget the full
-objective trails IDE (docs/claims.md, synthetic_identities 2.0.0: rank-1
-0.078 vs 0.135 over seeds 0-2); benchmarks/casn_diagnosis.py measures each
-term's gradient and ablation.
+What the defaults do, and why (docs/casn_diagnosis.md measures each): the
+first casn.warmup_steps train identification alone while the Siamese verifier
+is fitted on stop-gradient features (casn.warmup_verification="head"; a random
+verifier's BCE pulled the trunk 3x harder than identification, in another
+direction); the verifier starts at zero and its weights stay <= 0
+(model.verifier_sign="nonpositive"; a positive weight on a squared difference
+ranks same-identity pairs apart). The paper's ReLU Siamese Grad-CAM maps go
+blank on this from-scratch trunk (BatchNorm's offset sets their sign), so the
+consistency loss (SA) is idle; notebooks/05_casn_attention.ipynb shows it, and
+the shortcut that casn.siamese_map="signed" opens.
+Measured (docs/claims.md, synthetic_identities 2.0.0, seeds 0-2): at the
+claims budget (240 steps) CASN trails IDE within noise, rank-1 0.121 vs 0.135
+(-0.014 +- 0.021); at 3x it leads, 0.780 vs 0.772 (+0.008 +- 0.006, 3/3
+seeds), and at 10x (seed 0) 0.881 vs 0.867.
 """
 import ml_collections
 
