@@ -61,12 +61,16 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # Queries between feature-cache refreshes: the paper's 1000 is a tenth of
   # an epoch of Pittsburgh; a default run sees only 2400 queries, and with a
   # backbone trained from scratch the cache goes stale fast. The default run
-  # (python -m train.main --config=configs/netvlad.py, 600 steps) measured on
-  # the project's 2-core CPU machine, jax 0.10.2: Recall@1 0.156 -> 0.256,
-  # Recall@5 0.316 -> 0.480, the same bit for bit run after run there. Float
-  # noise differs between machines and grows over 600 steps of mining (argsorts
-  # over float16 features), so another CPU may print another number (0.232 was
-  # reported on one); tests/test_pinned_runs.py pins a short run instead.
+  # (python -m train.main --config=configs/netvlad.py, 600 steps), jax 0.10.2,
+  # on the project's 2-core machines (all named "AMD EPYC"): Recall@1
+  # 0.156 -> 0.368, R@5 0.316 -> 0.568 on one with AVX-512 (fresh clone at
+  # e20f949, two runs logging the same losses bit for bit); 0.156 -> 0.256,
+  # R@5 0.480 on another, also bit for bit run after run; 0.232 was reported
+  # on a third. No op is nondeterministic on one machine. Between machines XLA
+  # compiles its CPU kernels for the host's instruction set, so the first loss
+  # differs by 4e-7 (relative), and 600 steps of hard-negative argsorts over
+  # float16 features grow that into different negatives and another recall.
+  # tests/test_pinned_runs.py pins the first steps, which agree across machines.
   c.mining.refresh_every = 400
   # Positives: the num_positives potential positives nearest the query in the
   # cache (official code: the single best); False = num_positives random ones.
