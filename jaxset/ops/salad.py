@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxset.ops import _checks
 from jaxset.ops._checks import compute_dtype as _compute_dtype
-from jaxset.ops.netvlad_layer import _l2n
+from jaxset.ops._norms import eps_normalize
 
 __all__ = ["salad_log_transport", "salad_assignment", "salad_aggregate"]
 
@@ -179,9 +179,9 @@ def salad_aggregate(features, assignment, token=None, *, eps: float = _EPS):
                       "[..., N, M] with the features' N")
   dtype = _compute_dtype(features, assignment)
   v = jnp.einsum("...nm,...nl->...ml", assignment.astype(dtype), features.astype(dtype))
-  v = _l2n(v, eps).reshape(v.shape[:-2] + (-1,))
+  v = eps_normalize(v, eps).reshape(v.shape[:-2] + (-1,))
   if token is not None:
     _checks.check_shape("token", token, tuple(features.shape[:-2]) + (None,),
                         "[..., G] with the features' leading dims")
-    v = jnp.concatenate([_l2n(token.astype(dtype), eps), v], axis=-1)
-  return _l2n(v, eps)
+    v = jnp.concatenate([eps_normalize(token.astype(dtype), eps), v], axis=-1)
+  return eps_normalize(v, eps)
