@@ -177,6 +177,11 @@ def salad_aggregate(features, assignment, token=None, *, eps: float = _EPS):
   _checks.check_rank("features", features, 2, "[..., N, L]")
   _checks.check_shape("assignment", assignment, tuple(features.shape[:-1]) + (None,),
                       "[..., N, M] with the features' N")
+  for name, x in (("features", features), ("assignment", assignment), ("token", token)):
+    _checks.check_float(name, x)
+    _checks.check_finite(name, x)
+  _checks.check_scalar_range("eps", eps, 0.0, math.inf, "the normalisation guard, e.g. 1e-12",
+                             low_open=True)
   dtype = _compute_dtype(features, assignment)
   v = jnp.einsum("...nm,...nl->...ml", assignment.astype(dtype), features.astype(dtype))
   v = eps_normalize(v, eps).reshape(v.shape[:-2] + (-1,))
