@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxset import data as jdata
 from jaxset.data import pipeline, transforms
-from train import loop, optim
+from train import loop, meshes, optim
 
 
 def compute_dtype(config):
@@ -93,7 +93,7 @@ def extract(fn: Callable[[Any, dict], dict], state, src, config, *, keys=None):
   Batches are sharded over every device; padding rows are dropped. Returns a
   dict of numpy arrays with one row per record, in record order.
   """
-  mesh = loop.make_mesh()
+  mesh = meshes.make_mesh()
   bs = config.eval.batch_size
   bs = max(mesh.devices.size, bs - bs % mesh.devices.size)
   jfn = _jit_cache(fn)
@@ -102,7 +102,7 @@ def extract(fn: Callable[[Any, dict], dict], state, src, config, *, keys=None):
                                      keys=keys):
     v = batch.pop("valid")
     batch.pop("index", None)
-    out = jfn(state, loop.shard_batch(batch, mesh))
+    out = jfn(state, meshes.shard_batch(batch, mesh))
     if jax.process_count() > 1:
       # Each process loaded its contiguous share of the rows: gather the
       # outputs (global arrays) and the valid masks (local) in that order.
