@@ -87,6 +87,26 @@ def step_rng(state, name: str = "dropout"):
   return {name: jax.random.fold_in(state.rng, state.step)}
 
 
+def variables(state, params=None) -> dict:
+  """The Flax variables of the state's model: its params (or `params`, the ones
+  being differentiated) and every collection of state.model_state."""
+  return {"params": state.params if params is None else params, **state.model_state}
+
+
+def apply(model, state, *args, params=None, train: bool = False, **kwargs):
+  """model.apply on the state's variables: the one boundary between a task and its model.
+
+  train=False: returns the model's output (inference mode, nothing updated).
+  train=True: runs the model with train=True, the step's rng and every
+  model_state collection mutable; returns (output, new model_state).
+  """
+  v = variables(state, params)
+  if not train:
+    return model.apply(v, *args, **kwargs)
+  return model.apply(v, *args, train=True, mutable=list(state.model_state),
+                     rngs=step_rng(state), **kwargs)
+
+
 def extract(fn: Callable[[Any, dict], dict], state, src, config, *, keys=None):
   """Runs jitted `fn(state, batch) -> dict of arrays` over a whole split.
 
