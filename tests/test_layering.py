@@ -161,3 +161,19 @@ def test_no_import_cycle():
   assert len(graph) > 50
   cycle = find_cycle(graph)
   assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# benchmarks/: a small library (run building and the run cache, measures,
+# report rendering, timing helpers) and scripts that import it, never each other.
+BENCHMARK_LIBRARY = ("benchmarks.common", "benchmarks.measures", "benchmarks.report",
+                     "benchmarks.runs")
+
+
+def test_benchmark_scripts_import_the_library_not_each_other():
+  graph = import_graph(ROOT)
+  bad = {mod: sorted(e for e in edges if e.startswith("benchmarks.")
+                     and e not in BENCHMARK_LIBRARY)
+         for mod, edges in graph.items() if mod.startswith("benchmarks.")}
+  assert not {k: v for k, v in bad.items() if v}, bad
+  for lib in BENCHMARK_LIBRARY:
+    assert (ROOT / (lib.replace(".", "/") + ".py")).is_file(), lib
