@@ -131,7 +131,7 @@ def _netvlad_case(pooling="netvlad"):
 
 
 def _adaface_case(head="adaface"):
-  model = adaface.AdaFace(6, backbone="small_cnn", embedding_dim=16, head=head,
+  model = adaface.MarginFaceModel(6, backbone="small_cnn", embedding_dim=16, head=head,
                           backbone_kwargs=TINY)
   images = _images((8, 32, 32, 3))
   labels = jnp.arange(8) % 6
@@ -212,7 +212,7 @@ def test_model_bfloat16_runs(name):
       "netvlad": lambda d: (netvlad.NetVLADModel(backbone="small_cnn", num_clusters=4,
                                                  dtype=d, backbone_kwargs=TINY),
                             (_images((2, 32, 32, 3)),)),
-      "adaface": lambda d: (adaface.AdaFace(4, backbone="small_cnn", embedding_dim=8,
+      "adaface": lambda d: (adaface.MarginFaceModel(4, backbone="small_cnn", embedding_dim=8,
                                             dtype=d, backbone_kwargs=TINY),
                             (_images((2, 32, 32, 3)), jnp.array([0, 1]))),
       "casn": lambda d: (casn.CASN(4, backbone="small_cnn", feature_dim=8, dtype=d,
@@ -259,7 +259,7 @@ def test_avg_max_pooling_and_cosface_forward():
     out = jax.jit(model.apply)(v, images)
     assert out["descriptor"].shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(out["descriptor"], axis=-1), 1.0, rtol=1e-5)
-  model = adaface.AdaFace(4, backbone="small_cnn", embedding_dim=8, head="cosface",
+  model = adaface.MarginFaceModel(4, backbone="small_cnn", embedding_dim=8, head="cosface",
                           backbone_kwargs=TINY)
   labels = jnp.array([1, 3])
   v = jax.jit(model.init)(jax.random.key(0), images, labels)
@@ -312,7 +312,7 @@ def test_eqface_param_groups_and_frozen_backbone_step():
 
 
 def test_adaface_stats_update_only_when_training():
-  model = adaface.AdaFace(6, backbone="small_cnn", embedding_dim=16, backbone_kwargs=TINY)
+  model = adaface.MarginFaceModel(6, backbone="small_cnn", embedding_dim=16, backbone_kwargs=TINY)
   images, labels = _images((4, 32, 32, 3)), jnp.array([0, 1, 2, -1])
   variables = jax.jit(model.init)(jax.random.key(0), images, labels)
   assert float(variables["adaface_stats"]["head"]["mean"]) == 20.0
@@ -453,7 +453,7 @@ def test_qan_middle_quality_reads_only_the_shared_blocks():
 
 
 def test_adaface_margin_quality_replaces_the_norm():
-  model = adaface.AdaFace(6, backbone="small_cnn", embedding_dim=16, backbone_kwargs=TINY)
+  model = adaface.MarginFaceModel(6, backbone="small_cnn", embedding_dim=16, backbone_kwargs=TINY)
   images, labels = _images((4, 32, 32, 3)), jnp.array([0, 1, 2, 3])
   variables = jax.jit(model.init)(jax.random.key(0), images, labels)
   apply = jax.jit(model.apply, static_argnames=("train", "mutable"))

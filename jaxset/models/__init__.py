@@ -1,5 +1,6 @@
-"""Flax Linen models: backbones and the five networks (QAN, EQFace, NetVLAD, AdaFace, CASN)."""
-from jaxset.models.adaface import AdaFace, AdaFaceHead
+"""Flax Linen models: backbones and the networks (QAN, EQFace, NetVLAD, the margin-head face
+model of AdaFace / ArcFace / CosFace / MagFace, CASN)."""
+from jaxset.models.adaface import AdaFace, AdaFaceHead, MarginFaceModel
 from jaxset.models.backbones import (
   BACKBONES,
   VGG16,
