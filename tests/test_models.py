@@ -122,7 +122,7 @@ def _eqface_case(form="paper"):
 
 
 def _netvlad_case(pooling="netvlad"):
-  model = netvlad.NetVLADModel(backbone="small_cnn", pooling=pooling, num_clusters=4,
+  model = netvlad.VPRModel(backbone="small_cnn", pooling=pooling, num_clusters=4,
                                pca_dim=6 if pooling == "netvlad" else None,
                                backbone_kwargs=TINY)
   images = _images((8, 32, 32, 3))
@@ -209,7 +209,7 @@ def test_model_bfloat16_runs(name):
       "eqface": lambda d: (eqface.EQFace(4, backbone="small_cnn", embedding_dim=8,
                                          quality_hidden=8, dtype=d, backbone_kwargs=TINY),
                            (_images((2, 32, 32, 3)),)),
-      "netvlad": lambda d: (netvlad.NetVLADModel(backbone="small_cnn", num_clusters=4,
+      "netvlad": lambda d: (netvlad.VPRModel(backbone="small_cnn", num_clusters=4,
                                                  dtype=d, backbone_kwargs=TINY),
                             (_images((2, 32, 32, 3)),)),
       "adaface": lambda d: (adaface.MarginFaceModel(4, backbone="small_cnn", embedding_dim=8,
@@ -253,7 +253,7 @@ def test_avg_max_pooling_and_cosface_forward():
   images = _images((2, 32, 32, 3))
   v = None
   for pooling in ("avg", "max"):  # no pooling params: one init serves both
-    model = netvlad.NetVLADModel(backbone="small_cnn", pooling=pooling,
+    model = netvlad.VPRModel(backbone="small_cnn", pooling=pooling,
                                  backbone_kwargs=TINY)
     v = jax.jit(model.init)(jax.random.key(0), images) if v is None else v
     out = jax.jit(model.apply)(v, images)
@@ -355,11 +355,11 @@ def test_adaface_head_global_stats_under_shard_map():
 
 
 def test_netvlad_init_from_kmeans_and_pca_whitening():
-  model = netvlad.NetVLADModel(backbone="small_cnn", num_clusters=4, pca_dim=3,
+  model = netvlad.VPRModel(backbone="small_cnn", num_clusters=4, pca_dim=3,
                                backbone_kwargs=TINY)
   images = _images((6, 32, 32, 3))
   variables = jax.jit(model.init)(jax.random.key(0), images)
-  local = jax.jit(lambda v, x: model.apply(v, x, method=netvlad.NetVLADModel.local_descriptors))(
+  local = jax.jit(lambda v, x: model.apply(v, x, method=netvlad.VPRModel.local_descriptors))(
       variables, images)
   assert local.shape == (6, 16, 16)
   flat = local.reshape(-1, 16)

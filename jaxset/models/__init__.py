@@ -18,5 +18,5 @@ from jaxset.models.backbones import (
 from jaxset.models.casn import CASN, CASNLossConfig, casn_loss
 from jaxset.models.eqface import EQFace, QualityHead
 from jaxset.models.heads import CosineClassifier, MarginHead, l2_normalize, safe_norm
-from jaxset.models.netvlad import NetVLADModel, NetVLADPool
+from jaxset.models.netvlad import NetVLADModel, NetVLADPool, VPRModel
 from jaxset.models.qan import QAN, QualityCNN
