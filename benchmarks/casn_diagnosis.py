@@ -64,6 +64,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from benchmarks import claims  # noqa: E402
+from benchmarks.common import report_command  # noqa: E402
 from configs.base import with_overrides  # noqa: E402
 
 TERMS = ("id", "ia", "verification", "sa")
@@ -376,8 +377,8 @@ def main(argv=None):
     print("ablations")
     abl = ablations(args.seed, args.budget, args.quick, quick_data, workdir / "runs",
                     Path(args.claims_workdir), sets)
-  command = "python -m benchmarks.casn_diagnosis " + " ".join(
-      argv if argv is not None else sys.argv[1:])
+  command = report_command("benchmarks.casn_diagnosis",
+                           argv if argv is not None else sys.argv[1:])
   text = render(tr, abl, command=command.strip(), seconds=time.perf_counter() - t0,
                 config=config, sets=sets)
   if args.quick:

@@ -52,6 +52,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
+from benchmarks.common import report_command  # noqa: E402
 from configs.base import with_overrides  # noqa: E402
 
 ANTI_CORRELATION = -0.5   # "anti-correlates": Spearman rho <= this, for every method
@@ -869,8 +870,7 @@ def main(argv=None) -> dict:
     facts = data_facts(make_config("qan", 0, args.quick, quick_data))
   curve = other_budgets(workdir, setups, seeds, args.quick)
   curve[args.budget] = results
-  command = "python -m benchmarks.claims" + (" " + " ".join(argv if argv is not None
-                                                             else sys.argv[1:])).rstrip()
+  command = report_command("benchmarks.claims", argv if argv is not None else sys.argv[1:])
   text = render(results, seeds, command=command.strip(), wall_seconds=time.perf_counter() - t0,
                 facts=facts, quick=args.quick, failures=failures,
                 load=(load_start, os.getloadavg()[0]), curve=curve)
