@@ -7,6 +7,7 @@ from jaxset.eval.quality import (
 )
 from jaxset.eval.reid import cmc_map, cmc_map_from_distances
 from jaxset.eval.retrieval import nearest_neighbors, pairwise_sq_distances, recall_at_n
+from jaxset.eval.stats import minimum_detectable_effect, paired_bootstrap, verdict
 from jaxset.eval.templates import aggregate_templates, rows_of, template_pair_scores
 from jaxset.eval.verification import (
   combine_flip,
