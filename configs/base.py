@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.at_start = True      # evaluate the untrained model too (before/after table)
   c.eval.batch_size = 256
   c.eval.best_metric = ""
+  # Which held-out split evaluation reads: "test" (measured once, for the results) or
+  # "val" (disjoint identities / places, for every choice: recipes, thresholds,
+  # early stopping). train/tasks/common.evaluation_split maps the names.
+  c.eval.split = "test"
   return c
 
 

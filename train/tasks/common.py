@@ -39,15 +39,36 @@ def _builder(name, cache_dir, manual_dir, builder_config):
                        config=builder_config or None)
 
 
+# The evaluation splits of the identity datasets. config.eval.split = "val" reads each
+# from its held-out twin val_<name> (other identities: for choices), "test" as named.
+HELD_OUT_SPLITS = ("query", "gallery", "pairs", "set_pairs")
+EVAL_SPLITS = ("test", "val")
+
+
+def evaluation_split(config, split: str) -> str:
+  """The split name `split` stands for under config.eval.split (test or val)."""
+  which = config.eval.get("split", "test")
+  if which not in EVAL_SPLITS:
+    raise ValueError(f"config.eval.split={which!r}; use one of {EVAL_SPLITS}.")
+  return f"val_{split}" if which == "val" and split in HELD_OUT_SPLITS else split
+
+
 def source(config, split: str):
-  """The random-access source of one split of config.data.name (prepared once)."""
+  """The random-access source of one split of config.data.name (prepared once);
+  query / gallery / pairs / set_pairs follow config.eval.split (evaluation_split)."""
   if config.data.name not in jdata.EMBEDDED and not config.data.dir:
     raise ValueError(
         f"config.data.name={config.data.name!r} reads your local copy of the dataset: "
         "give its folder with --config.data.dir=/path/to/it.")
   b = _builder(config.data.name, config.data.cache_dir, config.data.dir,
                config.data.builder_config)
-  return b.as_data_source(split)
+  name = evaluation_split(config, split)
+  if name != split and name not in b.info.splits:
+    raise ValueError(
+        f"config.eval.split='val' reads {name!r}, which {config.data.name!r} does not have "
+        f"(its splits: {sorted(b.info.splits)}); evaluate with --config.eval.split=test or "
+        "give the dataset a validation split.")
+  return b.as_data_source(name)
 
 
 def splits(config) -> set:
