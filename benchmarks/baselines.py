@@ -10,7 +10,7 @@ trained one. Raw pixels are scored with the same protocol and split: each image
 is its flattened pixels in [0, 1], centred by the mean image of the split's
 evaluation images and L2-normalised; a set (QAN) is the mean of its frames'
 vectors. The JSON report holds every number; docs/data.md's "Baselines" table
-is rendered from it between generated markers (benchmarks.reports).
+is rendered from it between generated markers (benchmarks.report).
 
 Runs are cached by config hash in <workdir>/results, so a second invocation
 only re-renders. --quick: the tiny datasets and a few steps (numbers mean
@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import report_command  # noqa: E402
+from benchmarks import report  # noqa: E402
 from configs.base import with_overrides  # noqa: E402
 
 METHODS = ("qan", "eqface", "adaface", "arcface", "casn", "netvlad")
@@ -145,7 +145,7 @@ def raw_pixels(method: str, config) -> dict:
 
 def run_default(method: str, seed: int, workdir: Path, quick: bool, log=print) -> dict:
   """Trains configs/<method>.py's default (cached by config hash): before/after metrics."""
-  from benchmarks.claims import config_hash
+  from benchmarks.runs import config_hash
   from train import loop, tasks
 
   config = make_config(method, seed, quick, str((workdir / "quick_data").absolute()))
@@ -208,7 +208,7 @@ def render(rows: list[dict]) -> str:
 
 
 def render_report(report: dict) -> str:
-  """docs/data.md's block, from the JSON report (benchmarks.reports.GENERATED)."""
+  """docs/data.md's block, from the JSON report (benchmarks.report.GENERATED)."""
   return render(report["rows"])
 
 
@@ -224,8 +224,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-  from benchmarks import reports
-
   args = parse_args(argv)
   methods = [m for m in args.methods.split(",") if m]
   unknown = sorted(set(methods) - set(METHODS))
@@ -234,15 +232,15 @@ def main(argv=None) -> dict:
   seeds = [int(s) for s in args.seeds.split(",")]
   workdir = Path(args.workdir)
   results = [run_default(m, s, workdir, args.quick) for m in methods for s in seeds]
-  report = {"command": report_command("benchmarks.baselines",
-                                      argv if argv is not None else sys.argv[1:]),
-            "quick": args.quick, "clear_margin": CLEAR_MARGIN,
-            "rows": summarize(results), "runs": results}
-  reports.write_json(Path(args.out), report)
+  out = {"command": report.report_command("benchmarks.baselines",
+                                           argv if argv is not None else sys.argv[1:]),
+         "quick": args.quick, "clear_margin": CLEAR_MARGIN,
+         "rows": summarize(results), "runs": results}
+  report.write_json(Path(args.out), out)
   if args.doc:
-    reports.render_block(Path(args.doc), "baselines", render_report(report))
-  print(render(report["rows"]))
-  return report
+    report.render_block(Path(args.doc), "baselines", render_report(out))
+  print(render(out["rows"]))
+  return out
 
 
 if __name__ == "__main__":

@@ -42,30 +42,6 @@ def format_rows(rows, columns) -> str:
   return "\n".join(out)
 
 
-# Flags that name a folder or file of the machine that ran a report: they do not change
-# its numbers, and a reader has none of those paths.
-PATH_FLAGS = ("--workdir", "--out", "--claims_workdir")
-
-
-def report_command(module: str, argv: list[str]) -> str:
-  """The command line a report prints: `python -m <module>` with argv, less PATH_FLAGS.
-
-  >>> report_command("benchmarks.claims", ["--workdir=/tmp/w", "--seeds", "3", "--out", "x.md"])
-  'python -m benchmarks.claims --seeds 3'
-  """
-  kept, skip = [], False
-  for arg in argv:
-    if skip:
-      skip = False
-      continue
-    name = arg.split("=", 1)[0]
-    if name in PATH_FLAGS:
-      skip = "=" not in arg
-      continue
-    kept.append(arg)
-  return " ".join([f"python -m {module}", *kept])
-
-
 def int_flags(description: str, **defaults: int) -> argparse.ArgumentParser:
   """A parser of the integer flags --<name> (underscores as dashes) with these defaults."""
   p = argparse.ArgumentParser(description=description)

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxset import data as jdata
 from jaxset.data import pipeline, transforms
-from train import loop, optim
+from train import loop, meshes, optim
 
 
 def compute_dtype(config):
@@ -108,13 +108,33 @@ def step_rng(state, name: str = "dropout"):
   return {name: jax.random.fold_in(state.rng, state.step)}
 
 
+def variables(state, params=None) -> dict:
+  """The Flax variables of the state's model: its params (or `params`, the ones
+  being differentiated) and every collection of state.model_state."""
+  return {"params": state.params if params is None else params, **state.model_state}
+
+
+def apply(model, state, *args, params=None, train: bool = False, **kwargs):
+  """model.apply on the state's variables: the one boundary between a task and its model.
+
+  train=False: returns the model's output (inference mode, nothing updated).
+  train=True: runs the model with train=True, the step's rng and every
+  model_state collection mutable; returns (output, new model_state).
+  """
+  v = variables(state, params)
+  if not train:
+    return model.apply(v, *args, **kwargs)
+  return model.apply(v, *args, train=True, mutable=list(state.model_state),
+                     rngs=step_rng(state), **kwargs)
+
+
 def extract(fn: Callable[[Any, dict], dict], state, src, config, *, keys=None):
   """Runs jitted `fn(state, batch) -> dict of arrays` over a whole split.
 
   Batches are sharded over every device; padding rows are dropped. Returns a
   dict of numpy arrays with one row per record, in record order.
   """
-  mesh = loop.make_mesh()
+  mesh = meshes.make_mesh()
   bs = config.eval.batch_size
   bs = max(mesh.devices.size, bs - bs % mesh.devices.size)
   jfn = _jit_cache(fn)
@@ -123,7 +143,7 @@ def extract(fn: Callable[[Any, dict], dict], state, src, config, *, keys=None):
                                      keys=keys):
     v = batch.pop("valid")
     batch.pop("index", None)
-    out = jfn(state, loop.shard_batch(batch, mesh))
+    out = jfn(state, meshes.shard_batch(batch, mesh))
     if jax.process_count() > 1:
       # Each process loaded its contiguous share of the rows: gather the
       # outputs (global arrays) and the valid masks (local) in that order.

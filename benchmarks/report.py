@@ -1,7 +1,8 @@
-"""One source for every number: reports as JSON, docs' tables rendered from them.
+"""Report rendering shared by the benchmark scripts: numbers, the machine, kept notes,
+the command line, and one source for every number.
 
-A script that measures writes its report as JSON (write_json) and renders its
-tables into a markdown file between two markers (render_block):
+One source: a script that measures writes its report as JSON (write_json) and
+renders its tables into a markdown file between two markers (render_block):
 
   <!-- begin generated: NAME -->
   ...
@@ -17,8 +18,64 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import platform
 import re
 from pathlib import Path
+
+
+def fmt(x, digits=3):
+  """x with `digits` decimals, or "n/a" for None."""
+  return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+NOTES_MARK = "<!-- Below this line: written by hand, kept when the script rewrites the file. -->"
+
+
+def kept_notes(out: Path) -> str:
+  """The hand-written part of an earlier `out` (from NOTES_MARK on), or ''."""
+  if not out.exists():
+    return ""
+  text = out.read_text()
+  at = text.find(NOTES_MARK)
+  return "" if at < 0 else "\n" + text[at:]
+
+
+# Flags that name a folder or file of the machine that ran a report: they do not change
+# its numbers, and a reader has none of those paths.
+PATH_FLAGS = ("--workdir", "--out", "--claims_workdir")
+
+
+def report_command(module: str, argv: list[str]) -> str:
+  """The command line a report prints: `python -m <module>` with argv, less PATH_FLAGS.
+
+  >>> report_command("benchmarks.claims", ["--workdir=/tmp/w", "--seeds", "3", "--out", "x.md"])
+  'python -m benchmarks.claims --seeds 3'
+  """
+  kept, skip = [], False
+  for arg in argv:
+    if skip:
+      skip = False
+      continue
+    name = arg.split("=", 1)[0]
+    if name in PATH_FLAGS:
+      skip = "=" not in arg
+      continue
+    kept.append(arg)
+  return " ".join([f"python -m {module}", *kept])
+
 
 # block name -> (JSON report, "module:function" that renders the report as markdown).
 # Strings, not imports: the scripts import this module, never the other way round.
@@ -62,7 +119,7 @@ def blocks(text: str) -> dict[str, str]:
 def rendered(name: str, root: Path = Path(".")) -> str:
   """Block `name` as its renderer makes it from the committed JSON report."""
   if name not in GENERATED:
-    raise KeyError(f"generated block {name!r} is not in benchmarks.reports.GENERATED "
+    raise KeyError(f"generated block {name!r} is not in benchmarks.report.GENERATED "
                    f"({sorted(GENERATED)}): register its report and renderer there.")
   path, target = GENERATED[name]
   module, function = target.split(":")
