@@ -13,7 +13,8 @@ or a call to `register`):
 
   - `embed(images)` maps uint8 images [N, H, W, 3] (RGB, the model's input
     size config.data.image_size) to a dict of numpy arrays: "embedding"
-    [N, D] float32 (unnormalised), "norm" [N] (its L2 norm) and, where the
+    [N, D] float32 (unnormalised: a model that returns it normalised beside
+    its "norm" gets it multiplied back), "norm" [N] (its L2 norm) and, where the
     model has a quality output, "quality" [N] (EQFace's s_i).
     `embed.source(records, key="image", flip=False)` does the same over a
     whole random-access source (a list of dicts, a tfds/grain data source),
@@ -43,6 +44,7 @@ import numpy as np
 # name -> "module:function" (imported on first use) or the function itself.
 BENCHMARKS: dict[str, str | Callable] = {
     "face_bin": "train.eval_faces:face_bin",
+    "ijb": "train.eval_faces:ijb",
 }
 
 
@@ -109,10 +111,29 @@ def _outputs(out: Any) -> dict:
     out = {"embedding": out}
   emb = out["embedding"] if "embedding" in out else out["features"]
   emb = jnp.asarray(emb, jnp.float32)
-  res = {"embedding": emb, "norm": jnp.linalg.norm(emb, axis=-1)}
+  norm = jnp.linalg.norm(emb, axis=-1)
+  if "norm" in out:
+    # Some models return the embedding L2-normalised beside its norm (AdaFace):
+    # the unnormalised one is direction x norm (unchanged for one that is not).
+    given = jnp.asarray(out["norm"], jnp.float32).reshape(norm.shape)
+    emb = emb / jnp.maximum(norm, 1e-12)[:, None] * given[:, None]
+    norm = given
+  res = {"embedding": emb, "norm": norm}
   if "quality" in out:
     res["quality"] = jnp.asarray(out["quality"], jnp.float32).reshape(emb.shape[0])
   return res
+
+
+_JITTED: dict = {}
+
+
+def _jitted(apply_fn):
+  """jit(outputs of apply_fn), one per apply_fn: validating every N steps compiles once."""
+  import jax
+  try:
+    return _JITTED.setdefault(apply_fn, jax.jit(lambda v, x: _outputs(apply_fn(v, x))))
+  except TypeError:  # an unhashable callable
+    return jax.jit(lambda v, x: _outputs(apply_fn(v, x)))
 
 
 class Embedder:
@@ -127,8 +148,6 @@ class Embedder:
 
   def __init__(self, apply_fn: Callable, variables, image_size, batch_size: int = 256,
                progress: bool = True, description: str = ""):
-    import jax
-
     from train import loop
     self.mesh = loop.make_mesh()
     self.variables = loop.replicate(variables, self.mesh)
@@ -137,7 +156,7 @@ class Embedder:
     self.batch_size = max(n, int(batch_size) - int(batch_size) % n)
     self.progress = progress
     self.description = description
-    self._fn = jax.jit(lambda v, x: _outputs(apply_fn(v, x)))
+    self._fn = _jitted(apply_fn)
 
   def __call__(self, images) -> dict:
     import jax
