@@ -57,6 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
   # "val" (disjoint identities / places, for every choice: recipes, thresholds,
   # early stopping). train/tasks/common.evaluation_split maps the names.
   c.eval.split = "test"
+  # python -m train.eval: a benchmark of train/evaluators.py's BENCHMARKS run on
+  # the files in eval.dir ("" = the method's own evaluation on config.data).
+  c.eval.benchmark = ""
+  c.eval.dir = ""
   return c
 
 
