@@ -2,9 +2,12 @@
 
 Embedded default (offline, CPU, a few minutes):
   python -m train.main --config=configs/casn.py
-Market-1501 with ResNet-50 (your local copy):
+Market-1501 with ResNet-50 from ImageNet weights, as the paper (your local copy):
+  python -m jaxset.convert --arch=resnet50 --checkpoint=resnet50-0676ba61.pth \
+      --out=resnet50.msgpack
   python -m train.main --config=configs/casn.py:market1501 \
-    --config.data.dir=/data/Market-1501-v15.09.15
+      --config.data.dir=/data/Market-1501-v15.09.15 --config.model.pretrained=resnet50.msgpack
+DukeMTMC-reID / CUHK03-NP: the same with :dukemtmc_reid / :cuhk03_np.
 The IDE baseline (identification only): --config.casn.ia_weight=0 \
   --config.casn.verification_weight=0 --config.casn.sa_weight=0
 
@@ -43,6 +46,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.num_parts = 8                 # PCB-style stripes of the 8x4 map (1 = GAP, plain IDE)
   c.model.verifier_sign = "nonpositive"  # Siamese FC weights <= 0; "free": a plain FC
   c.model.verifier_init = "zeros"   # Siamese FC weights at init; "lecun_normal": random
+  c.model.pretrained = ""           # converted backbone weights (python -m jaxset.convert)
 
   c.casn = ml_collections.ConfigDict()
   c.casn.id_weight = 1.0
@@ -76,6 +80,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_size = (256, 128)
     c.data.k = 4
     c.model.backbone = "resnet50"
+    c.model.pretrained = ""             # give the converted ImageNet ResNet-50 (docstring)
     c.model.feature_dim = 512
     c.model.num_parts = 1               # IDE; 6 with a PCB backbone map of height 24
     c.optim.name = "sgd"

@@ -2,7 +2,8 @@
 
 Embedded default (offline, CPU, a few minutes):
   python -m train.main --config=configs/netvlad.py
-Pittsburgh 30k with VGG16, as the paper (your local copy of the dataset):
+Pittsburgh 30k with VGG16 from ImageNet weights, as the paper (your local copy):
+  python -m jaxset.convert --arch=vgg16 --checkpoint=vgg16-397923af.pth --out=vgg16.msgpack
   python -m train.main --config=configs/netvlad.py:pitts30k \
       --config.data.dir=/data/pittsburgh --config.model.pretrained=vgg16.msgpack
 Baselines with the same backbone and budget: --config.model.pooling=avg|max|gem
@@ -117,6 +118,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.name = "pittsburgh30k" if preset == "pitts30k" else "pittsburgh250k"
     c.data.image_size = (480, 640)
     c.model.backbone = "vgg16"
+    c.model.pretrained = ""         # give the converted ImageNet VGG16 (docstring)
     c.model.assignment = "official"
     c.kmeans.bn_calibration_batches = 0  # VGG16 has no BatchNorm; weights are pretrained
     c.tuples.num_positives = 10
