@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.at_start = True      # evaluate the untrained model too (before/after table)
   c.eval.batch_size = 256
   c.eval.best_metric = ""
+  # python -m train.eval: a benchmark of train/evaluators.py's BENCHMARKS run on
+  # the files in eval.dir ("" = the method's own evaluation on config.data).
+  c.eval.benchmark = ""
+  c.eval.dir = ""
   return c
 
 

@@ -43,6 +43,16 @@ def face_config() -> ml_collections.ConfigDict:
   c.train.ckpt_every = 400
   c.eval.batch_size = 256
   c.eval.best_metric = "pair_acc"
+  # Face benchmarks (train/eval_faces.py), also run while training when
+  # eval.benchmark is set: the .bin validation of insightface's callback.
+  c.eval.sets = ""            # face_bin: .bin stems "lfw,cfp_fp"; "" = every .bin in eval.dir
+  c.eval.flip = True          # add the mirrored image's embedding (insightface's flip test)
+  c.eval.far = 1e-3           # face_bin: the FAR of VAL@FAR
+  c.eval.val_interpolation = "insightface"  # or "distinct_far" (jaxset.eval.val_at_far)
+  c.eval.resize = False       # resize the benchmark's images to data.image_size
+  c.eval.ijb_norm = False     # ijb: eval_ijbc's N flag (keep each image feature's norm)
+  c.eval.ijb_detector = False  # ijb: D flag (weight image features by detector score)
+  c.eval.ijb_align = True     # ijb: align loose crops with the 5 landmarks (112x112)
   return c
 
 
