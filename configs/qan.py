@@ -9,6 +9,9 @@ MARS (video re-ID; your local copy), from ImageNet ResNet-50 weights as the pape
       --config.model.pretrained=resnet50.msgpack
 PRID2011 / iLIDS-VID: the same with :prid2011 / :ilids_vid (config.data.builder_config
 split_0 .. split_9 picks one of the ten identity splits).
+Video re-ID with mean and with quality (mu) pooling, on the benchmark's own splits:
+  python -m train.eval --config=configs/qan.py:mars --workdir=runs/qan_mars \
+      --config.eval.benchmark=video_reid --config.data.dir=/data/MARS
 
 The quality branch trains with its own SGD (qan.quality_optimizer="sgd", the
 paper's Caffe solver); "run" puts it on the run's Adam, under which mu
@@ -20,7 +23,7 @@ against mean pooling's 0.694 (+0.008 +- 0.023). At 3x (seed 0): rho -0.365,
 """
 import ml_collections
 
-from configs.base import base_config
+from configs.base import add_benchmark_keys, base_config
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -64,6 +67,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.train.ckpt_every = 300
   c.eval.batch_size = 32            # sets per evaluation batch
   c.eval.best_metric = "set_rank1"
+  add_benchmark_keys(c)
   if preset in (None, "", "default"):
     return c
   if preset in ("mars", "prid2011", "ilids_vid"):
