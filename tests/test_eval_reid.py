@@ -68,6 +68,6 @@ def test_minp_map_cmc_match_fastreid_reference(seed, max_rank):
   np.testing.assert_allclose(got["cmc"], cmc, atol=1e-12)
   assert got["mAP"] == pytest.approx(m_ap, abs=1e-12)
   assert got["mINP"] == pytest.approx(m_inp, abs=1e-12)
-  assert 0 < got["mINP"] < got["mAP"] < 1  # INP penalises the hardest match most
+  assert 0 < got["mINP"] < 1 and 0 < got["mAP"] < 1  # neither trivially 0 nor 1
   feats = E.cmc_map(qf, gf, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank, chunk_size=7)
   assert feats["mINP"] == pytest.approx(m_inp, abs=1e-6)
