@@ -73,3 +73,19 @@ def with_overrides(c: ml_collections.ConfigDict, overrides: dict) -> ml_collecti
       node = node[p]
     node[leaf] = value
   return c
+
+
+def add_benchmark_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The keys of train.eval's reid / video_reid / places benchmarks (train/eval_reid.py)."""
+  c.eval.dataset = ""          # the benchmark's dataset ("" = data.name), read from eval.dir
+  c.eval.builder_config = ""   # e.g. split_3 of prid2011 / ilids_vid, labeled of cuhk03_np
+  c.eval.reid_metric = "euclidean"  # or "cosine" (same ranking on L2-normalised features)
+  c.eval.weights_pooling = "avg"    # --weights: global pooling of the converted backbone
+  c.eval.panorama_nms = False  # places: one hit per panorama (Tokyo 24/7's 12 cutouts)
+  # MSLS val: "all" scores every non-panorama query; "with_positives" only those
+  # with a database image within eval.pos_radius (docs/evaluation.md).
+  c.eval.msls_queries = "all"
+  for key, value in (("split", "test"), ("recall_ns", (1, 5, 10, 20)), ("pos_radius", 25.0)):
+    if key not in c.eval:
+      c.eval[key] = value
+  return c

@@ -45,9 +45,9 @@ def split_embeddings(describe, state, config, split: str) -> dict:
 
 
 def reid_metrics(q: dict, g: dict, key: str = "f") -> dict:
-  """torchreid CMC rank-1/5 and mAP, query vs gallery (cross-camera)."""
+  """torchreid CMC rank-1/5/10, mAP and fast-reid's mINP, query vs gallery (cross-camera)."""
   r = cmc_map(q[key], g[key], q["identity"], g["identity"], q["camera"], g["camera"])
-  return {"rank1": float(r["rank1"]), "rank5": float(r["rank5"]), "mAP": float(r["mAP"])}
+  return {k: float(r[k]) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
 
 
 def pair_metrics(describe_pair, state, config) -> dict:

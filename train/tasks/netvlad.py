@@ -260,6 +260,11 @@ class Task(task.Task):
     return out["descriptor"].shape[-1]
 
   # -- evaluation ----------------------------------------------------------------
+  def embed_apply(self, config):
+    """train.eval's benchmarks embed with the image descriptor."""
+    model = self.model(config)
+    return lambda variables, images: {"embedding": model.apply(variables, images)["descriptor"]}
+
   def evaluate(self, state, config):
     """Recall@N on held-out queries (config.eval.split: val or test)."""
     model = self.model(config)
