@@ -120,7 +120,8 @@ def _shard_top_k(q, x, x_sq, *, n_total, k, metric, db_block, approx, recall_tar
   # Built from the device's offset so the carry varies over the mesh axis like
   # the scan's outputs (shard_map's type check), on every jax version.
   zero = offset * 0
-  init = (jnp.full((q.shape[0], k), -jnp.inf, jnp.float32) + zero.astype(jnp.float32),
+  sdt = jnp.float32 if q.dtype == jnp.bfloat16 else jnp.promote_types(q.dtype, jnp.float32)
+  init = (jnp.full((q.shape[0], k), -jnp.inf, sdt) + zero.astype(sdt),
           jnp.full((q.shape[0], k), -1, jnp.int32) + zero)
   (best_s, best_i), _ = jax.lax.scan(
       step, init, (x.reshape(nb, db_block, dim), x_sq.reshape(nb, db_block), starts))
