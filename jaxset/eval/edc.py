@@ -25,8 +25,10 @@ pairs (both kinds) and breaks quality ties by pair order.
 
 Everything is jnp with static shapes, so `edc` and `edc_pauc` run under jit and
 vmap (`edc_pauc_bootstrap` vmaps over resamples). Called eagerly they compute
-in float64 (as the reference code does, whatever jax_enable_x64 says), so the
-threshold and the tie groups are exactly the reference's.
+in float64 (as the reference code does, whatever jax_enable_x64 says) with the
+threshold from numpy.quantile itself, so the threshold, the errors and the tie
+groups are exactly the reference's. Under jit the quantile is jnp's, in the
+inputs' dtype.
 """
 from __future__ import annotations
 
@@ -139,6 +141,16 @@ def _inputs(scores, same, quality_a, quality_b, error, starting_error, pair_qual
   return concrete
 
 
+def _host_threshold(scores, same, error, starting_error):
+  """numpy.quantile of the used comparisons' scores in float64, as the reference
+  computes it (XLA may fuse the interpolation into an FMA and differ in the last bit)."""
+  s = np.asarray(scores, np.float64)
+  m = np.asarray(same).astype(bool)
+  used = s[m] if error == "fnmr" else s[~m]
+  q = float(starting_error)
+  return float(np.quantile(used, q if error == "fnmr" else 1 - q))
+
+
 def _pair_quality(qa, qb, how):
   if qb is None:
     return qa
@@ -186,6 +198,8 @@ def edc(scores, same, quality_a, quality_b=None, *, error: str = "fnmr",
     the static length P + 1 and "valid" marks the points (the others are 0).
   """
   concrete = _inputs(scores, same, quality_a, quality_b, error, starting_error, pair_quality)
+  if concrete and threshold is None:
+    threshold = _host_threshold(scores, same, error, starting_error)
   fn = functools.partial(_edc_jit, error=error, with_threshold=threshold is not None)
   d, e, valid, thr, n = _run(fn, scores, same, quality_a, quality_b, pair_quality, concrete,
                              starting_error, 0.0 if threshold is None else threshold)
@@ -215,6 +229,8 @@ def edc_pauc(scores, same, quality_a, quality_b=None, *, error: str = "fnmr",
   if _checks.is_concrete(discard_limit) and not 0.0 <= float(discard_limit) <= 1.0:
     raise ValueError(f"discard_limit must be in [0, 1]; got {discard_limit}.")
   concrete = _inputs(scores, same, quality_a, quality_b, error, starting_error, pair_quality)
+  if concrete and threshold is None:
+    threshold = _host_threshold(scores, same, error, starting_error)
   fn = functools.partial(_pauc_jit, error=error, with_threshold=threshold is not None,
                          relative_to_best=bool(relative_to_best))
   out = _run(fn, scores, same, quality_a, quality_b, pair_quality, concrete, starting_error,

@@ -117,7 +117,8 @@ def cmc_map(query_features, gallery_features, query_ids, gallery_ids, query_cams
   metric: "euclidean" (squared Euclidean, torchreid's default; same ranking as
   Euclidean) or "cosine" (1 - cosine similarity). The gallery is ranked by
   jaxset.eval.search.top_k_search (sharded over every device, ties by index),
-  `chunk_size` queries at a time, so the full Q x G matrix is never built. Returns the dict of `cmc_map_from_distances`.
+  `chunk_size` queries at a time, so the full Q x G matrix is never built.
+  Returns the dict of `cmc_map_from_distances`.
   """
   if metric not in ("euclidean", "cosine"):
     raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}.")

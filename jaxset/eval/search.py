@@ -277,7 +277,9 @@ def measured_recall(approx_indices, exact_indices) -> float:
   """Mean over queries of |approx top-k  intersect  exact top-k| / k."""
   a = np.asarray(approx_indices)
   e = np.asarray(exact_indices)
-  _checks.check_same(("approx_indices", "exact_indices"), (a.shape, e.shape), "Shapes")
+  if a.shape != e.shape or a.ndim != 2:
+    raise ValueError(f"approx_indices and exact_indices must be [Q, k] of one shape; got "
+                     f"{a.shape} and {e.shape}.")
   hits = [np.intersect1d(r, t).size for r, t in zip(a, e)]
   return float(np.mean(hits) / max(e.shape[1], 1))
 
