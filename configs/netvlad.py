@@ -135,6 +135,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.eval.split = "val"
     c.eval.every = 2000
     c.eval.batch_size = 32
-    c.model.dtype = "bfloat16"
+    c.train.precision = "bfloat16"
     return c
   raise ValueError(f"unknown preset {preset!r} for configs/netvlad.py; use pitts30k or pitts250k.")
