@@ -19,7 +19,6 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "small_cnn"
-  c.model.dtype = "float32"   # or "bfloat16" for the compute dtype
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"
@@ -35,6 +34,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
+  # The precision policy (README, "GPU and TPU"): "float32", or
+  # "bfloat16": convolutions, matmuls and activations in bfloat16; parameters,
+  # optimiser state, BatchNorm and EMA statistics, norms, softmax, margins and
+  # losses in float32. No loss scaling: bfloat16 has float32's exponent range.
+  c.train.precision = "float32"
   c.train.batch_size = 64
   c.train.log_every = 50
   c.train.ckpt_every = 500
@@ -47,6 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   # True: resume a workdir whose config.json differs in model/data/optim keys
   # (train/checkpoints.py refuses that by default).
   c.train.allow_config_change = False
+  # The models' compute dtype is the policy's: one value under two names
+  # (setting either sets both), so a workdir refuses a precision change on
+  # resume like any model change (train/checkpoints.py).
+  c.model.dtype = c.train.get_ref("precision")
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 0            # 0: only at the end

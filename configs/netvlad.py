@@ -149,7 +149,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.eval.split = "val"
     c.eval.every = 2000
     c.eval.batch_size = 32
-    c.model.dtype = "bfloat16"
+    c.train.precision = "bfloat16"
     if preset == "tokyo247":     # evaluation of a Pittsburgh-trained run (test only)
       c.eval.benchmark = "places"
       c.eval.dataset = "tokyo247"

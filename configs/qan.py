@@ -90,7 +90,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.train.ckpt_every = 2000
     c.eval.every = 5000
-    c.model.dtype = "bfloat16"
+    c.train.precision = "bfloat16"
     return c
   raise ValueError(
       f"unknown preset {preset!r} for configs/qan.py; use mars, prid2011 or ilids_vid.")

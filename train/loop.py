@@ -31,6 +31,12 @@ class NonFiniteLossError(RuntimeError):
   """A metric went NaN or Inf: the run stops, the last good checkpoint stays."""
 
 
+def jit_train_step(stage: Stage):
+  """A stage's step as the loop runs it: jitted, the incoming state donated.
+  tests/test_lowering.py exports this same function for GPU and TPU."""
+  return jax.jit(stage.train_step, donate_argnums=(0,))
+
+
 def stage_at(stages: Sequence[Stage], step: int) -> tuple[int, int]:
   """(stage index, first step of that stage) for a global step."""
   start = 0
@@ -179,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   steps_jitted = {}
   def jitted(i):
     if i not in steps_jitted:
-      steps_jitted[i] = jax.jit(stages[i].train_step, donate_argnums=(0,))
+      steps_jitted[i] = jit_train_step(stages[i])
     return steps_jitted[i]
 
   history = []

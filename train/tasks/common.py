@@ -15,16 +15,21 @@ from train import loop, meshes, optim
 
 
 def compute_dtype(config):
+  """The models' compute dtype under the run's precision policy,
+  config.train.precision (configs/base.py; config.model.dtype is the same
+  value). Parameters stay float32 whatever it is."""
   names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if config.model.dtype not in names:
-    raise ValueError(f"config.model.dtype={config.model.dtype!r}; use float32 or bfloat16.")
-  return names[config.model.dtype]
+  precision = config.train.get("precision", config.model.get("dtype", "float32"))
+  if precision not in names:
+    raise ValueError(f"config.train.precision={precision!r} is not a precision policy; "
+                     "use float32 or bfloat16 (--config.train.precision=bfloat16).")
+  return names[precision]
 
 
 def model_from_config(cls, config, **given):
   """The Flax module `cls` built from config.model: every field of `cls` that
   config.model names takes its value from there (config keys and model fields
-  share their names), dtype from config.model.dtype; `given` sets the rest
+  share their names), dtype from the precision policy (compute_dtype); `given` sets the rest
   (what the data decides, e.g. num_classes) and overrides the config."""
   fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
   kwargs = {k: config.model[k] for k in sorted(fields) if k in config.model}
