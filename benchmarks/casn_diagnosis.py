@@ -377,8 +377,8 @@ def main(argv=None):
     print("ablations")
     abl = ablations(args.seed, args.budget, args.quick, quick_data, workdir / "runs",
                     Path(args.claims_workdir), sets)
-  command = "python -m benchmarks.casn_diagnosis " + " ".join(
-      argv if argv is not None else sys.argv[1:])
+  command = report.report_command("benchmarks.casn_diagnosis",
+                           argv if argv is not None else sys.argv[1:])
   text = render(tr, abl, command=command.strip(), seconds=time.perf_counter() - t0,
                 config=config, sets=sets)
   if args.quick:

@@ -57,7 +57,13 @@ from benchmarks.measures import (  # noqa: E402,F401
   SEVERE_TIER,
   data_facts,
 )
-from benchmarks.report import NOTES_MARK, fmt, kept_notes, machine  # noqa: E402,F401
+from benchmarks.report import (  # noqa: E402,F401
+  NOTES_MARK,
+  fmt,
+  kept_notes,
+  machine,
+  report_command,
+)
 from benchmarks.runs import (  # noqa: E402,F401  (claims.X: the tests' names)
   BUDGETS,
   CLAIM_NAMES,
@@ -549,8 +555,7 @@ def main(argv=None) -> dict:
     facts = data_facts(make_config("qan", 0, args.quick, quick_data))
   curve = other_budgets(workdir, setups, seeds, args.quick)
   curve[args.budget] = results
-  command = "python -m benchmarks.claims" + (" " + " ".join(argv if argv is not None
-                                                             else sys.argv[1:])).rstrip()
+  command = report_command("benchmarks.claims", argv if argv is not None else sys.argv[1:])
   text = render(results, seeds, command=command.strip(), wall_seconds=time.perf_counter() - t0,
                 facts=facts, quick=args.quick, failures=failures,
                 load=(load_start, os.getloadavg()[0]), curve=curve)

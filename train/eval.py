@@ -1,6 +1,23 @@
 """`python -m train.eval --config=configs/<method>.py --workdir=runs/<run>`.
 
-Evaluates a run's checkpoint (the latest by default; --checkpoint=best or a
+One command for any weights on any benchmark:
+
+  python -m train.eval --config=configs/<method>.py --workdir=runs/<run> \
+      [--config.eval.benchmark=face_bin --config.eval.dir=/data/faces_emore]
+  python -m train.eval --config=configs/pretrained.py:adaface --weights=ir101.msgpack \
+      --config.model.backbone=iresnet100 --config.eval.benchmark=ijb \
+      --config.eval.dir=/data/IJB_release/IJBC
+
+--weights takes converted torch weights (python -m jaxset.convert); the
+architecture and input convention are keys of configs/pretrained.py (presets
+insightface, adaface, mxnet). With config.eval.benchmark set, the named
+benchmark of train/evaluators.py (a registry other modules add to; its
+docstring is the plug-in interface) scores the weights' embeddings on the
+files in config.eval.dir: the table is printed, and report.json plus one PNG
+per curve are written to --out (default <workdir>/eval_<benchmark>_<step>, or
+eval_<benchmark>/ beside the weights file).
+
+Without a benchmark, it evaluates a run's checkpoint (the latest by default; --checkpoint=best or a
 step number) with the method's own protocol on any split the config can name
 (override the data with --config.data.name / --config.data.dir as for
 training), and writes <out>/report.json plus PNG plots of the curves the task
@@ -24,6 +41,8 @@ def _define_flags():
   config_flags.DEFINE_config_file("config", None, "configs/<method>.py[:preset]",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "the training run's directory")
+  flags.DEFINE_string("weights", None, "converted weights (python -m jaxset.convert) "
+                      "instead of a workdir; see configs/pretrained.py")
   flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number")
   flags.DEFINE_string("out", None, "report folder (default <workdir>/eval_<step>)")
 
@@ -166,16 +185,144 @@ def evaluate_run(config, workdir, which: str = "latest", out=None) -> dict:
   return report
 
 
+def _load_weights(model, config, path: Path):
+  """Converted variables checked against `model`'s: an error names the file and the fix."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import traverse_util
+
+  from jaxset.convert import load_variables
+  if not path.is_file():
+    raise CheckpointError(f"--weights={path}: no such file. Convert a torch checkpoint first: "
+                          "python -m jaxset.convert --arch=iresnet50 --checkpoint=model.pt "
+                          f"--out={path}")
+  try:
+    loaded = load_variables(str(path))
+  except Exception as e:  # msgpack raises many types for foreign files
+    raise CheckpointError(f"--weights={path} is not a jaxset.convert file ({_first(e)}). "
+                          "Write it with python -m jaxset.convert.") from None
+  h, w = config.data.image_size
+  want = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, h, w, 3), jnp.uint8))
+
+  def shapes(tree):
+    return {"/".join(k): tuple(np.shape(v)) for k, v in
+            traverse_util.flatten_dict(dict(tree)).items()}
+  for col in ("params", "batch_stats"):
+    got, need = shapes(loaded.get(col, {})), shapes(want.get(col, {}))
+    if got != need:
+      missing = sorted(set(need) - set(got))
+      extra = sorted(set(got) - set(need))
+      wrong = sorted(k for k in set(got) & set(need) if got[k] != need[k])
+      raise CheckpointError(
+          f"--weights={path} does not fit config.model.backbone={config.model.backbone!r} "
+          f"at {h}x{w} ({col}: {len(missing)} missing, e.g. {missing[:3]}; {len(extra)} "
+          f"unexpected, e.g. {extra[:3]}; shapes differ at {wrong[:3]}). Set "
+          "--config.model.backbone to the --arch the file was converted with (iresnet50 / "
+          "iresnet100) and --config.data.image_size to its input size.")
+  return {k: v for k, v in loaded.items() if k in want}
+
+
+def _first(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+def embedder_from_weights(config, path):
+  """An evaluators.Embedder of converted weights (configs/pretrained.py keys; a
+  method of evaluators.WEIGHTS_EMBEDDERS builds its own)."""
+  from jaxset.models import backbones
+  from train import evaluators
+  maker = evaluators.weights_embedder(config.method)
+  if maker is not None:
+    return maker(config, path)
+  from train.tasks import common
+  kwargs = {k: config.model[k] for k in ("input_scale", "bgr", "pool_shortcut")
+            if k in config.model}
+  model = backbones.FaceEmbedder(config.model.backbone, config.model.embedding_dim,
+                                 dtype=common.compute_dtype(config), backbone_kwargs=kwargs)
+  variables = _load_weights(model, config, Path(path))
+  return evaluators.Embedder(model.apply, variables, config.data.image_size,
+                             config.eval.batch_size, description=Path(path).name)
+
+
+def embedder_from_state(task, state, config):
+  """An evaluators.Embedder of a task's trained state: the task's `embed_apply(config)`
+  (apply_fn(variables, images) -> outputs) when it has one, else its model's apply."""
+  from train import evaluators
+  apply_fn = (task.embed_apply(config) if hasattr(task, "embed_apply")
+              else task.model(config).apply)
+  variables = {"params": state.params, **(state.model_state or {})}
+  return evaluators.Embedder(apply_fn, variables, config.data.image_size,
+                             config.eval.batch_size, description=config.method)
+
+
+def run_benchmark(embedder, config, out: Path, header: dict) -> dict:
+  """Runs config.eval.benchmark on `embedder`, writes report.json and the plots."""
+  import numpy as np
+
+  from train import evaluators
+  result = evaluators.get(config.eval.benchmark)(embedder, config)
+  out.mkdir(parents=True, exist_ok=True)
+  plots = plot_curves(result.curves, out) if result.curves else []
+
+  def plain(x):
+    if isinstance(x, dict):
+      return {str(k): plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [plain(v) for v in x]
+    if isinstance(x, (np.ndarray, np.generic)):
+      return np.asarray(x).tolist()
+    return x
+
+  report = {**header, "benchmark": config.eval.benchmark, "benchmark_dir": config.eval.dir,
+            "metrics": plain(result.metrics), "rows": plain(result.rows), "plots": plots,
+            "curves": plain({k: {c: v[c] for c in ("x", "y", "series") if c in v}
+                             for k, v in result.curves.items()}),
+            "table": result.table()}
+  (out / "report.json").write_text(json.dumps(report, indent=2))
+  report["out"] = str(out)
+  return report
+
+
+def evaluate_benchmark(config, workdir=None, weights=None, which: str = "latest",
+                       out=None) -> dict:
+  """config.eval.benchmark on a run's checkpoint or on converted weights."""
+  if not config.eval.benchmark:
+    raise CheckpointError("--weights needs a benchmark: --config.eval.benchmark=face_bin (or "
+                          "ijb) and --config.eval.dir=<its files>.")
+  if weights:
+    embedder = embedder_from_weights(config, weights)
+    header = {"weights": str(weights), "backbone": config.model.backbone,
+              "convention": config.model.get("convention", "")}
+    out = Path(out) if out else Path(weights).parent / f"eval_{config.eval.benchmark}"
+  else:
+    from train import tasks
+    task = tasks.get(config.method)
+    workdir = Path(workdir)
+    state, step = restore_state(task, config, workdir, which)
+    embedder = embedder_from_state(task, state, config)
+    header = {"method": config.method, "checkpoint": which, "step": step}
+    out = Path(out) if out else workdir / f"eval_{config.eval.benchmark}_{which}_{step}"
+  return run_benchmark(embedder, config, out, header)
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  if f.config is None or f.workdir is None:
-    raise app.UsageError("--config and --workdir are required.")
+  if f.config is None or (f.workdir is None) == (f.weights is None):
+    raise app.UsageError("--config and one of --workdir or --weights are required.")
+  from jaxset.data.formats import DatasetFormatError
   try:
+    if f.weights or f.config.eval.benchmark:
+      report = evaluate_benchmark(f.config, f.workdir, f.weights, f.checkpoint, f.out)
+      print(report["table"])
+      print(f"report: {report['out']}/report.json ({len(report['plots'])} plots)")
+      return
     report = evaluate_run(f.config, f.workdir, f.checkpoint, f.out)
-  except CheckpointError as e:
+  except (CheckpointError, DatasetFormatError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   from train import writers

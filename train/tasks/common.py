@@ -15,16 +15,21 @@ from train import loop, meshes, optim
 
 
 def compute_dtype(config):
+  """The models' compute dtype under the run's precision policy,
+  config.train.precision (configs/base.py; config.model.dtype is the same
+  value). Parameters stay float32 whatever it is."""
   names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if config.model.dtype not in names:
-    raise ValueError(f"config.model.dtype={config.model.dtype!r}; use float32 or bfloat16.")
-  return names[config.model.dtype]
+  precision = config.train.get("precision", config.model.get("dtype", "float32"))
+  if precision not in names:
+    raise ValueError(f"config.train.precision={precision!r} is not a precision policy; "
+                     "use float32 or bfloat16 (--config.train.precision=bfloat16).")
+  return names[precision]
 
 
 def model_from_config(cls, config, **given):
   """The Flax module `cls` built from config.model: every field of `cls` that
   config.model names takes its value from there (config keys and model fields
-  share their names), dtype from config.model.dtype; `given` sets the rest
+  share their names), dtype from the precision policy (compute_dtype); `given` sets the rest
   (what the data decides, e.g. num_classes) and overrides the config."""
   fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
   kwargs = {k: config.model[k] for k in sorted(fields) if k in config.model}
@@ -39,20 +44,50 @@ def _builder(name, cache_dir, manual_dir, builder_config):
                        config=builder_config or None)
 
 
+# The evaluation splits of the identity datasets. config.eval.split = "val" reads each
+# from its held-out twin val_<name> (other identities: for choices), "test" as named.
+HELD_OUT_SPLITS = ("query", "gallery", "pairs", "set_pairs")
+EVAL_SPLITS = ("test", "val")
+
+
+def evaluation_split(config, split: str) -> str:
+  """The split name `split` stands for under config.eval.split (test or val)."""
+  which = config.eval.get("split", "test")
+  if which not in EVAL_SPLITS:
+    raise ValueError(f"config.eval.split={which!r}; use one of {EVAL_SPLITS}.")
+  return f"val_{split}" if which == "val" and split in HELD_OUT_SPLITS else split
+
+
 def source(config, split: str):
-  """The random-access source of one split of config.data.name (prepared once)."""
+  """The random-access source of one split of config.data.name (prepared once);
+  query / gallery / pairs / set_pairs follow config.eval.split (evaluation_split)."""
   if config.data.name not in jdata.EMBEDDED and not config.data.dir:
     raise ValueError(
         f"config.data.name={config.data.name!r} reads your local copy of the dataset: "
         "give its folder with --config.data.dir=/path/to/it.")
+  if config.data.name in jdata.DIRECT:  # read in place (RecordIO, a folder of identities)
+    return _direct(config.data.name, config.data.dir, split)
   b = _builder(config.data.name, config.data.cache_dir, config.data.dir,
                config.data.builder_config)
-  return b.as_data_source(split)
+  name = evaluation_split(config, split)
+  if name != split and name not in b.info.splits:
+    raise ValueError(
+        f"config.eval.split='val' reads {name!r}, which {config.data.name!r} does not have "
+        f"(its splits: {sorted(b.info.splits)}); evaluate with --config.eval.split=test or "
+        "give the dataset a validation split.")
+  return b.as_data_source(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _direct(name, root, split):
+  return jdata.open_direct(name, root, split)
 
 
 def splits(config) -> set:
   """The split names config.data.name has (a RecordIO training set: just "train")."""
   source(config, "train")  # the same checks and preparation as for reading
+  if config.data.name in jdata.DIRECT:
+    return {"train"}
   b = _builder(config.data.name, config.data.cache_dir, config.data.dir,
                config.data.builder_config)
   return set(b.info.splits)
