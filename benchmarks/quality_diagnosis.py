@@ -1,7 +1,7 @@
 """Why each learned quality proxy does or does not track image quality, by mechanism.
 
   python -m benchmarks.quality_diagnosis
-      [--methods qan,qan_adam,eqface,adaface,arcface,adaface_oracle]
+      [--methods qan,qan_adam,eqface,adaface,arcface,magface,adaface_oracle]
       [--budget 1.0] [--seed 0] [--workdir runs/quality_diagnosis]
       [--out docs/quality_diagnosis.md] [--quick]
 
@@ -63,7 +63,7 @@ from benchmarks.measures import (  # noqa: E402
 from benchmarks.report import kept_notes  # noqa: E402
 from configs.base import with_overrides  # noqa: E402
 
-METHODS = ("qan", "qan_adam", "eqface", "adaface", "arcface", "adaface_oracle")
+METHODS = ("qan", "qan_adam", "eqface", "adaface", "arcface", "magface", "adaface_oracle")
 # Diagnoses that are no method of their own: a method's config with overrides
 # (QAN's quality branch on the run's Adam scaled by 0.1, the recipe before the
 # branch got its own SGD) or with another task (AdaFace with an oracle margin).
@@ -633,6 +633,7 @@ def _render_recognition(results: dict) -> list[str]:
 
 PROXY = {"qan": "mu", "qan_adam": "mu (the branch on Adam x 0.1)", "eqface": "s_i",
          "adaface": "feature norm", "arcface": "feature norm",
+         "magface": "feature magnitude (MagFace's quality)",
          "adaface_oracle": "feature norm (the margin reads the oracle)"}
 
 

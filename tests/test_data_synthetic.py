@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 
 import jaxset.data
-from jaxset.data import inspect as inspect_lib
+from jaxset.data import overview as inspect_lib
 from jaxset.data import synthetic_identities as si
 from jaxset.data import synthetic_places as sp
 from jaxset.data.pipeline import read_metadata

@@ -122,7 +122,7 @@ def _eqface_case(form="paper"):
 
 
 def _netvlad_case(pooling="netvlad"):
-  model = netvlad.NetVLADModel(backbone="small_cnn", pooling=pooling, num_clusters=4,
+  model = netvlad.VPRModel(backbone="small_cnn", pooling=pooling, num_clusters=4,
                                pca_dim=6 if pooling == "netvlad" else None,
                                backbone_kwargs=TINY)
   images = _images((8, 32, 32, 3))
@@ -131,7 +131,7 @@ def _netvlad_case(pooling="netvlad"):
 
 
 def _adaface_case(head="adaface"):
-  model = adaface.AdaFace(6, backbone="small_cnn", embedding_dim=16, head=head,
+  model = adaface.MarginFaceModel(6, backbone="small_cnn", embedding_dim=16, head=head,
                           backbone_kwargs=TINY)
   images = _images((8, 32, 32, 3))
   labels = jnp.arange(8) % 6
@@ -209,10 +209,10 @@ def test_model_bfloat16_runs(name):
       "eqface": lambda d: (eqface.EQFace(4, backbone="small_cnn", embedding_dim=8,
                                          quality_hidden=8, dtype=d, backbone_kwargs=TINY),
                            (_images((2, 32, 32, 3)),)),
-      "netvlad": lambda d: (netvlad.NetVLADModel(backbone="small_cnn", num_clusters=4,
+      "netvlad": lambda d: (netvlad.VPRModel(backbone="small_cnn", num_clusters=4,
                                                  dtype=d, backbone_kwargs=TINY),
                             (_images((2, 32, 32, 3)),)),
-      "adaface": lambda d: (adaface.AdaFace(4, backbone="small_cnn", embedding_dim=8,
+      "adaface": lambda d: (adaface.MarginFaceModel(4, backbone="small_cnn", embedding_dim=8,
                                             dtype=d, backbone_kwargs=TINY),
                             (_images((2, 32, 32, 3)), jnp.array([0, 1]))),
       "casn": lambda d: (casn.CASN(4, backbone="small_cnn", feature_dim=8, dtype=d,
@@ -253,13 +253,13 @@ def test_avg_max_pooling_and_cosface_forward():
   images = _images((2, 32, 32, 3))
   v = None
   for pooling in ("avg", "max"):  # no pooling params: one init serves both
-    model = netvlad.NetVLADModel(backbone="small_cnn", pooling=pooling,
+    model = netvlad.VPRModel(backbone="small_cnn", pooling=pooling,
                                  backbone_kwargs=TINY)
     v = jax.jit(model.init)(jax.random.key(0), images) if v is None else v
     out = jax.jit(model.apply)(v, images)
     assert out["descriptor"].shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(out["descriptor"], axis=-1), 1.0, rtol=1e-5)
-  model = adaface.AdaFace(4, backbone="small_cnn", embedding_dim=8, head="cosface",
+  model = adaface.MarginFaceModel(4, backbone="small_cnn", embedding_dim=8, head="cosface",
                           backbone_kwargs=TINY)
   labels = jnp.array([1, 3])
   v = jax.jit(model.init)(jax.random.key(0), images, labels)
@@ -312,7 +312,7 @@ def test_eqface_param_groups_and_frozen_backbone_step():
 
 
 def test_adaface_stats_update_only_when_training():
-  model = adaface.AdaFace(6, backbone="small_cnn", embedding_dim=16, backbone_kwargs=TINY)
+  model = adaface.MarginFaceModel(6, backbone="small_cnn", embedding_dim=16, backbone_kwargs=TINY)
   images, labels = _images((4, 32, 32, 3)), jnp.array([0, 1, 2, -1])
   variables = jax.jit(model.init)(jax.random.key(0), images, labels)
   assert float(variables["adaface_stats"]["head"]["mean"]) == 20.0
@@ -355,11 +355,11 @@ def test_adaface_head_global_stats_under_shard_map():
 
 
 def test_netvlad_init_from_kmeans_and_pca_whitening():
-  model = netvlad.NetVLADModel(backbone="small_cnn", num_clusters=4, pca_dim=3,
+  model = netvlad.VPRModel(backbone="small_cnn", num_clusters=4, pca_dim=3,
                                backbone_kwargs=TINY)
   images = _images((6, 32, 32, 3))
   variables = jax.jit(model.init)(jax.random.key(0), images)
-  local = jax.jit(lambda v, x: model.apply(v, x, method=netvlad.NetVLADModel.local_descriptors))(
+  local = jax.jit(lambda v, x: model.apply(v, x, method=netvlad.VPRModel.local_descriptors))(
       variables, images)
   assert local.shape == (6, 16, 16)
   flat = local.reshape(-1, 16)
@@ -453,7 +453,7 @@ def test_qan_middle_quality_reads_only_the_shared_blocks():
 
 
 def test_adaface_margin_quality_replaces_the_norm():
-  model = adaface.AdaFace(6, backbone="small_cnn", embedding_dim=16, backbone_kwargs=TINY)
+  model = adaface.MarginFaceModel(6, backbone="small_cnn", embedding_dim=16, backbone_kwargs=TINY)
   images, labels = _images((4, 32, 32, 3)), jnp.array([0, 1, 2, 3])
   variables = jax.jit(model.init)(jax.random.key(0), images, labels)
   apply = jax.jit(model.apply, static_argnames=("train", "mutable"))

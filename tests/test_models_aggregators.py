@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxset.models import aggregators as agg
-from jaxset.models.netvlad import NetVLADModel
+from jaxset.models.netvlad import VPRModel
 from jaxset.ops import salad as salad_ops
 
 SMALL = {
@@ -107,14 +107,14 @@ def test_salad_module_wraps_the_op():
 def test_netvlad_model_selects_every_aggregator_and_rejects_unknown():
   images = jnp.zeros((2, 64, 64, 3), jnp.uint8)
   for name in agg.AGGREGATORS:
-    model = NetVLADModel(backbone="small_cnn", pooling=name, aggregator_kwargs=SMALL[name])
+    model = VPRModel(backbone="small_cnn", pooling=name, aggregator_kwargs=SMALL[name])
     out, _ = jax.eval_shape(lambda m=model: m.init_with_output(jax.random.key(0), images))
     assert out["descriptor"].shape == (2, SIZES[name])
   with pytest.raises(ValueError, match="pooling must be one of"):
-    jax.eval_shape(lambda: NetVLADModel(backbone="small_cnn", pooling="vlad2").init(
+    jax.eval_shape(lambda: VPRModel(backbone="small_cnn", pooling="vlad2").init(
         jax.random.key(0), images))
   with pytest.raises(ValueError, match="fewer clusters"):  # 8x8 map, 64 clusters
-    jax.eval_shape(lambda: NetVLADModel(backbone="small_cnn", pooling="salad").init(
+    jax.eval_shape(lambda: VPRModel(backbone="small_cnn", pooling="salad").init(
         jax.random.key(0), images))
 
 

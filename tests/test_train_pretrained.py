@@ -6,12 +6,12 @@ import pytest
 
 from configs import netvlad as netvlad_config
 from jaxset.convert import save_variables
-from jaxset.models import NetVLADModel, SmallCNN
+from jaxset.models import SmallCNN, VPRModel
 from train.tasks import common
 
 
 def _state(config):
-  model = NetVLADModel(backbone="small_cnn", num_clusters=4)
+  model = VPRModel(backbone="small_cnn", num_clusters=4)
   return common.create_state(model, config, jax.random.key(0),
                              jnp.zeros((1, 32, 32, 3), jnp.uint8), 10)
 

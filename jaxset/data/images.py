@@ -160,7 +160,7 @@ def _image_reader(source, key: str) -> Callable[[list[int]], list] | None:
   return _TfdsImageReader(inner, key, feature, len(source), cache)
 
 
-def _load_images(source, indices, image_fn, seed, step, positions,
+def load_images(source, indices, image_fn, seed, step, positions,
                  key: str = "image") -> np.ndarray:
   """uint8 [len(indices), H, W, C] of records `indices`; image j uses the rng
   of positions[j] (a tuple of ints identifying its slot in the global batch)."""
@@ -172,7 +172,7 @@ def _load_images(source, indices, image_fn, seed, step, positions,
   return _stack_images(images, image_fn, seed, step, positions)
 
 
-def _padded_images(source, grid, mask, image_fn, seed, step, tag, row0,
+def padded_images(source, grid, mask, image_fn, seed, step, tag, row0,
                    like: np.ndarray | None = None) -> np.ndarray:
   """[B, S, H, W, C] from an index grid [B, S]; masked-out slots are zeros.
   `like` gives the image shape when no slot is valid."""
@@ -182,7 +182,7 @@ def _padded_images(source, grid, mask, image_fn, seed, step, tag, row0,
       raise ValueError("every slot of the batch is empty; check the set sizes.")
     return np.zeros((b, s) + like.shape[1:], np.uint8)
   where = np.argwhere(mask)
-  flat = _load_images(source, grid[mask], image_fn, seed, step,
+  flat = load_images(source, grid[mask], image_fn, seed, step,
                       [(tag, row0 + int(i), int(j)) for i, j in where])
   out = np.zeros((b, s) + flat.shape[1:], np.uint8)
   out[mask] = flat

@@ -1,5 +1,6 @@
-"""Flax Linen models: backbones and the five networks (QAN, EQFace, NetVLAD, AdaFace, CASN)."""
-from jaxset.models.adaface import AdaFace, AdaFaceHead
+"""Flax Linen models: backbones and the networks (QAN, EQFace, NetVLAD, the margin-head face
+model of AdaFace / ArcFace / CosFace / MagFace, CASN)."""
+from jaxset.models.adaface import AdaFace, AdaFaceHead, MarginFaceModel
 from jaxset.models.backbones import (
   BACKBONES,
   VGG16,
@@ -17,5 +18,5 @@ from jaxset.models.backbones import (
 from jaxset.models.casn import CASN, CASNLossConfig, casn_loss
 from jaxset.models.eqface import EQFace, QualityHead
 from jaxset.models.heads import CosineClassifier, MarginHead, l2_normalize, safe_norm
-from jaxset.models.netvlad import NetVLADModel, NetVLADPool
+from jaxset.models.netvlad import NetVLADModel, NetVLADPool, VPRModel
 from jaxset.models.qan import QAN, QualityCNN

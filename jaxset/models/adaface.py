@@ -10,7 +10,7 @@ with train=True and labels, with the collection mutable:
                              mutable=["batch_stats", "adaface_stats"])
 
 The margin math is the "adaface" spec of jaxset.ops.margins (eq. (7)-(10),
-EMA updated before use). The same model runs the ArcFace / CosFace
+EMA updated before use). The same model (MarginFaceModel) runs the ArcFace / CosFace
 baselines ("margin" spec) and MagFace (Meng et al., CVPR 2021; "magface"
 spec: the magnitude-aware margin and its regulariser, output "row_loss").
 """
@@ -25,7 +25,8 @@ from jaxset.models import backbones
 from jaxset.models.heads import STATS_COLLECTION, SpecHead, apply_spec, l2_normalize
 from jaxset.models.partial_fc import ShardedMarginHead
 
-__all__ = ["AdaFaceHead", "AdaFace", "FACE_HEADS", "STATS_COLLECTION", "face_head"]
+__all__ = ["AdaFaceHead", "AdaFace", "FACE_HEADS", "MarginFaceModel", "STATS_COLLECTION",
+           "face_head"]
 
 Dtype = Any
 
@@ -79,7 +80,7 @@ def face_head(head: str, margin: float | None = None, **kw) -> tuple[str, dict]:
   return spec, args
 
 
-class AdaFace(nn.Module):
+class MarginFaceModel(nn.Module):
   """Face embedder + a margin head: AdaFace, the ArcFace / CosFace baselines, MagFace.
 
   Attributes:
@@ -155,3 +156,7 @@ class AdaFace(nn.Module):
           out["embedding"], labels, norms, train)
     return {"feature_map": out["feature_map"], "embedding": embedding,
             "norm": out["norm"], **res}
+
+
+# The name before MarginFaceModel (the model holds every margin head, not only AdaFace's).
+AdaFace = MarginFaceModel

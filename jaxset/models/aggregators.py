@@ -50,7 +50,7 @@ _trunc = nn.initializers.truncated_normal(0.02)
 class _Aggregator(nn.Module):
   """What every aggregator shares: the map cast to float32 and `train` unused.
 
-  NetVLADModel calls each aggregator as `agg(fmap, train)`; none of them has a
+  VPRModel calls each aggregator as `agg(fmap, train)`; none of them has a
   train-time mode (the official dropout is left out, see the module doc).
   Subclasses implement `aggregate(x)`: float32 [B, H, W, D] -> [B, out].
   """

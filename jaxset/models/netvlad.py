@@ -31,7 +31,7 @@ from jaxset.models.heads import l2_normalize
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops import pooling as pooling_ops
 
-__all__ = ["NetVLADPool", "NetVLADModel", "descriptors_as_seen", "init_netvlad_params",
+__all__ = ["NetVLADPool", "VPRModel", "NetVLADModel", "descriptors_as_seen", "init_netvlad_params",
            "fit_pca_whitening", "apply_pca_whitening", "set_pca_params"]
 
 Dtype = Any
@@ -65,7 +65,7 @@ class NetVLADPool(nn.Module):
                                self.normalize_input)
 
 
-class NetVLADModel(nn.Module):
+class VPRModel(nn.Module):
   """Backbone + NetVLAD (or avg / max / GeM) + optional PCA-whitening.
 
   Attributes:
@@ -140,18 +140,18 @@ class NetVLADModel(nn.Module):
     return {"descriptor": descriptor, "pooled": pooled}
 
 
-def descriptors_as_seen(model: NetVLADModel, descriptors):
+def descriptors_as_seen(model: VPRModel, descriptors):
   """Local descriptors [..., D] as the NetVLAD layer sees them (L2-normalised when
   model.normalize_input): feed these to ops.netvlad_layer.kmeans."""
   return l2_normalize(descriptors) if model.normalize_input else jnp.asarray(descriptors)
 
 
-def init_netvlad_params(model: NetVLADModel, params, centroids, descriptors=None, *,
+def init_netvlad_params(model: VPRModel, params, centroids, descriptors=None, *,
                         alpha=None):
   """NetVLAD params from k-means centroids (paper sec. 3.1 / official alpha rule).
 
   Args:
-    model: the NetVLADModel (its assignment and normalize_input are used).
+    model: the VPRModel (its assignment and normalize_input are used).
     params: the model's params (variables["params"]); not modified.
     centroids: [K, D] k-means centres of descriptors_as_seen(model, local descriptors).
     descriptors: [M, D] raw local descriptors for the alpha rule
@@ -268,10 +268,14 @@ def apply_pca_whitening(vectors, mean, projection, normalize: bool = True):
 def set_pca_params(params, mean, projection):
   """Sets the "pca" Dense so that pca(x) = (x - mean) @ projection. Returns new params."""
   if "pca" not in params:
-    raise ValueError("params has no 'pca' layer: build NetVLADModel(pca_dim=...).")
+    raise ValueError("params has no 'pca' layer: build VPRModel(pca_dim=...).")
   shape = params["pca"]["kernel"].shape
   if tuple(projection.shape) != tuple(shape):
     raise ValueError(f"projection must be {tuple(shape)}; got {tuple(projection.shape)}.")
   projection = jnp.asarray(projection, jnp.float32)
   return {**params, "pca": {"kernel": projection,
                             "bias": -jnp.asarray(mean, jnp.float32) @ projection}}
+
+
+# The name before VPRModel (the model runs NetVLAD and the later aggregators alike).
+NetVLADModel = VPRModel

@@ -9,14 +9,15 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxset.ops import _checks
 
 __all__ = ["grad_cam"]
 
 
-def grad_cam(score_fn: Callable[[jax.Array], jax.Array], feature_map, *,
-             normalize: bool = False, relu: bool = True, eps: float = 1e-12):
+def grad_cam(score_fn: Callable[[jax.Array], jax.Array], feature_map: ArrayLike, *,
+             normalize: bool = False, relu: bool = True, eps: float = 1e-12) -> jax.Array:
   """Grad-CAM maps of per-example scores on a conv feature map.
 
   Grad-CAM eq. (1)-(2): alpha_c = (1/HW) sum_{h,w} d y / d A[h, w, c] and

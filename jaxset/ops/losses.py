@@ -28,6 +28,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxset.ops import _checks
 
@@ -76,7 +77,8 @@ def _set_triplet_bwd(margin, res, g):
 _set_triplet.defvjp(_set_triplet_fwd, _set_triplet_bwd)
 
 
-def set_triplet_loss(anchor, positive, negative, margin: float = 1.2):
+def set_triplet_loss(anchor: ArrayLike, positive: ArrayLike, negative: ArrayLike,
+                     margin: float = 1.2) -> jax.Array:
   """QAN's set verification loss (Sec. 3.2): max(0, |a-p|^2 - |a-n|^2 + delta).
 
   Args:
@@ -92,6 +94,10 @@ def set_triplet_loss(anchor, positive, negative, margin: float = 1.2):
   Gradient (jax.custom_vjp), with h = |a-p|^2 - |a-n|^2 + delta and
   1[h > 0] the active indicator (at h == 0 exactly the subgradient 0 is used):
     dL/da = 2 (n - p) 1[h>0], dL/dp = -2 (a - p) 1[h>0], dL/dn = 2 (a - n) 1[h>0].
+
+  >>> a, p, n = jnp.zeros((1, 2)), jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 3.0]])
+  >>> set_triplet_loss(a, p, n, margin=1.0).tolist()  # max(0, 1 + 1 - 9)
+  [0.0]
   """
   anchor, positive, negative = (jnp.asarray(x) for x in (anchor, positive, negative))
   _checks.check_rank("anchor", anchor, 1, "[..., dim]")
@@ -167,9 +173,10 @@ def _ranking_bwd(margin, squared, res, g):
 _ranking.defvjp(_ranking_fwd, _ranking_bwd)
 
 
-def weakly_supervised_ranking_loss(query, positives, negatives, pos_mask=None,
-                                   neg_mask=None, margin: float = 0.1,
-                                   squared: bool = True):
+def weakly_supervised_ranking_loss(query: ArrayLike, positives: ArrayLike, negatives: ArrayLike,
+                                   pos_mask: ArrayLike | None = None,
+                                   neg_mask: ArrayLike | None = None, margin: float = 0.1,
+                                   squared: bool = True) -> jax.Array:
   """NetVLAD's weakly supervised triplet ranking loss (Arandjelovic et al., eq. (7)).
 
   L_q = sum_{valid n} max(d(q, p*) + m - d(q, n), 0), where
@@ -250,7 +257,7 @@ def _bce_bwd(res, g):
 _bce.defvjp(_bce_fwd, _bce_bwd)
 
 
-def verification_bce(logits, same):
+def verification_bce(logits: ArrayLike, same: ArrayLike) -> jax.Array:
   """CASN's Siamese same/different loss: binary cross-entropy on logits.
 
   L = -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))] = softplus(z) - y z,
@@ -266,6 +273,9 @@ def verification_bce(logits, same):
 
   Gradient (jax.custom_vjp): dL/dz = sigmoid(z) - y; dL/dy = -z (only seen
   when `same` is a float array being differentiated).
+
+  >>> [round(x, 4) for x in verification_bce(jnp.array([0.0, 2.0]), jnp.array([1, 0])).tolist()]
+  [0.6931, 2.1269]
   """
   logits = jnp.asarray(logits)
   same = jnp.asarray(same)
@@ -343,8 +353,8 @@ def _consistency_bwd(threshold, size, res, g):
 _consistency.defvjp(_consistency_fwd, _consistency_bwd)
 
 
-def attention_consistency_loss(map_a, map_b, same, *, threshold: float = 0.5,
-                               size: int | None = None):
+def attention_consistency_loss(map_a: ArrayLike, map_b: ArrayLike, same: ArrayLike, *,
+                               threshold: float = 0.5, size: int | None = None) -> jax.Array:
   """CASN's Siamese attention consistency loss (Zheng et al. 2019, Sec. 3.2).
 
   M_m = T(maxpool_W(M)): each attention map is max-pooled horizontally into a

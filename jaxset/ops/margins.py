@@ -58,6 +58,7 @@ from jaxset.ops import _checks
 
 __all__ = [
     "COS_CLIP_EPS", "HEADS", "HeadSpec", "HeadTerms", "head_spec", "head_logits",
+    "register_head",
     "margin_logits", "eqface_logits", "adaface_logits", "magface_logits",
     "adaface_init_stats", "adaface_gradient_scaling_term", "adaface_norm_scaler",
     "adaface_update_stats", "magface_margin", "magface_regularizer",
@@ -730,6 +731,15 @@ HEADS: dict[str, HeadSpec] = {
                         "norms", False, _magface_params, _magface_terms,
                         _check_row("norms", _NORMS, True)),
 }
+
+
+def register_head(spec: HeadSpec) -> None:
+  """Adds a margin head to HEADS: every entry point (logits, fused
+  cross-entropy, Partial FC, the Flax SpecHead) then runs it by name
+  (docs/adding_a_method.md, a margin head)."""
+  if spec.name in HEADS and HEADS[spec.name] is not spec:
+    raise ValueError(f"head {spec.name!r} is already registered; pick another name.")
+  HEADS[spec.name] = spec
 
 
 def head_spec(name: str) -> HeadSpec:

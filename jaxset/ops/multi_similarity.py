@@ -15,6 +15,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxset.ops import _checks
 from jaxset.ops._checks import compute_dtype as _compute_dtype
@@ -85,8 +86,9 @@ def _check_weights(alpha, beta, lam):
                              "a finite similarity margin, e.g. 1")
 
 
-def multi_similarity_loss(similarity, pos_mask, neg_mask, *, alpha: float = ALPHA,
-                          beta: float = BETA, lam: float = LAMBDA):
+def multi_similarity_loss(similarity: ArrayLike, pos_mask: ArrayLike, neg_mask: ArrayLike, *,
+                          alpha: float = ALPHA, beta: float = BETA,
+                          lam: float = LAMBDA) -> jax.Array:
   """Per-anchor multi-similarity loss (Wang et al. 2019, the MS loss).
 
   L_i = 1/alpha log[1 + sum_{k in P_i} e^{-alpha (S_ik - lam)}]
@@ -111,6 +113,11 @@ def multi_similarity_loss(similarity, pos_mask, neg_mask, *, alpha: float = ALPH
     dL_i/dS_ij = +w-_ij (j in N_i),
       w-_ij = e^{ beta (S_ij - lam)} / (1 + sum_{N_i} e^{ beta (S_ik - lam)})
     and 0 for unmasked pairs.
+
+  >>> s = jnp.array([[1.0, 0.0]])
+  >>> loss = multi_similarity_loss(s, jnp.array([[True, False]]), jnp.array([[False, True]]))
+  >>> round(float(loss[0]), 4)  # log(1 + e^0)/2 + log(1 + e^-50)/50
+  0.3466
   """
   _check_pairs(similarity, pos_mask, neg_mask)
   _check_weights(alpha, beta, lam)
@@ -129,7 +136,8 @@ def _check_label_vector(name, labels):
   return labels
 
 
-def label_pair_masks(labels, ref_labels=None):
+def label_pair_masks(labels: ArrayLike,
+                     ref_labels: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
   """All positive / negative pairs of a labelled batch.
 
   labels [B] int (and ref_labels [B'], default labels) -> (pos [B, B'], neg [B, B'])
@@ -150,7 +158,8 @@ def label_pair_masks(labels, ref_labels=None):
   return same, valid & (labels[:, None] != ref[None, :])
 
 
-def multi_similarity_miner(similarity, pos_mask, neg_mask, *, epsilon: float = EPSILON):
+def multi_similarity_miner(similarity: ArrayLike, pos_mask: ArrayLike, neg_mask: ArrayLike, *,
+                           epsilon: float = EPSILON) -> tuple[jax.Array, jax.Array]:
   """The paper's pair mining step, as pytorch-metric-learning's MultiSimilarityMiner.
 
   A negative pair (i, j) is kept if S_ij > min_{k in P_i} S_ik - epsilon; a
@@ -174,9 +183,9 @@ def multi_similarity_miner(similarity, pos_mask, neg_mask, *, epsilon: float = E
   return pos_mask & (s < hardest_neg + epsilon), neg_mask & (s > hardest_pos - epsilon)
 
 
-def multi_similarity_from_labels(embeddings, labels, *, mine: bool = True,
+def multi_similarity_from_labels(embeddings: ArrayLike, labels: ArrayLike, *, mine: bool = True,
                                  alpha: float = ALPHA, beta: float = BETA, lam: float = LAMBDA,
-                                 epsilon: float = EPSILON):
+                                 epsilon: float = EPSILON) -> jax.Array:
   """Multi-similarity loss of a labelled batch: S = E E^T, mined pairs, [B] losses.
 
   embeddings [B, D] (L2-normalised, so S is cosine), labels [B] int (-1:

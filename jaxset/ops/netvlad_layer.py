@@ -32,6 +32,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxset.ops import _checks
 from jaxset.ops._norms import eps_normalize
@@ -218,8 +219,9 @@ def _netvlad_plain(x, c, w, b, m, normalize_input, eps):
   return _forward(x, c, w, b, m, normalize_input, eps)[0]
 
 
-def netvlad(descriptors, centroids, assign_weight, assign_bias=None, mask=None,
-            normalize_input=True, *, eps=DEFAULT_EPS):
+def netvlad(descriptors: ArrayLike, centroids: ArrayLike, assign_weight: ArrayLike,
+            assign_bias: ArrayLike | None = None, mask: ArrayLike | None = None,
+            normalize_input: bool = True, *, eps: float = DEFAULT_EPS) -> jax.Array:
   """NetVLAD pooling of a set of local descriptors (paper eqs. 3 and 4).
 
   Args:
@@ -259,7 +261,8 @@ def netvlad(descriptors, centroids, assign_weight, assign_bias=None, mask=None,
   return jnp.reshape(y, lead + (k * d,)).astype(jnp.result_type(descriptors))
 
 
-def vlad(descriptors, centroids, mask=None, normalize_input=True, *, eps=DEFAULT_EPS):
+def vlad(descriptors: ArrayLike, centroids: ArrayLike, mask: ArrayLike | None = None,
+         normalize_input: bool = True, *, eps: float = DEFAULT_EPS) -> jax.Array:
   """Hard-assignment VLAD (paper eq. 1) with NetVLAD's normalisation, for comparison.
 
   a_k(x_i) = 1 if c_k is the nearest anchor to x_i (Euclidean, ties to the lowest
@@ -334,7 +337,8 @@ def _kmeans(x, key, k, iters, init):
   return jax.lax.fori_loop(0, iters, lloyd, c0)
 
 
-def kmeans(descriptors, k, *, key, iters=20, init="kmeans++"):
+def kmeans(descriptors: ArrayLike, k: int, *, key: jax.Array, iters: int = 20,
+           init: str = "kmeans++") -> jax.Array:
   """k-means (Lloyd) anchors for NetVLAD/VLAD initialisation.
 
   Args:
@@ -372,7 +376,8 @@ def kmeans(descriptors, k, *, key, iters=20, init="kmeans++"):
 ALPHA_TARGET = -math.log(0.01)
 
 
-def netvlad_alpha(descriptors, centroids, *, eps=DEFAULT_EPS):
+def netvlad_alpha(descriptors: ArrayLike, centroids: ArrayLike, *,
+                  eps: float = DEFAULT_EPS) -> jax.Array:
   """The official alpha rule: alpha = -ln(0.01) / mean_i(gap_i).
 
   gap_i is the difference between the two largest dot products of descriptor
@@ -408,7 +413,8 @@ def netvlad_alpha(descriptors, centroids, *, eps=DEFAULT_EPS):
   return ALPHA_TARGET / jnp.maximum(mean_gap, eps)
 
 
-def netvlad_params_from_centroids(centroids, alpha, *, assignment="paper", eps=DEFAULT_EPS):
+def netvlad_params_from_centroids(centroids: ArrayLike, alpha: ArrayLike, *,
+                                  assignment: str = "paper", eps: float = DEFAULT_EPS):
   """NetVLAD parameters from k-means anchors.
 
   assignment="paper" (paper section 3.1, below eq. 2): w_k = 2 alpha c_k,
@@ -443,12 +449,15 @@ def _check_flat(v, k, d, axis):
                      f"got {size} (shape {tuple(jnp.shape(v))}).")
 
 
-def to_matlab_order(v, k, d, *, axis=-1):
+def to_matlab_order(v: ArrayLike, k: int, d: int, *, axis: int = -1) -> jax.Array:
   """[K, D] row-major (jaxset, PyTorch ports) -> the MATLAB release's order.
 
   MATLAB's vector is cluster-minor (D-major): entry d*K + k holds V(k, d).
   Example (K=2, D=3): [V00 V01 V02 V10 V11 V12] -> [V00 V10 V01 V11 V02 V12].
   Works along `axis` (e.g. the input axis of a PCA matrix).
+
+  >>> to_matlab_order(jnp.arange(6.0), 2, 3).tolist()  # [k, d] -> [d, k] flattening
+  [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
   """
   _check_flat(v, k, d, axis)
   v = jnp.moveaxis(jnp.asarray(v), axis, -1)
@@ -457,7 +466,7 @@ def to_matlab_order(v, k, d, *, axis=-1):
   return jnp.moveaxis(out, -1, axis)
 
 
-def from_matlab_order(v, k, d, *, axis=-1):
+def from_matlab_order(v: ArrayLike, k: int, d: int, *, axis: int = -1) -> jax.Array:
   """The MATLAB release's cluster-minor order -> [K, D] row-major. Inverse of
   `to_matlab_order`."""
   _check_flat(v, k, d, axis)

@@ -106,7 +106,11 @@ class PartialFCOutput(NamedTuple):
 
 def num_sampled(c_local: int, sample_rate: float, global_batch: int) -> int:
   """Classes kept per shard: ceil(rate * C_local), at least the global batch
-  (so every positive fits), at most C_local."""
+  (so every positive fits), at most C_local.
+
+  >>> num_sampled(1000, 0.1, 64), num_sampled(1000, 0.01, 64), num_sampled(1000, 1.0, 64)
+  (100, 64, 1000)
+  """
   if not 0.0 < sample_rate <= 1.0:
     raise ValueError(f"sample_rate must be in (0, 1]; got {sample_rate}.")
   if sample_rate == 1.0:

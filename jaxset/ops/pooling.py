@@ -27,6 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxset.ops import _checks
 
@@ -142,7 +143,8 @@ def _quality_pool_bwd(eps, res, g):
 _quality_pool.defvjp(_quality_pool_fwd, _quality_pool_bwd)
 
 
-def quality_pool(features, quality, mask=None, *, eps: float | None = None):
+def quality_pool(features: ArrayLike, quality: ArrayLike, mask: ArrayLike | None = None, *,
+                 eps: float | None = None) -> jax.Array:
   """QAN set pooling, eq. (2): R_a = sum_i mu_i R_i / sum_i mu_i.
 
   Args:
@@ -180,6 +182,10 @@ def quality_pool(features, quality, mask=None, *, eps: float | None = None):
   Raises:
     ValueError: wrong ranks/shapes (naming the argument); eagerly also NaN/Inf
       or negative quality in the valid entries.
+
+  >>> f = jnp.array([[[1.0, 0.0], [0.0, 1.0]]])
+  >>> quality_pool(f, jnp.array([[3.0, 1.0]])).tolist()
+  [[0.75, 0.25]]
   """
   features = jnp.asarray(features)
   quality = jnp.asarray(quality)
@@ -235,8 +241,8 @@ def _segment_bwd(num_segments, eps, res, g):
 _segment_quality_pool.defvjp(_segment_fwd, _segment_bwd)
 
 
-def segment_quality_pool(features, quality, segment_ids, num_segments: int,
-                         *, eps: float | None = None):
+def segment_quality_pool(features: ArrayLike, quality: ArrayLike, segment_ids: ArrayLike,
+                         num_segments: int, *, eps: float | None = None) -> jax.Array:
   """QAN eq. (2) over ragged sets stored back to back (no padding).
 
   Args:
@@ -289,11 +295,14 @@ def _masked_count(valid, dtype):
   return count, jnp.where(count > 0, count, 1)
 
 
-def mean_pool(features, mask=None):
+def mean_pool(features: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
   """Average pooling over the set axis: sum_i R_i / N_valid.
 
   features [..., N, D], mask [..., N] bool -> [..., D]. An empty or fully
   masked set gives zeros (and zero gradient).
+
+  >>> mean_pool(jnp.array([[[1.0], [3.0], [9.0]]]), jnp.array([[1, 1, 0]])).tolist()
+  [[2.0]]
   """
   features = jnp.asarray(features)
   valid = _check_set(features, mask)
@@ -304,12 +313,15 @@ def mean_pool(features, mask=None):
   return (jnp.sum(x, axis=-2) / safe[..., None]).astype(features.dtype)
 
 
-def max_pool(features, mask=None):
+def max_pool(features: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
   """Element-wise max over the valid set elements: max_i R_i.
 
   features [..., N, D], mask [..., N] bool -> [..., D]. The gradient goes to
   the arg-max element (split evenly on exact ties, as jnp.max does). An
   empty or fully masked set gives zeros (and zero gradient).
+
+  >>> max_pool(jnp.array([[[1.0], [3.0], [9.0]]]), jnp.array([[1, 1, 0]])).tolist()
+  [[3.0]]
   """
   features = jnp.asarray(features)
   valid = _check_set(features, mask)
@@ -328,7 +340,8 @@ def max_pool(features, mask=None):
 GEM_SMALL_P = 1e-3
 
 
-def gem_pool(features, mask=None, p=3.0, eps: float = 1e-6):
+def gem_pool(features: ArrayLike, mask: ArrayLike | None = None, p: ArrayLike = 3.0,
+             eps: float = 1e-6) -> jax.Array:
   """Generalised-mean (GeM) pooling over the set axis (Radenovic et al., eq. (1)).
 
   (sum_i max(R_i, eps)^p / N_valid)^(1/p), element-wise over D. p = 1 is the
@@ -345,6 +358,9 @@ def gem_pool(features, mask=None, p=3.0, eps: float = 1e-6):
   log M_p = mean(log R) + p var(log R) / 2 + O(p^2), whose value at p = 0 is
   the geometric mean and whose p-gradient there is the true one,
   M_0 var(log R) / 2 (not 0), so p can leave 0. Finite for every finite p.
+
+  >>> round(float(gem_pool(jnp.array([[[1.0], [3.0]]]), p=1.0)[0, 0]), 4)  # p = 1: the mean
+  2.0
   """
   features = jnp.asarray(features)
   valid = _check_set(features, mask)

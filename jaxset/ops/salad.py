@@ -20,6 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxset.ops import _checks
 from jaxset.ops._checks import compute_dtype as _compute_dtype
@@ -118,7 +119,8 @@ def _validate(scores, dustbin, num_iters):
   _checks.check_finite("dustbin", dustbin)
 
 
-def salad_log_transport(scores, dustbin, num_iters: int = DEFAULT_ITERS):
+def salad_log_transport(scores: ArrayLike, dustbin: ArrayLike,
+                        num_iters: int = DEFAULT_ITERS) -> jax.Array:
   """log of SALAD's transport plan, dustbin column included.
 
   Args:
@@ -147,17 +149,23 @@ def salad_log_transport(scores, dustbin, num_iters: int = DEFAULT_ITERS):
   return _log_transport(z, num_iters)
 
 
-def salad_assignment(scores, dustbin, num_iters: int = DEFAULT_ITERS):
+def salad_assignment(scores: ArrayLike, dustbin: ArrayLike,
+                     num_iters: int = DEFAULT_ITERS) -> jax.Array:
   """SALAD's soft assignment: the transport plan without its dustbin column.
 
   scores [..., N, M], scalar dustbin -> P [..., N, M] (float32 at least),
   P_ij in [0, 1], sum_j P_ij = 1 - (mass sent to the dustbin) <= 1. See
   salad_log_transport for the iterations and the gradient.
+
+  >>> p = salad_assignment(jnp.zeros((4, 2)), 0.0)
+  >>> p.shape, bool((p >= 0).all() & (p.sum(-1) <= 1 + 1e-6).all())
+  ((4, 2), True)
   """
   return jnp.exp(salad_log_transport(scores, dustbin, num_iters)[..., :-1])
 
 
-def salad_aggregate(features, assignment, token=None, *, eps: float = _EPS):
+def salad_aggregate(features: ArrayLike, assignment: ArrayLike, token: ArrayLike | None = None,
+                    *, eps: float = _EPS) -> jax.Array:
   """SALAD's descriptor from assigned features (the paper's aggregation).
 
   Args:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import traverse_util
 
-from jaxset.models import AdaFace
+from jaxset.models import MarginFaceModel
 from jaxset.models.heads import STATS_COLLECTION
 from train import loop, partial_fc
 from train.tasks import common, faces, identities
@@ -29,7 +29,8 @@ class Task(faces.FaceTask):
 
   def build_model(self, config):
     # margin 0 in the config: the head's own default margin.
-    return common.model_from_config(AdaFace, config, num_classes=identities.num_classes(config),
+    return common.model_from_config(MarginFaceModel, config,
+                                    num_classes=identities.num_classes(config),
                                     margin=config.model.margin or None,
                                     **partial_fc.model_kwargs(config))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from jaxset.data.images import _load_images
+from jaxset.data.images import load_images
 from jaxset.data.records import read_metadata
 from jaxset.data.sampling import (
   _PAIR,
@@ -46,9 +46,9 @@ class _PairMaker:
     a, b = np.array(a, np.int64), np.array(b, np.int64)
     rows = list(range(self.local.start, self.local.stop))
     return {
-        "image_a": _load_images(self.source, a, self.image_fn, self.seed, step,
+        "image_a": load_images(self.source, a, self.image_fn, self.seed, step,
                                 [(r, 0) for r in rows]),
-        "image_b": _load_images(self.source, b, self.image_fn, self.seed, step,
+        "image_b": load_images(self.source, b, self.image_fn, self.seed, step,
                                 [(r, 1) for r in rows]),
         "same": np.array([r % 2 == 0 for r in rows]),
         "index_a": a, "index_b": b,

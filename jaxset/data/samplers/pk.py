@@ -6,7 +6,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from jaxset.data.images import _load_images
+from jaxset.data.images import load_images
 from jaxset.data.records import read_metadata
 from jaxset.data.sampling import (
   _PICK,
@@ -45,7 +45,7 @@ class _PKMaker:
                  for t in range(self.k)]
     batch = _take_meta(self.meta, idx)
     batch["label"] = batch["label"].astype(np.int32)
-    batch["image"] = _load_images(self.source, idx, self.image_fn, self.seed, step,
+    batch["image"] = load_images(self.source, idx, self.image_fn, self.seed, step,
                                   [(r,) for r in positions])
     batch["index"] = idx
     return batch

@@ -15,7 +15,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from jaxset.data.images import _load_images
+from jaxset.data.images import load_images
 from jaxset.data.records import read_metadata
 from jaxset.data.sampling import (
   _PICK,
@@ -102,7 +102,7 @@ class _PlacePKMaker:
       sel = np.flatnonzero(is_query == flag)
       if len(sel) == 0:
         continue
-      part = _load_images(source, views[sel] - offset, self.image_fn, self.seed, step,
+      part = load_images(source, views[sel] - offset, self.image_fn, self.seed, step,
                           [positions[i] for i in sel])
       if image is None:
         image = np.zeros((len(views),) + part.shape[1:], np.uint8)

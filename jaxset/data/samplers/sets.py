@@ -4,7 +4,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from jaxset.data.images import _padded_images
+from jaxset.data.images import padded_images
 from jaxset.data.records import read_metadata
 from jaxset.data.sampling import (
   _NEG,
@@ -68,7 +68,7 @@ class _Tracklets:
       grid[i, :len(chosen)] = chosen
     mask = grid >= 0
     out = {
-        "images": _padded_images(source, grid, mask, image_fn, seed, step, stream,
+        "images": padded_images(source, grid, mask, image_fn, seed, step, stream,
                                  row0),
         "mask": mask,
         "label": np.array([self.label[int(t)] for t in tracklets], np.int32),

@@ -6,7 +6,7 @@ from typing import Callable
 import grain
 import numpy as np
 
-from jaxset.data.images import _load_images, _padded_images
+from jaxset.data.images import load_images, padded_images
 from jaxset.data.records import neighbours_within, read_metadata
 from jaxset.data.sampling import (
   _NEG,
@@ -96,14 +96,14 @@ class _TupleMaker:
       neg[i, :len(n)] = n
     pos_mask, neg_mask = pos >= 0, neg >= 0
     rows = [self.local.start + i for i in range(b)]
-    query = _load_images(self.queries, qs, self.image_fn, self.seed, step,
+    query = load_images(self.queries, qs, self.image_fn, self.seed, step,
                          [(0, r) for r in rows])
     return {
         "query": query,
-        "positives": _padded_images(self.database, pos, pos_mask, self.image_fn,
+        "positives": padded_images(self.database, pos, pos_mask, self.image_fn,
                                     self.seed, step, 1, self.local.start),
         "pos_mask": pos_mask,
-        "negatives": _padded_images(self.database, neg, neg_mask, self.image_fn,
+        "negatives": padded_images(self.database, neg, neg_mask, self.image_fn,
                                     self.seed, step, 2, self.local.start, like=query),
         "neg_mask": neg_mask,
         "query_index": qs.astype(np.int64),

@@ -1,6 +1,6 @@
 """Statistics and a contact sheet of any registered dataset.
 
-  python -m jaxset.data.inspect --dataset=synthetic_identities \
+  python -m jaxset.data.overview --dataset=synthetic_identities \
       [--config=tiny] [--data_dir=...] [--manual_dir=...] [--out=contact_sheet.png]
 
 Prints per split: count, image size, identities / cameras / tracklets / labels,
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
   module next to train.main (which owns --config) defines no global flags."""
   import argparse
 
-  p = argparse.ArgumentParser(prog="python -m jaxset.data.inspect",
+  p = argparse.ArgumentParser(prog="python -m jaxset.data.overview",
                               description="Statistics and a contact sheet of a dataset.")
   p.add_argument("--dataset", required=True, help="a key of jaxset.data.BUILDERS")
   p.add_argument("--config", default=None, help="builder config, e.g. tiny")
