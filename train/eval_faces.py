@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxset.data import faces, formats
+from jaxset.data.export import ARCFACE_LANDMARKS  # insightface's 112x112 alignment target
 from jaxset.data.formats import format_error
 from jaxset.eval import (
   aggregate_templates,
@@ -195,11 +196,6 @@ def face_bin(embed, config) -> Result:
 
 # --------------------------------------------------------------------------
 # IJB-B / IJB-C.
-
-# The five landmarks of a 112x112 ArcFace crop (eyes, nose tip, mouth corners),
-# insightface's alignment target.
-ARCFACE_LANDMARKS = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                              [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
 
 GALLERIES = {"ijbc": ("G1", "G2"), "ijbb": ("S1", "S2")}
 
