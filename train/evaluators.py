@@ -181,7 +181,17 @@ class Embedder:
       pad = (-len(b)) % self.mesh.devices.size
       if pad:
         b = np.concatenate([b, np.zeros((pad,) + b.shape[1:], b.dtype)])
-      out = jax.device_get(self._fn(self.variables, loop.shard_batch(b, self.mesh)))
+      procs = jax.process_count()
+      if procs == 1:
+        out = jax.device_get(self._fn(self.variables, loop.shard_batch(b, self.mesh)))
+      else:
+        # Every process holds the whole batch: each places its contiguous
+        # share, and the outputs are gathered back in row order.
+        from jax.experimental import multihost_utils
+        per = len(b) // procs
+        local = b[jax.process_index() * per:(jax.process_index() + 1) * per]
+        out = multihost_utils.process_allgather(
+            self._fn(self.variables, loop.shard_batch(local, self.mesh)), tiled=True)
       parts.append({k: np.asarray(v)[:len(b) - pad] for k, v in out.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
