@@ -51,6 +51,29 @@ BENCHMARKS: dict[str, str | Callable] = {
 }
 
 
+# name -> "module:function(config)" that checks the benchmark's files and
+# raises naming the file and the fix: run before training starts, so that a
+# run validating every N steps does not stop at its first validation.
+CHECKS: dict[str, str | Callable] = {
+    "face_bin": "train.eval_faces:check_bins",
+    "ijb": "train.eval_faces:check_ijb",
+}
+
+
+def preflight(config) -> None:
+  """Runs config.eval.benchmark's check (CHECKS), if it has one."""
+  name = config.eval.get("benchmark", "")
+  if not name:
+    return
+  get(name)  # an unknown name is an error now too
+  entry = CHECKS.get(name)
+  if isinstance(entry, str):
+    module, fn = entry.split(":")
+    entry = getattr(importlib.import_module(module), fn)
+  if entry is not None:
+    entry(config)
+
+
 @dataclasses.dataclass
 class Result:
   """What a benchmark returns (see the module docstring)."""
