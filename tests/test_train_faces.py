@@ -90,7 +90,8 @@ def test_folder_without_identity_subfolders_is_one_clear_error(miniatures, tmp_p
   for p in list((miniatures / "folder").rglob("*.jpg"))[:3]:
     shutil.copy(p, flat / f"{p.parent.name}_{p.name}")
   r = run_main(_args("configs/arcface.py:folder", tmp_path / "run",
-                     dict(TINY, **{"data.dir": flat})))
+                     dict(TINY, **{"data.dir": flat,
+                                   "eval.dir": miniatures / "faces_emore"})))
   assert r.returncode == 1
   assert f"{flat}: expected one subfolder per identity" in r.stderr
   assert "Move each identity's images into a folder of its own" in r.stderr
