@@ -2,9 +2,18 @@
 
 Embedded default (offline, CPU, a few minutes):
   python -m train.main --config=configs/netvlad.py
-Pittsburgh 30k with VGG16, as the paper (your local copy of the dataset):
+Pittsburgh 30k with VGG16 from ImageNet weights, as the paper (your local copy):
+  python -m jaxset.convert --arch=vgg16 --checkpoint=vgg16-397923af.pth --out=vgg16.msgpack
   python -m train.main --config=configs/netvlad.py:pitts30k \
       --config.data.dir=/data/pittsburgh --config.model.pretrained=vgg16.msgpack
+Recall@1/5/10/20 of that run on Pittsburgh 30k test, Tokyo 24/7 (panorama NMS) and
+MSLS val (every query; --config.eval.msls_queries=with_positives for the other count):
+  python -m train.eval --config=configs/netvlad.py:pitts30k --workdir=runs/netvlad_pitts30k \
+      --config.eval.benchmark=places --config.eval.dir=/data/pittsburgh
+  python -m train.eval --config=configs/netvlad.py:tokyo247 --workdir=runs/netvlad_pitts30k \
+      --config.eval.dir=/data/tokyo247
+  python -m train.eval --config=configs/netvlad.py:msls --workdir=runs/netvlad_pitts30k \
+      --config.eval.dir=/data/msls
 Baselines with the same backbone and budget: --config.model.pooling=avg|max|gem
 Later aggregators (docs/aggregators.md): --config.model.pooling=salad|mixvpr|boq|convap
 GSV-Cities-style training (P places x K views, multi-similarity loss):
@@ -13,7 +22,7 @@ GSV-Cities-style training (P places x K views, multi-similarity loss):
 """
 import ml_collections
 
-from configs.base import base_config
+from configs.base import add_benchmark_keys, base_config
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -110,13 +119,18 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.eval.pos_radius = 25.0
   c.eval.batch_size = 128
   c.eval.best_metric = "recall@1"
+  # > 0: PCA-whitening to this size (the paper's 4096), fitted on the training
+  # database's descriptors at evaluation, then L2 (fit_pca_whitening).
+  c.eval.pca_dim = 0
+  add_benchmark_keys(c)
 
   if preset in (None, "", "default"):
     return c
-  if preset in ("pitts30k", "pitts250k"):
-    c.data.name = "pittsburgh30k" if preset == "pitts30k" else "pittsburgh250k"
+  if preset in ("pitts30k", "pitts250k", "tokyo247", "msls"):
+    c.data.name = "pittsburgh250k" if preset == "pitts250k" else "pittsburgh30k"
     c.data.image_size = (480, 640)
     c.model.backbone = "vgg16"
+    c.model.pretrained = ""         # give the converted ImageNet VGG16 (docstring)
     c.model.assignment = "official"
     c.kmeans.bn_calibration_batches = 0  # VGG16 has no BatchNorm; weights are pretrained
     c.tuples.num_positives = 10
@@ -128,13 +142,22 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.optim.schedule = "step"
     c.optim.milestones = tuple(i / 6 for i in range(1, 6))
     c.optim.gamma = 0.5
-    epochs, queries = 30, (7416 if preset == "pitts30k" else 7824)
+    epochs, queries = 30, (7824 if preset == "pitts250k" else 7416)
     c.train.steps = epochs * queries // c.train.batch_size
     c.train.log_every = 100
     c.train.ckpt_every = 2000
     c.eval.split = "val"
     c.eval.every = 2000
     c.eval.batch_size = 32
-    c.model.dtype = "bfloat16"
+    c.train.precision = "bfloat16"
+    if preset == "tokyo247":     # evaluation of a Pittsburgh-trained run (test only)
+      c.eval.benchmark = "places"
+      c.eval.dataset = "tokyo247"
+      c.eval.panorama_nms = True   # 12 cutouts a panorama: one hit per panorama
+    elif preset == "msls":         # evaluation on MSLS val (cph, sf)
+      c.eval.benchmark = "places"
+      c.eval.dataset = "msls"
+      c.eval.msls_queries = "all"  # or "with_positives" (docs/evaluation.md)
     return c
-  raise ValueError(f"unknown preset {preset!r} for configs/netvlad.py; use pitts30k or pitts250k.")
+  raise ValueError(f"unknown preset {preset!r} for configs/netvlad.py; use pitts30k, pitts250k, "
+                   "tokyo247 or msls.")

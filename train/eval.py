@@ -229,9 +229,13 @@ def _first(e: BaseException) -> str:
 
 
 def embedder_from_weights(config, path):
-  """An evaluators.Embedder of converted weights (configs/pretrained.py keys)."""
+  """An evaluators.Embedder of converted weights (configs/pretrained.py keys; a
+  method of evaluators.WEIGHTS_EMBEDDERS builds its own)."""
   from jaxset.models import backbones
   from train import evaluators
+  maker = evaluators.weights_embedder(config.method)
+  if maker is not None:
+    return maker(config, path)
   from train.tasks import common
   kwargs = {k: config.model[k] for k in ("input_scale", "bgr", "pool_shortcut")
             if k in config.model}

@@ -48,6 +48,9 @@ BENCHMARKS: dict[str, str | Callable] = {
     "face_bin": "train.eval_faces:face_bin",
     "ijb": "train.eval_faces:ijb",
     "embed": "train.evaluators:embed_split",
+    "reid": "train.eval_reid:reid",
+    "video_reid": "train.eval_reid:video_reid",
+    "places": "train.eval_reid:places",
 }
 
 
@@ -72,6 +75,25 @@ def preflight(config) -> None:
     entry = getattr(importlib.import_module(module), fn)
   if entry is not None:
     entry(config)
+
+
+# config.method -> "module:function" (config, weights path) -> Embedder: how
+# `--weights` builds a model for a method's configs; methods not listed use
+# train/eval.py's face embedder (configs/pretrained.py).
+WEIGHTS_EMBEDDERS: dict[str, str] = {
+    "casn": "train.eval_reid:backbone_embedder",
+    "qan": "train.eval_reid:backbone_embedder",
+    "netvlad": "train.eval_reid:backbone_embedder",
+}
+
+
+def weights_embedder(method: str) -> Callable | None:
+  """The WEIGHTS_EMBEDDERS entry of `method`, imported; None when it has none."""
+  entry = WEIGHTS_EMBEDDERS.get(method)
+  if entry is None:
+    return None
+  module, fn = entry.split(":")
+  return getattr(importlib.import_module(module), fn)
 
 
 @dataclasses.dataclass
@@ -147,6 +169,8 @@ def _outputs(out: Any) -> dict:
   res = {"embedding": emb, "norm": norm}
   if "quality" in out:
     res["quality"] = jnp.asarray(out["quality"], jnp.float32).reshape(emb.shape[0])
+  if "part_quality" in out:  # [N, P]: one quality per horizontal part (QAN, video_reid)
+    res["part_quality"] = jnp.asarray(out["part_quality"], jnp.float32)
   return res
 
 

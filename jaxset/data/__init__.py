@@ -23,11 +23,13 @@ BUILDERS = {
     "pittsburgh30k": "places:Pittsburgh30k",
     "pittsburgh250k": "places:Pittsburgh250k",
     "tokyo247": "places:Tokyo247",
+    "msls": "places:Msls",
     "vpr_folder": "places:VprFolder",
     # image re-identification
     "market1501": "reid:Market1501",
     "dukemtmc_reid": "reid:DukeMTMCReID",
     "cuhk03_np": "reid:CUHK03NP",
+    "msmt17": "reid:Msmt17",
     # video re-identification (sets)
     "mars": "video_reid:Mars",
     "prid2011": "video_reid:Prid2011",

@@ -1,4 +1,4 @@
-"""Place recognition datasets: Pittsburgh 30k / 250k, Tokyo 24/7, and the VPR folder format.
+"""Place recognition datasets: Pittsburgh 30k / 250k, Tokyo 24/7, MSLS val, the VPR folder format.
 
 Records (PLACE_KEYS, the schema of synthetic_places): image, utm = (east,
 north) float64 metres, filename, timestamp (0 unknown), panorama (-1 unknown).
@@ -19,7 +19,9 @@ panorama, Tokyo 24/7 12.
 """
 from __future__ import annotations
 
+import csv
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -288,4 +290,87 @@ class VprFolder(formats.ManualBuilder):
     if not splits:
       raise format_error(images, "at least one of {train,val,test}/{database,queries}/",
                          formats.describe_dir(images))
+    return splits
+
+
+MSLS_VAL_CITIES = ("cph", "sf")
+
+
+def _read_csv(path: Path, columns: Sequence[str], fix: str) -> list[dict]:
+  """Rows of an MSLS csv file (first column an unnamed index) with `columns` checked."""
+  formats.require_file(path, f"{path.name} ({fix})")
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+      raise format_error(path, f"a csv header with the columns {list(columns)} ({fix})",
+                         f"the header {reader.fieldnames} (missing {missing})")
+    return list(reader)
+
+
+def read_msls_city(city_dir: Path, kind: str) -> list[dict]:
+  """Records of <city>/<kind>/ (kind "query" or "database") of MSLS, panoramas excluded.
+
+  UTM comes from postprocessed.csv (easting, northing), the panorama flag from
+  raw.csv (pano), matched by key; rows keep postprocessed.csv's order.
+  """
+  folder = city_dir / kind
+  fix = ("MSLS's metadata; unpack metadata.zip over the images so that every "
+         f"train_val/<city>/{kind}/ holds postprocessed.csv and raw.csv")
+  post = _read_csv(folder / "postprocessed.csv", ("key", "easting", "northing"), fix)
+  raw = _read_csv(folder / "raw.csv", ("key", "pano"), fix)
+  pano = {r["key"]: r["pano"].strip().lower() in ("true", "1") for r in raw}
+  rows = []
+  for n, r in enumerate(post, 2):
+    key = r["key"]
+    if key not in pano:
+      raise format_error(folder / "raw.csv", f"a row for key {key!r} (listed on line {n} of "
+                         "postprocessed.csv)", "none")
+    if pano[key]:
+      continue  # mapillary_sls evaluates without panoramas
+    try:
+      utm = np.array([float(r["easting"]), float(r["northing"])], np.float64)
+    except ValueError:
+      raise format_error(f"{folder / 'postprocessed.csv'}:{n}", "numeric easting and northing",
+                         f"{r['easting']!r}, {r['northing']!r}") from None
+    path = folder / "images" / f"{key}.jpg"
+    if not path.is_file():
+      raise FileNotFoundError(f"{path}: expected the image of key {key!r} (line {n} of "
+                              f"{folder / 'postprocessed.csv'}); it is missing "
+                              f"({formats.describe_dir(path.parent)}).")
+    rows.append(dict(image=path, utm=utm, filename=f"{city_dir.name}/{kind}/images/{key}.jpg",
+                     timestamp=0, panorama=-1))
+  return rows
+
+
+class Msls(formats.ManualBuilder):
+  """Mapillary Street-Level Sequences, validation cities (cph, sf): "val_database",
+  "val_queries".
+
+  Panoramas (raw.csv pano = True) are left out, as mapillary_sls's evaluate
+  does. Records are grouped by city (cph, then sf), each in postprocessed.csv
+  order; `filename` starts with the city, and train/eval_places.py retrieves
+  each query among its own city's database only (the official predictions are
+  made per city and concatenated). Which queries count is the evaluator's
+  choice (config.eval.msls_queries, docs/evaluation.md): every query, or only
+  those with a database image within 25 m.
+  """
+  SPLIT_FEATURES = {s: formats.PLACE_KEYS for s in ("val_database", "val_queries")}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  <manual_dir>/train_val/{cph,sf}/{query,database}/images/<key>.jpg
+  <manual_dir>/train_val/{cph,sf}/{query,database}/postprocessed.csv (key, easting, northing)
+      and raw.csv (key, pano): images_vol_*.zip and metadata.zip unpacked in one folder
+"""
+
+  def _metadata(self):
+    return dict(cities=list(MSLS_VAL_CITIES), pos_dist_thr=POS_DIST_THR)
+
+  def _read(self, root: Path):
+    root = formats.find_root(root, "train_val")
+    splits = {"val_database": [], "val_queries": []}
+    for city in MSLS_VAL_CITIES:
+      city_dir = formats.require_dir(root / "train_val" / city,
+                                     f"train_val/{city}/ (an MSLS validation city)")
+      splits["val_database"] += read_msls_city(city_dir, "database")
+      splits["val_queries"] += read_msls_city(city_dir, "query")
     return splits

@@ -1,9 +1,11 @@
-"""Image re-identification datasets: Market-1501, DukeMTMC-reID, CUHK03-NP.
+"""Image re-identification datasets: Market-1501, DukeMTMC-reID, CUHK03-NP, MSMT17.
 
 Records (IDENTITY_KEYS, the schema of synthetic_identities); splits "train"
 (bounding_box_train), "query" (query) and "gallery" (bounding_box_test), files
 in name order. From each file name: identity = the person id, camera = the
 camera number - 1, frame = the frame number; tracklet = -1 (none).
+
+MSMT17 has its own layout: list files name the images and their ids (below).
 
 Protocol details kept as in the torchreid / official evaluation: person id -1
 ("junk" detections) is dropped; id 0 (Market "distractors") is kept, in the
@@ -124,3 +126,75 @@ class CUHK03NP(_ReidBuilder):
 
   def _subdir(self):
     return self.builder_config.boxes
+
+
+MSMT17_LISTS = {"train": ("list_train.txt", "train"), "val": ("list_val.txt", "train"),
+                "query": ("list_query.txt", "test"), "gallery": ("list_gallery.txt", "test")}
+MSMT17_NAME = re.compile(r"^(?P<pid>\d+)_(?P<index>\d+)_(?P<cam>\d+)_")
+MSMT17_EXPECTED = ("lines '<pid folder>/<pid>_<index>_<camera>_<date><time>_<n>_<n>.jpg "
+                   "<pid>' (e.g. '0000/0000_000_01_0303morning_0015_0.jpg 0')")
+
+
+def read_msmt17_list(list_path: Path, image_dir: Path, prefix: str,
+                     num_cameras: int = 15) -> list[dict]:
+  """Records of one MSMT17 list file: each line '<relative path> <pid>'.
+
+  The pid is the list's (the number after the path); the camera is the third
+  '_' field of the file name, 1-based (as torchreid reads it); the frame is
+  unknown (-1). Labels rank the split's pids.
+  """
+  rows = []
+  for n, line in enumerate(list_path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    parts = line.split()
+    m = MSMT17_NAME.match(Path(parts[0]).name) if len(parts) == 2 else None
+    if not m or not parts[1].lstrip("-").isdigit():
+      raise format_error(f"{list_path}:{n}", MSMT17_EXPECTED, repr(line))
+    cam = int(m.group("cam"))
+    if not 1 <= cam <= num_cameras:
+      raise format_error(f"{list_path}:{n}", f"a camera number in 1..{num_cameras}",
+                         f"camera {cam} in {parts[0]!r}")
+    path = image_dir / parts[0]
+    if not path.is_file():
+      raise FileNotFoundError(
+          f"{path}: expected the image listed on line {n} of {list_path}; it is missing "
+          f"({formats.describe_dir(path.parent)}). Unpack {image_dir.name}/ next to the list.")
+    rows.append(formats.identity_row(path, f"{prefix}/{parts[0]}", int(parts[1]),
+                                     camera=cam - 1))
+  return formats.assign_labels(rows)
+
+
+class Msmt17(formats.ManualBuilder):
+  """MSMT17 (V1 or V2): splits "train", "val" (both from the training images),
+  "query" and "gallery" (the test images), as its list files give them; 15 cameras.
+
+  torchreid trains on "train" alone by default (its combineall option adds
+  "val"); the published query/gallery protocol is the one of Market-1501.
+  """
+  SPLIT_FEATURES = {s: formats.IDENTITY_KEYS for s in MSMT17_LISTS}
+  NUM_CAMERAS = 15
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  <manual_dir>/list_train.txt, list_val.txt, list_query.txt, list_gallery.txt
+      (lines '<pid>/<pid>_<index>_<camera>_<date><time>_<n>_<n>.jpg <pid>')
+  <manual_dir>/train/ (or mask_train_v2/) and test/ (or mask_test_v2/) holding the listed
+      images (the unpacked MSMT17_V1/ or MSMT17_V2/ folder itself or its parent)
+"""
+
+  def _read(self, root: Path):
+    root = formats.find_root(root, "list_train.txt")
+    splits = {}
+    for split, (list_name, folder) in MSMT17_LISTS.items():
+      list_path = formats.require_file(root / list_name, f"{list_name} of MSMT17 "
+                                       "('<relative image path> <pid>' lines)")
+      dirs = [d for d in (folder, f"mask_{folder}_v2") if (root / d).is_dir()]
+      if not dirs:
+        raise FileNotFoundError(
+            f"{root / folder}: expected the folder {folder}/ (MSMT17_V1) or "
+            f"mask_{folder}_v2/ (MSMT17_V2) with the images {list_name} lists; it is "
+            f"missing ({formats.describe_dir(root)}).")
+      splits[split] = read_msmt17_list(list_path, root / dirs[0], dirs[0], self.NUM_CAMERAS)
+    return splits
+
+  def _metadata(self):
+    return dict(num_cameras=self.NUM_CAMERAS)

@@ -1,10 +1,15 @@
-"""Person re-identification: CMC and mAP as torchreid computes them (Market-1501 protocol).
+"""Person re-identification: CMC, mAP and mINP as torchreid / fast-reid compute them.
 
-Per query: rank the gallery by distance; drop gallery entries that share the
-query's pid AND camera (same-camera true matches are too easy); skip the query
-if no true match remains; CMC(r) = 1 if the first remaining true match is at
-rank <= r; AP = sum_k precision@k * rel_k / num_rel over the remaining list.
-CMC and mAP average over the valid (not skipped) queries.
+Per query (Market-1501 protocol): rank the gallery by distance; drop gallery
+entries that share the query's pid AND camera (same-camera true matches are too
+easy); skip the query if no true match remains; CMC(r) = 1 if the first
+remaining true match is at rank <= r; AP = sum_k precision@k * rel_k / num_rel
+over the remaining list; INP = num_rel / R_hard, R_hard the 1-based rank of
+the last (hardest) remaining true match in the remaining list (Ye et al., TPAMI
+2021, eq. 8; fast-reid's evaluation/rank.py): the precision at the point where
+every true match has been retrieved. CMC, mAP and mINP average over the valid
+(not skipped) queries. max_rank only truncates the CMC curve; AP and INP always
+see the whole remaining list.
 
 Distractors (pid 0 in Market-1501) are ordinary gallery entries that never match
 a query, so they stay. Junk (pid -1) images are dropped by the loaders; if they do
@@ -21,15 +26,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
-from jaxset.eval.retrieval import pairwise_sq_distances
+from jaxset.eval import search
 from jaxset.ops import _checks
 
 
 def _first_ranks_and_ap(dist: np.ndarray, q_pids, g_pids, q_cams, g_cams, junk: np.ndarray):
-  """Per query: 0-based rank of the first kept true match (-1 if none) and AP."""
+  """Per query: 0-based rank of the first kept true match (-1 if none), AP, INP
+  and whether the query is valid."""
   order = np.argsort(dist, axis=1, kind="stable")
   gp = g_pids[order]
   gc = g_cams[order]
@@ -44,7 +49,11 @@ def _first_ranks_and_ap(dist: np.ndarray, q_pids, g_pids, q_cams, g_cams, junk: 
   first_rank = np.where(valid, kept_rank[np.arange(len(first)), first] - 1, -1)
   precision = hits / np.maximum(kept_rank, 1)
   ap = np.where(valid, (precision * rel).sum(axis=1) / np.maximum(num_rel, 1), 0.0)
-  return first_rank, ap, valid
+  # The hardest true match: the last one in gallery order; INP = precision there.
+  last = rel.shape[1] - 1 - np.argmax(rel[:, ::-1], axis=1)
+  hard_rank = kept_rank[np.arange(len(last)), last]
+  inp = np.where(valid, num_rel / np.maximum(hard_rank, 1), 0.0)
+  return first_rank, ap, inp, valid
 
 
 def _ids_and_cams(query_ids, gallery_ids, query_cams, gallery_cams, nq, ng, rows):
@@ -61,7 +70,7 @@ def _ids_and_cams(query_ids, gallery_ids, query_cams, gallery_cams, nq, ng, rows
 
 def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, gallery_cams,
                            max_rank: int = 50, junk_pids: Sequence[int] = ()):
-  """CMC and mAP from a [Q, G] distance matrix (smaller = more similar).
+  """CMC, mAP and mINP from a [Q, G] distance matrix (smaller = more similar).
 
   Args:
     distances: [Q, G] float.
@@ -73,9 +82,10 @@ def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, galler
   Returns:
     dict with "cmc" (float64 [max_rank], cmc[r] = fraction of valid queries whose
     first true match is at rank <= r + 1), "rank1", "rank5", "rank10" (from the
-    first-match ranks, whatever max_rank), "mAP", "num_valid_queries", "ap" ([Q]
-    float64, 0 for skipped queries) and "valid" ([Q] bool). Raises ValueError if
-    no query has a true match left (torchreid asserts).
+    first-match ranks, whatever max_rank), "mAP", "mINP" (fast-reid's mean
+    inverse negative penalty), "num_valid_queries", "ap" and "inp" ([Q] float64,
+    0 for skipped queries) and "valid" ([Q] bool). Raises ValueError if no query
+    has a true match left (torchreid and fast-reid assert).
   """
   dist = np.asarray(distances)
   _checks.check_rank("distances", dist, 2, "[num_query, num_gallery]")
@@ -90,11 +100,10 @@ def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, galler
     raise ValueError(f"max_rank must be >= 1; got {max_rank}.")
   max_rank = min(int(max_rank), ng)
   junk = np.isin(g_pids, np.asarray(list(junk_pids), g_pids.dtype))
-  first_rank, ap, valid = _first_ranks_and_ap(dist, q_pids, g_pids, q_cams, g_cams, junk)
-  return _summarise(first_rank, ap, valid, max_rank)
+  return _summarise(*_first_ranks_and_ap(dist, q_pids, g_pids, q_cams, g_cams, junk), max_rank)
 
 
-def _summarise(first_rank, ap, valid, max_rank):
+def _summarise(first_rank, ap, inp, valid, max_rank):
   num_valid = int(valid.sum())
   if num_valid == 0:
     raise ValueError(
@@ -106,19 +115,20 @@ def _summarise(first_rank, ap, valid, max_rank):
   # From the first-match ranks, so rank-10 is right even when max_rank < 10.
   at = lambda r: float((fr < r).mean())
   return {"cmc": cmc, "rank1": at(1), "rank5": at(5), "rank10": at(10),
-          "mAP": float(ap[valid].mean()), "num_valid_queries": num_valid,
-          "ap": ap, "valid": valid}
+          "mAP": float(ap[valid].mean()), "mINP": float(inp[valid].mean()),
+          "num_valid_queries": num_valid, "ap": ap, "inp": inp, "valid": valid}
 
 
 def cmc_map(query_features, gallery_features, query_ids, gallery_ids, query_cams,
             gallery_cams, max_rank: int = 50, metric: str = "euclidean", *,
             chunk_size: int = 256, junk_pids: Sequence[int] = ()):
-  """CMC and mAP from features (torchreid's evaluate_rank, Market-1501 rules).
+  """CMC, mAP and mINP from features (torchreid / fast-reid evaluate_rank, Market-1501 rules).
 
   metric: "euclidean" (squared Euclidean, torchreid's default; same ranking as
-  Euclidean) or "cosine" (1 - cosine similarity). Distances are computed on the
-  JAX device, `chunk_size` queries at a time, so the full Q x G matrix is never
-  built. Returns the dict of `cmc_map_from_distances`.
+  Euclidean) or "cosine" (1 - cosine similarity). The gallery is ranked by
+  jaxset.eval.search.top_k_search (sharded over every device, ties by index),
+  `chunk_size` queries at a time, so the full Q x G matrix is never built.
+  Returns the dict of `cmc_map_from_distances`.
   """
   if metric not in ("euclidean", "cosine"):
     raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}.")
@@ -139,17 +149,20 @@ def cmc_map(query_features, gallery_features, query_ids, gallery_ids, query_cams
   if max_rank < 1:
     raise ValueError(f"max_rank must be >= 1; got {max_rank}.")
   junk = np.isin(g_pids, np.asarray(list(junk_pids), g_pids.dtype))
-  g_dev = jnp.asarray(gf)
   step = max(1, min(int(chunk_size), nq))
+  # The full ranking of the gallery from the sharded search (search.top_k_search,
+  # ties by index), laid back into gallery order for _first_ranks_and_ap.
+  if metric == "cosine":
+    qf, gf = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (qf, gf))
+  gallery = search.ShardedDatabase(gf, metric="ip" if metric == "cosine" else "l2")
   parts = []
   for s in range(0, nq, step):
     block = qf[s:s + step]
-    padded = np.concatenate([block, np.zeros((step - block.shape[0], qf.shape[1]), np.float32)])
-    d = np.asarray(pairwise_sq_distances(jnp.asarray(padded), g_dev, metric=metric))
-    d = d[:block.shape[0]]
+    found, order = search.top_k_search(block, gallery, ng, metric=gallery.metric,
+                                       query_block=step)
+    d = np.empty(found.shape, np.float32)
+    np.put_along_axis(d, order, 1.0 - found if metric == "cosine" else found, axis=1)
     parts.append(_first_ranks_and_ap(d, q_pids[s:s + step], g_pids,
                                      q_cams[s:s + step], g_cams, junk))
-  first_rank = np.concatenate([p[0] for p in parts])
-  ap = np.concatenate([p[1] for p in parts])
-  valid = np.concatenate([p[2] for p in parts])
-  return _summarise(first_rank, ap, valid, min(int(max_rank), ng))
+  columns = [np.concatenate([p[i] for p in parts]) for i in range(4)]
+  return _summarise(*columns, min(int(max_rank), ng))

@@ -80,9 +80,8 @@ class Task(task.Task):
 
     def pretrain_step(state, batch):
       def loss_fn(params):
-        logits, new_state = model.apply(
-            {"params": params, **state.model_state}, batch["image"], train=True,
-            method=model.classify, mutable=list(state.model_state))
+        logits, new_state = common.apply(model, state, batch["image"], params=params,
+                                         train=True, method=model.classify)
         return softmax_cross_entropy(logits, batch["label"]), new_state
 
       (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -96,8 +95,7 @@ class Task(task.Task):
       b = parts[0]["mask"].shape[0]
 
       def loss_fn(params):
-        out, new_state = model.apply({"params": params, **state.model_state}, images, mask,
-                                     train=True, mutable=list(state.model_state))
+        out, new_state = common.apply(model, state, images, mask, params=params, train=True)
         e = l2_normalize(out["embedding"])
         triplet = jnp.mean(set_triplet_loss(e[:b], e[b:2 * b], e[2 * b:], margin=cq.margin))
         loss = triplet
@@ -131,15 +129,32 @@ class Task(task.Task):
             loop.Stage("sets", config.train.steps - n_pre, sets_iterator, set_step)]
 
   # -- evaluation ------------------------------------------------------------------
-  def _tracklet_sets(self, config, split):
-    """Every tracklet of a split as one padded set (all its frames, in order)."""
+  def _query_gallery(self, config):
+    """(split, camera or None) of the query and the gallery tracklets: the dataset's
+    query / gallery splits (embedded data, MARS), else PRID2011 / iLIDS-VID's
+    protocol on the "test" identities: camera 0 tracklets query camera 1's."""
+    have = common.splits(config)
+    if {"query", "gallery"} <= have:
+      return [("query", None), ("gallery", None)]
+    if "test" in have:
+      return [("test", 0), ("test", 1)]
+    raise ValueError(f"{config.data.name!r} has neither query/gallery nor test splits "
+                     f"(it has {sorted(have)}): nothing to evaluate QAN on.")
+
+  def _tracklet_sets(self, config, split, camera=None):
+    """Every tracklet of a split (of one camera) as one padded set (all its frames,
+    in order)."""
     src = common.source(config, split)
     meta = pipeline.read_metadata(src)
     order = np.lexsort((meta["frame"], meta["tracklet"]))
+    if camera is not None:
+      order = order[meta["camera"][order] == camera]
     tids, starts = np.unique(meta["tracklet"][order], return_index=True)
     groups = np.split(order, starts[1:])
     s = max(len(g) for g in groups)
-    images = np.stack([r["image"] for r in pipeline.fetch(src, np.arange(len(src)))])
+    resize = common.image_fn(config, train=False)
+    images = np.stack([resize(np.asarray(r["image"]))
+                       for r in pipeline.fetch(src, np.arange(len(src)))])
     h, w = images.shape[1:3]
     sets = []
     for t, g in zip(tids, groups):
@@ -159,8 +174,7 @@ class Task(task.Task):
     model = self.model(config)
 
     def describe(state, batch):
-      out = model.apply({"params": state.params, **state.model_state}, batch["images"],
-                        batch["mask"])
+      out = common.apply(model, state, batch["images"], batch["mask"])
       q = out["quality"] if out["quality"].ndim == 2 else jnp.mean(out["quality"], -1)
       # The same frame features mean-pooled (mu ignored) through the same set FC:
       # the baseline that quality pooling has to beat.
@@ -174,14 +188,21 @@ class Task(task.Task):
       return {"f": l2_normalize(out["embedding"]), "f_mean": l2_normalize(mean_f), "mu": q}
 
     feats, infos = {}, {}
-    for split in ("query", "gallery"):
-      sets, info = self._tracklet_sets(config, split)
-      feats[split] = common.extract(describe, state, sets, config)
-      infos[split] = info
-    r = cmc_map(feats["query"]["f"], feats["gallery"]["f"], infos["query"]["identity"],
-                infos["gallery"]["identity"], infos["query"]["camera"],
-                infos["gallery"]["camera"])
-    out = {"set_rank1": float(r["rank1"]), "set_mAP": float(r["mAP"])}
+    for side, (split, camera) in zip(("query", "gallery"), self._query_gallery(config)):
+      sets, info = self._tracklet_sets(config, split, camera)
+      feats[side] = common.extract(describe, state, sets, config)
+      infos[side] = info
+    out = {}
+    # Tracklet re-ID with QAN's pooling (eq. 2) and with mean pooling, through the
+    # same set FC: the comparison the paper's claim rests on.
+    for key, suffix in (("f", ""), ("f_mean", "_meanpool")):
+      r = cmc_map(feats["query"][key], feats["gallery"][key], infos["query"]["identity"],
+                  infos["gallery"]["identity"], infos["query"]["camera"],
+                  infos["gallery"]["camera"])
+      out.update({f"set_rank1{suffix}": float(r["rank1"]), f"set_mAP{suffix}": float(r["mAP"]),
+                  f"set_mINP{suffix}": float(r["mINP"])})
+    if "set_pairs" not in common.splits(config):  # real video re-ID sets: no pair protocol
+      return self._with_quality(out, feats, infos)
 
     # Tracklet verification: set_pairs refer to tracklet ids of query + gallery.
     row = {}
@@ -196,6 +217,11 @@ class Task(task.Task):
                                         fold_ids=pairs["fold"])
       out[name] = float(acc["accuracy_mean"])
 
+    return self._with_quality(out, feats, infos)
+
+  @staticmethod
+  def _with_quality(out, feats, infos):
+    """`out` plus Spearman(mu, degradation) where the degradation is known."""
     mus, degs = [], []
     for split in ("query", "gallery"):
       for i, g in enumerate(infos[split]["frames"]):
@@ -203,6 +229,19 @@ class Task(task.Task):
         degs.append(infos[split]["degradation"][g])
     out.update(identities.quality_correlation(np.concatenate(mus), np.concatenate(degs), "mu"))
     return out
+
+  def embed_apply(self, config):
+    """train.eval's per-frame outputs: the frame features R_i (parts concatenated)
+    and their quality mu_i, per part ("part_quality") and averaged ("quality"),
+    which the video_reid benchmark pools by mean and by eq. (2)."""
+    model = self.model(config)
+
+    def apply(variables, images):
+      f, q = model.apply(variables, images, method=model.frames)
+      q = q if q.ndim == 2 else q[:, None]
+      return {"embedding": jnp.reshape(f, (f.shape[0], -1)), "quality": jnp.mean(q, axis=-1),
+              "part_quality": q}
+    return apply
 
   def curves(self, state, config):
     """train.eval's plots for single frames: CMC, pair ROC, the error-versus-reject
