@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.dir = ""
   # benchmark=embed: the split of config.data to embed (eval.dir: a folder of
   # images instead), written to --out in chunks of eval.chunk rows (resumable).
-  c.eval.split = ""
+  c.eval.embed_split = "train"
   c.eval.chunk = 10000
   return c
 
