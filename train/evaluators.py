@@ -33,7 +33,10 @@ or a call to `register`):
     as train/eval.py's plot_curves draws them).
 
 Errors in the benchmark's files are raised as ValueError / FileNotFoundError
-naming the file and the fix; the command prints them as one line.
+naming the file and the fix; the command prints them as one line. A
+benchmark may also register a check of its files in CHECKS (config -> None,
+raising the same errors): a training run that validates with it
+(config.eval.benchmark, every eval.every steps) runs the check before step 1.
 """
 from __future__ import annotations
 
