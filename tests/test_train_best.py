@@ -108,3 +108,14 @@ def test_better_best_keeps_the_higher():
   assert checkpoints.better_best(b, a, "acc") is b
   assert checkpoints.better_best(None, a, "acc") is a
   assert checkpoints.better_best(a, None, "acc") is a
+
+
+def test_validation_files_are_checked_before_training(tmp_path):
+  """A run that validates on .bin files every N steps checks them before step 1."""
+  c = _config(10)
+  c.eval.benchmark = "face_bin"
+  c.eval.dir = str(tmp_path / "no_bins")
+  (tmp_path / "no_bins").mkdir()
+  with pytest.raises(FileNotFoundError, match=r"no_bins: expected insightface \.bin files"):
+    loop.train_and_evaluate(c, tmp_path / "run", FitTask())
+  assert not (tmp_path / "run" / "checkpoints").exists()

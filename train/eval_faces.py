@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxset.data import faces, formats
+from jaxset.data.export import ARCFACE_LANDMARKS  # insightface's 112x112 alignment target
 from jaxset.data.formats import format_error
 from jaxset.eval import (
   aggregate_templates,
@@ -75,6 +76,14 @@ def _decode(data: bytes, where: str) -> np.ndarray:
                        f"read ({e})") from e
 
 
+def _size_error(where: str, img: np.ndarray, h: int, w: int):
+  return format_error(
+      where, f"{h}x{w} images (the model's input, config.data.image_size)",
+      f"a {img.shape[0]}x{img.shape[1]} image. Set --config.data.image_size="
+      f"'({img.shape[0]}, {img.shape[1]})' if the model takes that size, or "
+      "--config.eval.resize=True to resize every image")
+
+
 @functools.lru_cache(maxsize=16)
 def _load_bin(path: str, mtime: float, image_size: tuple, resize: bool):
   del mtime  # part of the cache key only: a rewritten file is read again
@@ -85,11 +94,7 @@ def _load_bin(path: str, mtime: float, image_size: tuple, resize: bool):
     img = _decode(b, f"{path} image {i}")
     if img.shape[:2] != (h, w):
       if not resize:
-        raise format_error(
-            f"{path} image {i}", f"{h}x{w} images (the model's input, config.data.image_size)",
-            f"a {img.shape[0]}x{img.shape[1]} image. Set --config.data.image_size="
-            f"'({img.shape[0]}, {img.shape[1]})' if the model takes that size, or "
-            "--config.eval.resize=True to resize every image")
+        raise _size_error(f"{path} image {i}", img, h, w)
       from PIL import Image
       img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
     images[i] = img
@@ -103,6 +108,22 @@ def load_bin(path: Path, image_size, resize: bool = False) -> tuple[np.ndarray, 
   formats.require_file(path, "an insightface .bin verification set")
   return _load_bin(str(path.absolute()), path.stat().st_mtime,
                    tuple(int(s) for s in image_size), bool(resize))
+
+
+def check_bins(config) -> None:
+  """Before training: every .bin exists, unpickles, and has the model's image size
+  (or eval.resize): errors name the file and the fix."""
+  h, w = tuple(config.data.image_size)
+  for path in bin_files(config):
+    bins, _ = faces.read_face_bin(path)
+    img = _decode(bins[0], f"{path} image 0")
+    if img.shape[:2] != (h, w) and not config.eval.get("resize", False):
+      raise _size_error(f"{path} image 0", img, h, w)
+
+
+def check_ijb(config) -> None:
+  """Before training: the IJB folder has its meta files."""
+  _ijb_root(config)
 
 
 def bin_verification(emb: dict, issame, *, flip: bool = True, far: float = 1e-3,
@@ -195,11 +216,6 @@ def face_bin(embed, config) -> Result:
 
 # --------------------------------------------------------------------------
 # IJB-B / IJB-C.
-
-# The five landmarks of a 112x112 ArcFace crop (eyes, nose tip, mouth corners),
-# insightface's alignment target.
-ARCFACE_LANDMARKS = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                              [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
 
 GALLERIES = {"ijbc": ("G1", "G2"), "ijbb": ("S1", "S2")}
 

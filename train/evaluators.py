@@ -19,7 +19,9 @@ or a call to `register`):
     `embed.source(records, key="image", flip=False)` does the same over a
     whole random-access source (a list of dicts, a tfds/grain data source),
     data parallel over every device with a progress bar; flip=True also
-    returns the mirrored images' outputs under "flip_<name>".
+    returns the mirrored images' outputs under "flip_<name>"; image_fn
+    (e.g. a resize) is applied to each image first. `embed.out` is the
+    report folder (--out), where a benchmark may write files.
   - The benchmark's data lives in config.eval.dir; its options are keys of
     config.eval (declared in configs/base.py so that they can be set from the
     command line).
@@ -31,7 +33,10 @@ or a call to `register`):
     as train/eval.py's plot_curves draws them).
 
 Errors in the benchmark's files are raised as ValueError / FileNotFoundError
-naming the file and the fix; the command prints them as one line.
+naming the file and the fix; the command prints them as one line. A
+benchmark may also register a check of its files in CHECKS (config -> None,
+raising the same errors): a training run that validates with it
+(config.eval.benchmark, every eval.every steps) runs the check before step 1.
 """
 from __future__ import annotations
 
@@ -45,10 +50,34 @@ import numpy as np
 BENCHMARKS: dict[str, str | Callable] = {
     "face_bin": "train.eval_faces:face_bin",
     "ijb": "train.eval_faces:ijb",
+    "embed": "train.eval_embed:embed_split",
     "reid": "train.eval_reid:reid",
     "video_reid": "train.eval_reid:video_reid",
     "places": "train.eval_reid:places",
 }
+
+
+# name -> "module:function(config)" that checks the benchmark's files and
+# raises naming the file and the fix: run before training starts, so that a
+# run validating every N steps does not stop at its first validation.
+CHECKS: dict[str, str | Callable] = {
+    "face_bin": "train.eval_faces:check_bins",
+    "ijb": "train.eval_faces:check_ijb",
+}
+
+
+def preflight(config) -> None:
+  """Runs config.eval.benchmark's check (CHECKS), if it has one."""
+  name = config.eval.get("benchmark", "")
+  if not name:
+    return
+  get(name)  # an unknown name is an error now too
+  entry = CHECKS.get(name)
+  if isinstance(entry, str):
+    module, fn = entry.split(":")
+    entry = getattr(importlib.import_module(module), fn)
+  if entry is not None:
+    entry(config)
 
 
 # config.method -> "module:function" (config, weights path) -> Embedder: how
@@ -172,20 +201,21 @@ class Embedder:
 
   def __init__(self, apply_fn: Callable, variables, image_size, batch_size: int = 256,
                progress: bool = True, description: str = ""):
-    from train import loop
-    self.mesh = loop.make_mesh()
-    self.variables = loop.replicate(variables, self.mesh)
+    from train import meshes
+    self.mesh = meshes.make_mesh()
+    self.variables = meshes.replicate(variables, self.mesh)
     self.image_size = tuple(int(s) for s in image_size)
     n = self.mesh.devices.size
     self.batch_size = max(n, int(batch_size) - int(batch_size) % n)
     self.progress = progress
     self.description = description
+    self.out = None  # the report folder, set by train.eval
     self._fn = _jitted(apply_fn)
 
   def __call__(self, images) -> dict:
     import jax
 
-    from train import loop
+    from train import meshes
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"images must be [N, H, W, 3] uint8; got shape {x.shape}.")
@@ -201,25 +231,38 @@ class Embedder:
       pad = (-len(b)) % self.mesh.devices.size
       if pad:
         b = np.concatenate([b, np.zeros((pad,) + b.shape[1:], b.dtype)])
-      out = jax.device_get(self._fn(self.variables, loop.shard_batch(b, self.mesh)))
+      procs = jax.process_count()
+      if procs == 1:
+        out = jax.device_get(self._fn(self.variables, meshes.shard_batch(b, self.mesh)))
+      else:
+        # Every process holds the whole batch: each places its contiguous
+        # share, and the outputs are gathered back in row order.
+        from jax.experimental import multihost_utils
+        per = len(b) // procs
+        local = b[jax.process_index() * per:(jax.process_index() + 1) * per]
+        out = multihost_utils.process_allgather(
+            self._fn(self.variables, meshes.shard_batch(local, self.mesh)), tiled=True)
       parts.append({k: np.asarray(v)[:len(b) - pad] for k, v in out.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def source(self, records, key: str = "image", flip: bool = False,
-             description: str | None = None) -> dict:
-    """Embeds records[i][key] for every i, in order; flip=True adds "flip_<name>"
-    (the horizontally mirrored image: insightface's flip test)."""
+             description: str | None = None, image_fn: Callable | None = None,
+             start: int = 0, stop: int | None = None) -> dict:
+    """Embeds records[i][key] for i in [start, stop), in order; flip=True adds
+    "flip_<name>" (the horizontally mirrored image: insightface's flip test)."""
     from train import writers
-    n = len(records)
+    stop = len(records) if stop is None else min(stop, len(records))
+    n = stop - start
     bar = writers.progress(n, enabled=self.progress,
                            desc=description or self.description or "embed")
     parts = []
     try:
-      for i in range(0, n, self.batch_size):
-        idx = list(range(i, min(i + self.batch_size, n)))
+      for i in range(start, stop, self.batch_size):
+        idx = list(range(i, min(i + self.batch_size, stop)))
         rows = (records.__getitems__(idx) if hasattr(records, "__getitems__")
                 else [records[j] for j in idx])
-        x = np.stack([np.asarray(r[key]) for r in rows])
+        x = np.stack([np.asarray(r[key] if image_fn is None else image_fn(np.asarray(r[key])))
+                      for r in rows])
         out = self(x)
         if flip:
           out.update({f"flip_{k}": v for k, v in self(x[:, :, ::-1]).items()})

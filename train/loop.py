@@ -129,6 +129,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   mesh = meshes.build(config)  # config.train.mesh: ('data',) or ('data', 'model')
 
   checkpoints.check_config(workdir, config)  # before anything in workdir is written
+  if config.eval.get("benchmark"):  # its files checked now, not at the first validation
+    from train import evaluators
+    evaluators.preflight(config)
   log = writers.MetricWriter(workdir, enabled=is_chief)
   log.announce(config, workdir)
 

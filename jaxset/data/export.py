@@ -33,7 +33,10 @@ code reads (docs/data.md):
 
 A new layout is one function `writer(out: Path, data: Export) -> list[Path]`
 added to WRITERS (or `register`); `data.split(name)` gives the records of a
-split with decoded images (resized to --image_size).
+split with decoded images (resized to --image_size). The re-ID, video re-ID
+and places layouts of jaxset.data.export_formats (market1501, mars,
+pittsburgh30k, msls, ...) are formats of this command too, each written
+from its own embedded dataset.
 """
 from __future__ import annotations
 
@@ -281,12 +284,33 @@ def register(name: str, writer: Callable[[Path, Export], list[Path]]) -> None:
   WRITERS[name] = writer
 
 
+def _layout_writer(name: str) -> Callable[[Path, Export], list[Path]]:
+  """The re-ID / video re-ID / places layout `name` of jaxset.data.export_formats,
+  as a writer here (it reads its own embedded dataset, export_formats.SOURCES)."""
+  from jaxset.data import export_formats
+
+  def write(out: Path, data: Export) -> list[Path]:
+    from jaxset import data as jdata
+    dataset = export_formats.SOURCES[name]
+    load = lambda split: jdata.load(dataset, split, data_dir=data.data_dir,  # noqa: E731
+                                    config=data.config)
+    return [export_formats.WRITERS[name](out, load)]
+  return write
+
+
+def formats() -> dict[str, Callable[[Path, Export], list[Path]]]:
+  """Every --format: the face layouts here and export_formats' re-ID / places ones."""
+  from jaxset.data import export_formats
+  return {**{n: _layout_writer(n) for n in export_formats.WRITERS}, **WRITERS}
+
+
 def export(fmt: str, out, *, dataset: str = "synthetic_identities", config: str | None = "tiny",
            data_dir=None, image_size=None) -> list[Path]:
   """Writes `dataset` in format `fmt` under `out`; returns the paths written."""
-  if fmt not in WRITERS:
-    raise ValueError(f"unknown export format {fmt!r}; one of {', '.join(sorted(WRITERS))}.")
-  return WRITERS[fmt](Path(out), Export(dataset, config, data_dir, image_size))
+  known = formats()
+  if fmt not in known:
+    raise ValueError(f"unknown export format {fmt!r}; one of {', '.join(sorted(known))}.")
+  return known[fmt](Path(out), Export(dataset, config, data_dir, image_size))
 
 
 def _size(text: str):
@@ -297,7 +321,7 @@ def _size(text: str):
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="python -m jaxset.data.export", description=__doc__.split(
       "\n")[0])
-  p.add_argument("--format", required=True, choices=sorted(WRITERS))
+  p.add_argument("--format", required=True, choices=sorted(formats()))
   p.add_argument("--out", required=True)
   p.add_argument("--dataset", default="synthetic_identities")
   p.add_argument("--config", default="tiny", help="the dataset's builder config (tiny, default)")
