@@ -30,7 +30,7 @@ SMALL = {"model.backbone": "small_cnn", "model.dtype": "float32", "train.steps":
 REID = {**SMALL, "data.image_size": (64, 32), "casn.warmup_steps": 2}
 VIDEO = {**SMALL, "data.image_size": (64, 32),
          "qan.set_size": 4, "qan.set_size_range": ()}
-PLACES = {**SMALL, "data.image_size": (64, 64), "train.batch_size": 2,
+PLACES = {**SMALL, "data.image_size": (64, 64), "train.batch_size": 8,
           "tuples.num_positives": 1, "tuples.num_negatives": 2, "tuples.negative_pool": 20,
           "mining.enabled": False, "kmeans.num_images": 20,
           "kmeans.bn_calibration_batches": 0}
