@@ -46,7 +46,7 @@ def test_readme_preset_command_is_in_the_config_docstring(config, preset, cmd):
 def test_docstring_commands_parse(config):
   """Every --config.<key>=... of a docstring command names a key of its preset."""
   module = importlib.import_module(f"configs.{config}")
-  cmds = [c for c in commands(module.__doc__) if c.startswith("python -m train.main")]
+  cmds = [c for c in commands(module.__doc__) if c.startswith("python -m train.")]
   assert cmds
   for cmd in cmds:
     preset = re.search(r"--config=configs/\w+\.py(?::(\w+))?", cmd).group(1)
