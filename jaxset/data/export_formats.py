@@ -299,3 +299,16 @@ WRITERS: dict[str, Callable[[Path, Loader], Path]] = {
 SOURCES = {name: "synthetic_places" if name in ("pittsburgh30k", "pittsburgh250k", "tokyo247",
                                                 "msls") else "synthetic_identities"
            for name in WRITERS}
+
+
+def export_writer(name: str) -> Callable:
+  """WRITERS[name] as a writer of `python -m jaxset.data.export` (jaxset/data/export.py):
+  writer(out, data) -> [the folder written], reading the embedded dataset the
+  layout comes from (SOURCES[name]) with data's builder config, data dir and
+  image size."""
+  def writer(out: Path, data) -> list[Path]:
+    if data.name != SOURCES[name]:
+      data = type(data)(SOURCES[name], data.config, data.data_dir, data.image_size)
+    return [WRITERS[name](Path(out), data.split)]
+  writer.__doc__ = WRITERS[name].__doc__
+  return writer
