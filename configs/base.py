@@ -57,6 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
   # the files in eval.dir ("" = the method's own evaluation on config.data).
   c.eval.benchmark = ""
   c.eval.dir = ""
+  # benchmark=embed: the split of config.data to embed (eval.dir: a folder of
+  # images instead), written to --out in chunks of eval.chunk rows (resumable).
+  c.eval.split = ""
+  c.eval.chunk = 10000
   return c
 
 

@@ -34,7 +34,8 @@ def test_bad_preset_is_one_clear_line():
     ("qan", "prid2011", "model.backbone", "resnet50"),
     ("eqface", "ms1m", "model.quality_hidden", 512),
     ("arcface", "ms1m", "model.embedding_dim", 512),
-    ("adaface", "ms1m", "data.name", "mxnet_recordio"),
+    ("adaface", "ms1m", "data.name", "recordio"),
+    ("arcface", "folder", "data.name", "face_folder"),
 ])
 def test_presets_parse(method, preset, field, value):
   import importlib

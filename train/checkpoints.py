@@ -21,6 +21,16 @@ resumes anyway.
 
 Hashing reads every checkpoint file once after its save (roughly a second
 per GB), and the save is waited for before the manifest is written.
+
+The best checkpoint (<workdir>/best: one step, by config.eval.best_metric)
+is replaced, never overwritten in place: the new one is written beside it
+(best.tmp-*), checked by its digest, and swapped in by renames, with its
+metrics in best/best.json. So a resume from any kept step, including one
+older than the best (after a damaged newest checkpoint was moved aside),
+never fails on a step the best folder already holds, and never loses a
+better best: on resume the run's best is the better of the restored step's
+record and best/best.json (or, for a best folder written without one, its
+eval line in metrics.jsonl).
 """
 from __future__ import annotations
 
@@ -193,6 +203,99 @@ def restore_newest_good(directory: Path, open_manager: Callable[[], Any],
       f"no readable checkpoint in {directory}: every step was damaged and moved aside "
       f"({', '.join(p.name for p in moved)}). Nothing was deleted. To start again from "
       f"step 0, remove or rename {directory}; to recover, restore the folder from a copy.")
+
+
+# --------------------------------------------------------------------------
+# The best checkpoint.
+
+BEST_JSON = "best.json"
+
+
+def best_record(workdir: Path, metric: str) -> dict | None:
+  """The metrics of the checkpoint in <workdir>/best (with "step"), or None.
+
+  Read from best/best.json; a best folder saved by an older jaxset has none,
+  and its step's eval line in <workdir>/metrics.jsonl is used instead.
+  """
+  best = Path(workdir) / "best"
+  steps = step_dirs(best)
+  if not steps:
+    return None
+  step = steps[-1]
+  try:
+    rec = json.loads((best / BEST_JSON).read_text())
+    if int(rec.get("step", -1)) == step and metric in rec:
+      return rec
+  except (OSError, ValueError):
+    pass
+  found = None
+  try:
+    with open(Path(workdir) / "metrics.jsonl") as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except ValueError:
+          continue
+        if r.get("split") == "eval" and r.get("step") == step and metric in r:
+          found = {k: v for k, v in r.items() if k not in ("split", "time")}
+  except OSError:
+    return None
+  return found
+
+
+def better_best(current: dict | None, saved: dict | None, metric: str) -> dict | None:
+  """The better of two best records (higher `metric`; `current` on ties)."""
+  if saved is None or metric not in saved:
+    return current
+  if current is None or metric not in current or saved[metric] > current[metric]:
+    return saved
+  return current
+
+
+def save_best(workdir: Path, step: int, save: Callable[[Path], None], record: dict,
+              is_chief: bool = True, barrier: Callable[[str], None] | None = None) -> Path:
+  """Replaces <workdir>/best with step `step`, by renames (see the module doc).
+
+  save(directory) writes the checkpoint of `step` into the fresh folder
+  `directory` (an orbax manager there) and returns once it is final. The old
+  best folder is deleted only after the new one is complete and in place.
+  """
+  import shutil
+  workdir = Path(workdir)
+  best = workdir / "best"
+  tmp = workdir / f"best.tmp-{step}"
+  if is_chief and tmp.exists():
+    shutil.rmtree(tmp)  # a replacement interrupted earlier: never the live best
+  if barrier:
+    barrier("best_tmp_clean")
+  save(tmp)
+  if barrier:
+    barrier("best_saved")
+  if is_chief:
+    write_digest(tmp, step)
+    (tmp / BEST_JSON).write_text(json.dumps(dict(record, step=step), indent=1))
+    old = workdir / f"best.old-{step}"
+    if old.exists():
+      shutil.rmtree(old)
+    if best.exists():
+      best.rename(old)
+    tmp.rename(best)
+    if old.exists():
+      shutil.rmtree(old)
+  if barrier:
+    barrier("best_swapped")
+  return best
+
+
+def recover_best(workdir: Path) -> None:
+  """Puts back a best folder whose replacement was interrupted between renames."""
+  workdir = Path(workdir)
+  best = workdir / "best"
+  if best.exists():
+    return
+  olds = sorted(workdir.glob("best.old-*"))
+  if olds:
+    olds[-1].rename(best)
 
 
 # --------------------------------------------------------------------------

@@ -262,8 +262,9 @@ def run_benchmark(embedder, config, out: Path, header: dict) -> dict:
   import numpy as np
 
   from train import evaluators
-  result = evaluators.get(config.eval.benchmark)(embedder, config)
   out.mkdir(parents=True, exist_ok=True)
+  embedder.out = out
+  result = evaluators.get(config.eval.benchmark)(embedder, config)
   plots = plot_curves(result.curves, out) if result.curves else []
 
   def plain(x):

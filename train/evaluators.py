@@ -13,12 +13,15 @@ or a call to `register`):
 
   - `embed(images)` maps uint8 images [N, H, W, 3] (RGB, the model's input
     size config.data.image_size) to a dict of numpy arrays: "embedding"
-    [N, D] float32 (unnormalised), "norm" [N] (its L2 norm) and, where the
+    [N, D] float32 (unnormalised: a model that returns it normalised beside
+    its "norm" gets it multiplied back), "norm" [N] (its L2 norm) and, where the
     model has a quality output, "quality" [N] (EQFace's s_i).
     `embed.source(records, key="image", flip=False)` does the same over a
     whole random-access source (a list of dicts, a tfds/grain data source),
     data parallel over every device with a progress bar; flip=True also
-    returns the mirrored images' outputs under "flip_<name>".
+    returns the mirrored images' outputs under "flip_<name>"; image_fn
+    (e.g. a resize) is applied to each image first. `embed.out` is the
+    report folder (--out), where a benchmark may write files.
   - The benchmark's data lives in config.eval.dir; its options are keys of
     config.eval (declared in configs/base.py so that they can be set from the
     command line).
@@ -43,10 +46,35 @@ import numpy as np
 # name -> "module:function" (imported on first use) or the function itself.
 BENCHMARKS: dict[str, str | Callable] = {
     "face_bin": "train.eval_faces:face_bin",
+    "ijb": "train.eval_faces:ijb",
+    "embed": "train.evaluators:embed_split",
     "reid": "train.eval_reid:reid",
     "video_reid": "train.eval_reid:video_reid",
     "places": "train.eval_reid:places",
 }
+
+
+# name -> "module:function(config)" that checks the benchmark's files and
+# raises naming the file and the fix: run before training starts, so that a
+# run validating every N steps does not stop at its first validation.
+CHECKS: dict[str, str | Callable] = {
+    "face_bin": "train.eval_faces:check_bins",
+    "ijb": "train.eval_faces:check_ijb",
+}
+
+
+def preflight(config) -> None:
+  """Runs config.eval.benchmark's check (CHECKS), if it has one."""
+  name = config.eval.get("benchmark", "")
+  if not name:
+    return
+  get(name)  # an unknown name is an error now too
+  entry = CHECKS.get(name)
+  if isinstance(entry, str):
+    module, fn = entry.split(":")
+    entry = getattr(importlib.import_module(module), fn)
+  if entry is not None:
+    entry(config)
 
 
 # config.method -> "module:function" (config, weights path) -> Embedder: how
@@ -131,12 +159,31 @@ def _outputs(out: Any) -> dict:
     out = {"embedding": out}
   emb = out["embedding"] if "embedding" in out else out["features"]
   emb = jnp.asarray(emb, jnp.float32)
-  res = {"embedding": emb, "norm": jnp.linalg.norm(emb, axis=-1)}
+  norm = jnp.linalg.norm(emb, axis=-1)
+  if "norm" in out:
+    # Some models return the embedding L2-normalised beside its norm (AdaFace):
+    # the unnormalised one is direction x norm (unchanged for one that is not).
+    given = jnp.asarray(out["norm"], jnp.float32).reshape(norm.shape)
+    emb = emb / jnp.maximum(norm, 1e-12)[:, None] * given[:, None]
+    norm = given
+  res = {"embedding": emb, "norm": norm}
   if "quality" in out:
     res["quality"] = jnp.asarray(out["quality"], jnp.float32).reshape(emb.shape[0])
   if "part_quality" in out:  # [N, P]: one quality per horizontal part (QAN, video_reid)
     res["part_quality"] = jnp.asarray(out["part_quality"], jnp.float32)
   return res
+
+
+_JITTED: dict = {}
+
+
+def _jitted(apply_fn):
+  """jit(outputs of apply_fn), one per apply_fn: validating every N steps compiles once."""
+  import jax
+  try:
+    return _JITTED.setdefault(apply_fn, jax.jit(lambda v, x: _outputs(apply_fn(v, x))))
+  except TypeError:  # an unhashable callable
+    return jax.jit(lambda v, x: _outputs(apply_fn(v, x)))
 
 
 class Embedder:
@@ -151,8 +198,6 @@ class Embedder:
 
   def __init__(self, apply_fn: Callable, variables, image_size, batch_size: int = 256,
                progress: bool = True, description: str = ""):
-    import jax
-
     from train import loop
     self.mesh = loop.make_mesh()
     self.variables = loop.replicate(variables, self.mesh)
@@ -161,7 +206,8 @@ class Embedder:
     self.batch_size = max(n, int(batch_size) - int(batch_size) % n)
     self.progress = progress
     self.description = description
-    self._fn = jax.jit(lambda v, x: _outputs(apply_fn(v, x)))
+    self.out = None  # the report folder, set by train.eval
+    self._fn = _jitted(apply_fn)
 
   def __call__(self, images) -> dict:
     import jax
@@ -182,25 +228,38 @@ class Embedder:
       pad = (-len(b)) % self.mesh.devices.size
       if pad:
         b = np.concatenate([b, np.zeros((pad,) + b.shape[1:], b.dtype)])
-      out = jax.device_get(self._fn(self.variables, loop.shard_batch(b, self.mesh)))
+      procs = jax.process_count()
+      if procs == 1:
+        out = jax.device_get(self._fn(self.variables, loop.shard_batch(b, self.mesh)))
+      else:
+        # Every process holds the whole batch: each places its contiguous
+        # share, and the outputs are gathered back in row order.
+        from jax.experimental import multihost_utils
+        per = len(b) // procs
+        local = b[jax.process_index() * per:(jax.process_index() + 1) * per]
+        out = multihost_utils.process_allgather(
+            self._fn(self.variables, loop.shard_batch(local, self.mesh)), tiled=True)
       parts.append({k: np.asarray(v)[:len(b) - pad] for k, v in out.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def source(self, records, key: str = "image", flip: bool = False,
-             description: str | None = None) -> dict:
-    """Embeds records[i][key] for every i, in order; flip=True adds "flip_<name>"
-    (the horizontally mirrored image: insightface's flip test)."""
+             description: str | None = None, image_fn: Callable | None = None,
+             start: int = 0, stop: int | None = None) -> dict:
+    """Embeds records[i][key] for i in [start, stop), in order; flip=True adds
+    "flip_<name>" (the horizontally mirrored image: insightface's flip test)."""
     from train import writers
-    n = len(records)
+    stop = len(records) if stop is None else min(stop, len(records))
+    n = stop - start
     bar = writers.progress(n, enabled=self.progress,
                            desc=description or self.description or "embed")
     parts = []
     try:
-      for i in range(0, n, self.batch_size):
-        idx = list(range(i, min(i + self.batch_size, n)))
+      for i in range(start, stop, self.batch_size):
+        idx = list(range(i, min(i + self.batch_size, stop)))
         rows = (records.__getitems__(idx) if hasattr(records, "__getitems__")
                 else [records[j] for j in idx])
-        x = np.stack([np.asarray(r[key]) for r in rows])
+        x = np.stack([np.asarray(r[key] if image_fn is None else image_fn(np.asarray(r[key])))
+                      for r in rows])
         out = self(x)
         if flip:
           out.update({f"flip_{k}": v for k, v in self(x[:, :, ::-1]).items()})
@@ -211,3 +270,111 @@ class Embedder:
     if not parts:
       raise ValueError("no records to embed.")
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+# --------------------------------------------------------------------------
+# Embedding export: a benchmark whose result is files.
+
+
+def _records_to_embed(config):
+  """(records, description): eval.dir as a folder of images (identity
+  subfolders, or images directly in it: label -1), else split eval.split
+  (default "train") of config.data."""
+  from pathlib import Path
+
+  from jaxset.data import faces, formats
+  if config.eval.dir:
+    root = Path(config.eval.dir)
+    if any(p.is_dir() for p in root.iterdir()) if root.is_dir() else False:
+      return faces.FolderSource(root), str(root)
+    files = formats.image_files(root) if root.is_dir() else []
+    if not files:
+      raise FileNotFoundError(f"config.eval.dir={str(root)!r}: expected a folder of images "
+                              f"(or of identity folders); {formats.describe_dir(root)}.")
+    return _Images(files), str(root)
+  from train.tasks import common
+  split = config.eval.get("split", "") or "train"
+  return common.source(config, split), f"{config.data.name}:{split}"
+
+
+class _Images:
+  """Images directly in a folder: records with label -1 and the file name."""
+
+  def __init__(self, files):
+    self.files = files
+
+  def __len__(self):
+    return len(self.files)
+
+  def __getitem__(self, i):
+    from PIL import Image
+    with Image.open(self.files[i]) as im:
+      image = np.asarray(im.convert("RGB"))
+    return {"image": image, "label": np.int64(-1), "filename": self.files[i].name}
+
+  def metadata(self):
+    return {"label": np.full(len(self), -1, np.int64),
+            "filename": np.asarray([p.name for p in self.files], np.str_)}
+
+
+def embed_split(embed, config) -> Result:
+  """Writes the embeddings of a split or a folder of images to embed.out:
+
+    embeddings.npy  float32 [N, D] (unnormalised; flip-summed with eval.flip)
+    norms.npy       float32 [N]      quality.npy  float32 [N] (a quality output only)
+    labels.npy      int64 [N] (-1: none)    ids.npy  str [N] (file names / record ids)
+    parts/part-<start>.npz   the chunks, eval.chunk rows each: a stopped run resumes
+                    from the first missing chunk.
+  Rows are in record order.
+  """
+  import json
+  from pathlib import Path
+
+  from jaxset.data import pipeline, transforms
+  out = Path(embed.out)
+  records, what = _records_to_embed(config)
+  n = len(records)
+  meta = pipeline.read_metadata(records)
+  labels = np.asarray(meta.get("label", np.full(n, -1)), np.int64)
+  ids = np.asarray(meta.get("filename", np.arange(n).astype(str))).astype(str)
+  chunk = int(config.eval.get("chunk", 0) or 10_000)
+  parts_dir = out / "parts"
+  parts_dir.mkdir(parents=True, exist_ok=True)
+  flip = bool(config.eval.get("flip", False))
+  # The chunks resume only the same job: same records, chunking, model and flip.
+  job = {"source": what, "images": n, "chunk": chunk, "flip": flip,
+         "model": getattr(embed, "description", ""), "image_size": list(embed.image_size)}
+  manifest = parts_dir / "job.json"
+  if manifest.exists() and json.loads(manifest.read_text()) != job:
+    raise ValueError(
+        f"{parts_dir} holds the chunks of another job ({manifest.read_text().strip()}), not "
+        f"of this one ({json.dumps(job)}). Give another --out, or remove {parts_dir} to "
+        "start again.")
+  manifest.write_text(json.dumps(job))
+  image_fn = transforms.eval_transform(embed.image_size)
+  done = 0
+  for start in range(0, n, chunk):
+    path = parts_dir / f"part-{start:010d}.npz"
+    if path.exists():
+      done += 1
+      continue
+    e = embed.source(records, flip=flip, image_fn=image_fn, start=start, stop=start + chunk,
+                     description=f"{what} [{start}:{min(start + chunk, n)}]")
+    arrays = {"embedding": e["embedding"] + (e["flip_embedding"] if flip else 0),
+              "norm": e["norm"]}
+    if "quality" in e:
+      arrays["quality"] = e["quality"]
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)  # a chunk is complete or absent
+  parts = [np.load(parts_dir / f"part-{s:010d}.npz") for s in range(0, n, chunk)]
+  emb = np.concatenate([p["embedding"] for p in parts]).astype(np.float32)
+  np.save(out / "embeddings.npy", emb)
+  np.save(out / "norms.npy", np.concatenate([p["norm"] for p in parts]).astype(np.float32))
+  if "quality" in parts[0]:
+    np.save(out / "quality.npy", np.concatenate([p["quality"] for p in parts]))
+  np.save(out / "labels.npy", labels)
+  np.save(out / "ids.npy", ids)
+  rows = [{"source": what, "images": n, "dim": emb.shape[1], "resumed_chunks": done,
+           "out": str(out)}]
+  return Result({"images": float(n), "dim": float(emb.shape[1])}, rows)

@@ -115,6 +115,24 @@ def _save(manager, step, state, iterator, meta, task):
   checkpoints.write_digest(Path(str(manager.directory)), step)
 
 
+def _save_best(workdir: Path, step: int, state, metrics: dict, is_chief: bool) -> None:
+  """Replaces <workdir>/best by `state` (checkpoints.save_best: never in place)."""
+  def save(directory: Path):
+    m = _checkpoint_manager(directory, 1)
+    try:
+      m.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+      m.wait_until_finished()
+    finally:
+      m.close()
+
+  barrier = None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    barrier = multihost_utils.sync_global_devices
+  record = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number))}
+  checkpoints.save_best(workdir, step, save, record, is_chief, barrier)
+
+
 def _restore(manager, step, abstract_state, iterator, task):
   import grain
   items = dict(state=ocp.args.StandardRestore(abstract_state),
@@ -159,13 +177,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   mesh = meshes.build(config)  # config.train.mesh: ('data',) or ('data', 'model')
 
   checkpoints.check_config(workdir, config)  # before anything in workdir is written
+  if config.eval.get("benchmark"):  # its files checked now, not at the first validation
+    from train import evaluators
+    evaluators.preflight(config)
   log = writers.MetricWriter(workdir, enabled=is_chief)
   log.announce(config, workdir)
 
   stages = list(task.stages(config))
   total_steps = sum(s.steps for s in stages)
   manager = _checkpoint_manager(workdir / "checkpoints", config.train.keep_checkpoints)
-  best_manager = _checkpoint_manager(workdir / "best", 1)
 
   rng = jax.random.key(config.seed)
   state = task.create_state(config, rng)
@@ -188,6 +208,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             workdir / "checkpoints", config.train.keep_checkpoints), restore_step, log.info)
     start = latest
     log.info(f"resumed from step {latest} ({workdir / 'checkpoints'})")
+    # The best folder may hold a step newer than the one resumed from (its
+    # checkpoint was damaged): keep whichever best is better (train/checkpoints.py).
+    if is_chief:
+      checkpoints.recover_best(workdir)
+    metric = config.eval.get("best_metric", None)
+    if metric:
+      kept = checkpoints.better_best(meta.get("best"), checkpoints.best_record(workdir, metric),
+                                     metric)
+      if kept is not meta.get("best"):
+        log.info(f"keeping the best checkpoint of step {kept['step']} "
+                 f"({metric}={kept[metric]:.4f}) in {workdir / 'best'}")
+      meta["best"] = kept
   else:
     state = meshes.place_state(task.before_training(on_all_devices(state, mesh), config), mesh,
                                task.class_kernel_path)
@@ -264,8 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if best_metric and best_metric in after and (
             meta["best"] is None or after[best_metric] > meta["best"][best_metric]):
           meta["best"] = dict(after, step=step)
-          best_manager.save(step, args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state)), force=True)
+          _save_best(workdir, step, state, after, is_chief)
 
       if do_ckpt:
         _save(manager, step, state, iterator, meta, task)
@@ -275,9 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   finally:
     bar.close()
     manager.wait_until_finished()
-    best_manager.wait_until_finished()
     manager.close()
-    best_manager.close()
     log.close()
 
   if after is None:

@@ -78,6 +78,7 @@ def main(argv):
     raise app.UsageError("--config is required, e.g. --config=configs/netvlad.py")
   config = _load_config(config_arg)
   workdir = _WORKDIR.value or default_workdir(config_arg)
+  from jaxset.data.formats import DatasetFormatError
   from train import checkpoints, loop
   if config.get("distributed", False):
     import jax
@@ -92,6 +93,8 @@ def main(argv):
     loop.train_and_evaluate(config, workdir)
   except (checkpoints.CheckpointError, checkpoints.ConfigMismatchError,
           loop.NonFiniteLossError) as e:
+    _fatal(f"error: {e}", code=1)
+  except (DatasetFormatError, FileNotFoundError) as e:  # the user's data: names file and fix
     _fatal(f"error: {e}", code=1)
   except Exception as e:
     message = checkpoints.disk_full_message(e, Path(workdir))

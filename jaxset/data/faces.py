@@ -368,3 +368,91 @@ class YoutubeFaces(formats.ManualBuilder):
     pairs = parse_ytf_splits(formats.require_file(root / "splits.txt", "splits.txt"), videos)
     return {"frames": formats.assign_labels(rows), "set_pairs": pairs}
 
+
+
+# ---------------------------------------------------------------- folder of identities
+
+class FolderSource:
+  """A training set as a folder of identities: <root>/<identity>/<image>, read in place.
+
+  Identities are the subfolders in sorted name order (label = that rank,
+  identity = the same number); images (.jpg, .jpeg, .png, .bmp) in sorted
+  name order within each. Records are dicts of formats.IDENTITY_KEYS with
+  "image" decoded to uint8 [H, W, 3] RGB (any size: the input pipeline
+  resizes to config.data.image_size) and filename "<identity>/<image>".
+  An empty folder, a folder without identity subfolders, or an identity
+  folder without images is an error naming it.
+  """
+
+  def __init__(self, root):
+    self.root = Path(root)
+    if not self.root.is_dir():
+      raise FileNotFoundError(f"{self.root}: expected a folder of identities "
+                              f"(<root>/<identity>/<image>.jpg); "
+                              f"{formats.describe_dir(self.root)}.")
+    people = sorted(p for p in self.root.iterdir() if p.is_dir())
+    if not people:
+      raise format_error(self.root, "one subfolder per identity holding its images "
+                         "(<root>/<identity>/<image>.jpg)",
+                         f"no subfolders ({formats.describe_dir(self.root)}). Move each "
+                         "identity's images into a folder of its own")
+    files, labels = [], []
+    for label, person in enumerate(people):
+      images = formats.image_files(person)
+      if not images:
+        raise format_error(person, f"images ({', '.join(formats.IMAGE_SUFFIXES)}) of identity "
+                           f"{person.name!r}", f"none ({formats.describe_dir(person)}). Remove "
+                           "the folder or add its images")
+      files += images
+      labels += [label] * len(images)
+    self.files = files
+    self.labels = np.asarray(labels, np.int64)
+    self.names = [p.name for p in people]
+    self.num_classes = len(people)
+
+  def __len__(self):
+    return len(self.files)
+
+  def record(self, i: int) -> dict:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    path = self.files[i]
+    try:
+      with Image.open(path) as im:
+        image = np.asarray(im.convert("RGB"))
+    except OSError as e:
+      raise format_error(path, "an image PIL can read", f"{e}") from e
+    return dict(image=image, label=np.int64(self.labels[i]), identity=np.int64(self.labels[i]),
+                camera=np.int64(-1), tracklet=np.int64(-1), frame=np.int64(-1),
+                degradation=np.float32(-1.0), degradation_type=np.int64(-1),
+                filename=f"{path.parent.name}/{path.name}".encode())
+
+  def metadata(self) -> dict[str, np.ndarray]:
+    """The non-image columns, [N] each, without reading any image."""
+    n = len(self)
+    minus = np.full(n, -1, np.int64)
+    return dict(label=self.labels.copy(), identity=self.labels.copy(), camera=minus.copy(),
+                tracklet=minus.copy(), frame=minus.copy(),
+                degradation=np.full(n, -1.0, np.float32), degradation_type=minus.copy(),
+                filename=np.asarray([f"{p.parent.name}/{p.name}" for p in self.files], np.str_))
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self.record(j) for j in range(*i.indices(len(self)))]
+    i = int(i)
+    if not -len(self) <= i < len(self):
+      raise IndexError(f"record {i} out of range for {len(self)} records")
+    return self.record(i % len(self))
+
+  def __getitems__(self, indices):
+    return [self[i] for i in indices]
+
+  def __repr__(self):
+    return f"FolderSource({str(self.root)!r}, {len(self)} images, {self.num_classes} identities)"
+
+
+def open_folder_split(root, split: str = "train") -> FolderSource:
+  """The "train" split of a folder of identities (jaxset.data.DIRECT)."""
+  if split != "train":
+    raise ValueError(f"a folder of identities has only the split 'train'; got {split!r}. "
+                     "Validate on .bin files (config.eval.benchmark=face_bin).")
+  return FolderSource(root)

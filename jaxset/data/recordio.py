@@ -290,3 +290,17 @@ class MxnetRecordio(formats.ManualBuilder):
 
   def _metadata(self):
     return dict(num_classes=getattr(self, "_num_classes", -1))
+
+
+def open_split(root, split: str = "train") -> RecordioSource:
+  """The "train" split of an insightface RecordIO folder, read in place (jaxset.data.DIRECT).
+
+  `root` holds train.rec and train.idx (or one subfolder does)."""
+  if split != "train":
+    raise ValueError(f"a RecordIO training folder has only the split 'train'; got {split!r}. "
+                     "Validate on its .bin files instead (config.eval.benchmark=face_bin).")
+  root = Path(root)
+  if not root.is_dir():
+    raise FileNotFoundError(f"{root}: expected an insightface training folder with train.rec "
+                            f"and train.idx; {formats.describe_dir(root)}.")
+  return RecordioSource(formats.find_root(root, "train.rec"))

@@ -94,6 +94,10 @@ def read_metadata(source, keys: Sequence[str] | None = None, *,
     if isinstance(wrapped, (tuple, list)):
       columns = {k: v for k, v in columns.items() if k in wrapped}
     return _select_columns(columns, keys)
+  if callable(getattr(source, "metadata", None)):
+    # A source that holds its columns already (RecordioSource, FolderSource):
+    # no record is read, so a multi-million-image set starts at once.
+    return _select_columns(source.metadata(), keys)
   n = len(source)
   path = _metadata_cache_path(source) if cache else None
   columns = None

@@ -45,14 +45,23 @@ def source(config, split: str):
     raise ValueError(
         f"config.data.name={config.data.name!r} reads your local copy of the dataset: "
         "give its folder with --config.data.dir=/path/to/it.")
+  if config.data.name in jdata.DIRECT:  # read in place (RecordIO, a folder of identities)
+    return _direct(config.data.name, config.data.dir, split)
   b = _builder(config.data.name, config.data.cache_dir, config.data.dir,
                config.data.builder_config)
   return b.as_data_source(split)
 
 
+@functools.lru_cache(maxsize=None)
+def _direct(name, root, split):
+  return jdata.open_direct(name, root, split)
+
+
 def splits(config) -> set:
   """The split names config.data.name has (a RecordIO training set: just "train")."""
   source(config, "train")  # the same checks and preparation as for reading
+  if config.data.name in jdata.DIRECT:
+    return {"train"}
   b = _builder(config.data.name, config.data.cache_dir, config.data.dir,
                config.data.builder_config)
   return set(b.info.splits)

@@ -72,15 +72,34 @@ def quality_correlation(quality, degradation, name: str) -> dict:
   return {f"{name}_spearman": float(spearman(quality[known], degradation[known]))}
 
 
+def benchmark_metrics(model, state, config) -> dict:
+  """config.eval.benchmark's metrics for the state (train/evaluators.py), {} without one.
+
+  The validation of insightface's verification callback: the face presets
+  set eval.benchmark=face_bin, so every eval.every steps the .bin sets in
+  eval.dir (or data.dir) are scored and eval.best_metric (bin_acc_mean)
+  picks the best checkpoint.
+  """
+  if not config.eval.get("benchmark"):
+    return {}
+  from train import evaluators
+  embed = evaluators.Embedder(model.apply, {"params": state.params, **state.model_state},
+                              config.data.image_size, config.eval.batch_size,
+                              progress=False)
+  return evaluators.get(config.eval.benchmark)(embed, config).metrics
+
+
 def face_metrics(model, state, config, quality_key: str, name: str) -> dict:
   """Pair accuracy, rank-1/mAP and Spearman(quality_key output, degradation).
 
   `model` returns a dict with "embedding" and `quality_key` ("norm" for
   AdaFace/ArcFace, "quality" for EQFace) for a batch of images. A training
-  set without evaluation splits (MS1M / WebFace RecordIO) gives {}.
+  set without evaluation splits (MS1M / WebFace RecordIO, a folder) gives
+  only the benchmark's metrics (benchmark_metrics), {} without one.
   """
+  out = benchmark_metrics(model, state, config)
   if not {"query", "gallery", "pairs"} <= common.splits(config):
-    return {}
+    return out
   def describe(state, batch):
     out = model.apply({"params": state.params, **state.model_state}, batch["image"])
     return {"f": out["embedding"], "q": out[quality_key]}
@@ -92,7 +111,7 @@ def face_metrics(model, state, config, quality_key: str, name: str) -> dict:
 
   q = split_embeddings(describe, state, config, "query")
   g = split_embeddings(describe, state, config, "gallery")
-  out = pair_metrics(describe_pair, state, config)
+  out.update(pair_metrics(describe_pair, state, config))
   out.update(reid_metrics(q, g))
   out.update(quality_correlation(np.concatenate([q["q"], g["q"]]),
                                  np.concatenate([q["degradation"], g["degradation"]]), name))
