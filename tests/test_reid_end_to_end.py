@@ -185,3 +185,18 @@ def test_real_presets_are_all_covered():
       "market1501", "dukemtmc_reid", "cuhk03_np", "msmt17", "mars", "prid2011", "ilids_vid",
       "pittsburgh30k", "pittsburgh250k", "tokyo247", "msls"}
   assert (ROOT / "jaxset" / "data" / "export_formats.py").is_file()
+
+
+@pytest.mark.parametrize("fmt", ["dukemtmc_reid", "tokyo247"])
+def test_export_command_writes_the_layouts(tiny_data, tmp_path, fmt):
+  """`python -m jaxset.data.export --format=<layout>` (export.export) writes the
+  layout from the embedded dataset it comes from, at the asked image size."""
+  from jaxset.data import export
+  paths = export.export(fmt, tmp_path / "out", data_dir=tiny_data, image_size=(32, 16))
+  assert paths == [tmp_path / "out"]
+  b = jdata.builder(fmt, data_dir=tmp_path / "prep", manual_dir=tmp_path / "out")
+  split = "gallery" if fmt == "dukemtmc_reid" else "test_database"
+  embedded = jdata.builder(export_formats.SOURCES[fmt], data_dir=tiny_data, config="tiny")
+  src = b.as_data_source(split)
+  assert len(src) == len(embedded.as_data_source(split))
+  assert src[0]["image"].shape == (32, 16, 3)

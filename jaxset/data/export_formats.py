@@ -307,8 +307,14 @@ def export_writer(name: str) -> Callable:
   layout comes from (SOURCES[name]) with data's builder config, data dir and
   image size."""
   def writer(out: Path, data) -> list[Path]:
-    if data.name != SOURCES[name]:
-      data = type(data)(SOURCES[name], data.config, data.data_dir, data.image_size)
-    return [WRITERS[name](Path(out), data.split)]
+    from jaxset import data as jdata  # pylint: disable=g-import-not-at-top
+
+    def load(split):
+      src = jdata.load(SOURCES[name], split, data_dir=data.data_dir, config=data.config)
+      rows = _records(src)
+      for r in rows:
+        r["image"] = data.resize(np.asarray(r["image"]))
+      return rows
+    return [WRITERS[name](Path(out), load)]
   writer.__doc__ = WRITERS[name].__doc__
   return writer
