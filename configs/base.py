@@ -94,6 +94,9 @@ def add_benchmark_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.eval.reid_metric = "euclidean"  # or "cosine" (same ranking on L2-normalised features)
   c.eval.weights_pooling = "avg"    # --weights: global pooling of the converted backbone
   c.eval.panorama_nms = False  # places: one hit per panorama (Tokyo 24/7's 12 cutouts)
+  # places: the set scored (eval.split is what training validates on); Tokyo 24/7
+  # has test only, MSLS val only.
+  c.eval.benchmark_split = "test"
   # MSLS val: "all" scores every non-panorama query; "with_positives" only those
   # with a database image within eval.pos_radius (docs/evaluation.md).
   c.eval.msls_queries = "all"

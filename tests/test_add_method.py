@@ -27,7 +27,7 @@ def test_toy_method_registers_and_trains_three_steps(tiny_data, tmp_path, monkey
   config = with_overrides(toy_config.get_config(), tiny_overrides(tiny_data, 3))
   summary = loop.train_and_evaluate(config, tmp_path)
   assert summary["step"] == 3
-  assert set(summary["after"]) == {"rank1", "rank5", "mAP"}
+  assert set(summary["after"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
   lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   losses = [rec["loss"] for rec in lines if rec["split"] == "train"]
   assert len(losses) == 3 and all(np.isfinite(losses)) and losses[0] > 0

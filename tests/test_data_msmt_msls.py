@@ -136,3 +136,22 @@ def test_msls_csv_without_a_column(tmp_path):
   with pytest.raises(formats.DatasetFormatError, match=r"postprocessed\.csv: expected a csv "
                      r"header with the columns \['key', 'easting', 'northing'\]"):
     build("msls", tmp_path / "msls", tmp_path)
+
+
+def test_market_name_that_does_not_parse_names_file_and_fix(tmp_path):
+  fx.write_market(tmp_path / "m")
+  fx.write_image(tmp_path / "m" / "bounding_box_test" / "IMG_0001.jpg")
+  with pytest.raises(formats.DatasetFormatError, match=r"bounding_box_test/IMG_0001\.jpg: "
+                     r"expected a file name like PPPP_cCsS.*Rename the file to that pattern or "
+                     r"move it out of the folder"):
+    build("market1501", tmp_path / "m", tmp_path)
+
+
+def test_mat_without_a_field_names_file_and_fix(tmp_path):
+  root = tmp_path / "p"
+  fx.write_pittsburgh(root)
+  fx.write_db_struct(root / "datasets" / "pitts30k_val.mat", "val", ["a.jpg"], [[0], [0]],
+                     ["q.jpg"], [[0], [0]], drop=("utmQ",))
+  with pytest.raises(formats.DatasetFormatError, match=r"pitts30k_val\.mat: expected dbStruct "
+                     r"field 'utmQ'.*save dbStruct with every field docs/data\.md lists"):
+    build("pittsburgh30k", root, tmp_path)

@@ -18,7 +18,7 @@ video_reid (mars, prid2011, ilids_vid): frames embedded one by one, pooled per
   split_0), camera 0 tracks query camera 1 tracks.
 places (pittsburgh30k/250k, tokyo247, msls, vpr_folder): Recall@N of
   config.eval.recall_ns at config.eval.pos_radius metres on the
-  config.eval.split database/queries; Tokyo 24/7 with panorama NMS
+  config.eval.benchmark_split (test) database/queries; Tokyo 24/7 with panorama NMS
   (config.eval.panorama_nms; each panorama's best cutout stands for it);
   MSLS val per city, with config.eval.msls_queries saying which queries count.
 """
@@ -180,7 +180,8 @@ def _city(filenames) -> np.ndarray:
 def places(embed, config) -> Result:
   """Recall@N (N = config.eval.recall_ns) at config.eval.pos_radius metres."""
   name, b = _dataset(config, PLACE_DATASETS, "places")
-  split = "val" if name == "msls" else ("test" if name == "tokyo247" else config.eval.split)
+  split = "val" if name == "msls" else (
+      "test" if name == "tokyo247" else config.eval.get("benchmark_split", "test"))
   ns = tuple(int(n) for n in config.eval.recall_ns)
   radius = float(config.eval.pos_radius)
   srcs = {k: b.as_data_source(f"{split}_{k}") for k in ("database", "queries")}

@@ -30,13 +30,15 @@ code reads (docs/data.md):
                are those of an aligned 112x112 crop scaled to the image size and
                the detector score is 1 - the frame's degradation level.
   folder       <out>/<identity>/<image>.jpg: one folder per identity (train split).
+  market1501, dukemtmc_reid, cuhk03_np, msmt17, mars, prid2011, ilids_vid
+               (from synthetic_identities), pittsburgh30k, pittsburgh250k,
+               tokyo247, msls (from synthetic_places): the re-ID, video re-ID and
+               place layouts of jaxset/data/export_formats.py, each read back by
+               the builder of the same name (docs/data.md).
 
 A new layout is one function `writer(out: Path, data: Export) -> list[Path]`
 added to WRITERS (or `register`); `data.split(name)` gives the records of a
-split with decoded images (resized to --image_size). The re-ID, video re-ID
-and places layouts of jaxset.data.export_formats (market1501, mars,
-pittsburgh30k, msls, ...) are formats of this command too, each written
-from its own embedded dataset.
+split with decoded images (resized to --image_size).
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ from typing import Callable
 
 import numpy as np
 
-from jaxset.data import recordio
+from jaxset.data import export_formats, recordio
 
 # insightface's aligned 112x112 landmarks (eyes, nose, mouth corners).
 ARCFACE_LANDMARKS = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -284,24 +286,10 @@ def register(name: str, writer: Callable[[Path, Export], list[Path]]) -> None:
   WRITERS[name] = writer
 
 
-def _layout_writer(name: str) -> Callable[[Path, Export], list[Path]]:
-  """The re-ID / video re-ID / places layout `name` of jaxset.data.export_formats,
-  as a writer here (it reads its own embedded dataset, export_formats.SOURCES)."""
-  from jaxset.data import export_formats
-
-  def write(out: Path, data: Export) -> list[Path]:
-    from jaxset import data as jdata
-    dataset = export_formats.SOURCES[name]
-    load = lambda split: jdata.load(dataset, split, data_dir=data.data_dir,  # noqa: E731
-                                    config=data.config)
-    return [export_formats.WRITERS[name](out, load)]
-  return write
-
-
 def formats() -> dict[str, Callable[[Path, Export], list[Path]]]:
-  """Every --format: the face layouts here and export_formats' re-ID / places ones."""
-  from jaxset.data import export_formats
-  return {**{n: _layout_writer(n) for n in export_formats.WRITERS}, **WRITERS}
+  """Every --format: the face layouts here and export_formats' re-ID / places ones
+  (each written from its own embedded dataset, export_formats.SOURCES)."""
+  return {**{n: export_formats.export_writer(n) for n in export_formats.WRITERS}, **WRITERS}
 
 
 def export(fmt: str, out, *, dataset: str = "synthetic_identities", config: str | None = "tiny",

@@ -299,3 +299,22 @@ WRITERS: dict[str, Callable[[Path, Loader], Path]] = {
 SOURCES = {name: "synthetic_places" if name in ("pittsburgh30k", "pittsburgh250k", "tokyo247",
                                                 "msls") else "synthetic_identities"
            for name in WRITERS}
+
+
+def export_writer(name: str) -> Callable:
+  """WRITERS[name] as a writer of `python -m jaxset.data.export` (jaxset/data/export.py):
+  writer(out, data) -> [the folder written], reading the embedded dataset the
+  layout comes from (SOURCES[name]) with data's builder config, data dir and
+  image size."""
+  def writer(out: Path, data) -> list[Path]:
+    from jaxset import data as jdata  # pylint: disable=g-import-not-at-top
+
+    def load(split):
+      src = jdata.load(SOURCES[name], split, data_dir=data.data_dir, config=data.config)
+      rows = _records(src)
+      for r in rows:
+        r["image"] = data.resize(np.asarray(r["image"]))
+      return rows
+    return [WRITERS[name](Path(out), load)]
+  writer.__doc__ = WRITERS[name].__doc__
+  return writer

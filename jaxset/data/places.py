@@ -62,7 +62,9 @@ def read_db_struct(path: Path, *, timestamps: bool = False) -> dict:
 
   def field(name):
     if name not in names:
-      raise format_error(path, f"dbStruct field {name!r}", f"fields {list(names)}")
+      raise format_error(path, f"dbStruct field {name!r}",
+                         f"fields {list(names)}. Use the dataset's original .mat, or save "
+                         "dbStruct with every field docs/data.md lists")
     return st[name]
 
   def strings(name):

@@ -37,7 +37,9 @@ def parse_reid_name(path: Path, pattern: re.Pattern, expected: str, num_cameras:
   """pid, 0-based camera and frame of a re-ID file name; DatasetFormatError if unparsable."""
   m = pattern.match(Path(path).stem)
   if not m:
-    raise format_error(path, f"a file name like {expected}", f"the name {Path(path).name!r}")
+    raise format_error(path, f"a file name like {expected}",
+                       f"the name {Path(path).name!r}. Rename the file to that pattern or "
+                       "move it out of the folder (the layouts: docs/data.md)")
   cam = int(m.group("cam"))
   if not 1 <= cam <= num_cameras:
     raise format_error(path, f"a camera number in 1..{num_cameras}", f"camera {cam}")
