@@ -72,8 +72,8 @@ def _candidates(neigh: np.ndarray, rows: np.ndarray, h1: int) -> np.ndarray:
   return np.concatenate([nb, neigh[nb][:, :, :h1].reshape(len(rows), -1)], axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("n",))
-def _v_rows(rows, neigh, recip_k, recip_h, min_common, o_vals, *, n):
+@jax.jit
+def _v_rows(rows, neigh, recip_k, recip_h, min_common, o_vals, n):
   """V rows (eq. (8)) of `rows`: sorted column indices (n = none) and weights."""
   nb = neigh[rows]  # [B, K]
   kk = nb.shape[1]
@@ -99,8 +99,8 @@ def _v_rows(rows, neigh, recip_k, recip_h, min_common, o_vals, *, n):
           jnp.take_along_axis(val, pos, axis=1))
 
 
-@functools.partial(jax.jit, static_argnames=("n", "k2"))
-def _qe_rows(rows, neigh, v_idx, v_val, *, n, k2):
+@functools.partial(jax.jit, static_argnames=("k2",))
+def _qe_rows(rows, neigh, v_idx, v_val, n, *, k2):
   """Local query expansion (eq. (11)): mean of V over each row's k2 first neighbours."""
   b = rows.shape[0]
   m = neigh[rows, :k2]
@@ -117,14 +117,16 @@ def _qe_rows(rows, neigh, v_idx, v_val, *, n, k2):
   return out_idx, jnp.where(out_idx < n, sums / k2, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("num_pairs", "num_rows", "num_cols"))
-def _jaccard_block(ent_row, ent_col, ent_val, ent_count, col_start, coo_row, coo_val, *,
-                   num_pairs, num_rows, num_cols):
-  """sum_k min(V[i, k], V[j, k]) for the block's rows i and every column row j.
+@functools.partial(jax.jit, static_argnames=("num_pairs",))
+def _final_block(ent_row, ent_col, ent_val, ent_count, col_start, coo_row, coo_val, o_qg,
+                 lambda_value, *, num_pairs):
+  """Eq. (12) for a block of query rows: (1 - lambda) d_J + lambda O.
 
-  Each entry (i, k, V[i, k]) pairs with the ent_count entries (j, k, V[j, k])
-  of column k in the inverted index, num_pairs (padded) pairs in all.
+  m[i, j] = sum_k min(V[i, k], V[j, k]): each entry (i, k, V[i, k]) pairs with
+  the ent_count entries (j, k, V[j, k]) of column k in the inverted index,
+  num_pairs (padded) pairs in all, added into the [B, G] block.
   """
+  num_rows, num_cols = o_qg.shape
   cum = jnp.cumsum(ent_count)
   prev = cum - ent_count
   p = jnp.arange(num_pairs, dtype=cum.dtype)
@@ -133,8 +135,22 @@ def _jaccard_block(ent_row, ent_col, ent_val, ent_count, col_start, coo_row, coo
   pos = jnp.where(ok, col_start[ent_col[e]] + p - prev[e], 0)
   contrib = jnp.where(ok, jnp.minimum(ent_val[e], coo_val[pos]), 0.0)
   flat = ent_row[e] * num_cols + coo_row[pos]
-  return jnp.zeros(num_rows * num_cols, jnp.float32).at[flat].add(contrib).reshape(
+  m = jnp.zeros(num_rows * num_cols, jnp.float32).at[flat].add(contrib).reshape(
       num_rows, num_cols)
+  return (1.0 - m / (2.0 - m)) * (1.0 - lambda_value) + o_qg * lambda_value
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _smallest(x, k):
+  v, i = jax.lax.top_k(-x, k)
+  return -v, i
+
+
+def _pad_to(x: np.ndarray, size: int, value) -> np.ndarray:
+  """x padded along axis 0 to `size` rows with `value`."""
+  if x.shape[0] >= size:
+    return x
+  return np.concatenate([x, np.full((size - x.shape[0],) + x.shape[1:], value, x.dtype)])
 
 
 class _Problem:
@@ -159,44 +175,51 @@ def _rerank_core(prob: _Problem, k1: int, k2: int, lambda_value: float, *, row_b
   kk = min(k1 + 1, n)
   h1 = min(int(np.around(k1 / 2.0)) + 1, n)
   k2 = min(k2, n)
+  # Arrays over all rows are padded to a power of two (and widths to a multiple
+  # of 16) so that a few compiled programs serve every problem size.
+  n_pad = _pow2(n + 1)
+  n_d = jnp.int32(n)
   neigh_np = np.ascontiguousarray(prob.neigh, np.int32)
-  neigh = jnp.asarray(neigh_np)
+  neigh = jnp.asarray(_pad_to(neigh_np, n_pad, 0))
   min_common = jnp.asarray(_min_common(h1))
   blocks = [np.arange(s, min(s + row_block, n), dtype=np.int32) for s in range(0, n, row_block)]
 
   def padded(rows):
-    return np.concatenate([rows, np.full(row_block - len(rows), rows[-1], np.int32)])
+    return _pad_to(rows, row_block, rows[-1])
 
-  recip_k = np.concatenate([np.asarray(_reciprocal(neigh, padded(r), kk=kk))[:len(r)]
-                            for r in blocks])
-  recip_h = np.concatenate([np.asarray(_reciprocal(neigh, padded(r), kk=h1))[:len(r)]
-                            for r in blocks])
-  recip_k, recip_h = jnp.asarray(recip_k), jnp.asarray(recip_h)
+  def recip(kk_):
+    out = np.concatenate([np.asarray(_reciprocal(neigh, padded(r), kk=kk_))[:len(r)]
+                          for r in blocks])
+    return jnp.asarray(_pad_to(out, n_pad, False))
+
+  recip_k, recip_h = recip(kk), recip(h1)
   neigh_k = neigh[:, :kk]
   v_idx, v_val = [], []
   for r in blocks:
     rp = padded(r)
     o_vals = prob.o_at(rp, _candidates(neigh_np[:, :kk], rp, h1))
     i, v = _v_rows(jnp.asarray(rp), neigh_k, recip_k, recip_h, min_common,
-                   jnp.asarray(o_vals, jnp.float32), n=n)
+                   jnp.asarray(o_vals, jnp.float32), n_d)
     v_idx.append(np.asarray(i)[:len(r)])
     v_val.append(np.asarray(v)[:len(r)])
-  v_idx, v_val = _compact(np.concatenate(v_idx), np.concatenate(v_val), n)
+  v_idx, v_val = _compact(np.concatenate(v_idx), np.concatenate(v_val), n, n_pad)
   if k2 != 1:
     vi, vv = jnp.asarray(v_idx), jnp.asarray(v_val)
     q_idx, q_val = [], []
     for r in blocks:
-      i, v = _qe_rows(jnp.asarray(padded(r)), neigh, vi, vv, n=n, k2=k2)
+      i, v = _qe_rows(jnp.asarray(padded(r)), neigh, vi, vv, n_d, k2=k2)
       q_idx.append(np.asarray(i)[:len(r)])
       q_val.append(np.asarray(v)[:len(r)])
-    v_idx, v_val = _compact(np.concatenate(q_idx), np.concatenate(q_val), n)
-  return _jaccard_rows(prob, v_idx, v_val, lambda_value, pair_budget, row_block, finish)
+    v_idx, v_val = _compact(np.concatenate(q_idx), np.concatenate(q_val), n, n_pad)
+  _jaccard_rows(prob, v_idx[:n], v_val[:n], lambda_value, pair_budget, row_block, finish)
 
 
-def _compact(idx: np.ndarray, val: np.ndarray, n: int):
-  """Cuts the [N, w] rows to the widest row's support (entries come first)."""
-  width = max(int((idx < n).sum(axis=1).max()), 1)
-  return idx[:, :width], val[:, :width].astype(np.float32)
+def _compact(idx: np.ndarray, val: np.ndarray, n: int, n_pad: int):
+  """Cuts the [N, w] rows to the widest row's support (entries come first),
+  rounded up to a multiple of 16, and pads the rows to n_pad."""
+  width = min(-(-max(int((idx < n).sum(axis=1).max()), 1) // 16) * 16, idx.shape[1])
+  return (_pad_to(idx[:, :width], n_pad, n),
+          _pad_to(val[:, :width].astype(np.float32), n_pad, 0.0))
 
 
 def _jaccard_rows(prob, v_idx, v_val, lambda_value, pair_budget, row_block, finish):
@@ -208,15 +231,15 @@ def _jaccard_rows(prob, v_idx, v_val, lambda_value, pair_budget, row_block, fini
   valid = g_idx < n
   cols = g_idx[valid]
   order = np.argsort(cols, kind="stable")
-  coo_row = np.nonzero(valid)[0][order].astype(np.int32)
-  coo_val = g_val[valid][order]
   col_count = np.bincount(cols, minlength=n + 1).astype(np.int64)
   col_start = np.r_[0, np.cumsum(col_count)[:-1]]
-  coo_row_d = jnp.asarray(np.r_[coo_row, 0].astype(np.int32))
-  coo_val_d = jnp.asarray(np.r_[coo_val, 0].astype(np.float32))
-  col_start_d = jnp.asarray(col_start.astype(np.int32))
+  size = _pow2(cols.size + 1)
+  coo_row = jnp.asarray(_pad_to(np.nonzero(valid)[0][order].astype(np.int32), size, 0))
+  coo_val = jnp.asarray(_pad_to(g_val[valid][order].astype(np.float32), size, 0.0))
+  col_start_d = jnp.asarray(_pad_to(col_start.astype(np.int32), _pow2(n + 1), 0))
   q_idx, q_val = v_idx[:nq], v_val[:nq]
   pairs_per_query = np.where(q_idx < n, col_count[q_idx], 0).sum(axis=1)
+  lam = jnp.float32(lambda_value)
   start = 0
   while start < nq:
     stop = start + 1
@@ -227,23 +250,19 @@ def _jaccard_rows(prob, v_idx, v_val, lambda_value, pair_budget, row_block, fini
       stop += 1
     rows = np.arange(start, stop)
     b = _pow2(len(rows), 1)
+    rows_p = _pad_to(rows, b, rows[-1])
     e_col = q_idx[rows].reshape(-1)
     e_ok = e_col < n
-    e_col = np.where(e_ok, e_col, n)
+    e_col = np.where(e_ok, e_col, n).astype(np.int32)
     e_count = np.where(e_ok, col_count[e_col], 0).astype(np.int32)
     e_row = np.repeat(np.arange(len(rows), dtype=np.int32), q_idx.shape[1])
     size = _pow2(e_col.size)
-    pad = size - e_col.size
-    temp = _jaccard_block(
-        jnp.asarray(np.r_[e_row, np.zeros(pad, np.int32)]),
-        jnp.asarray(np.r_[e_col, np.full(pad, n)].astype(np.int32)),
-        jnp.asarray(np.r_[q_val[rows].reshape(-1), np.zeros(pad, np.float32)]),
-        jnp.asarray(np.r_[e_count, np.zeros(pad, np.int32)]),
-        col_start_d, coo_row_d, coo_val_d,
-        num_pairs=_pow2(int(total), 1024), num_rows=b, num_cols=ng)[:len(rows)]
-    jaccard = 1.0 - temp / (2.0 - temp)
-    o_qg = jnp.asarray(prob.o_query_gallery(rows))
-    finish(rows, jaccard * (1.0 - lambda_value) + o_qg * lambda_value)
+    block = _final_block(
+        jnp.asarray(_pad_to(e_row, size, 0)), jnp.asarray(_pad_to(e_col, size, n)),
+        jnp.asarray(_pad_to(q_val[rows].reshape(-1), size, 0.0)),
+        jnp.asarray(_pad_to(e_count, size, 0)), col_start_d, coo_row, coo_val,
+        jnp.asarray(prob.o_query_gallery(rows_p)), lam, num_pairs=_pow2(int(total), 1024))
+    finish(rows, block)
     start = stop
 
 
@@ -350,7 +369,7 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
   out = np.empty((nq, ng), np.float32)
 
   def finish(rows, block):
-    out[rows] = np.asarray(block)
+    out[rows] = np.asarray(block)[:len(rows)]
 
   _rerank_core(prob, k1, k2, lambda_value, row_block=row_block, pair_budget=pair_budget,
                finish=finish)
@@ -358,8 +377,10 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
-def _pair_distances(a, b, metric):
-  """torchreid's distances between rows a [B, D] and b [B, C, D] -> [B, C]."""
+def _pair_distances(feats, rows, cols, metric):
+  """torchreid's distances between feats[rows] [B, D] and feats[cols] [B, C, D]."""
+  a = feats[rows]
+  b = feats[cols]
   dot = jnp.einsum("bd,bcd->bc", a, b, precision=jax.lax.Precision.HIGHEST)
   if metric == "cosine":
     return 1.0 - dot
@@ -392,15 +413,12 @@ class _FeatureProblem(_Problem):
     self.col_max = np.square(dmax.astype(np.float32))
 
   def o_at(self, rows, cols):
-    # 32 rows at a time: the gathered [rows, w, D] block is the largest array.
+    # 32 rows at a time: the gathered [32, w, D] block is the largest array.
     out = np.empty(cols.shape, np.float32)
     for s in range(0, len(rows), 32):
-      r = rows[s:s + 32]
-      if len(r) < 32:
-        r = np.r_[r, np.full(32 - len(r), r[-1])]
-      c = cols[s:s + 32]
-      c = np.concatenate([c, np.repeat(c[-1:], 32 - len(c), axis=0)])
-      d = np.asarray(_pair_distances(self.feats_d[r], self.feats_d[c], self.metric))
+      r = _pad_to(rows[s:s + 32], 32, rows[-1])
+      c = _pad_to(cols[s:s + 32], 32, 0)
+      d = np.asarray(_pair_distances(self.feats_d, r, c, self.metric))
       out[s:s + 32] = d[:len(cols[s:s + 32])]
     return np.square(out) / self.col_max[rows, None]
 
@@ -456,16 +474,16 @@ def k_reciprocal_rerank_features(query_features, gallery_features, k1: int = 20,
     out = np.empty((nq, ng), np.float32)
 
     def finish(rows, block):
-      out[rows] = np.asarray(block)
+      out[rows] = np.asarray(block)[:len(rows)]
   else:
     kt = min(int(top_k), ng)
     out_d = np.empty((nq, kt), np.float32)
     out_i = np.empty((nq, kt), np.int64)
 
     def finish(rows, block):
-      v, i = jax.lax.top_k(-block, kt)
-      out_d[rows] = -np.asarray(v)
-      out_i[rows] = np.asarray(i)
+      v, i = _smallest(block, kt)
+      out_d[rows] = np.asarray(v)[:len(rows)]
+      out_i[rows] = np.asarray(i)[:len(rows)]
 
   _rerank_core(prob, k1, k2, lambda_value, row_block=row_block, pair_budget=pair_budget,
                finish=finish)
