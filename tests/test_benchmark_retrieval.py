@@ -13,7 +13,8 @@ def test_quick_run_prints_every_section(capsys):
   ours = [r for r in rows if r["what"].startswith("search") and r["impl"] == "jaxset"]
   for r in ours:  # the exact search finds what faiss finds (when faiss is there)
     assert "agree 1.0000" in r["note"] or "not installed" in r["note"]
-  rr = [r for r in rows if r["impl"] == "jaxset (features)"]
+  rr = [r for r in rows if r["impl"] == "jaxset (the same matrices)"]
+  assert rr
   assert all(float(r["note"].split("|diff| ")[1]) < 1e-4 for r in rr)
   sharded = [r for r in rows if r["what"].startswith("sharded")][0]
   assert sharded["note"].endswith("True")

@@ -47,6 +47,8 @@ import numpy as np
 from jaxset.eval import search
 from jaxset.ops import _checks
 
+CHUNK = 16  # inverted-index entries per (query entry, chunk) pair
+
 
 def _pow2(n: int, floor: int = 8) -> int:
   return max(floor, 1 << int(np.ceil(np.log2(max(n, 1)))))
@@ -118,13 +120,14 @@ def _qe_rows(rows, neigh, v_idx, v_val, n, *, k2):
 
 
 @functools.partial(jax.jit, static_argnames=("num_pairs",))
-def _final_block(ent_row, ent_col, ent_val, ent_count, col_start, coo_row, coo_val, o_qg,
+def _final_block(ent_row, ent_col, ent_val, ent_count, chunk_start, chunk_row, chunk_val, o_qg,
                  lambda_value, *, num_pairs):
   """Eq. (12) for a block of query rows: (1 - lambda) d_J + lambda O.
 
-  m[i, j] = sum_k min(V[i, k], V[j, k]): each entry (i, k, V[i, k]) pairs with
-  the ent_count entries (j, k, V[j, k]) of column k in the inverted index,
-  num_pairs (padded) pairs in all, added into the [B, G] block.
+  m[i, j] = sum_k min(V[i, k], V[j, k]). The inverted index holds column k's
+  entries (j, V[j, k]) in ent_count[e] chunks of CHUNK; each query entry
+  (i, k, V[i, k]) meets every chunk of its column, num_pairs (padded)
+  (entry, chunk) pairs in all, added into the [B, G] block.
   """
   num_rows, num_cols = o_qg.shape
   cum = jnp.cumsum(ent_count)
@@ -132,11 +135,11 @@ def _final_block(ent_row, ent_col, ent_val, ent_count, col_start, coo_row, coo_v
   p = jnp.arange(num_pairs, dtype=cum.dtype)
   e = jnp.minimum(jnp.searchsorted(cum, p, side="right"), ent_count.shape[0] - 1)
   ok = p < cum[-1]
-  pos = jnp.where(ok, col_start[ent_col[e]] + p - prev[e], 0)
-  contrib = jnp.where(ok, jnp.minimum(ent_val[e], coo_val[pos]), 0.0)
-  flat = ent_row[e] * num_cols + coo_row[pos]
-  m = jnp.zeros(num_rows * num_cols, jnp.float32).at[flat].add(contrib).reshape(
-      num_rows, num_cols)
+  chunk = jnp.where(ok, chunk_start[ent_col[e]] + p - prev[e], 0)
+  contrib = jnp.where(ok[:, None], jnp.minimum(ent_val[e][:, None], chunk_val[chunk]), 0.0)
+  flat = ent_row[e][:, None] * num_cols + chunk_row[chunk]
+  m = jnp.zeros(num_rows * num_cols, jnp.float32).at[flat.reshape(-1)].add(
+      contrib.reshape(-1)).reshape(num_rows, num_cols)
   return (1.0 - m / (2.0 - m)) * (1.0 - lambda_value) + o_qg * lambda_value
 
 
@@ -226,20 +229,35 @@ def _jaccard_rows(prob, v_idx, v_val, lambda_value, pair_budget, row_block, fini
   """Query rows of the final distance (eq. (12)), handed to finish(rows, block)."""
   nq, ng = prob.num_q, prob.num_g
   n = nq + ng
-  # Inverted index over the gallery rows: for each column k, the (j, V[j, k]).
+  # Inverted index over the gallery rows: column k's entries (j, V[j, k]) in
+  # chunks of CHUNK (zero-padded: min(a, 0) adds nothing).
   g_idx, g_val = v_idx[nq:], v_val[nq:]
   valid = g_idx < n
   cols = g_idx[valid]
   order = np.argsort(cols, kind="stable")
+  cols_s = cols[order]
   col_count = np.bincount(cols, minlength=n + 1).astype(np.int64)
-  col_start = np.r_[0, np.cumsum(col_count)[:-1]]
-  size = _pow2(cols.size + 1)
-  coo_row = jnp.asarray(_pad_to(np.nonzero(valid)[0][order].astype(np.int32), size, 0))
-  coo_val = jnp.asarray(_pad_to(g_val[valid][order].astype(np.float32), size, 0.0))
-  col_start_d = jnp.asarray(_pad_to(col_start.astype(np.int32), _pow2(n + 1), 0))
+  col_first = np.r_[0, np.cumsum(col_count)[:-1]]
+  nchunks = -(-col_count // CHUNK)
+  chunk_first = np.r_[0, np.cumsum(nchunks)[:-1]]
+  in_col = np.arange(cols_s.size) - col_first[cols_s]
+  chunk_id = chunk_first[cols_s] + in_col // CHUNK
+  num_chunks = _pow2(int(nchunks.sum()) + 1)
+  chunk_row = np.zeros((num_chunks, CHUNK), np.int32)
+  chunk_val = np.zeros((num_chunks, CHUNK), np.float32)
+  chunk_row[chunk_id, in_col % CHUNK] = np.nonzero(valid)[0][order]
+  chunk_val[chunk_id, in_col % CHUNK] = g_val[valid][order]
+  chunk_row, chunk_val = jnp.asarray(chunk_row), jnp.asarray(chunk_val)
+  chunk_start_d = jnp.asarray(_pad_to(chunk_first.astype(np.int32), _pow2(n + 1), 0))
+  col_count = nchunks  # from here on, counts are in chunks
+  pair_budget = max(pair_budget // CHUNK, 1)
   q_idx, q_val = v_idx[:nq], v_val[:nq]
   pairs_per_query = np.where(q_idx < n, col_count[q_idx], 0).sum(axis=1)
   lam = jnp.float32(lambda_value)
+  # One block shape for every block (one compiled program): b rows, the pair
+  # budget (or all pairs when fewer); a single query above the budget gets its own.
+  b_fixed = _pow2(min(row_block, nq), 1)
+  pairs_fixed = min(_pow2(int(pairs_per_query.sum()), 1024), _pow2(pair_budget, 1024))
   start = 0
   while start < nq:
     stop = start + 1
@@ -249,19 +267,19 @@ def _jaccard_rows(prob, v_idx, v_val, lambda_value, pair_budget, row_block, fini
       total += pairs_per_query[stop]
       stop += 1
     rows = np.arange(start, stop)
-    b = _pow2(len(rows), 1)
-    rows_p = _pad_to(rows, b, rows[-1])
+    rows_p = _pad_to(rows, b_fixed, rows[-1])
     e_col = q_idx[rows].reshape(-1)
     e_ok = e_col < n
     e_col = np.where(e_ok, e_col, n).astype(np.int32)
     e_count = np.where(e_ok, col_count[e_col], 0).astype(np.int32)
     e_row = np.repeat(np.arange(len(rows), dtype=np.int32), q_idx.shape[1])
-    size = _pow2(e_col.size)
+    size = _pow2(b_fixed * q_idx.shape[1])
     block = _final_block(
         jnp.asarray(_pad_to(e_row, size, 0)), jnp.asarray(_pad_to(e_col, size, n)),
         jnp.asarray(_pad_to(q_val[rows].reshape(-1), size, 0.0)),
-        jnp.asarray(_pad_to(e_count, size, 0)), col_start_d, coo_row, coo_val,
-        jnp.asarray(prob.o_query_gallery(rows_p)), lam, num_pairs=_pow2(int(total), 1024))
+        jnp.asarray(_pad_to(e_count, size, 0)), chunk_start_d, chunk_row, chunk_val,
+        jnp.asarray(prob.o_query_gallery(rows_p)), lam,
+        num_pairs=max(pairs_fixed, _pow2(int(total), 1024)))
     finish(rows, block)
     start = stop
 
@@ -398,18 +416,15 @@ class _FeatureProblem(_Problem):
       feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
     self.feats = feats
     self.feats_d = jnp.asarray(feats)
+    self.gallery_d = jnp.asarray(feats[self.num_q:])
     sm = "ip" if metric == "cosine" else "l2"
     everything = search.ShardedDatabase(feats, metric=sm, db_block=db_block)
-    _, self.neigh = search.top_k_search(feats, everything, k, metric=sm,
-                                        query_block=query_block)
+    _, self.neigh, far = search.top_k_search(feats, everything, k, metric=sm,
+                                             query_block=query_block, return_farthest=True)
     self.neigh = self.neigh.astype(np.int32)
-    # Column maximum of the squared distances = row maximum (symmetric).
-    if metric == "cosine":
-      far, _ = search.top_k_search(-feats, everything, 1, metric="ip", query_block=query_block)
-      dmax = 1.0 + far[:, 0]  # 1 - min_j cos = 1 + max_j (-cos)
-    else:
-      far = search.farthest_sq_distance(feats, everything, query_block=query_block)
-      dmax = far
+    # Column maximum of the squared distances = row maximum (symmetric):
+    # 1 - min_j cos = 1 + max_j (-cos) for cosine.
+    dmax = 1.0 + far if metric == "cosine" else far
     self.col_max = np.square(dmax.astype(np.float32))
 
   def o_at(self, rows, cols):
@@ -423,12 +438,13 @@ class _FeatureProblem(_Problem):
     return np.square(out) / self.col_max[rows, None]
 
   def o_query_gallery(self, rows):
-    return _qg_block(self.feats_d[rows], self.feats_d[self.num_q:],
+    return _qg_block(self.feats_d, jnp.asarray(rows), self.gallery_d,
                      jnp.asarray(self.col_max[rows]), self.metric)
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
-def _qg_block(q, g, col_max, metric):
+def _qg_block(feats, rows, g, col_max, metric):
+  q = feats[rows]
   dot = jnp.matmul(q, g.T, precision=jax.lax.Precision.HIGHEST)
   if metric == "cosine":
     d = 1.0 - dot
