@@ -20,8 +20,9 @@ How it runs (docs/evaluation.md, "Search"):
   whole row would.
 
 Device memory: the shard (N / num_devices x D descriptors + N / num_devices
-norms) plus query_block x (D + db_block + 4k) floats of working space,
-whatever N is.
+norms) plus the working space of one step, whatever N is: `step_bytes` =
+4 B x (db_block x (D + 1) + query_block x (D + 3 db_block + 4k)) (the block's
+rows, the queries, the score block with top-k's sort buffers, the lists).
 
 Scores: "ip": q . x; "l2": ||q||^2 + ||x||^2 - 2 q . x clipped at 0 (the
 expanded form, so one matmul serves both). float32 descriptors multiply at
@@ -179,8 +180,11 @@ class ShardedDatabase:
     self.num, self.dim = x.shape
     ndev = self.mesh.devices.size
     per_dev = -(-self.num // ndev)
-    self.db_block = min(int(db_block), per_dev)
-    n_local = -(-per_dev // self.db_block) * self.db_block
+    # Equal blocks: per_dev rows in ceil(per_dev / db_block) steps, so the
+    # padding is under one row per step.
+    steps = -(-per_dev // min(int(db_block), per_dev))
+    self.db_block = -(-per_dev // steps)
+    n_local = steps * self.db_block
     pad = n_local * ndev - self.num
     x = np.asarray(x, self.dtype)
     if pad:
@@ -272,6 +276,11 @@ def measured_recall(approx_indices, exact_indices) -> float:
   return float(np.mean(hits) / max(e.shape[1], 1))
 
 
+def step_bytes(dim: int, k: int, *, query_block: int, db_block: int) -> int:
+  """The stated bound on one search step's working memory per device (float32)."""
+  return 4 * (db_block * (dim + 1) + query_block * (dim + 3 * db_block + 4 * k))
+
+
 def search_memory_per_device(num_queries: int, num_db: int, dim: int, k: int, *,
                              metric: str = "ip", query_block: int = 1024,
                              db_block: int = 65536, mesh: Mesh | None = None,
@@ -286,8 +295,9 @@ def search_memory_per_device(num_queries: int, num_db: int, dim: int, k: int, *,
   mesh = default_mesh() if mesh is None else mesh
   ndev = mesh.devices.size
   per_dev = -(-num_db // ndev)
-  blk = min(int(db_block), per_dev)
-  n_local = -(-per_dev // blk) * blk
+  steps = -(-per_dev // min(int(db_block), per_dev))
+  blk = -(-per_dev // steps)
+  n_local = steps * blk
   k = min(int(k), num_db)
   run = _compiled_search(mesh, num_db, k, metric, blk, False, 0.95)
   shard = NamedSharding(mesh, P(AXIS))
