@@ -5,7 +5,8 @@ time, as the popular code does. `dtype` is the precision of everything after
 the normalised distance O (float64 for the parity tests; float32 is what
 torchreid uses, for the benchmark). O itself is made as torchreid makes it:
 squared in the input dtype, then float32, then divided by the column maxima.
-Neighbour lists use a stable argsort (ties by index).
+Neighbour lists use a stable argsort (ties by index). It holds the same dense
+(Q+G)^2 arrays torchreid holds, so the benchmark uses it as torchreid's cost.
 """
 from __future__ import annotations
 
@@ -43,10 +44,15 @@ def dense_rerank(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3, dtype=np.float64)
     v[i, members] = w / w.sum()
   if k2 != 1:
     v = np.stack([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
-  # Jaccard distance of every query row to every row: sum_k min(V[i,k], V[j,k]).
+  # Jaccard distance of every query row to every row: sum_k min(V[i,k], V[j,k]),
+  # over the rows j that share a column k with i (the inverted index of V's columns).
+  rows_of_col = [np.nonzero(v[:, k])[0] for k in range(n)]
   jac = np.empty((nq, n), dtype)
   for i in range(nq):
-    common = np.minimum(v[i][None, :], v).sum(axis=1)
+    common = np.zeros(n, dtype)
+    for k in np.nonzero(v[i])[0]:
+      rows = rows_of_col[k]
+      common[rows] += np.minimum(v[i, k], v[rows, k])
     jac[i] = 1.0 - common / (2.0 - common)
   final = jac * (1 - lambda_value) + o[:nq] * lambda_value
   return final[:, nq:]

@@ -47,6 +47,8 @@ import numpy as np
 from jaxset.eval import search
 from jaxset.ops import _checks
 
+CHUNK = 16  # inverted-index entries per (query entry, chunk) pair
+
 
 def _pow2(n: int, floor: int = 8) -> int:
   return max(floor, 1 << int(np.ceil(np.log2(max(n, 1)))))
@@ -72,8 +74,8 @@ def _candidates(neigh: np.ndarray, rows: np.ndarray, h1: int) -> np.ndarray:
   return np.concatenate([nb, neigh[nb][:, :, :h1].reshape(len(rows), -1)], axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("n",))
-def _v_rows(rows, neigh, recip_k, recip_h, min_common, o_vals, *, n):
+@jax.jit
+def _v_rows(rows, neigh, recip_k, recip_h, min_common, o_vals, n):
   """V rows (eq. (8)) of `rows`: sorted column indices (n = none) and weights."""
   nb = neigh[rows]  # [B, K]
   kk = nb.shape[1]
@@ -99,8 +101,8 @@ def _v_rows(rows, neigh, recip_k, recip_h, min_common, o_vals, *, n):
           jnp.take_along_axis(val, pos, axis=1))
 
 
-@functools.partial(jax.jit, static_argnames=("n", "k2"))
-def _qe_rows(rows, neigh, v_idx, v_val, *, n, k2):
+@functools.partial(jax.jit, static_argnames=("k2",))
+def _qe_rows(rows, neigh, v_idx, v_val, n, *, k2):
   """Local query expansion (eq. (11)): mean of V over each row's k2 first neighbours."""
   b = rows.shape[0]
   m = neigh[rows, :k2]
@@ -117,24 +119,41 @@ def _qe_rows(rows, neigh, v_idx, v_val, *, n, k2):
   return out_idx, jnp.where(out_idx < n, sums / k2, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("num_pairs", "num_rows", "num_cols"))
-def _jaccard_block(ent_row, ent_col, ent_val, ent_count, col_start, coo_row, coo_val, *,
-                   num_pairs, num_rows, num_cols):
-  """sum_k min(V[i, k], V[j, k]) for the block's rows i and every column row j.
+@functools.partial(jax.jit, static_argnames=("num_pairs",))
+def _final_block(ent_row, ent_col, ent_val, ent_count, chunk_start, chunk_row, chunk_val, o_qg,
+                 lambda_value, *, num_pairs):
+  """Eq. (12) for a block of query rows: (1 - lambda) d_J + lambda O.
 
-  Each entry (i, k, V[i, k]) pairs with the ent_count entries (j, k, V[j, k])
-  of column k in the inverted index, num_pairs (padded) pairs in all.
+  m[i, j] = sum_k min(V[i, k], V[j, k]). The inverted index holds column k's
+  entries (j, V[j, k]) in ent_count[e] chunks of CHUNK; each query entry
+  (i, k, V[i, k]) meets every chunk of its column, num_pairs (padded)
+  (entry, chunk) pairs in all, added into the [B, G] block.
   """
+  num_rows, num_cols = o_qg.shape
   cum = jnp.cumsum(ent_count)
   prev = cum - ent_count
   p = jnp.arange(num_pairs, dtype=cum.dtype)
   e = jnp.minimum(jnp.searchsorted(cum, p, side="right"), ent_count.shape[0] - 1)
   ok = p < cum[-1]
-  pos = jnp.where(ok, col_start[ent_col[e]] + p - prev[e], 0)
-  contrib = jnp.where(ok, jnp.minimum(ent_val[e], coo_val[pos]), 0.0)
-  flat = ent_row[e] * num_cols + coo_row[pos]
-  return jnp.zeros(num_rows * num_cols, jnp.float32).at[flat].add(contrib).reshape(
-      num_rows, num_cols)
+  chunk = jnp.where(ok, chunk_start[ent_col[e]] + p - prev[e], 0)
+  contrib = jnp.where(ok[:, None], jnp.minimum(ent_val[e][:, None], chunk_val[chunk]), 0.0)
+  flat = ent_row[e][:, None] * num_cols + chunk_row[chunk]
+  m = jnp.zeros(num_rows * num_cols, jnp.float32).at[flat.reshape(-1)].add(
+      contrib.reshape(-1)).reshape(num_rows, num_cols)
+  return (1.0 - m / (2.0 - m)) * (1.0 - lambda_value) + o_qg * lambda_value
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _smallest(x, k):
+  v, i = jax.lax.top_k(-x, k)
+  return -v, i
+
+
+def _pad_to(x: np.ndarray, size: int, value) -> np.ndarray:
+  """x padded along axis 0 to `size` rows with `value`."""
+  if x.shape[0] >= size:
+    return x
+  return np.concatenate([x, np.full((size - x.shape[0],) + x.shape[1:], value, x.dtype)])
 
 
 class _Problem:
@@ -159,64 +178,86 @@ def _rerank_core(prob: _Problem, k1: int, k2: int, lambda_value: float, *, row_b
   kk = min(k1 + 1, n)
   h1 = min(int(np.around(k1 / 2.0)) + 1, n)
   k2 = min(k2, n)
+  # Arrays over all rows are padded to a power of two (and widths to a multiple
+  # of 16) so that a few compiled programs serve every problem size.
+  n_pad = _pow2(n + 1)
+  n_d = jnp.int32(n)
   neigh_np = np.ascontiguousarray(prob.neigh, np.int32)
-  neigh = jnp.asarray(neigh_np)
+  neigh = jnp.asarray(_pad_to(neigh_np, n_pad, 0))
   min_common = jnp.asarray(_min_common(h1))
   blocks = [np.arange(s, min(s + row_block, n), dtype=np.int32) for s in range(0, n, row_block)]
 
   def padded(rows):
-    return np.concatenate([rows, np.full(row_block - len(rows), rows[-1], np.int32)])
+    return _pad_to(rows, row_block, rows[-1])
 
-  recip_k = np.concatenate([np.asarray(_reciprocal(neigh, padded(r), kk=kk))[:len(r)]
-                            for r in blocks])
-  recip_h = np.concatenate([np.asarray(_reciprocal(neigh, padded(r), kk=h1))[:len(r)]
-                            for r in blocks])
-  recip_k, recip_h = jnp.asarray(recip_k), jnp.asarray(recip_h)
+  def recip(kk_):
+    out = np.concatenate([np.asarray(_reciprocal(neigh, padded(r), kk=kk_))[:len(r)]
+                          for r in blocks])
+    return jnp.asarray(_pad_to(out, n_pad, False))
+
+  recip_k, recip_h = recip(kk), recip(h1)
   neigh_k = neigh[:, :kk]
   v_idx, v_val = [], []
   for r in blocks:
     rp = padded(r)
     o_vals = prob.o_at(rp, _candidates(neigh_np[:, :kk], rp, h1))
     i, v = _v_rows(jnp.asarray(rp), neigh_k, recip_k, recip_h, min_common,
-                   jnp.asarray(o_vals, jnp.float32), n=n)
+                   jnp.asarray(o_vals, jnp.float32), n_d)
     v_idx.append(np.asarray(i)[:len(r)])
     v_val.append(np.asarray(v)[:len(r)])
-  v_idx, v_val = _compact(np.concatenate(v_idx), np.concatenate(v_val), n)
+  v_idx, v_val = _compact(np.concatenate(v_idx), np.concatenate(v_val), n, n_pad)
   if k2 != 1:
     vi, vv = jnp.asarray(v_idx), jnp.asarray(v_val)
     q_idx, q_val = [], []
     for r in blocks:
-      i, v = _qe_rows(jnp.asarray(padded(r)), neigh, vi, vv, n=n, k2=k2)
+      i, v = _qe_rows(jnp.asarray(padded(r)), neigh, vi, vv, n_d, k2=k2)
       q_idx.append(np.asarray(i)[:len(r)])
       q_val.append(np.asarray(v)[:len(r)])
-    v_idx, v_val = _compact(np.concatenate(q_idx), np.concatenate(q_val), n)
-  return _jaccard_rows(prob, v_idx, v_val, lambda_value, pair_budget, row_block, finish)
+    v_idx, v_val = _compact(np.concatenate(q_idx), np.concatenate(q_val), n, n_pad)
+  _jaccard_rows(prob, v_idx[:n], v_val[:n], lambda_value, pair_budget, row_block, finish)
 
 
-def _compact(idx: np.ndarray, val: np.ndarray, n: int):
-  """Cuts the [N, w] rows to the widest row's support (entries come first)."""
-  width = max(int((idx < n).sum(axis=1).max()), 1)
-  return idx[:, :width], val[:, :width].astype(np.float32)
+def _compact(idx: np.ndarray, val: np.ndarray, n: int, n_pad: int):
+  """Cuts the [N, w] rows to the widest row's support (entries come first),
+  rounded up to a multiple of 16, and pads the rows to n_pad."""
+  width = min(-(-max(int((idx < n).sum(axis=1).max()), 1) // 16) * 16, idx.shape[1])
+  return (_pad_to(idx[:, :width], n_pad, n),
+          _pad_to(val[:, :width].astype(np.float32), n_pad, 0.0))
 
 
 def _jaccard_rows(prob, v_idx, v_val, lambda_value, pair_budget, row_block, finish):
   """Query rows of the final distance (eq. (12)), handed to finish(rows, block)."""
   nq, ng = prob.num_q, prob.num_g
   n = nq + ng
-  # Inverted index over the gallery rows: for each column k, the (j, V[j, k]).
+  # Inverted index over the gallery rows: column k's entries (j, V[j, k]) in
+  # chunks of CHUNK (zero-padded: min(a, 0) adds nothing).
   g_idx, g_val = v_idx[nq:], v_val[nq:]
   valid = g_idx < n
   cols = g_idx[valid]
   order = np.argsort(cols, kind="stable")
-  coo_row = np.nonzero(valid)[0][order].astype(np.int32)
-  coo_val = g_val[valid][order]
+  cols_s = cols[order]
   col_count = np.bincount(cols, minlength=n + 1).astype(np.int64)
-  col_start = np.r_[0, np.cumsum(col_count)[:-1]]
-  coo_row_d = jnp.asarray(np.r_[coo_row, 0].astype(np.int32))
-  coo_val_d = jnp.asarray(np.r_[coo_val, 0].astype(np.float32))
-  col_start_d = jnp.asarray(col_start.astype(np.int32))
+  col_first = np.r_[0, np.cumsum(col_count)[:-1]]
+  nchunks = -(-col_count // CHUNK)
+  chunk_first = np.r_[0, np.cumsum(nchunks)[:-1]]
+  in_col = np.arange(cols_s.size) - col_first[cols_s]
+  chunk_id = chunk_first[cols_s] + in_col // CHUNK
+  num_chunks = _pow2(int(nchunks.sum()) + 1)
+  chunk_row = np.zeros((num_chunks, CHUNK), np.int32)
+  chunk_val = np.zeros((num_chunks, CHUNK), np.float32)
+  chunk_row[chunk_id, in_col % CHUNK] = np.nonzero(valid)[0][order]
+  chunk_val[chunk_id, in_col % CHUNK] = g_val[valid][order]
+  chunk_row, chunk_val = jnp.asarray(chunk_row), jnp.asarray(chunk_val)
+  chunk_start_d = jnp.asarray(_pad_to(chunk_first.astype(np.int32), _pow2(n + 1), 0))
+  col_count = nchunks  # from here on, counts are in chunks
+  pair_budget = max(pair_budget // CHUNK, 1)
   q_idx, q_val = v_idx[:nq], v_val[:nq]
   pairs_per_query = np.where(q_idx < n, col_count[q_idx], 0).sum(axis=1)
+  lam = jnp.float32(lambda_value)
+  # One block shape for every block (one compiled program): b rows, the pair
+  # budget (or all pairs when fewer); a single query above the budget gets its own.
+  b_fixed = _pow2(min(row_block, nq), 1)
+  pairs_fixed = min(_pow2(int(pairs_per_query.sum()), 1024), _pow2(pair_budget, 1024))
   start = 0
   while start < nq:
     stop = start + 1
@@ -226,24 +267,20 @@ def _jaccard_rows(prob, v_idx, v_val, lambda_value, pair_budget, row_block, fini
       total += pairs_per_query[stop]
       stop += 1
     rows = np.arange(start, stop)
-    b = _pow2(len(rows), 1)
+    rows_p = _pad_to(rows, b_fixed, rows[-1])
     e_col = q_idx[rows].reshape(-1)
     e_ok = e_col < n
-    e_col = np.where(e_ok, e_col, n)
+    e_col = np.where(e_ok, e_col, n).astype(np.int32)
     e_count = np.where(e_ok, col_count[e_col], 0).astype(np.int32)
     e_row = np.repeat(np.arange(len(rows), dtype=np.int32), q_idx.shape[1])
-    size = _pow2(e_col.size)
-    pad = size - e_col.size
-    temp = _jaccard_block(
-        jnp.asarray(np.r_[e_row, np.zeros(pad, np.int32)]),
-        jnp.asarray(np.r_[e_col, np.full(pad, n)].astype(np.int32)),
-        jnp.asarray(np.r_[q_val[rows].reshape(-1), np.zeros(pad, np.float32)]),
-        jnp.asarray(np.r_[e_count, np.zeros(pad, np.int32)]),
-        col_start_d, coo_row_d, coo_val_d,
-        num_pairs=_pow2(int(total), 1024), num_rows=b, num_cols=ng)[:len(rows)]
-    jaccard = 1.0 - temp / (2.0 - temp)
-    o_qg = jnp.asarray(prob.o_query_gallery(rows))
-    finish(rows, jaccard * (1.0 - lambda_value) + o_qg * lambda_value)
+    size = _pow2(b_fixed * q_idx.shape[1])
+    block = _final_block(
+        jnp.asarray(_pad_to(e_row, size, 0)), jnp.asarray(_pad_to(e_col, size, n)),
+        jnp.asarray(_pad_to(q_val[rows].reshape(-1), size, 0.0)),
+        jnp.asarray(_pad_to(e_count, size, 0)), chunk_start_d, chunk_row, chunk_val,
+        jnp.asarray(prob.o_query_gallery(rows_p)), lam,
+        num_pairs=max(pairs_fixed, _pow2(int(total), 1024)))
+    finish(rows, block)
     start = stop
 
 
@@ -350,7 +387,7 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
   out = np.empty((nq, ng), np.float32)
 
   def finish(rows, block):
-    out[rows] = np.asarray(block)
+    out[rows] = np.asarray(block)[:len(rows)]
 
   _rerank_core(prob, k1, k2, lambda_value, row_block=row_block, pair_budget=pair_budget,
                finish=finish)
@@ -358,8 +395,10 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
-def _pair_distances(a, b, metric):
-  """torchreid's distances between rows a [B, D] and b [B, C, D] -> [B, C]."""
+def _pair_distances(feats, rows, cols, metric):
+  """torchreid's distances between feats[rows] [B, D] and feats[cols] [B, C, D]."""
+  a = feats[rows]
+  b = feats[cols]
   dot = jnp.einsum("bd,bcd->bc", a, b, precision=jax.lax.Precision.HIGHEST)
   if metric == "cosine":
     return 1.0 - dot
@@ -377,40 +416,35 @@ class _FeatureProblem(_Problem):
       feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
     self.feats = feats
     self.feats_d = jnp.asarray(feats)
+    self.gallery_d = jnp.asarray(feats[self.num_q:])
     sm = "ip" if metric == "cosine" else "l2"
     everything = search.ShardedDatabase(feats, metric=sm, db_block=db_block)
-    _, self.neigh = search.top_k_search(feats, everything, k, metric=sm,
-                                        query_block=query_block)
+    _, self.neigh, far = search.top_k_search(feats, everything, k, metric=sm,
+                                             query_block=query_block, return_farthest=True)
     self.neigh = self.neigh.astype(np.int32)
-    # Column maximum of the squared distances = row maximum (symmetric).
-    if metric == "cosine":
-      far, _ = search.top_k_search(-feats, everything, 1, metric="ip", query_block=query_block)
-      dmax = 1.0 + far[:, 0]  # 1 - min_j cos = 1 + max_j (-cos)
-    else:
-      far = search.farthest_sq_distance(feats, everything, query_block=query_block)
-      dmax = far
+    # Column maximum of the squared distances = row maximum (symmetric):
+    # 1 - min_j cos = 1 + max_j (-cos) for cosine.
+    dmax = 1.0 + far if metric == "cosine" else far
     self.col_max = np.square(dmax.astype(np.float32))
 
   def o_at(self, rows, cols):
-    # 32 rows at a time: the gathered [rows, w, D] block is the largest array.
+    # 32 rows at a time: the gathered [32, w, D] block is the largest array.
     out = np.empty(cols.shape, np.float32)
     for s in range(0, len(rows), 32):
-      r = rows[s:s + 32]
-      if len(r) < 32:
-        r = np.r_[r, np.full(32 - len(r), r[-1])]
-      c = cols[s:s + 32]
-      c = np.concatenate([c, np.repeat(c[-1:], 32 - len(c), axis=0)])
-      d = np.asarray(_pair_distances(self.feats_d[r], self.feats_d[c], self.metric))
+      r = _pad_to(rows[s:s + 32], 32, rows[-1])
+      c = _pad_to(cols[s:s + 32], 32, 0)
+      d = np.asarray(_pair_distances(self.feats_d, r, c, self.metric))
       out[s:s + 32] = d[:len(cols[s:s + 32])]
     return np.square(out) / self.col_max[rows, None]
 
   def o_query_gallery(self, rows):
-    return _qg_block(self.feats_d[rows], self.feats_d[self.num_q:],
+    return _qg_block(self.feats_d, jnp.asarray(rows), self.gallery_d,
                      jnp.asarray(self.col_max[rows]), self.metric)
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
-def _qg_block(q, g, col_max, metric):
+def _qg_block(feats, rows, g, col_max, metric):
+  q = feats[rows]
   dot = jnp.matmul(q, g.T, precision=jax.lax.Precision.HIGHEST)
   if metric == "cosine":
     d = 1.0 - dot
@@ -456,16 +490,16 @@ def k_reciprocal_rerank_features(query_features, gallery_features, k1: int = 20,
     out = np.empty((nq, ng), np.float32)
 
     def finish(rows, block):
-      out[rows] = np.asarray(block)
+      out[rows] = np.asarray(block)[:len(rows)]
   else:
     kt = min(int(top_k), ng)
     out_d = np.empty((nq, kt), np.float32)
     out_i = np.empty((nq, kt), np.int64)
 
     def finish(rows, block):
-      v, i = jax.lax.top_k(-block, kt)
-      out_d[rows] = -np.asarray(v)
-      out_i[rows] = np.asarray(i)
+      v, i = _smallest(block, kt)
+      out_d[rows] = np.asarray(v)[:len(rows)]
+      out_i[rows] = np.asarray(i)[:len(rows)]
 
   _rerank_core(prob, k1, k2, lambda_value, row_block=row_block, pair_budget=pair_budget,
                finish=finish)

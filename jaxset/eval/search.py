@@ -20,8 +20,9 @@ How it runs (docs/evaluation.md, "Search"):
   whole row would.
 
 Device memory: the shard (N / num_devices x D descriptors + N / num_devices
-norms) plus query_block x (D + db_block + 4k) floats of working space,
-whatever N is.
+norms) plus the working space of one step, whatever N is: `step_bytes` =
+4 B x (db_block x (D + 1) + query_block x (D + 3 db_block + 4k)) (the block's
+rows, the queries, the score block with top-k's sort buffers, the lists).
 
 Scores: "ip": q . x; "l2": ||q||^2 + ||x||^2 - 2 q . x clipped at 0 (the
 expanded form, so one matmul serves both). float32 descriptors multiply at
@@ -87,8 +88,7 @@ def block_scores(q, x, x_sq, metric: str):
     return s
   qf = q.astype(s.dtype)
   q_sq = jnp.sum(qf * qf, axis=-1)
-  d = jnp.maximum(q_sq[:, None] + x_sq[None, :] - 2.0 * s, 0.0)
-  return d if metric == "l2_far" else -d
+  return -jnp.maximum(q_sq[:, None] + x_sq[None, :] - 2.0 * s, 0.0)
 
 
 def _merge(best_s, best_i, s, i, k):
@@ -98,23 +98,26 @@ def _merge(best_s, best_i, s, i, k):
 
 
 def _shard_top_k(q, x, x_sq, *, n_total, k, metric, db_block, approx, recall_target):
-  """The running top-k of q [B, D] over this device's shard x [n_local, D]."""
+  """The running top-k of q [B, D] over this device's shard x [n_local, D], and
+  the running maximum of -score (the farthest row's distance for "l2")."""
   n_local, dim = x.shape
   nb = n_local // db_block
   offset = jax.lax.axis_index(AXIS) * n_local
   kb = min(k, db_block)
 
   def step(carry, inputs):
-    best_s, best_i = carry
+    best_s, best_i, far = carry
     xb, sqb, start = inputs
     s = block_scores(q, xb, sqb, metric)
     idx = start + jnp.arange(db_block, dtype=jnp.int32)
-    s = jnp.where((idx < n_total)[None, :], s, -jnp.inf)
+    ok = (idx < n_total)[None, :]
+    far = jnp.maximum(far, jnp.max(jnp.where(ok, -s, -jnp.inf), axis=1))
+    s = jnp.where(ok, s, -jnp.inf)
     if approx:
       v, j = jax.lax.approx_max_k(s, kb, recall_target=recall_target)
     else:
       v, j = jax.lax.top_k(s, kb)
-    return _merge(best_s, best_i, v, idx[j], k), None
+    return _merge(best_s, best_i, v, idx[j], k) + (far,), None
 
   starts = offset + db_block * jnp.arange(nb, dtype=jnp.int32)
   # Built from the device's offset so the carry varies over the mesh axis like
@@ -122,10 +125,11 @@ def _shard_top_k(q, x, x_sq, *, n_total, k, metric, db_block, approx, recall_tar
   zero = offset * 0
   sdt = jnp.float32 if q.dtype == jnp.bfloat16 else jnp.promote_types(q.dtype, jnp.float32)
   init = (jnp.full((q.shape[0], k), -jnp.inf, sdt) + zero.astype(sdt),
-          jnp.full((q.shape[0], k), -1, jnp.int32) + zero)
-  (best_s, best_i), _ = jax.lax.scan(
+          jnp.full((q.shape[0], k), -1, jnp.int32) + zero,
+          jnp.full((q.shape[0],), -jnp.inf, sdt) + zero.astype(sdt))
+  (best_s, best_i, far), _ = jax.lax.scan(
       step, init, (x.reshape(nb, db_block, dim), x_sq.reshape(nb, db_block), starts))
-  return best_s, best_i
+  return best_s, best_i, far[:, None]
 
 
 @functools.lru_cache(maxsize=32)
@@ -134,13 +138,13 @@ def _compiled_search(mesh: Mesh, n_total: int, k: int, metric: str, db_block: in
   body = functools.partial(_shard_top_k, n_total=n_total, k=k, metric=metric,
                            db_block=db_block, approx=approx, recall_target=recall_target)
   sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
-                          out_specs=(P(None, AXIS), P(None, AXIS)))
+                          out_specs=(P(None, AXIS), P(None, AXIS), P(None, AXIS)))
 
   @jax.jit
   def run(q, x, x_sq):
-    s, i = sharded(q, x, x_sq)  # [B, num_devices * k], device order = index order
+    s, i, far = sharded(q, x, x_sq)  # [B, num_devices * k], device order = index order
     v, pos = jax.lax.top_k(s, k)
-    return v, jnp.take_along_axis(i, pos, axis=1)
+    return v, jnp.take_along_axis(i, pos, axis=1), jnp.max(far, axis=1)
 
   return run
 
@@ -176,8 +180,11 @@ class ShardedDatabase:
     self.num, self.dim = x.shape
     ndev = self.mesh.devices.size
     per_dev = -(-self.num // ndev)
-    self.db_block = min(int(db_block), per_dev)
-    n_local = -(-per_dev // self.db_block) * self.db_block
+    # Equal blocks: per_dev rows in ceil(per_dev / db_block) steps, so the
+    # padding is under one row per step.
+    steps = -(-per_dev // min(int(db_block), per_dev))
+    self.db_block = -(-per_dev // steps)
+    n_local = steps * self.db_block
     pad = n_local * ndev - self.num
     x = np.asarray(x, self.dtype)
     if pad:
@@ -191,7 +198,7 @@ class ShardedDatabase:
 
 def top_k_search(queries, database, k: int, *, metric: str = "ip", query_block: int = 1024,
                  db_block: int = 65536, mesh: Mesh | None = None, approx: bool = False,
-                 recall_target: float = 0.95):
+                 recall_target: float = 0.95, return_farthest: bool = False):
   """The k best database rows of every query (exact; ties: lower index first).
 
   Args:
@@ -205,11 +212,14 @@ def top_k_search(queries, database, k: int, *, metric: str = "ip", query_block: 
       query_block x (db_block + 4k) float32 values.
     mesh: a 1-D mesh with axis "db" (default: every device, default_mesh()).
     approx, recall_target: jax.lax.approx_max_k per block (see module doc).
+    return_farthest: also return, from the same pass, each query's largest
+      squared distance ("l2") or minus its smallest inner product ("ip").
 
   Returns:
     (scores, indices): float32 [Q, k'] and int64 [Q, k'], k' = min(k, N).
     scores are inner products (descending) for "ip" and squared distances
-    (ascending) for "l2". Q = 0 gives [0, k'] arrays.
+    (ascending) for "l2". Q = 0 gives [0, k'] arrays. With return_farthest,
+    (scores, indices, farthest float32 [Q]).
   """
   if metric not in METRICS:
     raise ValueError(f"metric must be one of {METRICS}; got {metric!r}.")
@@ -232,45 +242,27 @@ def top_k_search(queries, database, k: int, *, metric: str = "ip", query_block: 
   _checks.check_same(("queries dim", "database dim"), (q.shape[1], db.dim), "Descriptor sizes")
   k = min(int(k), db.num)
   if q.shape[0] == 0:
-    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    empty = (np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
+    return empty + (np.zeros((0,), np.float32),) if return_farthest else empty
   run = _compiled_search(db.mesh, db.num, k, metric, db.db_block, bool(approx),
                          float(recall_target))
   q = np.asarray(q, db.dtype)
   step = min(int(query_block), q.shape[0])
   replicated = NamedSharding(db.mesh, P())
-  out_s, out_i = [], []
+  out_s, out_i, out_f = [], [], []
   for start in range(0, q.shape[0], step):
     block = q[start:start + step]
     if block.shape[0] < step:
       block = np.concatenate([block, np.zeros((step - block.shape[0], q.shape[1]), q.dtype)])
-    s, i = run(jax.device_put(block, replicated), db.x, db.x_sq)
+    s, i, far = run(jax.device_put(block, replicated), db.x, db.x_sq)
     n = min(step, q.shape[0] - start)
     out_s.append(np.asarray(s)[:n])
     out_i.append(np.asarray(i)[:n])
+    out_f.append(np.asarray(far)[:n])
   scores = np.concatenate(out_s).astype(np.float32)
   idx = np.concatenate(out_i).astype(np.int64)
-  return (-scores if metric == "l2" else scores), idx
-
-
-def farthest_sq_distance(queries, database: ShardedDatabase, *,
-                         query_block: int = 1024) -> np.ndarray:
-  """max_j ||q - x_j||^2 for every query (float32 [Q]); database built with metric="l2"."""
-  if database.metric != "l2":
-    raise ValueError("farthest_sq_distance needs a ShardedDatabase built with metric='l2'.")
-  q = np.asarray(_as_descriptors("queries", queries), database.dtype)
-  run = _compiled_search(database.mesh, database.num, 1, "l2_far", database.db_block, False,
-                         0.95)
-  step = min(int(query_block), q.shape[0])
-  out = []
-  for start in range(0, q.shape[0], step):
-    block = q[start:start + step]
-    n = block.shape[0]
-    if n < step:
-      block = np.concatenate([block, np.zeros((step - n, q.shape[1]), q.dtype)])
-    s, _ = run(jax.device_put(block, NamedSharding(database.mesh, P())), database.x,
-               database.x_sq)
-    out.append(np.asarray(s)[:n, 0])
-  return np.concatenate(out).astype(np.float32)
+  out = (-scores if metric == "l2" else scores), idx
+  return out + (np.concatenate(out_f).astype(np.float32),) if return_farthest else out
 
 
 def measured_recall(approx_indices, exact_indices) -> float:
@@ -282,6 +274,11 @@ def measured_recall(approx_indices, exact_indices) -> float:
                      f"{a.shape} and {e.shape}.")
   hits = [np.intersect1d(r, t).size for r, t in zip(a, e)]
   return float(np.mean(hits) / max(e.shape[1], 1))
+
+
+def step_bytes(dim: int, k: int, *, query_block: int, db_block: int) -> int:
+  """The stated bound on one search step's working memory per device (float32)."""
+  return 4 * (db_block * (dim + 1) + query_block * (dim + 3 * db_block + 4 * k))
 
 
 def search_memory_per_device(num_queries: int, num_db: int, dim: int, k: int, *,
@@ -298,8 +295,9 @@ def search_memory_per_device(num_queries: int, num_db: int, dim: int, k: int, *,
   mesh = default_mesh() if mesh is None else mesh
   ndev = mesh.devices.size
   per_dev = -(-num_db // ndev)
-  blk = min(int(db_block), per_dev)
-  n_local = -(-per_dev // blk) * blk
+  steps = -(-per_dev // min(int(db_block), per_dev))
+  blk = -(-per_dev // steps)
+  n_local = steps * blk
   k = min(int(k), num_db)
   run = _compiled_search(mesh, num_db, k, metric, blk, False, 0.95)
   shard = NamedSharding(mesh, P(AXIS))
