@@ -19,15 +19,24 @@ from train import loop, tasks
 from train.tasks import common
 
 STEPS = 6
-# Step 1 starts from the same parameters: its loss differs by compute rounding alone.
-FIRST_RTOL = 0.01
+# Step 1 starts from the same parameters: its loss differs by compute rounding
+# alone. NetVLAD's before_training (BatchNorm calibration, k-means) and first
+# feature cache run in the run's precision too, so its step 1 starts from
+# slightly other centroids and mines from another cache.
+FIRST_RTOL = {"netvlad": 0.03}
+FIRST_RTOL_DEFAULT = 0.01
 # Later steps also carry the rounding of every earlier update, which Adam's
 # first steps (about lr x sign(gradient) per parameter) amplify where a
 # gradient is near zero, and which can flip discrete choices (NetVLAD's mined
 # negatives and hinge, CASN's predicted class whose Grad-CAM is mined): per
 # method, relative and absolute tolerance of every step's loss.
-LOSS_TOL = {"netvlad": (0.05, 0.06), "casn": (0.05, 0.05)}
+# CASN's full objective starts at step 4 (casn.warmup_steps=3 below) from the
+# warm-up's already different parameters, and its loss jumps there (4.4 from
+# 3.1) with the attention terms.
+LOSS_TOL = {"netvlad": (0.05, 0.06), "casn": (0.12, 0.05)}
 LOSS_TOL_DEFAULT = (0.05, 0.02)
+# The run's mean loss (batch-to-batch swings average out), relative, every method.
+MEAN_RTOL = 0.05
 # The final evaluation metric, absolute: after 6 steps on the tiny data a
 # rank-1 or pair accuracy moves by 1/160 per query or 1/60 per pair.
 METRIC_ATOL = 0.1
@@ -72,9 +81,10 @@ def test_bfloat16_run_tracks_the_float32_run(method, tiny_data, tmp_path):
   assert np.all(np.isfinite(a16))
   # Not bit for bit: the bfloat16 run did compute in bfloat16.
   assert not np.array_equal(a16, a32)
-  np.testing.assert_allclose(a16[0], a32[0], rtol=FIRST_RTOL)
+  np.testing.assert_allclose(a16[0], a32[0], rtol=FIRST_RTOL.get(method, FIRST_RTOL_DEFAULT))
   rtol, atol = LOSS_TOL.get(method, LOSS_TOL_DEFAULT)
   np.testing.assert_allclose(a16, a32, rtol=rtol, atol=atol)
+  np.testing.assert_allclose(a16.mean(), a32.mean(), rtol=MEAN_RTOL)
   m32, m16 = s32["after"][metric], s16["after"][metric]
   assert np.isfinite(m16) and abs(m16 - m32) <= METRIC_ATOL, (metric, m32, m16)
   # The state stays float32 whatever the compute dtype.
