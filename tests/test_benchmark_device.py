@@ -26,3 +26,19 @@ def test_device_benchmark_quick_runs_on_cpu_and_prints_utilisation():
     # The utilisation column: a positive, finite percentage on every row.
     mfu = float(rows[name].split()[-1].rstrip("%"))
     assert 0 < mfu < float("inf"), rows[name]
+
+
+def test_device_peak_by_kind():
+  import math
+  from types import SimpleNamespace
+
+  from benchmarks.device import device_peak
+  gpu = lambda kind: SimpleNamespace(platform="gpu", device_kind=kind)
+  assert device_peak(gpu("NVIDIA H100 80GB HBM3"))[0] == 989e12
+  assert device_peak(gpu("NVIDIA H100 PCIe"))[0] == 756e12
+  assert device_peak(gpu("NVIDIA H200"))[0] == 989e12
+  assert device_peak(gpu("NVIDIA A100-SXM4-80GB"))[0] == 312e12
+  assert device_peak(SimpleNamespace(platform="tpu", device_kind="TPU v5 lite"))[0] == 197e12
+  assert device_peak(SimpleNamespace(platform="tpu", device_kind="TPU v5"))[0] == 459e12
+  peak, why = device_peak(gpu("Some Future GPU"))
+  assert math.isnan(peak) and "PEAK_BF16" in why
