@@ -28,6 +28,20 @@ the measured batches. Stages whose iterator gives the same batches share one
 pipeline measurement. With --fake the tasks read in-memory fake sources of
 the embedded schemas and sizes (PNG/JPEG bytes decoded on every read, as tfds
 does) instead of the tfds builders.
+
+  python -m benchmarks.input --accelerator [--seconds 3] [--device_rates adaface=2500,...]
+
+--accelerator asks instead whether one CPU core feeds an accelerator: each
+large preset's per-sample host work at its real stored image size (JPEG
+bytes of MS1M's 112x112 faces, Pittsburgh's 480x640 views, Market-1501's
+128x64 crops), decoded with PIL and passed through the preset's own
+image_fn, one thread, timed in CPU seconds (so the rate is per core whatever
+else runs on the machine); for NetVLAD a tuple is 21 images plus the
+hard-negative miner's distances over the float16 feature cache. A step's
+samples/s on the accelerator is taken from --device_rates or, by default,
+estimated as 40% of an H100's dense bfloat16 peak (989 TFLOP/s) over XLA's
+FLOPs per sample of the config's train step (benchmarks/device.py's shapes);
+cores = that rate / samples/s per core.
 """
 from __future__ import annotations
 
@@ -235,6 +249,89 @@ def bench_method(method: str, seconds: float, warmup_s: float, steps: int,
   return rows
 
 
+# --------------------------------------------------------------------------
+# Feeding an accelerator (--accelerator)
+
+# Per preset: (configs file, preset, stored image size, images per sample).
+FEED = {
+    "adaface": ("adaface", "ms1m", (112, 112), 1),
+    "casn": ("casn", "market1501", (128, 64), 1),
+    "netvlad": ("netvlad", "pitts30k", (480, 640), 21),
+}
+H100_BF16, GOAL_MFU = 989e12, 0.40
+
+
+def host_seconds_per_sample(method: str, seconds: float) -> tuple[float, str]:
+  """CPU seconds of one sample's host work (decode + the preset's image_fn
+  [+ NetVLAD's mining]) on one thread, and what it includes."""
+  import importlib
+
+  from PIL import Image
+
+  from train.tasks import common
+  module, preset, stored, per_sample = FEED[method]
+  config = importlib.import_module(f"configs.{module}").get_config(preset)
+  image_fn = common.image_fn(config, train=True)
+  rng = np.random.default_rng(0)
+  blobs = _textures(16, stored + (3,), rng, "JPEG", distinct=16)
+  n, t = 0, time.process_time()
+  while time.process_time() - t < seconds or n < 32:
+    img = np.asarray(Image.open(io.BytesIO(blobs[n % len(blobs)])).convert("RGB"))
+    if image_fn is not None:
+      img = image_fn(img, np.random.default_rng(n))
+    n += 1
+  per_image = (time.process_time() - t) / n
+  what = f"decode {stored[0]}x{stored[1]} JPEG" + (
+      f" + image_fn to {tuple(config.data.image_size)}" if image_fn is not None else "")
+  mining = 0.0
+  if method == "netvlad":
+    mining = mining_seconds_per_query(config, seconds)
+    what += f" x {per_sample} + mining"
+  return per_image * per_sample + mining, what
+
+
+def mining_seconds_per_query(config, seconds: float) -> float:
+  """CPU seconds of the hard-negative miner for one query: distances of
+  negative_pool + num_negatives cached float16 descriptors (K x D of the
+  preset: 64 x 512 for VGG16) and of the potential positives, and the sort."""
+  from train.tasks.netvlad import _cache_distances
+  dim = config.model.num_clusters * 512
+  pool = config.tuples.negative_pool + config.tuples.num_negatives
+  rng = np.random.default_rng(0)
+  db = rng.standard_normal((2 * pool, dim)).astype(np.float16)
+  fq = rng.standard_normal(dim).astype(np.float16)
+  n, t = 0, time.process_time()
+  while time.process_time() - t < seconds or n < 3:
+    d = _cache_distances(db, np.arange(pool), fq)
+    np.argsort(d, kind="stable")
+    _cache_distances(db, np.arange(pool, pool + 20), fq)
+    n += 1
+  return (time.process_time() - t) / n
+
+
+def device_rate(method: str, given: dict) -> tuple[float, str]:
+  """Samples/s of one accelerator: --device_rates, or 40% of an H100's peak."""
+  if method in given:
+    return given[method], "--device_rates"
+  from benchmarks.device import flops_per_sample
+  f = flops_per_sample(method)
+  return GOAL_MFU * H100_BF16 / f, f"40% of H100 bf16 / {f / 1e9:,.0f} GFLOP per sample"
+
+
+def accelerator_rows(seconds: float, given: dict) -> list[dict]:
+  rows = []
+  for method in FEED:
+    cpu_s, what = host_seconds_per_sample(method, seconds)
+    rate, source = device_rate(method, given)
+    per_core = 1.0 / cpu_s
+    rows.append({"config": f"{FEED[method][0]}:{FEED[method][1]}", "host work": what,
+                 "samples/s/core": f"{per_core:,.1f}", "device samples/s": f"{rate:,.0f}",
+                 "cores": f"{rate / per_core:,.1f}", "device rate from": source})
+    print("  " + "  ".join(f"{k}={v}" for k, v in rows[-1].items()), file=sys.stderr,
+          flush=True)
+  return rows
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -246,7 +343,16 @@ def main():
   ap.add_argument("--loop_steps", type=int, default=6,
                   help="timed steps fed by the live iterator; 0 skips loop_s")
   ap.add_argument("--fake", action="store_true", help="in-memory fake sources")
+  ap.add_argument("--accelerator", action="store_true",
+                  help="cores one accelerator needs per large preset (see above)")
+  ap.add_argument("--device_rates", default="",
+                  help="samples/s of one accelerator, e.g. adaface=2500,casn=3000,netvlad=30")
   a = ap.parse_args()
+  if a.accelerator:
+    given = {k: float(v) for k, v in (kv.split("=") for kv in a.device_rates.split(",") if kv)}
+    rows = accelerator_rows(a.seconds, given)
+    print(format_rows(rows, list(rows[0])))
+    return
   if a.fake:
     use_fake_sources()
   load = os.getloadavg()

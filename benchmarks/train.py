@@ -13,6 +13,11 @@ this is the real step. The devices are fake CPU devices
 the largest device count does not divide (NetVLAD's paper batch of 4 tuples)
 is rounded up to a multiple of it for every device count, so that each
 method is compared at one global batch; the table's batch column shows it.
+
+tflops and mfu: XLA's cost analysis of the compiled step (its floating-point
+operations, all devices together) per step time, and that against this CPU's
+measured float32 matmul rate (benchmarks/device.py's model FLOP utilisation,
+whose accelerator rows use the datasheet peak instead).
 """
 from __future__ import annotations
 
@@ -32,21 +37,24 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import format_rows, method_setup, time_train_step  # noqa: E402
+from benchmarks.device import device_peak, step_flops  # noqa: E402
 from train.tasks import METHODS  # noqa: E402
 
 
 def bench(method: str, devices: int, steps: int, builder_config: str, cache_dir: str,
-          batch_size: int = 0) -> dict:
+          batch_size: int = 0, peak: float = float("nan")) -> dict:
   task, config, mesh, state = method_setup(method, devices, builder_config=builder_config,
                                            cache_dir=cache_dir, batch_size=batch_size)
   stage = list(task.stages(config))[0]
   iterator = stage.make_iterator()
   batches = [next(iterator) for _ in range(steps + 1)]
   examples = int(np.shape(jax.tree.leaves(batches[0])[0])[0])
-  _, _, compile_s, step_s = time_train_step(stage.train_step, state, batches, mesh)
+  _, compiled, compile_s, step_s = time_train_step(stage.train_step, state, batches, mesh)
+  flops = step_flops(compiled)
   return {"method": method, "stage": stage.name, "devices": devices,
           "batch": examples, "compile_s": f"{compile_s:.2f}",
-          "step_ms": f"{1e3 * step_s:.1f}", "examples_s": f"{examples / step_s:.0f}"}
+          "step_ms": f"{1e3 * step_s:.1f}", "examples_s": f"{examples / step_s:.0f}",
+          "tflops": f"{flops / step_s / 1e12:.4f}", "mfu": f"{flops / step_s / peak:.1%}"}
 
 
 def common_batch(method: str, devices: int) -> int:
@@ -74,6 +82,8 @@ def main():
         f"backend {jax.default_backend()}, {jax.device_count()} devices")
   print("note: the fake CPU devices share the same cores; 1 -> 8 devices measures "
         "sharding overhead, not speed-up.")
+  peak, peak_src = device_peak(jax.devices()[0])
+  print(f"peak for mfu: {peak / 1e9:.1f} GFLOP/s ({peak_src})", flush=True)
   rows = []
   device_counts = [int(d) for d in args.devices.split(",")]
   for method in args.methods.split(","):
@@ -81,12 +91,13 @@ def main():
     for n in device_counts:
       try:
         rows.append(bench(method, n, args.steps, args.builder_config, args.cache_dir,
-                          batch_size))
+                          batch_size, peak))
       except Exception as e:  # one broken method should not hide the others
         error = f"ERROR {type(e).__name__}: {e}"[:80]
         rows.append({"method": method, "devices": n, "stage": error})
       print(f"  done {method} on {n} device(s)", file=sys.stderr, flush=True)
-  cols = ["method", "stage", "devices", "batch", "compile_s", "step_ms", "examples_s"]
+  cols = ["method", "stage", "devices", "batch", "compile_s", "step_ms", "examples_s",
+          "tflops", "mfu"]
   print(format_rows(rows, cols))
   by = {(r["method"], r["devices"]): r for r in rows if "step_ms" in r}
   for method in args.methods.split(","):

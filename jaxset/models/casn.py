@@ -104,7 +104,7 @@ class CASN(nn.Module):
       pushes positive pairs apart until w has learnt its sign.
 
   __call__(images_a [B, H, W, 3], images_b [B, H, W, 3] or None, train=False)
-  -> dict: feature_map [B, h, w, C], features [B, F], logits [B, num_classes];
+  -> dict: feature_map [B, h, w, C] (float32), features [B, F], logits [B, num_classes];
   with images_b also feature_map_b, features_b, logits_b and siamese_logits
   [B] (one BatchNorm batch for both images). The head methods below take a
   feature map, so Grad-CAM can differentiate them:
@@ -182,7 +182,9 @@ class CASN(nn.Module):
   def __call__(self, images_a, images_b=None, train: bool = False):
     n = images_a.shape[0]
     images = images_a if images_b is None else jnp.concatenate([images_a, images_b])
-    fmap = self.feature_map(images, train)
+    # float32 from here on whatever the trunk's compute dtype: the Grad-CAM
+    # maps, masks and consistency terms are taken on this map.
+    fmap = self.feature_map(images, train).astype(jnp.float32)
     features = self.features_from_map(fmap, train)
     logits = self.logits_from_features(features)
     out = {"feature_map": fmap[:n], "features": features[:n], "logits": logits[:n]}
