@@ -104,7 +104,7 @@ class CASN(nn.Module):
       pushes positive pairs apart until w has learnt its sign.
 
   __call__(images_a [B, H, W, 3], images_b [B, H, W, 3] or None, train=False)
-  -> dict: feature_map [B, h, w, C] (float32), features [B, F], logits [B, num_classes];
+  -> dict: feature_map [B, h, w, C], features [B, F], logits [B, num_classes];
   with images_b also feature_map_b, features_b, logits_b and siamese_logits
   [B] (one BatchNorm batch for both images). The head methods below take a
   feature map, so Grad-CAM can differentiate them:
@@ -182,9 +182,7 @@ class CASN(nn.Module):
   def __call__(self, images_a, images_b=None, train: bool = False):
     n = images_a.shape[0]
     images = images_a if images_b is None else jnp.concatenate([images_a, images_b])
-    # float32 from here on whatever the trunk's compute dtype: the Grad-CAM
-    # maps, masks and consistency terms are taken on this map.
-    fmap = self.feature_map(images, train).astype(jnp.float32)
+    fmap = self.feature_map(images, train)
     features = self.features_from_map(fmap, train)
     logits = self.logits_from_features(features)
     out = {"feature_map": fmap[:n], "features": features[:n], "logits": logits[:n]}
@@ -383,6 +381,9 @@ def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
     new_stats = updates["batch_stats"]
   else:
     out, new_stats = model.apply(variables, images), batch_stats
+  # The attention terms (Grad-CAM, masks, consistency) in float32 whatever the
+  # trunk's compute dtype (config.train.precision).
+  fmap = out["feature_map"].astype(jnp.float32)
   l_id = identification_loss(out["logits"], batch["labels"])
   zero = jnp.zeros((), jnp.float32)
   metrics = {"id": l_id, "ia": zero, "verification": zero, "sa": zero}
@@ -391,7 +392,7 @@ def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
   # costs one forward/backward pass, not three.
   if config.ia_weight:
     l_ia, cam, area = identification_attention_loss(
-        model, variables, images, out["feature_map"], out["logits"], config=config,
+        model, variables, images, fmap, out["logits"], config=config,
         train=train)
     total += config.ia_weight * l_ia
     metrics.update(ia=l_ia, ia_zero_maps=zero_map_fraction(cam), ia_mask_area=area)
@@ -406,7 +407,6 @@ def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
     metrics["verification_acc"] = jnp.mean(((same_logits > 0) == (same > 0.5)).astype(
         jnp.float32))
   if config.sa_weight:
-    fmap = out["feature_map"]
     l_sa, (m1, m2) = siamese_attention_loss(model, variables, fmap[a], fmap[b], f_a, f_b,
                                             same, config=config)
     total += config.sa_weight * l_sa

@@ -134,8 +134,9 @@ class Task(task.Task):
       o = model.apply(v, batch["image_a"], batch["image_b"])
       ind = siamese_indicator(model, state.params, o["features"], o["features_b"],
                               lcfg.indicator)
-      m1, m2 = siamese_attention_maps(model, v, o["feature_map"], o["feature_map_b"], ind,
-                                      lcfg.siamese_map)
+      # float32 maps whatever the trunk's compute dtype, as in training (casn_loss).
+      fa, fb = (o[k].astype(jnp.float32) for k in ("feature_map", "feature_map_b"))
+      m1, m2 = siamese_attention_maps(model, v, fa, fb, ind, lcfg.siamese_map)
       ones = jnp.ones(m1.shape[:1], jnp.float32)
       return {"d": attention_consistency_loss(m1, m2, ones,
                                               threshold=lcfg.consistency_threshold,
