@@ -28,7 +28,7 @@ uint8 batches of the real shapes (no dataset is read). Columns:
              over the whole run on GPU/TPU;
   tflops     XLA's cost analysis of the compiled step: its floating-point
              operations (backward and recomputation included) per step time;
-  mfu        tflops / the device's peak dense bfloat16 FLOP/s (PEAK_BF16 below;
+  mfu        tflops / the device's peak dense bfloat16 FLOP/s (workloads.PEAK_BF16 below;
              on CPU: this machine's measured float32 matmul rate, so the
              column is utilisation of what this CPU does on a large matmul).
 
@@ -53,79 +53,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import workloads  # noqa: E402
 from benchmarks.common import format_rows  # noqa: E402
 
-# Peak dense bfloat16 FLOP/s by jax's device_kind (substring match, first wins).
-# NVIDIA's datasheets (without sparsity) and Google's Cloud TPU pages.
-PEAK_BF16 = (
-    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12),
-    ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12),
-    ("TPU v6 lite", 918e12), ("TPU v5 lite", 197e12), ("TPU v5", 459e12), ("TPU v4", 275e12),
-)
-
 COLUMNS = ("row", "shape", "compile_s", "step_ms", "samples_s", "peak_gb", "tflops", "mfu")
-
-# Full and --quick sizes of every row.
-FULL = dict(
-    adaface=dict(backbone="iresnet50", image=(112, 112), batch=512, classes=85_742),
-    netvlad=dict(backbone="vgg16", image=(480, 640), batch=4, positives=10, negatives=10),
-    casn=dict(backbone="resnet50", image=(256, 128), batch=64, k=4, classes=751),
-    partial_fc=dict(classes=(1_000_000, 10_000_000), sampled=(10_000_000,), batch=512,
-                    dim=512),
-    margins=dict(batch=1024, dim=512, classes=1_000_000),
-    search=dict(queries=10_000, database=1_000_000, dim=512, k=100),
-)
-QUICK = dict(
-    adaface=dict(backbone="small_cnn", image=(64, 32), batch=16, classes=100),
-    netvlad=dict(backbone="small_cnn", image=(64, 64), batch=2, positives=2, negatives=2),
-    casn=dict(backbone="small_cnn", image=(64, 32), batch=16, k=4, classes=20),
-    partial_fc=dict(classes=(10_000,), sampled=(10_000,), batch=32, dim=64),
-    margins=dict(batch=64, dim=64, classes=10_000),
-    search=dict(queries=256, database=4096, dim=64, k=10),
-)
 
 
 # --------------------------------------------------------------------------
 # The device and its peak
-
-def device_peak(device) -> tuple[float, str]:
-  """(peak FLOP/s, where it comes from) for `device`."""
-  if device.platform == "cpu":
-    return cpu_matmul_peak(), "measured float32 matmul on this CPU"
-  for name, flops in PEAK_BF16:
-    if name.lower() in device.device_kind.lower():
-      return flops, f"datasheet dense bf16 ({name})"
-  return float("nan"), f"unknown device kind {device.device_kind!r}: add it to PEAK_BF16"
-
-
-def cpu_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-  """This CPU's float32 matmul FLOP/s: the best of `repeats` n x n x n products."""
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-  f = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(f(a, a))
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(f(a, a))
-    best = min(best, time.perf_counter() - t)
-  return 2.0 * n ** 3 / best
-
-
-def step_flops(compiled) -> float:
-  """XLA's cost analysis of a compiled step: its floating-point operations (nan if none)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", float("nan")))
-
-
-def compiled_bytes(compiled) -> float:
-  """Arguments + temporaries + outputs (minus donated aliases) of a compiled step."""
-  m = compiled.memory_analysis()
-  if m is None:
-    return float("nan")
-  return float(m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
-               - m.alias_size_in_bytes)
 
 
 def allocator_peak(device) -> float:
@@ -156,8 +91,8 @@ def measure(name, shape, fn, args, samples, steps, peak, device, carry=0, flops=
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t
   step_s, _ = run_timed(compiled, args, steps, carry)
-  flops = step_flops(compiled) if flops is None else flops
-  mem = compiled_bytes(compiled)
+  flops = workloads.step_flops(compiled) if flops is None else flops
+  mem = workloads.compiled_bytes(compiled)
   return {"row": name, "shape": shape, "compile_s": f"{compile_s:.1f}",
           "step_ms": f"{1e3 * step_s:.2f}", "samples_s": f"{samples / step_s:,.0f}",
           "peak_gb": f"{mem / 2**30:.2f}", "tflops": f"{flops / step_s / 1e12:.3f}",
@@ -167,87 +102,9 @@ def measure(name, shape, fn, args, samples, steps, peak, device, carry=0, flops=
 # --------------------------------------------------------------------------
 # The configs' own train steps on synthetic batches
 
-class _Records:
-  """A stand-in data source: `n` records with place coordinates (NetVLAD's
-  stages read the metadata of its training splits), tiny images."""
-
-  def __init__(self, n: int, seed: int):
-    self.utm = np.random.default_rng(seed).uniform(0, 300, (n, 2))
-
-  def __len__(self):
-    return len(self.utm)
-
-  def __getitem__(self, i):
-    return {"utm": self.utm[i], "image": np.zeros((8, 8, 3), np.uint8)}
-
-
-def _no_data(classes: int):
-  """The tasks build their steps without reading any dataset: the class count
-  is given, and NetVLAD's training splits are stand-ins (this process only)."""
-  from train.tasks import common, identities
-  sources = {"train_database": _Records(400, 0), "train_queries": _Records(100, 1)}
-  identities.num_classes = lambda config: classes
-  common.source = lambda config, split: sources[split]
-
-
-def config_step(method: str, size: dict, device, abstract: bool = False):
-  """(jitted train step, state, batch, samples per step) of configs/<method>.py
-  at `size`, in bfloat16, on `device`, with a synthetic batch; `abstract`:
-  state and batch as shapes only (nothing initialised or placed)."""
-  import importlib
-
-  from train import loop, tasks
-  _no_data(size.get("classes", 1))
-  config = importlib.import_module(f"configs.{method}").get_config()
-  config.train.precision = "bfloat16"
-  config.model.backbone = size["backbone"]
-  config.data.image_size = tuple(size["image"])
-  config.train.batch_size = size["batch"]
-  rng = np.random.default_rng(0)
-  h, w = size["image"]
-  b = size["batch"]
-  images = lambda *shape: rng.integers(0, 256, shape + (h, w, 3), dtype=np.uint8)
-  if method == "adaface":
-    config.model.embedding_dim = 512 if size["backbone"] != "small_cnn" else 128
-    batch = {"image": images(b), "label": rng.integers(0, size["classes"], b).astype(np.int32)}
-  elif method == "casn":
-    config.data.k = size["k"]
-    config.model.num_parts = 1
-    config.model.feature_dim = 512 if size["backbone"] != "small_cnn" else 128
-    labels = np.repeat(np.arange(b // size["k"]), size["k"]) % size["classes"]
-    batch = {"image": images(b), "label": labels.astype(np.int32)}
-  elif method == "netvlad":
-    p, m = size["positives"], size["negatives"]
-    config.tuples.num_positives, config.tuples.num_negatives = p, m
-    config.model.assignment = "official"
-    batch = {"query": images(b), "positives": images(b, p), "negatives": images(b, m),
-             "pos_mask": np.ones((b, p), bool), "neg_mask": np.ones((b, m), bool)}
-  else:
-    raise ValueError(f"no device benchmark for {method!r}")
-  task = tasks.get(method)
-  stage = list(task.stages(config))[-1]  # CASN: the full objective, not its warmup
-  if abstract:
-    state = jax.eval_shape(lambda k: task.create_state(config, k), jax.random.key(0))
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-  else:
-    state = jax.device_put(task.create_state(config, jax.random.key(0)), device)
-    batch = jax.device_put(jax.tree.map(jnp.asarray, batch), device)
-  return loop.jit_train_step(stage), state, batch, b
-
-
-def flops_per_sample(method: str, size: dict | None = None) -> float:
-  """XLA's floating-point operations of one sample of a config's train step at
-  the device benchmark's shapes (FULL), from the lowered step (no compile, no
-  device): the throughput a device of known peak reaches at a utilisation."""
-  step, state, batch, samples = config_step(method, size or FULL[method], None, abstract=True)
-  cost = step.lower(state, batch).cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", float("nan"))) / samples
-
 
 def config_row(method: str, size: dict, steps: int, peak: float, device) -> dict:
-  step, state, batch, samples = config_step(method, size, device)
+  step, state, batch, samples = workloads.config_step(method, size, device)
   h, w = size["image"]
   if method == "netvlad":
     what = (f"{size['backbone']} {h}x{w} {size['batch']}x(1+{size['positives']}"
@@ -265,13 +122,12 @@ def config_row(method: str, size: dict, steps: int, peak: float, device) -> dict
 def partial_fc_rows(size: dict, steps: int, peak: float, device) -> list[dict]:
   from jax.sharding import Mesh
 
-  from benchmarks import partial_fc as bench_pfc
   mesh = Mesh(np.asarray([device]).reshape(1, 1), ("data", "model"))
   b, d = size["batch"], size["dim"]
   rows = []
   variants = [(c, 1.0) for c in size["classes"]] + [(c, 0.1) for c in size["sampled"]]
   for c, rate in variants:
-    step, in_sh, out_sh = bench_pfc._sharded(mesh, rate)
+    step, in_sh, out_sh = workloads.sharded_classifier_step(mesh, rate)
     fn = jax.jit(step, in_shardings=in_sh, out_shardings=out_sh, donate_argnums=(0, 1))
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     # Drawn on the device: 10M x 512 floats are 20 GB.
@@ -289,21 +145,20 @@ def partial_fc_rows(size: dict, steps: int, peak: float, device) -> list[dict]:
 
 
 def margins_rows(size: dict, steps: int, peak: float, device) -> list[dict]:
-  from benchmarks import ops_margins
   b, d, c = size["batch"], size["dim"], size["classes"]
   k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
   emb = jax.device_put(jax.random.normal(k1, (b, d), jnp.float32), device)
   weights = jax.device_put(jax.random.normal(k2, (d, c), jnp.float32), device)
   labels = jax.device_put(jax.random.randint(k3, (b,), 0, c), device)
   quality = jax.device_put(jax.random.uniform(k4, (b,), jnp.float32, 0.2, 1.0), device)
-  losses = ops_margins._losses(labels, quality, jnp.linalg.norm(emb, axis=1))
+  losses = workloads.margin_losses(labels, quality, jnp.linalg.norm(emb, axis=1))
   keep = {("margin_logits", "exact arcface"), ("margin_cross_entropy", "exact arcface, fused"),
           ("eqface_logits", "paper"), ("adaface_logits", "official")}
   rows = []
   for (op, variant), loss in losses.items():
     if (op, variant) not in keep:
       continue
-    fn = jax.jit(jax.grad(lambda e, w, f=loss: f(ops_margins._cosines(e, w)), argnums=(0, 1)))
+    fn = jax.jit(jax.grad(lambda e, w, f=loss: f(workloads.cosines(e, w)), argnums=(0, 1)))
     rows.append(measure(f"{op} ({variant})", f"B{b} D{d} C{c:,} f32", fn, (emb, weights), b,
                         steps, peak, device))
   return rows
@@ -342,11 +197,11 @@ def main(argv=None):
                   help="skip the rows that would start after this many seconds")
   ap.add_argument("--rows", default="adaface,netvlad,casn,partial_fc,margins,search")
   args = ap.parse_args(argv)
-  sizes = QUICK if args.quick else FULL
+  sizes = workloads.QUICK if args.quick else workloads.FULL
   steps = args.steps or (3 if args.quick else 10)
   start = time.perf_counter()
   device = jax.devices()[0]
-  peak, peak_src = device_peak(device)
+  peak, peak_src = workloads.device_peak(device)
   print(f"{datetime.date.today()}  device: {device.device_kind} ({device.platform}), "
         f"{jax.device_count()} device(s); jax {jax.__version__}, python "
         f"{platform.python_version()}; peak {peak / 1e12:.4g} TFLOP/s ({peak_src}); "

@@ -313,7 +313,7 @@ def device_rate(method: str, given: dict) -> tuple[float, str]:
   """Samples/s of one accelerator: --device_rates, or 40% of an H100's peak."""
   if method in given:
     return given[method], "--device_rates"
-  from benchmarks.device import flops_per_sample
+  from benchmarks.workloads import flops_per_sample
   f = flops_per_sample(method)
   return GOAL_MFU * H100_BF16 / f, f"40% of H100 bf16 / {f / 1e9:,.0f} GFLOP per sample"
 

@@ -40,90 +40,24 @@ the margin computed over the whole matrix, a one-hot select, autodiff.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from benchmarks import workloads
 from benchmarks.common import format_rows, int_flags, peak_bytes
-from jaxset.ops import margin_ce, margins
 
-SCALE = 64.0
-BASELINE = ("baseline", "s*cos (bare matmul)")
+BASELINE = workloads.BASELINE
 COLUMNS = ("op", "variant", "shape", "ms", "median_ms", "cpu_ms", "ratio", "cpu_ratio",
            "peak_mb", "head_bxc")
 
 
-def _normalise(x, axis):
-  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=axis, keepdims=True) + 1e-12)
-
-
-def _cosines(emb, weights):
-  return _normalise(emb, 1) @ _normalise(weights, 0)
-
-
-def _plain_arcface(cos, labels, m2=0.5):
-  """The usual autodiff ArcFace: phi over the whole matrix, one-hot select."""
-  sin = jnp.sqrt(jnp.clip(1.0 - cos * cos, 0.0, 1.0))
-  phi = cos * math.cos(m2) - sin * math.sin(m2)
-  phi = jnp.where(cos > math.cos(math.pi - m2), phi, cos - m2 * math.sin(m2))
-  one_hot = jax.nn.one_hot(labels, cos.shape[1], dtype=bool)
-  return SCALE * jnp.where(one_hot, phi, cos)
-
-
-def _fused(labels, quality, norms):
-  """Per-row losses of the fused heads (cross-entropy included)."""
-  stats = margins.adaface_init_stats()
-  return {
-      ("margin_cross_entropy", "exact arcface, fused"):
-          lambda c: margin_ce.margin_cross_entropy(c, labels, scale=SCALE, m2=0.5),
-      ("margin_cross_entropy", "straight_through, fused"):
-          lambda c: margin_ce.margin_cross_entropy(c, labels, scale=SCALE, m2=0.5,
-                                                   grad="straight_through"),
-      ("eqface_cross_entropy", "paper, fused"):
-          lambda c: margin_ce.eqface_cross_entropy(c, labels, quality, scale=SCALE),
-      ("adaface_cross_entropy", "official, fused"):
-          lambda c: margin_ce.adaface_cross_entropy(c, norms, labels, stats)[0],
-  }
-
-
-def _heads(labels, quality, norms):
-  """Logits of the reference and of margins.py's heads (optax adds the loss)."""
-  stats = margins.adaface_init_stats()
-  return {
-      BASELINE: lambda c: SCALE * c,
-      ("margin_logits", "exact arcface"):
-          lambda c: margins.margin_logits(c, labels, scale=SCALE, m2=0.5),
-      ("margin_logits", "straight_through"):
-          lambda c: margins.margin_logits(c, labels, scale=SCALE, m2=0.5,
-                                          grad="straight_through"),
-      ("margin_logits", "plain autodiff"): lambda c: _plain_arcface(c, labels),
-      ("eqface_logits", "paper"):
-          lambda c: margins.eqface_logits(c, labels, quality, scale=SCALE),
-      ("adaface_logits", "official"):
-          lambda c: margins.adaface_logits(c, norms, labels, stats)[0],
-  }
-
-
-def _losses(labels, quality, norms):
-  """{(op, variant): mean loss of the cosines}, cross-entropy included."""
-  losses = {}
-  for key, head in _heads(labels, quality, norms).items():
-    def loss(cos, head=head):
-      return optax.softmax_cross_entropy_with_integer_labels(head(cos), labels).mean()
-    losses[key] = loss
-  for key, head in _fused(labels, quality, norms).items():
-    losses[key] = lambda cos, head=head: head(cos).mean()
-  return losses
-
-
 def _steps(losses):
   """{(op, variant): jit(grad of the loss w.r.t. (embeddings, weights))}."""
-  return {key: jax.jit(jax.grad(lambda e, w, f=f: f(_cosines(e, w)), argnums=(0, 1)))
+  return {key: jax.jit(jax.grad(lambda e, w, f=f: f(workloads.cosines(e, w)), argnums=(0, 1)))
           for key, f in losses.items()}
 
 
@@ -153,7 +87,7 @@ def rows(batch: int = 256, dim: int = 512, classes: int = 50_000, rounds: int = 
   labels = jnp.asarray(rng.integers(0, classes, batch), jnp.int32)
   quality = jnp.asarray(rng.uniform(0.2, 1.0, batch), jnp.float32)
   norms = jnp.linalg.norm(emb, axis=1)
-  losses = _losses(labels, quality, norms)
+  losses = workloads.margin_losses(labels, quality, norms)
   steps = _steps(losses)
   peak = {key: peak_bytes(step, emb, weights) for key, step in steps.items()}
   cos = jax.ShapeDtypeStruct((batch, classes), jnp.float32)

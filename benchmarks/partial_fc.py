@@ -37,71 +37,19 @@ if "XLA_FLAGS" not in os.environ:  # before jax is imported
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from jax.sharding import Mesh, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh  # noqa: E402
 
+from benchmarks import workloads  # noqa: E402
 from benchmarks.common import format_rows  # noqa: E402
-from jaxset.ops import margins  # noqa: E402
-from jaxset.ops import partial_fc as pfc  # noqa: E402
-from jaxset.ops._norms import l2_normalize  # noqa: E402
-
-SCALE, M2, LR, MOMENTUM = 64.0, 0.5, 0.1, 0.9
-MARGIN = {"scale": SCALE, "m2": M2}
-
-
-def _data_parallel(mesh):
-  n = mesh.devices.size
-
-  def local(w, mom, e, labels):
-    # Each device: its rows against the whole W; the W gradient is summed
-    # over 'data' (shard_map's transpose of the replicated W), as DDP does.
-    def loss(e, w):
-      cos = jnp.dot(l2_normalize(e), l2_normalize(w, 0))
-      logits = margins.margin_logits(cos, labels, **MARGIN)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      return jax.lax.psum(ce.sum(), "data") / (n * e.shape[0])
-    lval, (ge, gw) = jax.value_and_grad(loss, (0, 1))(e, w)
-    mom = MOMENTUM * mom + gw
-    return w - LR * mom, mom, ge, lval
-
-  body = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
-                       out_specs=(P(), P(), P("data"), P()))
-
-  def step(w, mom, e, labels, key):
-    del key
-    return body(w, mom, e, labels)
-
-  rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  return step, (rep, rep, rows, rows, rep), (rep, rep, rows, rep)
-
-
-def _sharded(mesh, sample_rate):
-  def step(w, mom, e, labels, key):
-    def loss(e, w):
-      out = pfc.partial_fc_cross_entropy(e, labels, w, mesh=mesh, head_kwargs=MARGIN,
-                                         sample_rate=sample_rate, rng=key)
-      return out.ce.mean(), out.class_mask
-    (lval, mask), (ge, gw) = jax.value_and_grad(loss, (0, 1), has_aux=True)(e, w)
-    new_mom = MOMENTUM * mom + gw
-    new_w = w - LR * new_mom
-    if sample_rate < 1.0:
-      # Unsampled classes keep their weight and momentum (train/partial_fc.py).
-      new_mom = jnp.where(mask[None, :], new_mom, mom)
-      new_w = jnp.where(mask[None, :], new_w, w)
-    return new_w, new_mom, ge, lval
-
-  cols = NamedSharding(mesh, P(None, "model"))
-  rows, rep = NamedSharding(mesh, P(("data", "model"))), NamedSharding(mesh, P())
-  return step, (cols, cols, rows, rows, rep), (cols, cols, rows, rep)
 
 
 def _variants(devices):
   n = len(devices)
   dp_mesh = Mesh(np.asarray(devices), ("data",))
   pfc_mesh = Mesh(np.asarray(devices).reshape(1, n), ("data", "model"))
-  return {"data parallel": _data_parallel(dp_mesh), "sharded": _sharded(pfc_mesh, 1.0),
-          "sampled 0.1": _sharded(pfc_mesh, 0.1)}
+  return {"data parallel": workloads.data_parallel_classifier_step(dp_mesh),
+          "sharded": workloads.sharded_classifier_step(pfc_mesh, 1.0),
+          "sampled 0.1": workloads.sharded_classifier_step(pfc_mesh, 0.1)}
 
 
 def _abstract(shapes, shardings):

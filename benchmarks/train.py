@@ -37,7 +37,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import format_rows, method_setup, time_train_step  # noqa: E402
-from benchmarks.device import device_peak, step_flops  # noqa: E402
+from benchmarks.workloads import device_peak, step_flops  # noqa: E402
 from train.tasks import METHODS  # noqa: E402
 
 

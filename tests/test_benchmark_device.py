@@ -32,7 +32,7 @@ def test_device_peak_by_kind():
   import math
   from types import SimpleNamespace
 
-  from benchmarks.device import device_peak
+  from benchmarks.workloads import device_peak
   gpu = lambda kind: SimpleNamespace(platform="gpu", device_kind=kind)
   assert device_peak(gpu("NVIDIA H100 80GB HBM3"))[0] == 989e12
   assert device_peak(gpu("NVIDIA H100 PCIe"))[0] == 756e12

@@ -166,7 +166,7 @@ def test_no_import_cycle():
 # benchmarks/: a small library (run building and the run cache, measures,
 # report rendering, timing helpers) and scripts that import it, never each other.
 BENCHMARK_LIBRARY = ("benchmarks.common", "benchmarks.measures", "benchmarks.report",
-                     "benchmarks.runs")
+                     "benchmarks.runs", "benchmarks.workloads")
 
 
 def test_benchmark_scripts_import_the_library_not_each_other():
