@@ -472,17 +472,10 @@ def k_reciprocal_rerank_features(query_features, gallery_features, k1: int = 20,
   _check_params(k1, k2, lambda_value)
   if metric not in ("euclidean", "cosine"):
     raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}.")
-  qf = np.asarray(query_features, np.float32)
-  gf = np.asarray(gallery_features, np.float32)
-  _checks.check_rank("query_features", qf, 2, "[num_query, dim]")
-  _checks.check_rank("gallery_features", gf, 2, "[num_gallery, dim]")
-  _checks.check_same(("query_features dim", "gallery_features dim"),
-                     (qf.shape[1], gf.shape[1]), "Feature sizes")
+  qf, gf = search.query_gallery_features(query_features, gallery_features)
   if qf.shape[0] == 0 or gf.shape[0] == 0:
     raise ValueError(f"Need at least one query and one gallery row; got {qf.shape[0]}, "
                      f"{gf.shape[0]}.")
-  _checks.check_finite("query_features", qf)
-  _checks.check_finite("gallery_features", gf)
   nq, ng = qf.shape[0], gf.shape[0]
   k = min(max(k1 + 1, k2), nq + ng)
   prob = _FeatureProblem(qf, gf, metric, k, row_block, db_block)
