@@ -28,8 +28,9 @@ block.
 
 `k_reciprocal_rerank_features` does the same from features (torchreid's
 distance: squared Euclidean, or cosine) with the top-k search of
-jaxset.eval.search, for galleries of MSMT17's size (82k), and can return only
-the re-ranked top-k of each query.
+jaxset.eval.search, and can return only the re-ranked top-k of each query, so
+that nothing of size (Q+G)^2 or, with top_k, Q x G is held: the route for
+MSMT17's 82k gallery (benchmarks/retrieval.py measured it up to 30k samples).
 
 Query expansion: `average_query_expansion` (AQE, Chum et al. 2007) and
 `alpha_query_expansion` (alpha-QE, Radenovic et al., TPAMI 2019), and
@@ -414,7 +415,6 @@ class _FeatureProblem(_Problem):
     feats = np.concatenate([qf, gf]).astype(np.float32)
     if metric == "cosine":
       feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-    self.feats = feats
     self.feats_d = jnp.asarray(feats)
     self.gallery_d = jnp.asarray(feats[self.num_q:])
     sm = "ip" if metric == "cosine" else "l2"
