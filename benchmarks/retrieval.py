@@ -101,9 +101,9 @@ def search_rows(num_q: int, sizes, k: int, seed: int = 0):
     q = _unit(rng, num_q, d)
     for metric in ("ip", "l2"):
       db = search.ShardedDatabase(x, metric=metric, db_block=16384)
-      search.top_k_search(q[:256], db, k, metric=metric, query_block=256)  # compile
+      search.top_k_search(q[:1024], db, k, metric=metric, query_block=1024)  # compile
       (s, i), t_j, m_j = measure(search.top_k_search, q, db, k, metric=metric,
-                                 query_block=256)
+                                 query_block=1024)
       size = f"{num_q}q x {n}x{d}"
       row = {"what": f"search {metric} top-{k}", "size": size, "impl": "jaxset",
              "seconds": f"{t_j:.2f}", "peak MB": f"{m_j / 2**20:.0f}",
@@ -123,9 +123,9 @@ def search_rows(num_q: int, sizes, k: int, seed: int = 0):
     del db
     if (n, d) == sizes[0]:
       db = search.ShardedDatabase(x, metric="ip", db_block=16384)
-      _, exact = search.top_k_search(q, db, k, query_block=256)
-      search.top_k_search(q[:256], db, k, query_block=256, approx=True)
-      (_, ai), t_a, m_a = measure(search.top_k_search, q, db, k, query_block=256,
+      _, exact = search.top_k_search(q, db, k, query_block=1024)
+      search.top_k_search(q[:1024], db, k, query_block=1024, approx=True)
+      (_, ai), t_a, m_a = measure(search.top_k_search, q, db, k, query_block=1024,
                                   approx=True, recall_target=0.95)
       rows.append({"what": f"approx_max_k ip top-{k}", "size": size, "impl": "jaxset approx",
                    "seconds": f"{t_a:.2f}", "peak MB": f"{m_a / 2**20:.0f}",

@@ -28,8 +28,9 @@ block.
 
 `k_reciprocal_rerank_features` does the same from features (torchreid's
 distance: squared Euclidean, or cosine) with the top-k search of
-jaxset.eval.search, for galleries of MSMT17's size (82k), and can return only
-the re-ranked top-k of each query.
+jaxset.eval.search, and can return only the re-ranked top-k of each query, so
+that nothing of size (Q+G)^2 or, with top_k, Q x G is held: the route for
+MSMT17's 82k gallery (benchmarks/retrieval.py measured it up to 30k samples).
 
 Query expansion: `average_query_expansion` (AQE, Chum et al. 2007) and
 `alpha_query_expansion` (alpha-QE, Radenovic et al., TPAMI 2019), and
@@ -414,7 +415,6 @@ class _FeatureProblem(_Problem):
     feats = np.concatenate([qf, gf]).astype(np.float32)
     if metric == "cosine":
       feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-    self.feats = feats
     self.feats_d = jnp.asarray(feats)
     self.gallery_d = jnp.asarray(feats[self.num_q:])
     sm = "ip" if metric == "cosine" else "l2"
@@ -472,17 +472,10 @@ def k_reciprocal_rerank_features(query_features, gallery_features, k1: int = 20,
   _check_params(k1, k2, lambda_value)
   if metric not in ("euclidean", "cosine"):
     raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}.")
-  qf = np.asarray(query_features, np.float32)
-  gf = np.asarray(gallery_features, np.float32)
-  _checks.check_rank("query_features", qf, 2, "[num_query, dim]")
-  _checks.check_rank("gallery_features", gf, 2, "[num_gallery, dim]")
-  _checks.check_same(("query_features dim", "gallery_features dim"),
-                     (qf.shape[1], gf.shape[1]), "Feature sizes")
+  qf, gf = search.query_gallery_features(query_features, gallery_features)
   if qf.shape[0] == 0 or gf.shape[0] == 0:
     raise ValueError(f"Need at least one query and one gallery row; got {qf.shape[0]}, "
                      f"{gf.shape[0]}.")
-  _checks.check_finite("query_features", qf)
-  _checks.check_finite("gallery_features", gf)
   nq, ng = qf.shape[0], gf.shape[0]
   k = min(max(k1 + 1, k2), nq + ng)
   prob = _FeatureProblem(qf, gf, metric, k, row_block, db_block)

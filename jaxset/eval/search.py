@@ -65,6 +65,19 @@ def _as_descriptors(name: str, x) -> np.ndarray:
   return x
 
 
+def query_gallery_features(query_features, gallery_features):
+  """Both feature sets as float32 [Q, D] and [G, D], checked (same D, finite)."""
+  qf = np.asarray(query_features, np.float32)
+  gf = np.asarray(gallery_features, np.float32)
+  _checks.check_rank("query_features", qf, 2, "[num_query, dim]")
+  _checks.check_rank("gallery_features", gf, 2, "[num_gallery, dim]")
+  _checks.check_same(("query_features dim", "gallery_features dim"),
+                     (qf.shape[1], gf.shape[1]), "Feature sizes")
+  _checks.check_finite("query_features", qf)
+  _checks.check_finite("gallery_features", gf)
+  return qf, gf
+
+
 def search_dtype(queries: np.ndarray, database: np.ndarray):
   """bfloat16 when both sides are bfloat16, else float32 (float64 under x64)."""
   if queries.dtype == jnp.bfloat16 and database.dtype == jnp.bfloat16:
