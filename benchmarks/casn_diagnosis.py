@@ -63,7 +63,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from benchmarks import claims  # noqa: E402
+from benchmarks import report, runs  # noqa: E402
 from configs.base import with_overrides  # noqa: E402
 
 TERMS = ("id", "ia", "verification", "sa")
@@ -85,7 +85,7 @@ STATE_COLUMNS = (("id", "L_id"), ("ia", "L_ia"), ("ia_clean", "p(c) unmasked"),
                  ("sa_offset_dominates", "BN offset dominates"))
 # (name, the claims setup that IS this objective or None, overrides of configs/casn.py)
 ABLATIONS = (
-    ("IDE (identification only)", "ide", dict(claims._NO_ATTENTION)),
+    ("IDE (identification only)", "ide", dict(runs.NO_ATTENTION)),
     ("+ attention mining (IA)", None, {"casn.verification_weight": 0.0, "casn.sa_weight": 0.0}),
     ("+ verification", None, {"casn.ia_weight": 0.0, "casn.sa_weight": 0.0}),
     ("+ verification + consistency (SA)", None, {"casn.ia_weight": 0.0}),
@@ -94,7 +94,7 @@ ABLATIONS = (
 
 
 def make_config(seed: int, budget: float, quick: bool, quick_data: str, over=None):
-  config = claims.make_config("casn", seed, quick, quick_data, budget)
+  config = runs.make_config("casn", seed, quick, quick_data, budget)
   return with_overrides(config, dict(over or {}))
 
 
@@ -138,6 +138,7 @@ def probe_fn(task, config):
     verifier_weight,
   )
   from jaxset.ops.attention import grad_cam
+  from train.tasks import common
 
   model = task.model(config)
   full = task.loss_config(config)
@@ -180,7 +181,7 @@ def probe_fn(task, config):
     out.update(aux["metrics"])
     # The predicted identity's probability on the unmasked images (training-mode
     # BatchNorm, as the masked pass): attention mining's reference.
-    variables = {"params": state.params, **state.model_state}
+    variables = common.variables(state)
     train_out = model.apply(variables, data["images"], train=True, mutable=["batch_stats"])[0]
     out["ia_clean"] = jnp.mean(jnp.max(jax.nn.softmax(train_out["logits"], axis=-1), axis=-1))
     # The same mask moved half the image height: as much erased, elsewhere. A
@@ -267,11 +268,11 @@ def ablations(seed: int, budget: float, quick: bool, quick_data: str, workdir: P
   for name, setup, over in ABLATIONS:
     t0 = time.perf_counter()
     if setup is not None and not sets:
-      r = claims.run_setup(setup, seed, claims_workdir, quick, log, budget)
+      r = runs.run_setup(setup, seed, claims_workdir, quick, log, budget)
       after, seconds = r["metrics"], r["seconds"]
     else:
       config = make_config(seed, budget, quick, quick_data, {**sets, **over})
-      summary = loop.train_and_evaluate(config, workdir / claims.config_hash(config),
+      summary = loop.train_and_evaluate(config, workdir / runs.config_hash(config),
                                         tasks.get("casn"))
       after = {k: float(v) for k, v in summary["after"].items()}
       seconds = time.perf_counter() - t0
@@ -294,7 +295,7 @@ def render(tr: dict, abl: list[dict], *, command: str, seconds: float, config,
   lines = ["# CASN: each loss term, by mechanism", "",
            f"Produced by `{command}` (benchmarks/casn_diagnosis.py), "
            f"{datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; "
-           f"{claims.machine()}; jax {jax.__version__}; {seconds / 60:.1f} min "
+           f"{report.machine()}; jax {jax.__version__}; {seconds / 60:.1f} min "
            f"(1-minute load average {loads[0]:.1f} at the end). "
            f"configs/casn.py at {config.train.steps} steps "
            f"({config.casn.warmup_steps} of them warmup, "
@@ -317,10 +318,10 @@ def render(tr: dict, abl: list[dict], *, command: str, seconds: float, config,
   head = (["step", "stage", "s"] + [f"\\|g_{t}\\|" for t in terms]
           + [f"cos(g_{t}, g_id)" for t in terms if t != "id"]
           + [f"cos(g_{t}, g_s)" for t in terms])
-  lines += _table(head, [[str(r["step"]), r["stage"], claims._fmt(r.get("separation"))]
-                         + [claims._fmt(r.get(f"{t}_norm"), 4) for t in terms]
-                         + [claims._fmt(r.get(f"{t}_cos")) for t in terms if t != "id"]
-                         + [claims._fmt(r.get(f"{t}_sep")) for t in terms]
+  lines += _table(head, [[str(r["step"]), r["stage"], report.fmt(r.get("separation"))]
+                         + [report.fmt(r.get(f"{t}_norm"), 4) for t in terms]
+                         + [report.fmt(r.get(f"{t}_cos")) for t in terms if t != "id"]
+                         + [report.fmt(r.get(f"{t}_sep")) for t in terms]
                          for r in rows])
   lines += ["", "## The full objective on the same batches", "",
             "Whatever the stage: the loss terms (L_ia is the predicted identity's "
@@ -341,12 +342,12 @@ def render(tr: dict, abl: list[dict], *, command: str, seconds: float, config,
             "(f_j - beta_j): the share of images whose m has the sign of the linear part, "
             "and the share where the offset is the larger of the two.", ""]
   lines += _table(["step", "stage"] + [t for _, t in STATE_COLUMNS],
-                  [[str(r["step"]), r["stage"]] + [claims._fmt(r.get(k)) for k, _ in STATE_COLUMNS]
+                  [[str(r["step"]), r["stage"]] + [report.fmt(r.get(k)) for k, _ in STATE_COLUMNS]
                    for r in rows])
   lines += ["", "## Ablations (same budget and seed)", ""]
   lines += _table(["objective", "rank-1", "mAP", "attention_zero_maps", "seconds"],
                   [[a["name"], f"{a['rank1']:.3f}", f"{a['mAP']:.3f}",
-                    claims._fmt(a.get("attention_zero_maps")), f"{a['seconds']:.0f}"]
+                    report.fmt(a.get("attention_zero_maps")), f"{a['seconds']:.0f}"]
                    for a in abl])
   return "\n".join(lines) + "\n"
 
@@ -376,14 +377,14 @@ def main(argv=None):
     print("ablations")
     abl = ablations(args.seed, args.budget, args.quick, quick_data, workdir / "runs",
                     Path(args.claims_workdir), sets)
-  command = "python -m benchmarks.casn_diagnosis " + " ".join(
-      argv if argv is not None else sys.argv[1:])
+  command = report.report_command("benchmarks.casn_diagnosis",
+                           argv if argv is not None else sys.argv[1:])
   text = render(tr, abl, command=command.strip(), seconds=time.perf_counter() - t0,
                 config=config, sets=sets)
   if args.quick:
     text = "**--quick run: tiny data, a few steps. These numbers mean nothing.**\n\n" + text
   out = Path(args.out)
-  notes = claims.kept_notes(out)
+  notes = report.kept_notes(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(text + notes)
   print(f"wrote {out}")

@@ -35,334 +35,57 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import importlib
 import json
 import math
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from configs.base import with_overrides  # noqa: E402
+from benchmarks.measures import (  # noqa: E402,F401
+  ERC_START_FNMR,
+  PROXIES,
+  REJECT_FRACTION,
+  SEVERE_TIER,
+  data_facts,
+)
+from benchmarks.report import (  # noqa: E402,F401
+  NOTES_MARK,
+  fmt,
+  kept_notes,
+  machine,
+  report_command,
+)
+from benchmarks.runs import (  # noqa: E402,F401  (claims.X: the tests' names)
+  BUDGETS,
+  CLAIM_NAMES,
+  CLAIM_SETUPS,
+  COMMON,
+  SETUPS,
+  config_hash,
+  enable_compilation_cache,
+  make_config,
+  run_setup,
+  scaled_budget,
+)
 
 ANTI_CORRELATION = -0.5   # "anti-correlates": Spearman rho <= this, for every method
-SEVERE_TIER = 0.6         # degradation level of the most degraded tier: [0.6, 1]
-REJECT_FRACTION = 0.2     # ERC: the share of pairs dropped
-ERC_START_FNMR = 0.1      # ERC threshold: FNMR 0.1 before rejection (as train.eval's ERC plot)
 
 # -- what runs -------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """One trained model: a method's config plus overrides (a baseline differs here)."""
-  method: str
-  claim: str
-  overrides: tuple = ()
-  label: str = ""
-
-
-_NO_ATTENTION = (("casn.ia_weight", 0.0), ("casn.verification_weight", 0.0),
-                 ("casn.sa_weight", 0.0))
-SETUPS = {
-    "qan": Setup("qan", "qan", label="QAN"),
-    "eqface": Setup("eqface", "eqface", label="EQFace"),
-    "adaface": Setup("adaface", "adaface", label="AdaFace"),
-    "arcface": Setup("arcface", "adaface", label="ArcFace"),
-    "netvlad": Setup("netvlad", "netvlad", label="NetVLAD"),
-    "netvlad_avg": Setup("netvlad", "netvlad", (("model.pooling", "avg"),), "average pooling"),
-    "netvlad_max": Setup("netvlad", "netvlad", (("model.pooling", "max"),), "max pooling"),
-    "netvlad_gem": Setup("netvlad", "netvlad", (("model.pooling", "gem"),), "GeM pooling"),
-    "casn": Setup("casn", "casn", label="CASN (IA + SA)"),
-    # configs/casn.py: the IDE baseline is CASN with every term but identification at 0.
-    "ide": Setup("casn", "casn", _NO_ATTENTION, "IDE"),
-}
-CLAIM_SETUPS = {
-    "qan": ("qan",),
-    "eqface": ("eqface",),
-    "adaface": ("adaface", "arcface"),
-    "netvlad": ("netvlad", "netvlad_avg", "netvlad_max", "netvlad_gem"),
-    "casn": ("casn", "ide"),
-}
-CLAIM_NAMES = tuple(CLAIM_SETUPS)
-
-# Per claim, on top of configs/<method>.py (method and baseline alike): about
-# half the configs' default steps (docs/claims.md lists both), for 45 minutes.
-BUDGETS = {
-    "qan": {"train.steps": 150},
-    "eqface": {"train.steps": 400},
-    "adaface": {"train.steps": 300},
-    "netvlad": {"train.steps": 150},
-    "casn": {"train.steps": 240, "casn.warmup_steps": 160},
-}
-# Every run: no evaluation before training, one checkpoint at the end, no bar.
-COMMON = {"eval.at_start": False, "eval.every": 0, "train.progress_bar": False}
-# --quick: tiny datasets (built under <workdir>/quick_data) and a few steps. Batch
-# sizes are multiples of 8, so it also runs with tests' 8 fake devices.
-QUICK = {"data.builder_config": "tiny", "train.steps": 4, "train.batch_size": 16,
-         "eval.batch_size": 32, "optim.warmup_steps": 0}
-QUICK_CLAIM = {
-    "qan": {},
-    "eqface": {},
-    "adaface": {},
-    "netvlad": {"train.batch_size": 8, "kmeans.num_images": 20,
-                "kmeans.bn_calibration_batches": 1, "model.num_clusters": 8},
-    "casn": {"casn.warmup_steps": 2},
-}
-
-
-def scaled_budget(claim: str, budget: float = 1.0) -> dict:
-  """BUDGETS[claim] with every step count (train.steps, casn.warmup_steps)
-  times `budget`: --budget N runs N times the claims budget."""
-  if budget <= 0:
-    raise ValueError(f"budget must be > 0; got {budget}.")
-  return {k: max(1, int(round(v * budget))) if k.endswith("steps") else v
-          for k, v in BUDGETS[claim].items()}
-
-
-def overrides_for(setup: str, seed: int, quick: bool, quick_data: str = "",
-                  budget: float = 1.0) -> dict:
-  s = SETUPS[setup]
-  over = {**COMMON, **scaled_budget(s.claim, budget)}
-  if quick:
-    over.update(QUICK)
-    over.update(QUICK_CLAIM[s.claim])
-    over["data.cache_dir"] = quick_data
-  over.update(dict(s.overrides))
-  over["seed"] = seed
-  steps = over["train.steps"]
-  over.setdefault("train.ckpt_every", steps)
-  over.setdefault("train.log_every", max(1, steps // 5))
-  return over
-
-
-def make_config(setup: str, seed: int, quick: bool = False, quick_data: str = "",
-                budget: float = 1.0):
-  """configs/<method>.py's default config with the claim's budget (x budget) applied."""
-  s = SETUPS[setup]
-  config = importlib.import_module(f"configs.{s.method}").get_config()
-  over = overrides_for(setup, seed, quick, quick_data, budget)
-  for key in over:
-    *path, leaf = key.split(".")
-    node = config
-    for p in path:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f"configs/{s.method}.py has no key {key!r} (claims budget override).")
-  return with_overrides(config, over)
-
-
-def config_hash(config) -> str:
-  """The run cache key: the full config and the version of the dataset it reads
-  (a regenerated embedded dataset must not reuse results of the old one)."""
-  from jaxset.data import BUILDERS, builder_class
-  name = config.data.name
-  version = str(builder_class(name).VERSION) if name in BUILDERS else ""
-  text = config.to_json_best_effort(sort_keys=True) + version
-  return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 # -- numbers the tasks do not report ---------------------------------------------
 
 
-def _variables(state):
-  return {"params": state.params, **state.model_state}
-
-
-def eqface_erc(task, state, config) -> dict:
-  """FNMR at a threshold fixed before rejection (initial FNMR 0.1), after dropping
-  the REJECT_FRACTION of pairs with the lowest min(s_a, s_b), and after dropping
-  as many at random (mean of 10 draws): jaxset.eval.error_vs_reject."""
-  from jaxset.data import pipeline
-  from jaxset.eval import error_vs_reject, l2_normalize
-  from train.tasks import common
-
-  model = task.model(config)
-
-  def describe_pair(state, batch):
-    a = model.apply(_variables(state), batch["image_a"])
-    b = model.apply(_variables(state), batch["image_b"])
-    return {"a": a["embedding"], "b": b["embedding"], "qa": a["quality"], "qb": b["quality"]}
-
-  src = common.source(config, "pairs")
-  p = common.extract(describe_pair, state, src, config, keys=["image_a", "image_b"])
-  same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
-  scores = np.sum(l2_normalize(p["a"]) * l2_normalize(p["b"]), axis=1)
-  erc = error_vs_reject(scores, same, p["qa"], p["qb"], fnmr=ERC_START_FNMR,
-                        reject_fractions=(0.0, REJECT_FRACTION))
-  return {"erc_fnmr_before": float(erc["fnmr"][0]),
-          "erc_fnmr_quality": float(erc["fnmr"][1]),
-          "erc_fnmr_random": float(erc["fnmr_random"][1])}
-
-
-def degradation_tiers(task, state, config) -> dict:
-  """Rank-1 (cross-camera, torchreid rules) of the query images of each
-  degradation tier against the whole gallery. Tiers by the true level: clean
-  (0), mild (0 < level < SEVERE_TIER), severe (>= SEVERE_TIER). Background
-  frames (identity absent, level 1) are left out of every tier: there is no
-  one to recognise."""
-  from jaxset.data.synthetic_identities import BACKGROUND
-  from train.tasks import identities
-
-  model = task.model(config)
-
-  def describe(state, batch):
-    return {"f": model.apply(_variables(state), batch["image"])["embedding"]}
-
-  q = identities.split_embeddings(describe, state, config, "query")
-  g = identities.split_embeddings(describe, state, config, "gallery")
-  deg, present = q["degradation"], q["degradation_type"] != BACKGROUND
-  tiers = {"clean": present & (deg == 0), "mild": present & (deg > 0) & (deg < SEVERE_TIER),
-           "severe": present & (deg >= SEVERE_TIER)}
-  out = {}
-  for name, keep in tiers.items():
-    out[f"tier_{name}_queries"] = int(keep.sum())
-    if keep.any():
-      sub = {k: v[keep] for k, v in q.items()}
-      out[f"tier_{name}_rank1"] = identities.reid_metrics(sub, g)["rank1"]
-  return out
-
-
-def casn_identification_attention(task, state, config) -> dict:
-  """Consistency of the identification Grad-CAM (of each image's predicted
-  identity) over the test pairs, a map that IDE and CASN both have: the mean
-  attention_consistency_loss of the positive pairs whose maps are both
-  non-zero (lower = more consistent), the same over negative pairs (the
-  reference), and the fraction of all-zero maps among positive pairs' images."""
-  import jax.numpy as jnp
-
-  from jaxset.data import pipeline
-  from jaxset.models.casn import identification_attention
-  from jaxset.ops.losses import attention_consistency_loss
-  from train.tasks import common
-
-  model = task.model(config)
-  lcfg = task.loss_config(config)
-
-  def attention(state, batch):
-    v = _variables(state)
-    o = model.apply(v, batch["image_a"], batch["image_b"])
-    m1 = identification_attention(model, v, o["feature_map"], jnp.argmax(o["logits"], -1))
-    m2 = identification_attention(model, v, o["feature_map_b"], jnp.argmax(o["logits_b"], -1))
-    ones = jnp.ones(m1.shape[:1], jnp.float32)
-    return {"d": attention_consistency_loss(m1, m2, ones, threshold=lcfg.consistency_threshold,
-                                            size=lcfg.consistency_size),
-            "z1": jnp.max(m1, axis=(1, 2)) <= 1e-12, "z2": jnp.max(m2, axis=(1, 2)) <= 1e-12}
-
-  src = common.source(config, "pairs")
-  r = common.extract(attention, state, src, config, keys=["image_a", "image_b"])
-  same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
-  live = ~(r["z1"] | r["z2"])
-  out = {"id_attention_zero_maps": float(np.mean(np.concatenate([r["z1"][same],
-                                                                 r["z2"][same]])))}
-  if (same & live).any():
-    out["id_attention_inconsistency"] = float(np.mean(r["d"][same & live]))
-  if (~same & live).any():
-    out["id_attention_inconsistency_neg"] = float(np.mean(r["d"][~same & live]))
-  return out
-
-
-def proxy_tiers(task, state, config) -> list[dict]:
-  """The learned quality proxy's mean per stored degradation type and level
-  (jaxset.eval.proxy_by_tier) over every query and gallery image."""
-  from benchmarks.quality_diagnosis import LEVEL_EDGES, proxy_fn
-  from jaxset.data.synthetic_identities import DEGRADATION_TYPES
-  from jaxset.eval import proxy_by_tier
-  from train.tasks import identities
-
-  fn = proxy_fn(config.method, task.model(config))
-  q = identities.split_embeddings(fn, state, config, "query")
-  g = identities.split_embeddings(fn, state, config, "gallery")
-  cat = lambda k: np.concatenate([q[k], g[k]])
-  return proxy_by_tier(cat("q"), cat("degradation_type"), cat("degradation"),
-                       DEGRADATION_TYPES, LEVEL_EDGES)
-
-
-# The setups whose learned quality proxy is tabulated by tier, and its name.
-PROXIES = {"qan": "QAN mu", "eqface": "EQFace s_i", "adaface": "AdaFace norm",
-           "arcface": "ArcFace norm"}
-
-EXTRA: dict[str, Callable] = {
-    "eqface": eqface_erc, "adaface": degradation_tiers, "arcface": degradation_tiers,
-    "casn": casn_identification_attention, "ide": casn_identification_attention,
-}
-
-
-def data_facts(config) -> dict:
-  """How many test tracklets (and set pairs) hold at least one degraded frame."""
-  from jaxset.data import pipeline
-  from train.tasks import common
-
-  tracklets, degraded = set(), set()
-  for split in ("query", "gallery"):
-    m = pipeline.read_metadata(common.source(config, split), ["tracklet", "degradation"])
-    tracklets |= set(m["tracklet"].tolist())
-    degraded |= set(m["tracklet"][m["degradation"] > 0].tolist())
-  p = pipeline.read_metadata(common.source(config, "set_pairs"), ["tracklet_a", "tracklet_b"])
-  either = [int(a) in degraded or int(b) in degraded for a, b in zip(p["tracklet_a"],
-                                                                    p["tracklet_b"])]
-  return {"tracklets_degraded": len(degraded), "tracklets": len(tracklets),
-          "set_pairs_degraded": int(np.sum(either)), "set_pairs": len(either)}
-
-
 # -- running ---------------------------------------------------------------------
-
-
-def _cpu_seconds() -> float:
-  """User + system CPU time of this process (all its threads) so far."""
-  r = resource.getrusage(resource.RUSAGE_SELF)
-  return r.ru_utime + r.ru_stime
-
-
-def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
-              log: Callable[[str], None] = print, budget: float = 1.0) -> dict:
-  """Trains and measures one (setup, seed), or reads its cached result."""
-  from train import loop, tasks
-
-  quick_data = str((workdir / "quick_data").absolute()) if quick else ""
-  config = make_config(setup, seed, quick, quick_data, budget)
-  name = f"{setup}_seed{seed}_{config_hash(config)}"
-  cached = workdir / "results" / f"{name}.json"
-  if cached.exists():
-    result = json.loads(cached.read_text())
-    log(f"  {setup} seed {seed}: cached ({cached})")
-    return result
-  log(f"  {setup} seed {seed}: training {config.train.steps} steps -> {workdir / 'runs' / name}")
-  task = tasks.get(config.method)
-  cpu0 = _cpu_seconds()
-  t0 = time.perf_counter()
-  summary = loop.train_and_evaluate(config, workdir / "runs" / name, task)
-  t_train = time.perf_counter() - t0
-  metrics = {k: float(v) for k, v in summary["after"].items()}
-  if setup in EXTRA:
-    metrics.update(EXTRA[setup](task, summary["state"], config))
-  tiers = proxy_tiers(task, summary["state"], config) if setup in PROXIES else None
-  seconds = time.perf_counter() - t0
-  cpu = _cpu_seconds() - cpu0
-  result = {"setup": setup, "seed": seed, "method": config.method, "budget": budget,
-            "overrides": {k: v for k, v in overrides_for(setup, seed, quick, quick_data,
-                                                         budget).items()
-                          if k != "data.cache_dir"},
-            "steps": int(summary["step"]), "batch_size": int(config.train.batch_size),
-            "seconds": seconds, "cpu_seconds": cpu, "train_and_eval_seconds": t_train,
-            "metrics": metrics, "proxy_tiers": tiers,
-            "config": json.loads(config.to_json_best_effort(sort_keys=True))}
-  cached.parent.mkdir(parents=True, exist_ok=True)
-  tmp = cached.with_suffix(".tmp")
-  tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
-  tmp.replace(cached)
-  log(f"  {setup} seed {seed}: {seconds:.0f} s (CPU {cpu:.0f} s); " + ", ".join(
-      f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
-  return result
 
 
 # -- judging and the table -------------------------------------------------------
@@ -403,15 +126,11 @@ def judge(values: Sequence, op: str, threshold: float) -> dict:
           "seeds_held": int(sum(OPS[op](x, threshold) for x in s["values"]))}
 
 
-def _fmt(x, digits=3):
-  return "n/a" if x is None else f"{x:.{digits}f}"
-
-
 def fmt_series(values) -> str:
   s = summarize(values)
   if s["n"] == 0:
     return "n/a"
-  return f"{_fmt(s['mean'])} ± {_fmt(s['std'])}"
+  return f"{fmt(s['mean'])} ± {fmt(s['std'])}"
 
 
 def verdict(row: Row) -> str:
@@ -515,7 +234,7 @@ def render_per_seed(rows: Sequence[Row], seeds: Sequence[int]) -> str:
       if (r.claim, k) in shown:  # e.g. NetVLAD's own series, once for three baselines
         continue
       shown.add((r.claim, k))
-      cells = [_fmt(x) for x in v] + ["n/a"] * (len(seeds) - len(v))
+      cells = [fmt(x) for x in v] + ["n/a"] * (len(seeds) - len(v))
       out.append(f"| {r.claim} | {k} | " + " | ".join(cells) + " |")
   return "\n".join(out)
 
@@ -581,7 +300,7 @@ def render_tiers(results: dict) -> str:
   def cell(k, key, field="mean"):
     vals = [row[field] for r in runs[k] for row in r["proxy_tiers"]
             if (row["type"], row["lo"], row["hi"]) == key]
-    return _fmt(float(np.mean(vals))) if vals else ""
+    return fmt(float(np.mean(vals))) if vals else ""
 
   for key in keys:
     name, lo, hi = key
@@ -610,22 +329,10 @@ def render_budget_curve(by_budget: dict) -> str:
     cells = []
     for b in budgets:
       s = cols.get(b)
-      cells.append("" if s is None else f"{_fmt(s['mean'])} ({s['n']} seed"
+      cells.append("" if s is None else f"{fmt(s['mean'])} ({s['n']} seed"
                    f"{'s' if s['n'] > 1 else ''})")
     out.append(f"| {claim} | {judged} | {op} {thr:g} | " + " | ".join(cells) + " |")
   return "\n".join(out)
-
-
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: float,
@@ -743,15 +450,6 @@ def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: f
 # -- main ------------------------------------------------------------------------
 
 
-def enable_compilation_cache(path: Path) -> None:
-  """JAX's persistent compilation cache (works on CPU): seeds 2.. reuse compilations."""
-  import jax
-  path.mkdir(parents=True, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", str(path.absolute()))
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def parse_args(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. n-1 per setup")
@@ -783,18 +481,6 @@ def parse_args(argv=None):
     ap.error("--jobs must be >= 1.")
   args.claims = claims
   return args
-
-
-NOTES_MARK = "<!-- Below this line: written by hand, kept when the script rewrites the file. -->"
-
-
-def kept_notes(out: Path) -> str:
-  """The hand-written part of an earlier `out` (from NOTES_MARK on), or ''."""
-  if not out.exists():
-    return ""
-  text = out.read_text()
-  at = text.find(NOTES_MARK)
-  return "" if at < 0 else "\n" + text[at:]
 
 
 def other_budgets(workdir: Path, setups: Sequence[str], seeds: Sequence[int],
@@ -869,8 +555,7 @@ def main(argv=None) -> dict:
     facts = data_facts(make_config("qan", 0, args.quick, quick_data))
   curve = other_budgets(workdir, setups, seeds, args.quick)
   curve[args.budget] = results
-  command = "python -m benchmarks.claims" + (" " + " ".join(argv if argv is not None
-                                                             else sys.argv[1:])).rstrip()
+  command = report_command("benchmarks.claims", argv if argv is not None else sys.argv[1:])
   text = render(results, seeds, command=command.strip(), wall_seconds=time.perf_counter() - t0,
                 facts=facts, quick=args.quick, failures=failures,
                 load=(load_start, os.getloadavg()[0]), curve=curve)

@@ -53,6 +53,14 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
+from benchmarks import runs  # noqa: E402
+from benchmarks.measures import (  # noqa: E402
+  LEVEL_EDGES,
+  degradation_tiers,
+  proxy_fn,
+  state_variables,
+)
+from benchmarks.report import kept_notes  # noqa: E402
 from configs.base import with_overrides  # noqa: E402
 
 METHODS = ("qan", "qan_adam", "eqface", "adaface", "arcface", "adaface_oracle")
@@ -62,18 +70,15 @@ METHODS = ("qan", "qan_adam", "eqface", "adaface", "arcface", "adaface_oracle")
 VARIANTS = {"qan_adam": ("qan", {"qan.quality_optimizer": "run"}),
             "adaface_oracle": ("adaface", {})}
 CONFIG_OF = {k: v[0] for k, v in VARIANTS.items()}
-LEVEL_EDGES = (0.2, 0.5, 0.8, 1.0)   # stored levels are drawn from [0.2, 1]
 PROBE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NUM_PROBE_IMAGES = 160
 REJECT = 0.2                         # share of pairs the error-versus-reject tests drop
-COMMON = {"eval.at_start": False, "eval.every": 0, "train.progress_bar": False}
-QUICK = {"data.builder_config": "tiny", "train.steps": 6, "train.batch_size": 16,
-         "eval.batch_size": 32, "optim.warmup_steps": 0}
+QUICK = {**runs.QUICK, "train.steps": 6}
 
 
 def make_config(method: str, budget: float, seed: int, quick: bool, quick_data: str = ""):
   config = importlib.import_module(f"configs.{CONFIG_OF.get(method, method)}").get_config()
-  over = dict(COMMON)
+  over = dict(runs.COMMON)
   over["train.steps"] = max(1, int(round(config.train.steps * budget)))
   if quick:
     over.update(QUICK)
@@ -98,27 +103,6 @@ def keep_checkpoints_at(config, steps) -> None:
 
 
 # -- per-image proxies ------------------------------------------------------------
-
-
-def _variables(state):
-  return {"params": state.params, **state.model_state}
-
-
-def proxy_fn(method: str, model):
-  """(state, batch) -> {"e": embedding [B, D], "q": proxy [B]} for single images."""
-  import jax.numpy as jnp
-
-  if method == "qan":
-    def fn(state, batch):
-      f, q = model.apply(_variables(state), batch["image"], method=model.frames)
-      return {"e": f.reshape(f.shape[0], -1), "q": jnp.mean(q, axis=-1)}
-  else:
-    key = "quality" if method == "eqface" else "norm"
-
-    def fn(state, batch):
-      out = model.apply(_variables(state), batch["image"])
-      return {"e": out["embedding"], "q": out[key], "cos": out["cos"]}
-  return fn
 
 
 def _images(src, idx):
@@ -226,7 +210,7 @@ def qan_sets(task, state, config) -> dict:
   fc = state.params["set_fc"]
 
   def frames(state, batch):
-    f, q = model.apply(_variables(state), batch["image"], method=model.frames)
+    f, q = model.apply(state_variables(state), batch["image"], method=model.frames)
     return {"f": f.reshape(f.shape[0], -1), "q": jnp.mean(q, axis=-1)}
 
   emb, info = {}, {}
@@ -293,7 +277,7 @@ def qan_mu_gradients(task, state, config, num_batches: int = 8) -> list[dict]:
 
   model = task.model(config)
   cq = config.qan
-  v = _variables(state)
+  v = state_variables(state)
   fc = state.params["set_fc"]
 
   @jax.jit
@@ -653,7 +637,6 @@ PROXY = {"qan": "mu", "qan_adam": "mu (the branch on Adam x 0.1)", "eqface": "s_
 
 
 def run_method(method: str, args, workdir: Path) -> dict:
-  from benchmarks.claims import degradation_tiers
   from train import loop
 
   quick_data = str((workdir / "quick_data").absolute()) if args.quick else ""
@@ -701,7 +684,6 @@ def main(argv=None):
   text = render(results, args, time.perf_counter() - t0)
   print(text)
   if args.out:
-    from benchmarks.claims import kept_notes  # the hand-written "What it shows"
     Path(args.out).write_text(text + "\n" + kept_notes(Path(args.out)))
   return results
 

@@ -19,7 +19,6 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "small_cnn"
-  c.model.dtype = "float32"   # or "bfloat16" for the compute dtype
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"
@@ -35,6 +34,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
+  # The precision policy (README, "GPU and TPU"): "float32", or
+  # "bfloat16": convolutions, matmuls and activations in bfloat16; parameters,
+  # optimiser state, BatchNorm and EMA statistics, norms, softmax, margins and
+  # losses in float32. No loss scaling: bfloat16 has float32's exponent range.
+  c.train.precision = "float32"
   c.train.batch_size = 64
   c.train.log_every = 50
   c.train.ckpt_every = 500
@@ -47,19 +51,27 @@ def base_config() -> ml_collections.ConfigDict:
   # True: resume a workdir whose config.json differs in model/data/optim keys
   # (train/checkpoints.py refuses that by default).
   c.train.allow_config_change = False
+  # The models' compute dtype is the policy's: one value under two names
+  # (setting either sets both), so a workdir refuses a precision change on
+  # resume like any model change (train/checkpoints.py).
+  c.model.dtype = c.train.get_ref("precision")
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 0            # 0: only at the end
   c.eval.at_start = True      # evaluate the untrained model too (before/after table)
   c.eval.batch_size = 256
   c.eval.best_metric = ""
+  # Which held-out split evaluation reads: "test" (measured once, for the results) or
+  # "val" (disjoint identities / places, for every choice: recipes, thresholds,
+  # early stopping). train/tasks/common.evaluation_split maps the names.
+  c.eval.split = "test"
   # python -m train.eval: a benchmark of train/evaluators.py's BENCHMARKS run on
   # the files in eval.dir ("" = the method's own evaluation on config.data).
   c.eval.benchmark = ""
   c.eval.dir = ""
   # benchmark=embed: the split of config.data to embed (eval.dir: a folder of
   # images instead), written to --out in chunks of eval.chunk rows (resumable).
-  c.eval.split = ""
+  c.eval.embed_split = "train"
   c.eval.chunk = 10000
   return c
 

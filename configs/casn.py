@@ -97,7 +97,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.optim.milestones = (0.5, 0.75)
     c.train.update(batch_size=32, steps=30_000, log_every=100, ckpt_every=2000)
     c.eval.every = 5000
-    c.model.dtype = "bfloat16"
+    c.train.precision = "bfloat16"
     return c
   raise ValueError(f"unknown preset {preset!r} for configs/casn.py; use market1501, "
                    "dukemtmc_reid, cuhk03_np or msmt17.")

@@ -87,7 +87,7 @@ def ms1m_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.backbone = "iresnet100"
   c.model.embedding_dim = 512
   c.model.scale = 64.0
-  c.model.dtype = "bfloat16"
+  c.train.precision = "bfloat16"
   c.optim.name = "sgd"
   c.optim.lr = 0.1
   c.optim.momentum = 0.9

@@ -120,6 +120,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.eval.pos_radius = 25.0
   c.eval.batch_size = 128
   c.eval.best_metric = "recall@1"
+  # > 0: PCA-whitening to this size (the paper's 4096), fitted on the training
+  # database's descriptors at evaluation, then L2 (fit_pca_whitening).
+  c.eval.pca_dim = 0
   add_benchmark_keys(c)
 
   if preset in (None, "", "default"):
@@ -147,7 +150,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.eval.split = "val"
     c.eval.every = 2000
     c.eval.batch_size = 32
-    c.model.dtype = "bfloat16"
+    c.train.precision = "bfloat16"
     if preset == "tokyo247":     # evaluation of a Pittsburgh-trained run (test only)
       c.eval.benchmark = "places"
       c.eval.dataset = "tokyo247"

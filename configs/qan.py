@@ -53,7 +53,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # The quality branch's solver (train/tasks/qan.py, Task.optimizer): "sgd",
   # momentum 0.9 at quality_lr on the run's schedule (the paper's Caffe solver);
   # "run": the run's Adam with its steps scaled by quality_lr_scale (at 1.0 Adam
-  # drives mu into saturation, = 1 everywhere).
+  # drives mu towards saturation: docs/quality_diagnosis.md, qan_adam).
   c.qan.quality_optimizer = "sgd"
   c.qan.quality_lr = 0.1
   c.qan.quality_lr_scale = 0.1
@@ -90,7 +90,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.train.ckpt_every = 2000
     c.eval.every = 5000
-    c.model.dtype = "bfloat16"
+    c.train.precision = "bfloat16"
     return c
   raise ValueError(
       f"unknown preset {preset!r} for configs/qan.py; use mars, prid2011 or ilids_vid.")

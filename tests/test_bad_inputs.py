@@ -370,7 +370,70 @@ BAD_CALLS = [
     ("interpolation typo", lambda: E.val_at_far(_EMB, _EMB, _SAME, interpolation="scipy"),
      r"interpolation must be one of"),
     ("metric typo", lambda: E.pair_distances(_EMB, _EMB, metric="l2"), r"metric must be"),
+    # the fused and sharded heads check as margin_logits does (issue 29)
+    ("fused adaface nan norm", lambda: ops.adaface_cross_entropy(
+        _COS, jnp.array([1.0, jnp.nan]), _LAB, ops.adaface_init_stats()), r"norms holds 1 NaN"),
+    ("fused adaface norms [B, 2]", lambda: ops.adaface_cross_entropy(
+        _COS, jnp.ones((2, 2)), _LAB, ops.adaface_init_stats()),
+     r"norms must have shape \(2, 1\)"),
+    ("fused adaface stats", lambda: ops.adaface_cross_entropy(_COS, jnp.ones(2), _LAB, {}),
+     r"stats must be a dict"),
+    ("fused eqface nan quality", lambda: ops.eqface_cross_entropy(
+        _COS, _LAB, jnp.array([1.0, jnp.nan]), scale=8.0), r"quality holds 1 NaN"),
+    ("fused margin scale < 0", lambda: ops.margin_cross_entropy(_COS, _LAB, scale=-1.0),
+     r"scale must be in \(0"),
+    ("fused margin label >= C", lambda: ops.margin_cross_entropy(
+        _COS, jnp.array([0, 3]), scale=8.0), r"labels has 1 value\(s\) >= num_classes=3"),
+    ("fused float labels", lambda: ops.margin_cross_entropy(
+        _COS, _LAB.astype(jnp.float32), scale=8.0), r"labels must be integers"),
+    ("fused margin m1 <= 0", lambda: ops.margin_cross_entropy(_COS, _LAB, scale=8.0, m1=0.0),
+     r"m1 must be in \(0"),
+    ("adaface t_alpha > 1", lambda: ops.adaface_logits(
+        _COS, jnp.ones(2), _LAB, ops.adaface_init_stats(), t_alpha=2.0), r"t_alpha must be in"),
+    ("magface l_a >= u_a", lambda: ops.magface_logits(_COS, jnp.ones(2), _LAB, l_a=5.0, u_a=5.0),
+     r"0 < l_a < u_a"),
+    ("magface negative norms", lambda: ops.magface_cross_entropy(_COS, -jnp.ones(2), _LAB),
+     r"norms must be >= 0"),
+    ("magface fallback typo", lambda: ops.magface_logits(_COS, jnp.ones(2), _LAB,
+                                                         fallback="none"),
+     r"fallback must be 'arcface' or 'easy'"),
+    ("head typo", lambda: ops.head_logits("arcface", _COS, _LAB, scale=8.0),
+     r"head must be one of \('margin', 'eqface', 'adaface', 'magface'\)"),
+    ("head kwarg typo", lambda: ops.head_logits("margin", _COS, _LAB, scale=8.0, m=0.5),
+     r"head 'margin' takes no \['m'\]"),
+    ("pfc scale < 0", lambda: _pfc(head_kwargs={"scale": -1.0}), r"scale must be in \(0"),
+    ("pfc label >= C", lambda: _pfc(labels=jnp.array([0, 6])),
+     r"labels has 1 value\(s\) >= num_classes=5"),
+    ("pfc float labels", lambda: _pfc(labels=jnp.array([0.0, 1.0])), r"labels must be integers"),
+    ("pfc no head_kwargs", lambda: _pfc(head_kwargs=None), r"head 'margin' needs \['scale'\]"),
+    ("pfc nan embeddings", lambda: _pfc(embeddings=jnp.full((2, 3), jnp.nan)),
+     r"embeddings holds 6 NaN"),
+    ("pfc adaface no norms", lambda: _pfc(head="adaface", head_kwargs={},
+                                          stats=ops.adaface_init_stats()),
+     r"head 'adaface' needs norms"),
+    ("pfc head typo", lambda: _pfc(head="arcface"), r"head must be one of"),
+    # the VPR losses
+    ("salad nan feature", lambda: ops.salad_aggregate(
+        jnp.full((1, 4, 3), jnp.nan), jnp.ones((1, 4, 2))), r"features holds 12 NaN"),
+    ("ms alpha 0", lambda: ops.multi_similarity_loss(jnp.zeros((2, 2)), jnp.eye(2, dtype=bool),
+                                                    ~jnp.eye(2, dtype=bool), alpha=0.0),
+     r"alpha must be in \(0"),
+    ("label_pair_masks [B, 1]", lambda: ops.label_pair_masks(jnp.zeros((3, 1), jnp.int32)),
+     r"labels must have shape \(batch,\)"),
+    ("label_pair_masks floats", lambda: ops.label_pair_masks(jnp.zeros(3)),
+     r"labels must be integers"),
 ]
+
+
+def _pfc(embeddings=None, labels=None, head="margin", head_kwargs=(("scale", 8.0),), **kw):
+  """partial_fc_cross_entropy on a 1-device mesh, 5 classes padded to 8."""
+  from jax.sharding import Mesh
+  mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+  e = jnp.ones((2, 3)) if embeddings is None else embeddings
+  lab = _LAB if labels is None else labels
+  kw_head = dict(head_kwargs) if head_kwargs is not None else None
+  return ops.partial_fc_cross_entropy(e, lab, jnp.ones((3, 8)), mesh=mesh, num_classes=5,
+                                      head=head, head_kwargs=kw_head, **kw)
 
 
 @pytest.mark.parametrize("name,call,match", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
@@ -391,3 +454,29 @@ def test_documented_finite_results_instead_of_errors():
     assert np.isfinite(np.asarray(op(pad))).all()
   out = jax.jit(lambda c: ops.margin_logits(c, _LAB, scale=1.0))(jnp.full((2, 3), 5.0))
   assert np.isfinite(np.asarray(out)).all()                  # under jit: clipped, finite
+  # Empty batches: the fused and sharded heads, the miner (issue 29).
+  stats = {"mean": jnp.float32(20.0), "std": jnp.float32(100.0)}
+  ce, new = ops.adaface_cross_entropy(jnp.zeros((0, 3)), jnp.zeros(0), jnp.zeros(0, jnp.int32),
+                                      stats)
+  assert ce.shape == (0,) and float(new["mean"]) == 20.0 and float(new["std"]) == 100.0
+  out = _pfc(embeddings=jnp.zeros((0, 3)), labels=jnp.zeros(0, jnp.int32))
+  assert out.ce.shape == (0,) and not np.asarray(out.class_mask).any()
+  pos, neg = ops.multi_similarity_miner(jnp.zeros((0, 0)), jnp.zeros((0, 0), bool),
+                                        jnp.zeros((0, 0), bool))
+  assert pos.shape == neg.shape == (0, 0)
+  # EQFace's quality as [B, 1] is the same as [B].
+  q = jnp.array([0.5, 0.9])
+  np.testing.assert_array_equal(ops.eqface_cross_entropy(_COS, _LAB, q[:, None], scale=8.0),
+                                ops.eqface_cross_entropy(_COS, _LAB, q, scale=8.0))
+  # Under jit, a label >= num_classes is an ignored row of Partial FC: no loss, no gradient.
+  from jax.sharding import Mesh
+  mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+
+  def loss(w, labels):
+    return jnp.sum(ops.partial_fc_cross_entropy(
+        jnp.ones((2, 3)), labels, w, mesh=mesh, num_classes=5, head_kwargs={"scale": 8.0}).ce)
+  w = jnp.asarray(np.random.default_rng(0).normal(size=(3, 8)), jnp.float32)
+  got = jax.jit(jax.value_and_grad(loss))(w, jnp.array([0, 6]))
+  want = jax.value_and_grad(loss)(w, jnp.array([0, -1]))
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-7)

@@ -160,3 +160,11 @@ def test_budget_scales_every_step_count_and_only_those():
     claims.scaled_budget("qan", 0)
   with pytest.raises(SystemExit):
     claims.parse_args(["--budget", "-1"])
+
+
+def test_report_command_drops_machine_paths():
+  from benchmarks.report import report_command
+  argv = ["--workdir=/tmp/w", "--seeds", "5", "--out", "out/x.md", "--claims_workdir", "/a/b",
+          "--budget=3"]
+  assert report_command("benchmarks.claims", argv) == (
+      "python -m benchmarks.claims --seeds 5 --budget=3")

@@ -12,7 +12,8 @@ from jaxset.data import synthetic_identities as si
 from jaxset.data import synthetic_places as sp
 from jaxset.data.pipeline import read_metadata
 
-ID_SPLITS = ("train", "query", "gallery", "pairs", "set_pairs")
+ID_SPLITS = ("train", "query", "gallery", "pairs", "set_pairs", "val_query", "val_gallery",
+             "val_pairs", "val_set_pairs")
 TINY_ID = next(c for c in si.CONFIGS if c.name == "tiny")
 TINY_PLACES = next(c for c in sp.CONFIGS if c.name == "tiny")
 PLACE_SPLITS = tuple(f"{s}_{k}" for s in ("train", "val", "test") for k in ("database", "queries"))
@@ -37,9 +38,9 @@ def _load(name, split, d):
 
 
 def _file_hashes(d: Path, name: str) -> dict:
-  root = d / name / "tiny" / "1.0.0"
-  return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.glob("*.array_record*"))}
+  files = sorted((d / name / "tiny").glob("*/*.array_record*"))
+  assert files, f"no array_record files under {d / name / 'tiny'}"
+  return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 # --------------------------------------------------------------------------
@@ -64,6 +65,40 @@ def test_identities_schema_and_dtypes(id_dir):
   meta = read_metadata(_load("synthetic_identities", "train", id_dir))
   assert meta["degradation"].dtype == np.float32
   assert meta["label"].dtype == np.int64
+
+
+def test_identities_validation_identities_are_held_out(id_dir):
+  ids = {split: set(read_metadata(_load("synthetic_identities", split, id_dir))["identity"])
+         for split in ("train", "query", "gallery", "val_query", "val_gallery")}
+  val = ids["val_query"] | ids["val_gallery"]
+  assert len(val) == TINY_ID.val_identities
+  assert not val & (ids["train"] | ids["query"] | ids["gallery"])
+  assert ids["val_query"] == ids["val_gallery"]
+  # val_set_pairs refer to the validation tracklets, as set_pairs to the test ones.
+  vt = set(read_metadata(_load("synthetic_identities", "val_query", id_dir))["tracklet"]) | set(
+      read_metadata(_load("synthetic_identities", "val_gallery", id_dir))["tracklet"])
+  vp = read_metadata(_load("synthetic_identities", "val_set_pairs", id_dir))
+  assert set(vp["tracklet_a"]) | set(vp["tracklet_b"]) <= vt
+  assert sorted(set(vp["fold"])) == list(range(si.NUM_FOLDS))
+
+
+def test_eval_split_routes_the_held_out_splits(id_dir):
+  import configs.qan
+  from configs.base import with_overrides
+  from train.tasks import common
+
+  config = with_overrides(configs.qan.get_config(), {
+      "data.builder_config": "tiny", "data.cache_dir": str(id_dir)})
+  assert common.evaluation_split(config, "query") == "query"
+  config.eval.split = "val"
+  assert [common.evaluation_split(config, s) for s in ("query", "set_pairs", "train")] == [
+      "val_query", "val_set_pairs", "train"]
+  q = read_metadata(common.source(config, "query"))
+  assert set(q["identity"]) == set(read_metadata(
+      _load("synthetic_identities", "val_query", id_dir))["identity"])
+  config.eval.split = "validation"
+  with pytest.raises(ValueError, match="eval.split='validation'"):
+    common.source(config, "query")
 
 
 def test_identities_second_load_does_not_rebuild(id_dir, monkeypatch):

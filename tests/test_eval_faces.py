@@ -17,7 +17,7 @@ from jaxset.data import export
 from jaxset.models import backbones
 from tests import torch_reference as tr
 from tests.train_helpers import ROOT, env
-from train import eval_faces, evaluators
+from train import eval_embed, eval_faces, evaluators
 
 torch.set_num_threads(2)
 
@@ -265,7 +265,7 @@ def test_embed_writes_npy_and_resumes(faces_folder, tiny_data, tmp_path):
   embed = _projection((64, 32))
   embed.out = tmp_path / "emb"
   cfg = _config(dir=str(tmp_path / "folder"), chunk=100, flip=False)
-  r = evaluators.embed_split(embed, cfg)
+  r = eval_embed.embed_split(embed, cfg)
   emb = np.load(tmp_path / "emb" / "embeddings.npy")
   labels = np.load(tmp_path / "emb" / "labels.npy")
   ids = np.load(tmp_path / "emb" / "ids.npy")
@@ -275,8 +275,8 @@ def test_embed_writes_npy_and_resumes(faces_folder, tiny_data, tmp_path):
   first = np.asarray(Image.open(tmp_path / "folder" / ids[0]).convert("RGB"))
   np.testing.assert_allclose(emb[0], embed(first[None])["embedding"][0], rtol=1e-5, atol=1e-6)
   (tmp_path / "emb" / "parts" / "part-0000000100.npz").unlink()  # stopped mid-way
-  r2 = evaluators.embed_split(embed, cfg)
+  r2 = eval_embed.embed_split(embed, cfg)
   assert r2.rows[0]["resumed_chunks"] == 2
   np.testing.assert_array_equal(np.load(tmp_path / "emb" / "embeddings.npy"), emb)
   with pytest.raises(ValueError, match="chunks of another job.*another --out"):
-    evaluators.embed_split(embed, _config(dir=str(tmp_path / "folder"), chunk=50, flip=False))
+    eval_embed.embed_split(embed, _config(dir=str(tmp_path / "folder"), chunk=50, flip=False))

@@ -75,14 +75,15 @@ def test_matmul_blocks_equal_fused(x64, width):
     def loss(x, w, q, blocked, head=head, kw=kw):
       xn, scale = unit(x), 1.0 / jnp.linalg.norm(w, axis=0)
       cos = xn @ (w * scale)
-      lab_c, c_t = margin_ce._target_cos(cos, lab)
-      terms = margin_ce.target_terms(head, jax.lax.stop_gradient(c_t), lab_c, kw, quality=q,
-                                     norms=norms, stats=stats)[:-1]
+      lab_c, c_t = margins.target_cosines(cos, lab)
+      row = q if head == "eqface" else norms
+      terms = margin_ce.target_terms(head, jax.lax.stop_gradient(c_t), lab_c, kw, row=row,
+                                     stats=stats if head == "adaface" else None)
       if blocked:
-        ce = margin_ce.matmul_cross_entropy(xn, w, scale, *terms, col_ok=col_ok,
+        ce = margin_ce.matmul_cross_entropy(xn, w, scale, terms, col_ok=col_ok,
                                             chunk_classes=width)
       else:
-        ce = margin_ce.fused_cross_entropy(cos, *terms, col_ok=col_ok)
+        ce = margin_ce.fused_cross_entropy(cos, terms, col_ok=col_ok)
       return jnp.sum(g * ce)
 
     ref = jax.value_and_grad(loss, (0, 1, 2))(x, w, q, False)

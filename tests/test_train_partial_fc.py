@@ -174,6 +174,11 @@ def test_sharded_run_saves_shards_and_restores_on_another_device_count(tiny_data
 
 def test_ms1m_preset_trains_the_sharded_head_on_recordio(tmp_path):
   fx.write_recordio(tmp_path / "rec", images_per_id=(4,) * 10, first_label=0)
+  # The preset validates on the folder's .bin sets every eval.every steps.
+  from jaxset.data.export import write_bin
+  rng = np.random.default_rng(0)
+  faces = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+  write_bin(tmp_path / "rec" / "lfw.bin", faces[0::2], faces[1::2], [i % 2 for i in range(20)])
   wd = tmp_path / "run"
   args = ["python", "-m", "train.main", "--config=configs/adaface.py:ms1m", f"--workdir={wd}",
           f"--config.data.dir={tmp_path / 'rec'}", f"--config.data.cache_dir={tmp_path / 'c'}",
@@ -181,12 +186,17 @@ def test_ms1m_preset_trains_the_sharded_head_on_recordio(tmp_path):
           "--config.model.embedding_dim=16", "--config.model.dtype=float32",
           "--config.train.steps=2", "--config.train.batch_size=16",
           "--config.train.progress_bar=False", "--config.eval.at_start=False",
-          "--config.train.log_every=1", "--config.model.classifier.chunk_classes=3"]
+          "--config.train.log_every=1", "--config.model.classifier.chunk_classes=3",
+          "--config.eval.sets=lfw", "--config.eval.every=2"]
   r = run_main(args, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
   losses = [row["loss"] for row in rows if row.get("split") == "train"]
   assert len(losses) == 2 and all(np.isfinite(losses))
+  # Validated with the sharded head; the best kept by the .bin accuracy.
+  evals = [row for row in rows if row.get("split") == "eval"]
+  assert [row["step"] for row in evals] == [2] and 0 <= evals[0]["lfw_acc"] <= 1
+  assert json.loads((wd / "best" / "best.json").read_text())["step"] == 2
   # The preset shards the classifier over all 8 devices.
   spec = _kernel_spec(wd / "checkpoints" / "2" / "state")
   assert spec["partition_spec"] == [None, "model"] and spec["shape"] == [1, 8]

@@ -19,10 +19,11 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from train import checkpoints, meshes, writers
+
+# Device placement lives in train/meshes.py; these names stay importable as loop.X.
+from train.meshes import make_mesh, on_all_devices, replicate, shard_batch  # noqa: F401
 from train.task import Stage, Task, TrainState  # noqa: F401  (Stage, TrainState: loop.X for tasks)
 
 
@@ -30,59 +31,10 @@ class NonFiniteLossError(RuntimeError):
   """A metric went NaN or Inf: the run stops, the last good checkpoint stays."""
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh with a 'data' axis over every device (all hosts)."""
-  devices = np.asarray(devices if devices is not None else jax.devices())
-  return Mesh(devices.reshape(-1), ("data",))
-
-
-def shard_batch(batch, mesh: Mesh):
-  """Places this process's share of a batch as a global array sharded on 'data'.
-
-  Works the same on one host (the local share is the whole batch) and on many
-  (jax.make_array_from_process_local_data stitches the shares together).
-  """
-  # Split over every mesh axis: ('data',), or ('data', 'model') for Partial FC.
-  sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))
-
-  def put(x):
-    x = np.asarray(x)
-    n = mesh.devices.size // jax.process_count()
-    if x.ndim == 0 or x.shape[0] % n:
-      raise ValueError(
-          f"a batch leaf of shape {x.shape} cannot be split over the {n} local "
-          "devices of the 'data' axis: make the per-process batch size a "
-          "multiple of the local device count.")
-    return jax.make_array_from_process_local_data(sharding, x)
-
-  return jax.tree.map(put, batch)
-
-
-def replicate(tree, mesh: Mesh):
-  """Copies a tree to every device of `mesh` (every process gives the same tree)."""
-  sharding = NamedSharding(mesh, P())
-  if jax.process_count() == 1:
-    return jax.device_put(tree, sharding)
-
-  # device_put refuses devices of other processes: build the global arrays
-  # from each process's identical copy (key arrays through their key data).
-  def put(x):
-    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
-      impl = jax.random.key_impl(x)
-      data = jax.make_array_from_process_local_data(
-          sharding, np.asarray(jax.random.key_data(x)))
-      return jax.random.wrap_key_data(data, impl=impl)
-    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
-  return jax.tree.map(put, tree)
-
-
-def on_all_devices(state, mesh: Mesh):
-  """`state`, placed on the training `mesh`, on every device instead: where
-  every hook but the train step runs (train/task.py), since feature extraction
-  (train/tasks/common.extract) shards its batches over every device. The
-  training mesh may hold fewer (config.train.devices)."""
-  everywhere = make_mesh()
-  return state if mesh.devices.size == everywhere.devices.size else replicate(state, everywhere)
+def jit_train_step(stage: Stage):
+  """A stage's step as the loop runs it: jitted, the incoming state donated.
+  tests/test_lowering.py exports this same function for GPU and TPU."""
+  return jax.jit(stage.train_step, donate_argnums=(0,))
 
 
 def stage_at(stages: Sequence[Stage], step: int) -> tuple[int, int]:
@@ -236,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   steps_jitted = {}
   def jitted(i):
     if i not in steps_jitted:
-      steps_jitted[i] = jax.jit(stages[i].train_step, donate_argnums=(0,))
+      steps_jitted[i] = jit_train_step(stages[i])
     return steps_jitted[i]
 
   history = []

@@ -1,4 +1,4 @@
-"""The device mesh of a run (config.train.mesh) and the placement of the state on it.
+"""The device mesh of a run (config.train.mesh) and the placement of state and batches on it.
 
 config.train.mesh = {"data": -1, "model": 1} (the default) is the 1-D mesh
 ('data',) over every device: pure data parallelism, the whole state
@@ -15,6 +15,61 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh with a 'data' axis over every device (all hosts)."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return Mesh(devices.reshape(-1), ("data",))
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Places this process's share of a batch as a global array sharded on 'data'.
+
+  Works the same on one host (the local share is the whole batch) and on many
+  (jax.make_array_from_process_local_data stitches the shares together).
+  """
+  # Split over every mesh axis: ('data',), or ('data', 'model') for Partial FC.
+  sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))
+
+  def put(x):
+    x = np.asarray(x)
+    n = mesh.devices.size // jax.process_count()
+    if x.ndim == 0 or x.shape[0] % n:
+      raise ValueError(
+          f"a batch leaf of shape {x.shape} cannot be split over the {n} local "
+          "devices of the 'data' axis: make the per-process batch size a "
+          "multiple of the local device count.")
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree.map(put, batch)
+
+
+def replicate(tree, mesh: Mesh):
+  """Copies a tree to every device of `mesh` (every process gives the same tree)."""
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  # device_put refuses devices of other processes: build the global arrays
+  # from each process's identical copy (key arrays through their key data).
+  def put(x):
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+      impl = jax.random.key_impl(x)
+      data = jax.make_array_from_process_local_data(
+          sharding, np.asarray(jax.random.key_data(x)))
+      return jax.random.wrap_key_data(data, impl=impl)
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+  return jax.tree.map(put, tree)
+
+
+def on_all_devices(state, mesh: Mesh):
+  """`state`, placed on the training `mesh`, on every device instead: where
+  every hook but the train step runs (train/task.py), since feature extraction
+  (train/tasks/common.extract) shards its batches over every device. The
+  training mesh may hold fewer (config.train.devices)."""
+  everywhere = make_mesh()
+  return state if mesh.devices.size == everywhere.devices.size else replicate(state, everywhere)
 
 
 def _axis_sizes(n: int, data: int, model: int) -> tuple[int, int]:
@@ -71,9 +126,8 @@ def place_state(state, mesh: Mesh, kernel_path=None):
   Each device receives only its own block (make_array_from_callback), so a
   multi-host run never assembles the weight in one place.
   """
-  from train import loop  # late: loop imports this module
   if "model" not in mesh.axis_names or not kernel_path:
-    return loop.replicate(state, mesh)
+    return replicate(state, mesh)
   sharded = NamedSharding(mesh, P(None, "model"))
 
   def put(path, x):
@@ -81,6 +135,6 @@ def place_state(state, mesh: Mesh, kernel_path=None):
         and np.shape(x)[1] % mesh.shape["model"] == 0):
       host = np.asarray(jax.device_get(x))
       return jax.make_array_from_callback(host.shape, sharded, lambda idx: host[idx])
-    return loop.replicate(x, mesh)
+    return replicate(x, mesh)
 
   return jax.tree_util.tree_map_with_path(put, state)

@@ -30,15 +30,13 @@ code reads (docs/data.md):
                are those of an aligned 112x112 crop scaled to the image size and
                the detector score is 1 - the frame's degradation level.
   folder       <out>/<identity>/<image>.jpg: one folder per identity (train split).
-  market1501, dukemtmc_reid, cuhk03_np, msmt17, mars, prid2011, ilids_vid
-               (from synthetic_identities), pittsburgh30k, pittsburgh250k,
-               tokyo247, msls (from synthetic_places): the re-ID, video re-ID and
-               place layouts of jaxset/data/export_formats.py, each read back by
-               the builder of the same name (docs/data.md).
 
 A new layout is one function `writer(out: Path, data: Export) -> list[Path]`
 added to WRITERS (or `register`); `data.split(name)` gives the records of a
-split with decoded images (resized to --image_size).
+split with decoded images (resized to --image_size). The re-ID, video re-ID
+and places layouts of jaxset.data.export_formats (market1501, mars,
+pittsburgh30k, msls, ...) are formats of this command too, each written
+from its own embedded dataset.
 """
 from __future__ import annotations
 
@@ -51,7 +49,7 @@ from typing import Callable
 
 import numpy as np
 
-from jaxset.data import export_formats, recordio
+from jaxset.data import recordio
 
 # insightface's aligned 112x112 landmarks (eyes, nose, mouth corners).
 ARCFACE_LANDMARKS = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -286,18 +284,28 @@ def register(name: str, writer: Callable[[Path, Export], list[Path]]) -> None:
   WRITERS[name] = writer
 
 
-# The re-ID, video re-ID and place layouts (jaxset/data/export_formats.py): each
-# reads its own embedded dataset (synthetic_identities or synthetic_places).
-for _name in export_formats.WRITERS:
-  register(_name, export_formats.export_writer(_name))
+def _layout_writer(name: str) -> Callable[[Path, Export], list[Path]]:
+  """The re-ID / video re-ID / places layout `name` of jaxset.data.export_formats,
+  as a writer here (it reads its own embedded dataset, export_formats.SOURCES)."""
+  from jaxset.data import export_formats
+
+  # export_writer also resizes to --image_size (data.resize).
+  return export_formats.export_writer(name)
+
+
+def formats() -> dict[str, Callable[[Path, Export], list[Path]]]:
+  """Every --format: the face layouts here and export_formats' re-ID / places ones."""
+  from jaxset.data import export_formats
+  return {**{n: _layout_writer(n) for n in export_formats.WRITERS}, **WRITERS}
 
 
 def export(fmt: str, out, *, dataset: str = "synthetic_identities", config: str | None = "tiny",
            data_dir=None, image_size=None) -> list[Path]:
   """Writes `dataset` in format `fmt` under `out`; returns the paths written."""
-  if fmt not in WRITERS:
-    raise ValueError(f"unknown export format {fmt!r}; one of {', '.join(sorted(WRITERS))}.")
-  return WRITERS[fmt](Path(out), Export(dataset, config, data_dir, image_size))
+  known = formats()
+  if fmt not in known:
+    raise ValueError(f"unknown export format {fmt!r}; one of {', '.join(sorted(known))}.")
+  return known[fmt](Path(out), Export(dataset, config, data_dir, image_size))
 
 
 def _size(text: str):
@@ -308,7 +316,7 @@ def _size(text: str):
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="python -m jaxset.data.export", description=__doc__.split(
       "\n")[0])
-  p.add_argument("--format", required=True, choices=sorted(WRITERS))
+  p.add_argument("--format", required=True, choices=sorted(formats()))
   p.add_argument("--out", required=True)
   p.add_argument("--dataset", default="synthetic_identities")
   p.add_argument("--config", default="tiny", help="the dataset's builder config (tiny, default)")

@@ -45,6 +45,9 @@ class IdentitiesConfig(tfds.core.BuilderConfig):
   # Who is filmed: identities, each by every camera in a few tracklets of frames.
   train_identities: int = 160
   test_identities: int = 80
+  # Held-out identities for choices (recipes, thresholds, early stopping), disjoint
+  # from train and test: the val_* splits mirror the test splits.
+  val_identities: int = 40
   cameras: int = 3
   tracklets_per_camera: int = 2
   frames: int = 8
@@ -55,11 +58,11 @@ class IdentitiesConfig(tfds.core.BuilderConfig):
 
 
 CONFIGS = (
-    IdentitiesConfig(name="default", description="160 train / 80 test identities, "
+    IdentitiesConfig(name="default", description="160 train / 80 test / 40 val identities, "
                      "3 cameras, 2 tracklets of 8 frames, 64x32 images."),
     IdentitiesConfig(name="tiny", description="For tests: 10 train / 20 test identities, "
                      "3 cameras, 2 tracklets of 4 frames.",
-                     train_identities=10, test_identities=20, frames=4,
+                     train_identities=10, test_identities=20, val_identities=20, frames=4,
                      pairs_per_fold=6, set_pairs_per_fold=4),
 )
 
@@ -327,18 +330,27 @@ def generate(config: IdentitiesConfig) -> dict[str, list[dict]]:
   if c.test_identities < 2 * NUM_FOLDS:
     raise ValueError(f"test_identities must be >= {2 * NUM_FOLDS} (two per verification fold), "
                      f"got {c.test_identities}.")
+  if c.val_identities < 2 * NUM_FOLDS:
+    raise ValueError(f"val_identities must be >= {2 * NUM_FOLDS} (two per verification fold), "
+                     f"got {c.val_identities}.")
   if c.cameras < 2:
     raise ValueError(f"cameras must be >= 2 for cross-camera query/gallery, got {c.cameras}.")
   train_ids = list(range(1, c.train_identities + 1))
   test_ids = list(range(c.train_identities + 1, c.train_identities + c.test_identities + 1))
-  splits = {"train": [], "query": [], "gallery": []}
-  test_frames = {}  # (identity, camera, k) -> (tracklet id, [records])
+  first_val = c.train_identities + c.test_identities + 1
+  val_ids = list(range(first_val, first_val + c.val_identities))
+  splits = {"train": [], "query": [], "gallery": [], "val_query": [], "val_gallery": []}
+  # part -> {(identity, camera, k): (tracklet id, [records])}
+  held_out = {"test": {}, "val": {}}
   bag: list[int] = []
-  for part, ids in (("train", train_ids), ("test", test_ids)):
+  # val comes last, so train and test are what they were before it existed.
+  for part, ids in (("train", train_ids), ("test", test_ids), ("val", val_ids)):
     tracklet_id = 0
+    prefix = "val_" if part == "val" else ""
     for label, ident in enumerate(ids):
       for cam in range(c.cameras):
-        split = part if part == "train" else ("query" if cam == ident % c.cameras else "gallery")
+        split = part if part == "train" else (
+            prefix + ("query" if cam == ident % c.cameras else "gallery"))
         for k in range(c.tracklets_per_camera):
           sched = degradation_schedule(ident, cam, k, c.frames, c.seed, bag)
           imgs = render_tracklet(ident, cam, k, c.frames, c.height, c.width, c.seed, sched)
@@ -350,16 +362,18 @@ def generate(config: IdentitiesConfig) -> dict[str, list[dict]]:
                 "degradation": np.float32(level), "degradation_type": kind,
                 "filename": f"{ident:04d}_c{cam}_t{tracklet_id:05d}_f{f:02d}.png"})
           splits[split].extend(recs)
-          if part == "test":
-            test_frames[(ident, cam, k)] = (tracklet_id, recs)
+          if part != "train":
+            held_out[part][(ident, cam, k)] = (tracklet_id, recs)
           tracklet_id += 1
-  splits["pairs"], splits["set_pairs"] = _pairs(c, test_ids, test_frames)
+  splits["pairs"], splits["set_pairs"] = _pairs(c, test_ids, held_out["test"], 4)
+  splits["val_pairs"], splits["val_set_pairs"] = _pairs(c, val_ids, held_out["val"], 5)
   return splits
 
 
-def _pairs(c: IdentitiesConfig, test_ids, test_frames):
-  """Image pairs and tracklet pairs in 10 identity-disjoint folds (LFW / YTF style)."""
-  rng = np.random.default_rng([c.seed, 4])
+def _pairs(c: IdentitiesConfig, test_ids, test_frames, stream: int):
+  """Image pairs and tracklet pairs in 10 identity-disjoint folds (LFW / YTF style),
+  drawn from random stream [seed, stream] (4: test, 5: val)."""
+  rng = np.random.default_rng([c.seed, stream])
   groups = np.array_split(np.asarray(test_ids), NUM_FOLDS)
   pairs, set_pairs = [], []
   for fold, group in enumerate(groups):
@@ -393,6 +407,8 @@ SPLIT_FEATURES = {
     "gallery": formats.IDENTITY_KEYS, "pairs": formats.PAIR_KEYS,
     "set_pairs": formats.SET_PAIR_KEYS,
 }
+# Validation: the same protocols on held-out identities (config.eval.split = "val").
+SPLIT_FEATURES.update({f"val_{k}": v for k, v in list(SPLIT_FEATURES.items()) if k != "train"})
 _IMAGES, _FLOATS = formats.IMAGE_KEYS, formats.FLOAT_KEYS
 
 
@@ -403,12 +419,16 @@ class SyntheticIdentities(formats.OfflineBuilder):
   identity, gallery from the others); pairs (image verification, 10 folds);
   set_pairs (tracklet verification, 10 folds). Tracklet ids of query and
   gallery share one id space (the test tracklets), which set_pairs refers to.
+  val_query / val_gallery / val_pairs / val_set_pairs: the same on the
+  validation identities (their own tracklet id space), for every choice.
   """
-  VERSION = tfds.core.Version("2.0.0")
+  VERSION = tfds.core.Version("2.1.0")
   RELEASE_NOTES = {
       "1.0.0": "Blur, noise (std 0.05-0.35), low resolution, occlusion, background.",
       "2.0.0": "Adds JPEG compression and dark exposure; sensor noise at std 0.02-0.12 "
                "(docs/data.md, Degradations).",
+      "2.1.0": "Adds val_query / val_gallery / val_pairs / val_set_pairs on 40 held-out "
+               "identities (20 in tiny); every 2.0.0 split is unchanged.",
   }
   BUILDER_CONFIGS = list(CONFIGS)
   DEGRADATION_TYPES = DEGRADATION_TYPES

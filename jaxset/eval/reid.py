@@ -26,10 +26,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
-from jaxset.eval.retrieval import pairwise_sq_distances
+from jaxset.eval import search
 from jaxset.ops import _checks
 
 
@@ -126,9 +125,10 @@ def cmc_map(query_features, gallery_features, query_ids, gallery_ids, query_cams
   """CMC, mAP and mINP from features (torchreid / fast-reid evaluate_rank, Market-1501 rules).
 
   metric: "euclidean" (squared Euclidean, torchreid's default; same ranking as
-  Euclidean) or "cosine" (1 - cosine similarity). Distances are computed on the
-  JAX device, `chunk_size` queries at a time, so the full Q x G matrix is never
-  built. Returns the dict of `cmc_map_from_distances`.
+  Euclidean) or "cosine" (1 - cosine similarity). The gallery is ranked by
+  jaxset.eval.search.top_k_search (sharded over every device, ties by index),
+  `chunk_size` queries at a time, so the full Q x G matrix is never built.
+  Returns the dict of `cmc_map_from_distances`.
   """
   if metric not in ("euclidean", "cosine"):
     raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}.")
@@ -149,14 +149,19 @@ def cmc_map(query_features, gallery_features, query_ids, gallery_ids, query_cams
   if max_rank < 1:
     raise ValueError(f"max_rank must be >= 1; got {max_rank}.")
   junk = np.isin(g_pids, np.asarray(list(junk_pids), g_pids.dtype))
-  g_dev = jnp.asarray(gf)
   step = max(1, min(int(chunk_size), nq))
+  # The full ranking of the gallery from the sharded search (search.top_k_search,
+  # ties by index), laid back into gallery order for _first_ranks_and_ap.
+  if metric == "cosine":
+    qf, gf = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (qf, gf))
+  gallery = search.ShardedDatabase(gf, metric="ip" if metric == "cosine" else "l2")
   parts = []
   for s in range(0, nq, step):
     block = qf[s:s + step]
-    padded = np.concatenate([block, np.zeros((step - block.shape[0], qf.shape[1]), np.float32)])
-    d = np.asarray(pairwise_sq_distances(jnp.asarray(padded), g_dev, metric=metric))
-    d = d[:block.shape[0]]
+    found, order = search.top_k_search(block, gallery, ng, metric=gallery.metric,
+                                       query_block=step)
+    d = np.empty(found.shape, np.float32)
+    np.put_along_axis(d, order, 1.0 - found if metric == "cosine" else found, axis=1)
     parts.append(_first_ranks_and_ap(d, q_pids[s:s + step], g_pids,
                                      q_cams[s:s + step], g_cams, junk))
   columns = [np.concatenate([p[i] for p in parts]) for i in range(4)]

@@ -6,9 +6,10 @@ descriptors) lies within `pos_radius` metres of the query (UTM Euclidean, the
 dbStruct's posDistThr = 25). Recall@N divides by ALL queries: a query with no
 database image inside the radius can never be a hit and counts as a miss.
 
-The nearest-neighbour search runs on the default JAX device in chunks of
-queries (and, optionally, of database rows), so the full Q x DB distance matrix
-never exists at once: peak memory is about chunk_size x db_chunk_size floats.
+The nearest-neighbour search is jaxset.eval.search.top_k_search: the database
+sharded over every device, queries in chunks and database rows in blocks, so
+the full Q x DB distance matrix never exists at once: the working memory is
+about chunk_size x db_chunk_size floats per device.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxset.eval import search
 from jaxset.ops import _checks
 
 DEFAULT_NS = (1, 5, 10, 20)
@@ -43,30 +45,6 @@ def pairwise_sq_distances(x, y, metric: str = "euclidean"):
   yy = jnp.sum(y * y, axis=-1)[None, :]
   d = xx + yy - 2.0 * jnp.matmul(x, y.T, precision=hi)
   return jnp.maximum(d, 0.0)
-
-
-@functools.partial(jax.jit, static_argnames=("k",))
-def _chunk_topk(q, db, db_valid, offset, *, k):
-  """Top-k smallest squared distances of a query chunk to one database chunk."""
-  d = pairwise_sq_distances(q, db)
-  d = jnp.where(db_valid[None, :], d, jnp.inf)
-  neg, idx = jax.lax.top_k(-d, k)  # lax.top_k keeps the lower index first on ties.
-  return -neg, idx + offset
-
-
-@functools.partial(jax.jit, static_argnames=("k",))
-def _merge_topk(d_a, i_a, d_b, i_b, *, k):
-  # a holds earlier database rows than b, so concatenating a before b keeps the
-  # lower-index-first tie order of a single top_k over the whole database.
-  neg, pos = jax.lax.top_k(-jnp.concatenate([d_a, d_b], axis=1), k)
-  idx = jnp.take_along_axis(jnp.concatenate([i_a, i_b], axis=1), pos, axis=1)
-  return -neg, idx
-
-
-def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
-  if x.shape[0] == n:
-    return x
-  return np.concatenate([x, np.zeros((n - x.shape[0],) + x.shape[1:], x.dtype)])
 
 
 def _check_features(query_features, db_features):
@@ -107,9 +85,9 @@ def nearest_neighbors(query_features, db_features, k: int, *,
     k: neighbours per query; capped at N.
     chunk_size: queries per device step (the last chunk is zero-padded to this
       size so one compiled program serves every chunk).
-    db_chunk_size: database rows per device step; None puts the whole database
-      on the device at once. With a value, per-chunk top-k lists are merged, so
-      the answer is identical to the unchunked search.
+    db_chunk_size: database rows per scan step on each device; None scans each
+      device's whole share at once. Per-block top-k lists are merged exactly,
+      so the answer does not depend on it (search.top_k_search).
     use_faiss: search with faiss.IndexFlatL2 on the host instead. If faiss is not
       installed a warning says so and the JAX search runs instead.
 
@@ -138,32 +116,8 @@ def nearest_neighbors(query_features, db_features, k: int, *,
           "faiss-gpu); falling back to the exact chunked JAX search, which gives "
           "the same neighbours.", RuntimeWarning, stacklevel=2)
 
-  db_step = num_db if db_chunk_size is None else min(int(db_chunk_size), num_db)
-  db_chunks = []
-  for start in range(0, num_db, db_step):
-    block = db[start:start + db_step]
-    valid = np.arange(db_step) < block.shape[0]
-    db_chunks.append((jnp.asarray(_pad_rows(block, db_step)), jnp.asarray(valid),
-                      start))
-  # Every database chunk gives at most db_step candidates.
-  k_chunk = min(k, db_step)
-  q_step = min(int(chunk_size), num_q)
-  out_d, out_i = [], []
-  for start in range(0, num_q, q_step):
-    block = q[start:start + q_step]
-    qb = jnp.asarray(_pad_rows(block, q_step))
-    best_d = best_i = None
-    for dbc, valid, offset in db_chunks:
-      d, i = _chunk_topk(qb, dbc, valid, jnp.int32(offset), k=k_chunk)
-      if best_d is None:
-        best_d, best_i = d, i
-      else:
-        kk = min(k, best_d.shape[1] + d.shape[1])
-        best_d, best_i = _merge_topk(best_d, best_i, d, i, k=kk)
-    out_d.append(np.asarray(best_d)[:block.shape[0], :k])
-    out_i.append(np.asarray(best_i)[:block.shape[0], :k])
-  d = np.concatenate(out_d)
-  idx = np.concatenate(out_i).astype(np.int64)
+  d, idx = search.top_k_search(q, db, k, metric="l2", query_block=chunk_size,
+                               db_block=num_db if db_chunk_size is None else db_chunk_size)
   return np.sqrt(np.maximum(d, 0.0)).astype(np.float32), idx
 
 

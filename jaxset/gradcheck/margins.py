@@ -14,6 +14,12 @@ formulas out by hand:
 * AdaFace: target column s * g * GST with
   GST = cos(g_angle) + cos(theta)*sin(g_angle)/sqrt(1 - cos^2(theta)),
   g_angle = -m*z_hat; other columns s * g.
+* MagFace (eq. (5)-(7)): the target is s*cos(theta + m(a)),
+  m(a) = l_m + (u_m - l_m)(a - l_a)/(u_a - l_a) on a in [l_a, u_a]:
+  dL/dcos = s*g*sin(theta + m)/sin(theta) at the target, and the magnitude
+  gets dL/da = -s*g_y*sin(theta + m)*m'(a) + lambda_g*g_reg*(1/u_a^2 - 1/a^2),
+  m'(a) = (u_m - l_m)/(u_a - l_a) inside [l_a, u_a] and 0 outside (where the
+  ArcFace fallback cos - m sin m applies: d/dm = -(sin m + m cos m)).
 
 Cosines are mostly drawn in [-0.9, 0.9] (away from +-1, where finite
 differences of arccos lose meaning). The ArcFace fallback starts at
@@ -122,6 +128,21 @@ def reference_adaface_logits(cos, *, norms, labels, stats, m=0.4, h=0.333, scale
   return scale * logits, {"mean": mean, "std": std}
 
 
+def reference_magface_logits(cos, norms, *, labels, scale=64.0, l_a=10.0, u_a=110.0,
+                             l_m=0.45, u_m=0.8, lambda_g=35.0, fallback="arcface"):
+  """MagFace's head and regulariser, plain jnp over the whole matrix
+  (differentiable in the norms, as the official code)."""
+  a = jnp.clip(norms, l_a, u_a)
+  m = (l_m + (u_m - l_m) * (a - l_a) / (u_a - l_a))[:, None]
+  target = jnp.cos(jnp.arccos(cos) + m)
+  if fallback == "arcface":
+    target = jnp.where(cos > jnp.cos(math.pi - m), target, cos - m * jnp.sin(m))
+  else:
+    target = jnp.where(cos > 0, target, cos)
+  logits = scale * jnp.where(_one_hot(labels, cos.shape[1]), target, cos)
+  return logits, lambda_g * (1.0 / a + a / u_a ** 2)
+
+
 # --------------------------------------------------------------------------
 # The papers' gradients, written out.
 
@@ -216,6 +237,36 @@ def paper_adaface_grad(args, fixed, cot):
   return (fixed.get("scale", 64.0) * logits_cot * factor,)
 
 
+def paper_magface_grad(args, fixed, cot):
+  """MagFace eq. (5)-(7) differentiated by hand (see the module doc)."""
+  cos, norms = args
+  g, g_reg = cot
+  scale, lambda_g = fixed.get("scale", 64.0), fixed.get("lambda_g", 35.0)
+  l_a, u_a = fixed.get("l_a", 10.0), fixed.get("u_a", 110.0)
+  l_m, u_m = fixed.get("l_m", 0.45), fixed.get("u_m", 0.8)
+  inside = (norms >= l_a) & (norms <= u_a)
+  a = jnp.clip(norms, l_a, u_a)
+  m = l_m + (u_m - l_m) * (a - l_a) / (u_a - l_a)
+  one_hot = _one_hot(fixed["labels"], cos.shape[1])
+  c_t = jnp.sum(jnp.where(one_hot, cos, 0.0), axis=1)
+  theta = jnp.arccos(c_t)
+  if fixed.get("fallback", "arcface") == "arcface":
+    margin_side = c_t > jnp.cos(math.pi - m)
+    fall_dm = -(jnp.sin(m) + m * jnp.cos(m))
+  else:
+    margin_side = c_t > 0
+    fall_dm = jnp.zeros_like(m)
+  factor = jnp.where(margin_side, jnp.sin(theta + m) / jnp.sin(theta), 1.0)
+  d_m = jnp.where(margin_side, -jnp.sin(theta + m), fall_dm)
+  labelled = jnp.asarray(fixed["labels"]) >= 0
+  d_cos = scale * g * jnp.where(one_hot, factor[:, None], 1.0)
+  g_t = jnp.sum(jnp.where(one_hot, g, 0.0), axis=1)
+  slope = jnp.where(inside, (u_m - l_m) / (u_a - l_a), 0.0)
+  d_reg = jnp.where(inside, 1.0 / u_a ** 2 - 1.0 / norms ** 2, 0.0)
+  d_a = jnp.where(labelled, scale * g_t * d_m * slope, 0.0) + lambda_g * g_reg * d_reg
+  return d_cos, d_a
+
+
 # --------------------------------------------------------------------------
 # Cases.
 
@@ -238,6 +289,25 @@ def _eqface_op(cos, quality, *, labels, **kw):
 
 def _adaface_op(cos, *, norms, labels, stats, **kw):
   return margins.adaface_logits(cos, norms, labels, stats, **kw)
+
+
+def _magface_op(cos, norms, *, labels, **kw):
+  return margins.magface_logits(cos, norms, labels, **kw)
+
+
+def _magface_case(name, eq, norms, targets=None, **kw):
+  """MagFace on norms spanning the clamp ([l_a, u_a] = [10, 110]): rows
+  inside get m'(a), rows outside 0; targets (lo, hi) puts the labelled
+  rows' target cosines there (e.g. the ArcFace fallback region)."""
+  def make(rng):
+    labels = _labels(rng)
+    cos = _cos(rng)
+    if targets is not None:
+      cos = _with_targets(rng, cos, labels, *targets)
+    return ((cos, np.asarray(norms, np.float64)),
+            {"labels": jnp.asarray(labels), "scale": 16.0, **kw})
+  return GradCase(name=name, fn=_magface_op, reference=reference_magface_logits,
+                  paper_grad=paper_magface_grad, make=make, paper_eq=eq)
 
 
 def _margin_case(name, eq, **margin):
@@ -289,6 +359,8 @@ def cases() -> list[GradCase]:
       name="adaface_logits", fn=_adaface_op, reference=reference_adaface_logits,
       paper_grad=paper_adaface_grad, make=make_ada,
       paper_eq="GST cos(g)+c sin(g)/sqrt(1-c^2)"))
+  out.append(_magface_case("magface_logits", "-s sin(t+m) m'(a) + g'(a)",
+                           [25.0, 60.0, 104.0, 40.0]))
   out.extend(_boundary_cases())
   return out
 
@@ -365,4 +437,11 @@ def _boundary_cases() -> list[GradCase]:
       name="adaface_logits[clamps]", fn=_adaface_op, reference=reference_adaface_logits,
       paper_grad=paper_adaface_grad, make=make_ada_clamp,
       paper_eq="0 where a clamp binds"))
+  # Norms below l_a and above u_a (no magnitude gradient); targets in
+  # [-0.99, -0.72], about the fallback edge cos(pi - m) (-0.90 for m = 0.45,
+  # -0.70 for m = 0.8): past it for the larger margins, before it for the smaller.
+  out.append(_magface_case("magface_logits[clamp, fallback]", "-(sin m + m cos m) m'(a)",
+                           [5.0, 130.0, 50.0, 80.0], targets=(-0.99, -0.72)))
+  out.append(_magface_case("magface_logits[easy]", "no margin where cos <= 0",
+                           [30.0, 90.0, 12.0, 70.0], targets=(-0.6, 0.6), fallback="easy"))
   return out

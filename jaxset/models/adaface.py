@@ -2,16 +2,17 @@
 
 The embedding norm ||z_i|| is the image-quality proxy. The head keeps the EMA
 batch statistics of the norms (mean, std) in the Flax collection
-"adaface_stats" (variables "mean" and "std", starting at 20 and 100 as the
-official head); they change only when the head runs with train=True and
-labels, with the collection mutable:
+"adaface_stats" (heads.STATS_COLLECTION; variables "mean" and "std", starting
+at 20 and 100 as the official head); they change only when the head runs
+with train=True and labels, with the collection mutable:
 
   out, updates = model.apply(variables, images, labels, train=True,
                              mutable=["batch_stats", "adaface_stats"])
 
-The margin math is jaxset.ops.margins.adaface_logits (eq. (7)-(10), EMA
-updated before use). ArcFace / CosFace baselines use the same cosine
-classifier with jaxset.ops.margins.margin_logits (heads.MarginHead).
+The margin math is the "adaface" spec of jaxset.ops.margins (eq. (7)-(10),
+EMA updated before use). The same model runs the ArcFace / CosFace
+baselines ("margin" spec) and MagFace (Meng et al., CVPR 2021; "magface"
+spec: the magnitude-aware margin and its regulariser, output "row_loss").
 """
 from __future__ import annotations
 
@@ -21,15 +22,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxset.models import backbones
-from jaxset.models.heads import CosineClassifier, MarginHead, l2_normalize
+from jaxset.models.heads import STATS_COLLECTION, SpecHead, apply_spec, l2_normalize
 from jaxset.models.partial_fc import ShardedMarginHead
-from jaxset.ops import margins as margin_ops
 
-__all__ = ["AdaFaceHead", "AdaFace", "STATS_COLLECTION"]
+__all__ = ["AdaFaceHead", "AdaFace", "FACE_HEADS", "STATS_COLLECTION", "face_head"]
 
 Dtype = Any
-STATS_COLLECTION = "adaface_stats"
-
 
 class AdaFaceHead(nn.Module):
   """Cosine classifier + AdaFace margin with EMA norm statistics.
@@ -40,10 +38,8 @@ class AdaFaceHead(nn.Module):
   per-device statistics, as the official code).
 
   __call__(embeddings [B, D], norms [B], labels [B] int or None, train=False)
-  -> dict(cos [B, C] float32, logits [B, C]). Without labels: logits =
-  scale * cos and the statistics are untouched. With labels: AdaFace logits;
-  the updated statistics are stored when train=True (and not at init).
-  Parameters: "classifier" (CosineClassifier, kernel [D, C]).
+  -> dict(cos [B, C] float32, logits [B, C]): heads.SpecHead with the
+  "adaface" spec (same parameters and statistics).
   """
   num_classes: int
   m: float = 0.4
@@ -56,34 +52,46 @@ class AdaFaceHead(nn.Module):
 
   @nn.compact
   def __call__(self, embeddings, norms, labels=None, train: bool = False):
-    cos = CosineClassifier(self.num_classes, self.dtype, name="classifier")(embeddings)
-    init = margin_ops.adaface_init_stats()
-    mean = self.variable(STATS_COLLECTION, "mean", lambda: init["mean"])
-    std = self.variable(STATS_COLLECTION, "std", lambda: init["std"])
-    if labels is None:
-      return {"cos": cos, "logits": self.scale * cos}
-    logits, new = margin_ops.adaface_logits(
-        cos, norms, labels, {"mean": mean.value, "std": std.value}, m=self.m, h=self.h,
-        scale=self.scale, t_alpha=self.t_alpha, eps=self.eps, axis_name=self.axis_name)
-    if train and not self.is_initializing():
-      mean.value, std.value = new["mean"], new["std"]
-    return {"cos": cos, "logits": logits}
+    kw = dict(m=self.m, h=self.h, scale=self.scale, t_alpha=self.t_alpha, eps=self.eps)
+    return apply_spec(self, "adaface", kw, embeddings, labels, norms, train)
 
 
-_DEFAULT_MARGIN = {"adaface": 0.4, "arcface": 0.5, "cosface": 0.35}
+# method-level head name -> (the ops spec, the keyword its `margin` sets, default margin)
+FACE_HEADS = {
+    "adaface": ("adaface", "m", 0.4),
+    "arcface": ("margin", "m2", 0.5),
+    "cosface": ("margin", "m3", 0.35),
+    "magface": ("magface", None, None),
+}
+
+
+def face_head(head: str, margin: float | None = None, **kw) -> tuple[str, dict]:
+  """(spec name, its keyword arguments) of a face model's head `head`
+  (FACE_HEADS): `margin` (None: the head's default) set where the head has
+  one; kw the spec's other arguments, those it does not take dropped."""
+  from jaxset.ops.margins import head_spec
+  if head not in FACE_HEADS:
+    raise ValueError(f"head must be one of {sorted(FACE_HEADS)}; got {head!r}.")
+  spec, key, default = FACE_HEADS[head]
+  args = {k: v for k, v in kw.items() if k in head_spec(spec).defaults}
+  if key is not None:
+    args[key] = default if margin is None else margin
+  return spec, args
 
 
 class AdaFace(nn.Module):
-  """Face embedder + AdaFace (or ArcFace / CosFace baseline) head.
+  """Face embedder + a margin head: AdaFace, the ArcFace / CosFace baselines, MagFace.
 
   Attributes:
     num_classes: identities.
     backbone: "iresnet50" / "iresnet100" (112x112), "small_cnn" on CPU.
     embedding_dim (512), dropout_rate (AdaFace uses 0.4; insightface 0).
-    head: "adaface", "arcface" (m2 = margin) or "cosface" (m3 = margin).
+    head: "adaface", "arcface" (m2 = margin), "cosface" (m3 = margin) or
+      "magface" (FACE_HEADS).
     margin: m; None = 0.4 (adaface), 0.5 (arcface), 0.35 (cosface).
     h, scale, t_alpha, eps, axis_name: AdaFaceHead's.
-    margin_grad: "exact" or "straight_through" (arcface / cosface only).
+    l_a, u_a, l_m, u_m, lambda_g: MagFace's (jaxset.ops.margins.magface_logits).
+    margin_grad: "exact" or "straight_through" (arcface / cosface / magface).
     dtype: backbone compute dtype.
     mesh: a Mesh with a 'model' axis: the class-sharded head
       (jaxset.models.partial_fc.ShardedMarginHead; outputs "ce" [B] and
@@ -94,11 +102,12 @@ class AdaFace(nn.Module):
            margin_quality=None) -> dict:
     feature_map [B, h, w, C]; embedding [B, D] L2-NORMALISED; norm [B] the
     norm ||z|| before normalisation; cos [B, C]; logits [B, C] (margin logits
-    with labels, scale * cos without).
-    margin_quality [B]: what the AdaFace margin reads in place of the norm
-    (its batch statistics and z-score apply unchanged); None = the norm, as
-    the paper. For diagnostics only, e.g. an oracle quality
-    (benchmarks/quality_diagnosis.py): a real run has no quality labels.
+    with labels, scale * cos without); MagFace with labels: row_loss [B]
+    (lambda_g g(a), to add to the cross-entropy).
+    margin_quality [B]: what a norm-reading margin (AdaFace, MagFace) reads
+    in place of the norm; None = the norm, as the papers. For diagnostics
+    only, e.g. an oracle quality (benchmarks/quality_diagnosis.py): a real
+    run has no quality labels.
   Parameter groups: "backbone" (FaceEmbedder), "head" (its "classifier").
   """
   num_classes: int
@@ -111,6 +120,11 @@ class AdaFace(nn.Module):
   scale: float = 64.0
   t_alpha: float = 0.01
   eps: float = 1e-3
+  l_a: float = 10.0
+  u_a: float = 110.0
+  l_m: float = 0.45
+  u_m: float = 0.8
+  lambda_g: float = 35.0
   axis_name: Any = None
   margin_grad: str = "exact"
   dtype: Dtype = jnp.float32
@@ -122,32 +136,22 @@ class AdaFace(nn.Module):
 
   @nn.compact
   def __call__(self, images, labels=None, train: bool = False, margin_quality=None):
-    if self.head not in _DEFAULT_MARGIN:
-      raise ValueError(f"head must be one of {sorted(_DEFAULT_MARGIN)}; got {self.head!r}.")
-    m = _DEFAULT_MARGIN[self.head] if self.margin is None else self.margin
+    spec, kw = face_head(self.head, self.margin, scale=self.scale, h=self.h,
+                         t_alpha=self.t_alpha, eps=self.eps, l_a=self.l_a, u_a=self.u_a,
+                         l_m=self.l_m, u_m=self.u_m, lambda_g=self.lambda_g,
+                         grad=self.margin_grad)
     out = backbones.FaceEmbedder(self.backbone, self.embedding_dim, self.dropout_rate,
                                  self.dtype, self.backbone_kwargs, name="backbone")(
                                      images, train)
     embedding = l2_normalize(out["embedding"])
     norms = out["norm"] if margin_quality is None else jnp.asarray(margin_quality, jnp.float32)
+    kw = tuple(sorted(kw.items()))
     if self.mesh is not None:
-      if self.head == "adaface":
-        kind, kw = "adaface", dict(m=m, h=self.h, scale=self.scale, t_alpha=self.t_alpha,
-                                   eps=self.eps)
-      else:
-        m2, m3 = (m, 0.0) if self.head == "arcface" else (0.0, m)
-        kind, kw = "margin", dict(scale=self.scale, m2=m2, m3=m3, grad=self.margin_grad)
-      res = ShardedMarginHead(self.num_classes, self.mesh, kind, tuple(sorted(kw.items())),
-                              self.sample_rate, self.loss_cap,
-                              chunk_classes=self.chunk_classes, name="head")(
+      res = ShardedMarginHead(self.num_classes, self.mesh, spec, kw, self.sample_rate,
+                              self.loss_cap, chunk_classes=self.chunk_classes, name="head")(
                                   out["embedding"], labels, norms, train)
-    elif self.head == "adaface":
-      head = AdaFaceHead(self.num_classes, m, self.h, self.scale, self.t_alpha, self.eps,
-                         self.axis_name, name="head")
-      res = head(out["embedding"], norms, labels, train)
     else:
-      m2, m3 = (m, 0.0) if self.head == "arcface" else (0.0, m)
-      res = MarginHead(self.num_classes, self.scale, 1.0, m2, m3, self.margin_grad,
-                       name="head")(out["embedding"], labels)
+      res = SpecHead(self.num_classes, spec, kw, self.axis_name, name="head")(
+          out["embedding"], labels, norms, train)
     return {"feature_map": out["feature_map"], "embedding": embedding,
             "norm": out["norm"], **res}

@@ -1,4 +1,9 @@
-"""Classifier heads shared by the face models: the cosine classifier and margin heads."""
+"""Classifier heads shared by the face models: the cosine classifier and margin heads.
+
+Every margin head is a registered spec of jaxset.ops.margins (HEADS);
+`SpecHead` applies any of them to a cosine classifier, and keeps the
+spec's statistics (AdaFace's EMA) in the Flax collection STATS_COLLECTION.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -10,9 +15,23 @@ import optax
 from jaxset.ops import margins as margin_ops
 from jaxset.ops._norms import l2_normalize, safe_norm
 
-__all__ = ["CosineClassifier", "MarginHead", "l2_normalize", "safe_norm"]
+__all__ = ["CosineClassifier", "MarginHead", "STATS_COLLECTION", "SpecHead", "apply_spec",
+           "l2_normalize", "safe_norm", "spec_stats"]
 
 Dtype = Any
+# The collection of a head's statistics (AdaFace's EMA norm mean and std).
+STATS_COLLECTION = "adaface_stats"
+
+
+def spec_stats(module: nn.Module, head: str):
+  """The Flax variables of head `head`'s statistics in STATS_COLLECTION,
+  created at their spec's initial values ({} for a head that keeps none).
+  Call inside the module's compact __call__."""
+  spec = margin_ops.head_spec(head)
+  if not spec.keeps_stats:
+    return {}
+  init = spec.init_stats()
+  return {k: module.variable(STATS_COLLECTION, k, lambda v=v: v) for k, v in init.items()}
 
 
 class CosineClassifier(nn.Module):
@@ -85,3 +104,49 @@ def labelled_mean(per_row, labels):
   """Mean of per_row [B] over the rows with labels >= 0; 0 if there are none."""
   valid = labels >= 0
   return jnp.sum(jnp.where(valid, per_row, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+class SpecHead(nn.Module):
+  """CosineClassifier + any registered margin head (jaxset.ops.margins.HEADS).
+
+  Attributes: num_classes; head: the spec's name ("margin", "eqface",
+  "adaface", "magface"); head_kwargs: ((name, value), ...) of its keyword
+  arguments (as margin_logits, adaface_logits, ... take them); axis_name:
+  the batch axis of the statistics (AdaFace), None: per-device.
+
+  __call__(embeddings [B, D], labels [B] int or None, row [B] or None (the
+  head's per-row input: EQFace's quality, AdaFace's / MagFace's norms),
+  train=False) -> dict(cos [B, C] float32, logits [B, C], and row_loss [B]
+  for a head with a loss term of its own (MagFace's lambda_g g(a))). Without
+  labels: logits = scale * cos and the statistics are untouched. With
+  labels: the head's logits; its statistics are stored when train=True (and
+  not at init). Parameters: "classifier" (CosineClassifier, kernel [D, C]).
+  """
+  num_classes: int
+  head: str = "margin"
+  head_kwargs: Any = ()
+  axis_name: Any = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, embeddings, labels=None, row=None, train: bool = False):
+    return apply_spec(self, self.head, dict(self.head_kwargs), embeddings, labels, row, train)
+
+
+def apply_spec(module: nn.Module, head: str, kw: dict, embeddings, labels, row, train: bool):
+  """SpecHead's body, for a compact module with the attributes num_classes,
+  axis_name and dtype: its "classifier" and statistics become `module`'s own."""
+  cos = CosineClassifier(module.num_classes, module.dtype, name="classifier")(embeddings)
+  variables = spec_stats(module, head)
+  if labels is None:
+    return {"cos": cos, "logits": margin_ops.head_spec(head).resolve(kw)[1] * cos}
+  stats = {k: v.value for k, v in variables.items()} or None
+  logits, new, row_loss = margin_ops.head_logits(
+      head, cos, labels, row=row, stats=stats, axis_name=module.axis_name, **kw)
+  if new is not None and train and not module.is_initializing():
+    for k, v in variables.items():
+      v.value = new[k]
+  out = {"cos": cos, "logits": logits}
+  if row_loss is not None:
+    out["row_loss"] = row_loss
+  return out

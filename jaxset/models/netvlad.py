@@ -24,6 +24,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from jaxset.models import aggregators, backbones
 from jaxset.models.heads import l2_normalize
@@ -31,7 +32,7 @@ from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops import pooling as pooling_ops
 
 __all__ = ["NetVLADPool", "NetVLADModel", "descriptors_as_seen", "init_netvlad_params",
-           "fit_pca_whitening", "set_pca_params"]
+           "fit_pca_whitening", "apply_pca_whitening", "set_pca_params"]
 
 Dtype = Any
 POOLINGS = ("netvlad", "avg", "max", "gem") + tuple(aggregators.AGGREGATORS)
@@ -180,27 +181,88 @@ def init_netvlad_params(model: NetVLADModel, params, centroids, descriptors=None
   return {**params, "vlad": vlad}
 
 
-def fit_pca_whitening(vectors, dim: int, eps: float = 1e-9):
+def fit_pca_whitening(vectors, dim: int, eps: float = 1e-9, *, block_size: int = 4096):
   """PCA-whitening fitted on training vectors (NetVLAD sec. 5: K*D -> 4096).
 
-  vectors [M, Din] -> (mean [Din], projection [Din, dim]) with
-  y = (x - mean) @ projection: the top `dim` principal directions, each
-  divided by sqrt(its variance + eps), so the training vectors come out
-  decorrelated with unit variance. Computed with an SVD of the centred data
-  (no Din x Din covariance), in float32. Raises if dim > min(M - 1, Din)
-  (there are not that many non-trivial directions).
+  vectors: [M, Din], or an iterable of [m_i, Din] blocks (streamed: e.g. the
+  training database's descriptors batch by batch). Returns (mean [Din],
+  projection [Din, dim]) with y = (x - mean) @ projection: the top `dim`
+  principal directions, each divided by sqrt(its variance + eps), so the
+  training vectors come out decorrelated with unit variance.
+
+  The covariance is accumulated in float64, block_size rows at a time, around
+  the first block's mean (so a large common offset does not cancel digits),
+  then eigendecomposed: memory Din^2 float64 whatever M (Din = 4096: 134 MB;
+  Din = 32768 (NetVLAD 64 x 512): 8.6 GB). An array with M <= Din is
+  decomposed by an SVD of the centred data instead (M x Din, no Din^2). Each
+  direction's sign makes its largest component positive. Raises if
+  dim > min(M - 1, Din) (there are not that many non-trivial directions).
   """
-  x = jnp.asarray(vectors, jnp.float32)
-  if x.ndim != 2:
-    raise ValueError(f"vectors must be [M, Din]; got shape {x.shape}.")
-  m, d = x.shape
+  if isinstance(vectors, (np.ndarray, jnp.ndarray)) or hasattr(vectors, "__array__"):
+    x = np.asarray(vectors, np.float64)
+    if x.ndim != 2:
+      raise ValueError(f"vectors must be [M, Din]; got shape {x.shape}.")
+    if x.shape[0] <= x.shape[1]:
+      m = x.shape[0]
+      _check_pca_dim(dim, m, x.shape[1])
+      mean = x.mean(axis=0)
+      _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+      return _whitening(mean, vt[:dim].T, sv[:dim] ** 2 / (m - 1), eps)
+    blocks = (x[i:i + block_size] for i in range(0, x.shape[0], block_size))
+  else:
+    blocks = iter(vectors)
+  m, shift, total, gram = 0, None, None, None
+  for block in blocks:
+    b = np.asarray(block, np.float64)
+    if b.ndim != 2 or b.shape[0] == 0:
+      raise ValueError(f"Each block of vectors must be a non-empty [m, Din]; got {b.shape}.")
+    if shift is None:
+      shift = b.mean(axis=0)
+      total = np.zeros_like(shift)
+      gram = np.zeros((shift.size, shift.size))
+    elif b.shape[1] != shift.size:
+      raise ValueError(f"Blocks disagree on Din: {b.shape[1]} vs {shift.size}.")
+    b = b - shift
+    total += b.sum(axis=0)
+    gram += b.T @ b
+    m += b.shape[0]
+  if shift is None:
+    raise ValueError("vectors is empty: fit on at least dim + 1 vectors.")
+  _check_pca_dim(dim, m, shift.size)
+  centre = total / m
+  cov = (gram - m * np.outer(centre, centre)) / (m - 1)
+  var, vec = np.linalg.eigh(cov)  # ascending
+  return _whitening(shift + centre, vec[:, ::-1][:, :dim], var[::-1][:dim], eps)
+
+
+def _check_pca_dim(dim: int, m: int, d: int) -> None:
   if not 1 <= dim <= min(m - 1, d):
     raise ValueError(f"dim={dim} must be in [1, min(M - 1, Din)] = [1, {min(m - 1, d)}]; "
                      "fit on more vectors or ask for fewer dimensions.")
-  mean = jnp.mean(x, axis=0)
-  _, s, vt = jnp.linalg.svd(x - mean, full_matrices=False)
-  var = s[:dim] ** 2 / (m - 1)
-  return mean, vt[:dim].T / jnp.sqrt(var + eps)
+
+
+def _whitening(mean, directions, var, eps):
+  big = np.argmax(np.abs(directions), axis=0)
+  signs = np.sign(directions[big, np.arange(directions.shape[1])])
+  proj = directions * np.where(signs == 0, 1.0, signs) / np.sqrt(np.maximum(var, 0.0) + eps)
+  return jnp.asarray(mean, jnp.float32), jnp.asarray(proj, jnp.float32)
+
+
+def apply_pca_whitening(vectors, mean, projection, normalize: bool = True):
+  """(x - mean) @ projection, then L2 (NetVLAD's PCA-whitened descriptor).
+
+  vectors [M, Din] (numpy, any size: done on the host in float32 blocks) ->
+  float32 [M, dim].
+  """
+  x = np.asarray(vectors, np.float32)
+  mean, proj = np.asarray(mean, np.float32), np.asarray(projection, np.float32)
+  out = np.empty((x.shape[0], proj.shape[1]), np.float32)
+  for i in range(0, x.shape[0], 4096):
+    y = (x[i:i + 4096] - mean) @ proj
+    if normalize:
+      y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    out[i:i + 4096] = y
+  return out
 
 
 def set_pca_params(params, mean, projection):

@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxset.ops import margins as margin_ops
+from jaxset.models.heads import spec_stats
 from jaxset.ops import partial_fc as pfc_ops
 
 __all__ = ["ClassWeights", "ShardedMarginHead", "padded_classes"]
@@ -37,22 +37,24 @@ class ClassWeights(nn.Module):
 
 
 class ShardedMarginHead(nn.Module):
-  """Partial FC head: margin ("margin", ArcFace/CosFace) or AdaFace ("adaface").
+  """Partial FC head: any registered margin head (jaxset.ops.margins.HEADS).
 
   Attributes:
     num_classes: identities C.
     mesh: a Mesh with a 'model' axis (and usually 'data').
-    head: "margin" or "adaface"; head_kwargs: ((name, value), ...) for
-      jaxset.ops.margins.margin_logits / adaface_logits.
+    head: the spec's name ("margin", "eqface", "adaface", "magface");
+      head_kwargs: ((name, value), ...) of its keyword arguments.
     sample_rate: Partial FC's class sampling rate (1 = every class).
     loss_cap: None or a per-row loss cap (jaxset.ops.partial_fc.CE_CAP_PARTIAL_FC).
     chunk_classes: None (the op's default) or the classes of a shard whose
       cosines exist at once (jaxset.ops.partial_fc.partial_fc_cross_entropy).
 
-  __call__(embeddings [B, D], labels [B] or None, norms [B] (AdaFace),
-  train=False) -> {} without labels (and at init), else {"ce": [B],
-  "class_mask": [C_pad]}. AdaFace's EMA statistics live in "adaface_stats"
-  (global-batch statistics on any mesh) and are stored when train=True.
+  __call__(embeddings [B, D], labels [B] or None, row [B] (the head's per-row
+  input: EQFace's quality, AdaFace's / MagFace's norms), train=False) -> {}
+  without labels (and at init), else {"ce": [B] (the row's whole loss),
+  "class_mask": [C_pad]}. A head's statistics (AdaFace's EMA) live in
+  heads.STATS_COLLECTION (global-batch statistics on any mesh) and are
+  stored when train=True.
   Sampling draws from the "dropout" rng stream (the step's key).
   """
   num_classes: int
@@ -65,28 +67,22 @@ class ShardedMarginHead(nn.Module):
   chunk_classes: Any = None
 
   @nn.compact
-  def __call__(self, embeddings, labels=None, norms=None, train: bool = False):
+  def __call__(self, embeddings, labels=None, row=None, train: bool = False):
     shards = self.mesh.shape["model"]
     w = ClassWeights(padded_classes(self.num_classes, shards), name="classifier")(
         embeddings.shape[-1])
-    stats = None
-    if self.head == "adaface":
-      from jaxset.models.adaface import (
-        STATS_COLLECTION,  # late: adaface imports this module
-      )
-      init = margin_ops.adaface_init_stats()
-      mean = self.variable(STATS_COLLECTION, "mean", lambda: init["mean"])
-      std = self.variable(STATS_COLLECTION, "std", lambda: init["std"])
-      stats = {"mean": mean.value, "std": std.value}
+    variables = spec_stats(self, self.head)
+    stats = {k: v.value for k, v in variables.items()} or None
     if labels is None or self.is_initializing():
       return {}
     rng = self.make_rng("dropout") if self.sample_rate < 1.0 else None
     data_axis = "data" if "data" in self.mesh.axis_names else None
     out = pfc_ops.partial_fc_cross_entropy(
         embeddings, labels, w, mesh=self.mesh, num_classes=self.num_classes, head=self.head,
-        head_kwargs=dict(self.head_kwargs), norms=norms, stats=stats,
+        head_kwargs=dict(self.head_kwargs), row=row, stats=stats,
         sample_rate=self.sample_rate, rng=rng, loss_cap=self.loss_cap, data_axis=data_axis,
         dtype=self.dtype, chunk_classes=self.chunk_classes)
-    if self.head == "adaface" and train:
-      mean.value, std.value = out.stats["mean"], out.stats["std"]
+    if out.stats is not None and train:
+      for k, v in variables.items():
+        v.value = out.stats[k]
     return {"ce": out.ce, "class_mask": out.class_mask}

@@ -12,13 +12,25 @@ from jaxset.ops.losses import (
   verification_bce,
   weakly_supervised_ranking_loss,
 )
-from jaxset.ops.margin_ce import adaface_cross_entropy, eqface_cross_entropy, margin_cross_entropy
+from jaxset.ops.margin_ce import (
+  adaface_cross_entropy,
+  eqface_cross_entropy,
+  head_cross_entropy,
+  magface_cross_entropy,
+  margin_cross_entropy,
+)
 from jaxset.ops.margins import (
+  HEADS,
   adaface_gradient_scaling_term,
   adaface_init_stats,
   adaface_logits,
   adaface_norm_scaler,
+  adaface_update_stats,
   eqface_logits,
+  head_logits,
+  magface_logits,
+  magface_margin,
+  magface_regularizer,
   margin_logits,
 )
 from jaxset.ops.multi_similarity import (
@@ -44,9 +56,12 @@ __all__ = [
     "quality_pool", "segment_quality_pool", "mean_pool", "max_pool", "gem_pool",
     "netvlad", "vlad", "kmeans", "netvlad_alpha", "netvlad_params_from_centroids",
     "to_matlab_order", "from_matlab_order",
+    "HEADS", "head_logits", "head_cross_entropy",
     "margin_logits", "eqface_logits", "adaface_logits", "adaface_init_stats",
-    "adaface_gradient_scaling_term", "adaface_norm_scaler",
+    "adaface_gradient_scaling_term", "adaface_norm_scaler", "adaface_update_stats",
+    "magface_logits", "magface_margin", "magface_regularizer",
     "margin_cross_entropy", "eqface_cross_entropy", "adaface_cross_entropy",
+    "magface_cross_entropy",
     "partial_fc_cross_entropy",
     "set_triplet_loss", "weakly_supervised_ranking_loss", "verification_bce",
     "attention_consistency_loss",

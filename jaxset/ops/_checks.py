@@ -131,3 +131,21 @@ def check_scalar_range(name: str, value, low: float, high: float, what: str,
   if not np.isfinite(v) or below or v > high:
     left = "(" if low_open else "["
     raise ValueError(f"{name} must be in {left}{low:g}, {high:g}] ({what}); got {v!r}.")
+
+
+def dtype_tag(x):
+  """A zero-size array of x's dtype: custom_vjp residuals must be arrays, dtypes
+  are not, and the backward casts its cotangent back to this dtype."""
+  return jnp.zeros((0,), x.dtype)
+
+
+def check_class_labels(name: str, labels, batch: int, num_classes: int) -> None:
+  """labels [batch] integer class ids in (-inf, num_classes); < 0 ignores a row.
+
+  Shape and dtype are checked always, the range eagerly (check_labels)."""
+  check_shape(name, labels, (batch,), "[batch] int class ids, -1 = ignore the row")
+  dtype = jnp.asarray(labels).dtype
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise ValueError(f"{name} must be integers; got dtype {dtype}. Pass class ids, e.g. "
+                     f"{name}.astype(jnp.int32).")
+  check_labels(name, labels, num_classes)

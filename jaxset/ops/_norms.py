@@ -1,6 +1,7 @@
 """L2 norms shared by the ops and the Flax heads (float32 at least, finite at 0)."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -20,3 +21,8 @@ def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
   x = jnp.asarray(x)
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   return x / jnp.expand_dims(safe_norm(x, axis, eps), axis)
+
+
+def eps_normalize(x, eps, axis: int = -1):
+  """x / sqrt(eps + sum x^2) along `axis` (MatConvNet's vl_nnnormalize), in x's dtype."""
+  return x * jax.lax.rsqrt(eps + jnp.sum(x * x, axis=axis, keepdims=True))

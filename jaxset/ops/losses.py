@@ -37,9 +37,6 @@ __all__ = [
 ]
 
 
-def _dtype_tag(x):
-  """A zero-size array carrying x's dtype (custom_vjp residuals must be arrays)."""
-  return jnp.zeros((0,), x.dtype)
 
 
 def _check_all_finite(**arrays):
@@ -62,8 +59,8 @@ def _set_triplet_fwd(anchor, positive, negative, margin):
   a, p, n = (x.astype(dtype) for x in (anchor, positive, negative))
   hinge = jnp.sum((a - p) ** 2, -1) - jnp.sum((a - n) ** 2, -1) + margin
   loss = jnp.maximum(hinge, 0)
-  return loss, (a, p, n, hinge > 0, _dtype_tag(anchor), _dtype_tag(positive),
-                _dtype_tag(negative))
+  return loss, (a, p, n, hinge > 0, _checks.dtype_tag(anchor), _checks.dtype_tag(positive),
+                _checks.dtype_tag(negative))
 
 
 def _set_triplet_bwd(margin, res, g):
@@ -147,8 +144,8 @@ def _ranking_fwd(query, positives, negatives, pos_mask, neg_mask, margin, square
   loss, (best, j_best, j_neg, active) = _ranking_terms(
       query, positives, negatives, pos_mask, neg_mask, margin, squared)
   best_onehot = jax.nn.one_hot(best, positives.shape[1], dtype=j_best.dtype)
-  res = (best_onehot, j_best, j_neg, active, _dtype_tag(query),
-         _dtype_tag(positives), _dtype_tag(negatives))
+  res = (best_onehot, j_best, j_neg, active, _checks.dtype_tag(query),
+         _checks.dtype_tag(positives), _checks.dtype_tag(negatives))
   return loss, res
 
 
@@ -241,7 +238,7 @@ def _bce_fwd(logits, same):
   y = same.astype(z.dtype)
   # softplus(z) - y z, written to never overflow.
   loss = jnp.maximum(z, 0) - y * z + jnp.log1p(jnp.exp(-jnp.abs(z)))
-  return loss.astype(logits.dtype), (z, y, _dtype_tag(logits), _dtype_tag(same))
+  return loss.astype(logits.dtype), (z, y, _checks.dtype_tag(logits), _checks.dtype_tag(same))
 
 
 def _bce_bwd(res, g):
@@ -318,8 +315,8 @@ def _consistency_fwd(map_a, map_b, same, threshold, size):
   sq = jnp.sum(diff ** 2, axis=-1)
   y = same.astype(dtype)
   loss = y * sq
-  res = (a, b, pa, keep_a, keep_b, diff, y, sq, _dtype_tag(map_a), _dtype_tag(map_b),
-         _dtype_tag(same))
+  res = (a, b, pa, keep_a, keep_b, diff, y, sq, _checks.dtype_tag(map_a), _checks.dtype_tag(map_b),
+         _checks.dtype_tag(same))
   return loss, res
 
 

@@ -18,8 +18,8 @@ many passes over them. The functions here return the per-row loss directly:
               d cos_iy = g_i (p_iy - 1) dt_i/dc (exact or straight-through);
             EQFace's d r_i = g_i (sum_{j != y} p_ij c'_ij + (p_iy - 1) t_i / r_i).
 
-The target value and its derivative are the margins.py formulas
-(_target_margin, _adaface_target, adaface_gradient_scaling_term); the result
+The target value and its derivative come from the head's spec
+(jaxset.ops.margins.HEADS: every head described once); the result
 equals head + optax cross-entropy (tests: float64, loss and gradients).
 Besides cos itself, the only B x C float32 array is e (which becomes the
 cosine gradient of the backward, in place); matmul_cross_entropy takes the
@@ -34,17 +34,18 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
-from jaxset.ops import _checks
 from jaxset.ops import margins as mg
 
-__all__ = ["adaface_cross_entropy", "eqface_cross_entropy", "fused_cross_entropy", "head_terms",
-           "margin_cross_entropy", "matmul_cross_entropy", "target_terms"]
+__all__ = ["CeTerms", "adaface_cross_entropy", "eqface_cross_entropy", "fused_cross_entropy",
+           "head_cross_entropy", "head_terms", "magface_cross_entropy", "margin_cross_entropy",
+           "matmul_cross_entropy", "target_terms"]
 
 
 def _is_target(labels, c):
@@ -119,6 +120,13 @@ def _grads(d_nt, is_t, owned, r, t, dt, lse, g, rest, row_grad):
   return d_cos, jnp.where(r == 0, 0.0, g * (rest + target))
 
 
+def _target_grad(labels, t, lse, g):
+  """d ce / d t on the rows whose target column is here: g (p_t - 1). It
+  reaches a head whose target value has inputs of its own (MagFace's
+  magnitude); the other heads' t carries no gradient."""
+  return jnp.where(labels >= 0, g * (jnp.exp(t - lse) - 1.0), 0.0)
+
+
 def _block_grad(cos, labels, r, t, dt, lse, g, col_ok, clip_eps, row_grad):
   """(d cos in r's dtype, d r) of one block of rows, recomputing the softmax
   p = exp(r c' - lse) from the cosines and the saved [b] lse."""
@@ -166,7 +174,8 @@ def _fused_bwd(clip_eps, row_grad, axis_name, res, g):
   d_nt = (g * r * k)[:, None] * q
   d_cos, d_r = _grads(d_nt, _is_target(labels, q.shape[1]), labels >= 0, r, t, dt, lse, g,
                       rest, row_grad)
-  return d_cos.astype(cos_tag.dtype), None, None, d_r, jnp.zeros_like(t), jnp.zeros_like(dt), None
+  return (d_cos.astype(cos_tag.dtype), None, None, d_r, _target_grad(labels, t, lse, g),
+          jnp.zeros_like(dt), None)
 
 
 _fused_ce.defvjp(_fused_fwd, _fused_bwd)
@@ -263,99 +272,75 @@ def _matmul_bwd(clip_eps, row_grad, axis_name, blocks, res, g):
           jnp.zeros_like(x[:, 0], ct))
   (dx, dw, d_scale, d_r), _ = lax.scan(step, init, jnp.arange(blocks.n), reverse=True)
   d_r = d_r.astype(r.dtype) if row_grad else jnp.zeros_like(r)
-  return (dx.astype(x.dtype), dw, d_scale, None, None, d_r, jnp.zeros_like(t),
+  return (dx.astype(x.dtype), dw, d_scale, None, None, d_r, _target_grad(labels, t, lse, g),
           jnp.zeros_like(dt), None)
 
 
 _matmul_ce.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def _target_cos(cos, labels):
-  b, c = cos.shape
-  valid, safe, _ = mg._target_index(labels, c)
-  labels = jnp.where(valid, labels, -1)
-  return labels, cos[jnp.arange(b), safe].astype(_checks.compute_dtype(cos))
+class CeTerms(NamedTuple):
+  """A head's [B] pieces for the fused cross-entropy (`target_terms`).
 
-
-def head_terms(head, cos, labels, kw, *, quality=None, norms=None, stats=None,
-               axis_name=None):
-  """The [B] pieces of one margin head for `_fused_ce` (also Partial FC's):
-  (labels (-1 = no target column here), r, t, dt, clip_eps, row_grad, new_stats).
-
-  head "margin" / "eqface" / "adaface" with margin_logits' / eqface_logits' /
-  adaface_logits' keyword arguments `kw`; axis_name: AdaFace's batch axis.
+  labels: the target column, -1 for a row without one here; r: the row
+  scale; t = r f the target logit (its gradient reaches the head's own
+  inputs, MagFace's magnitude); dt = d t / d cos_y; clip_eps, row_grad as
+  margins.HeadTerms; new_stats: the head's statistics update or None;
+  row_loss: a per-row loss term (MagFace's lambda_g g(a)) or None.
   """
-  labels, c_t = _target_cos(cos, labels)
-  return target_terms(head, c_t, labels, kw, quality=quality, norms=norms, stats=stats,
-                      axis_name=axis_name)
+  labels: Any
+  r: Any
+  t: Any
+  dt: Any
+  clip_eps: float | None
+  row_grad: bool
+  new_stats: Any
+  row_loss: Any
 
 
-def target_terms(head, c_t, labels, kw, *, quality=None, norms=None, stats=None,
-                 axis_name=None):
-  """`head_terms` from the target cosines c_t [B] (labels: the target column
-  or -1, already checked): for callers that never hold the cosine matrix."""
-  kw = dict(kw)
-  new_stats = None
-  if head in ("margin", "eqface"):
-    scale, grad = kw.pop("scale"), kw.get("grad", "exact")
-    transform = kw.pop("quality_transform", "paper")
-    if transform not in ("paper", "official"):
-      raise ValueError(f"quality_transform must be 'paper' or 'official'; got {transform!r}.")
-    p = mg._make_margin(kw.get("m1", 1.0), kw.get("m2", 0.5 if head == "eqface" else 0.0),
-                        kw.get("m3", 0.0), kw.get("m1_mode", "cosine"), kw.get("fallback"),
-                        grad, row_grad=head == "eqface")
-    value, deriv = mg._target_margin(c_t, p)
-    if head == "margin":
-      r = jnp.full(c_t.shape, scale, c_t.dtype)
-    else:
-      q = jnp.asarray(quality).astype(c_t.dtype)
-      if transform == "official":
-        q = jnp.clip(q - 0.2, 0.0, 1.0) * 1.2
-      r = scale * q
-    dt = r * (deriv if grad == "exact" else jnp.ones_like(deriv))
-    # For EQFace, t's dependence on r is carried by the op's d r (t / r).
-    t = lax.stop_gradient(r) * value
-    return labels, r, t, dt, None, head == "eqface", None
-  if head != "adaface":
-    raise ValueError(f"head must be 'margin', 'eqface' or 'adaface'; got {head!r}.")
-  m, h, scale = kw.get("m", 0.4), kw.get("h", 0.333), kw.get("scale", 64.0)
-  t_alpha, eps = kw.get("t_alpha", 0.01), kw.get("eps", 1e-3)
-  b = c_t.shape[0]
-  old_mean, old_std = jnp.asarray(stats["mean"]), jnp.asarray(stats["std"])
-  st = jnp.result_type(jnp.float32, jnp.asarray(norms).dtype, old_mean.dtype, old_std.dtype)
-  nrm = lax.stop_gradient(jnp.clip(jnp.reshape(norms, (b,)).astype(st), 0.001, 100.0))
-  n, batch_mean, batch_std = mg._batch_norm_stats(nrm, axis_name)
-  new_mean = t_alpha * batch_mean + (1.0 - t_alpha) * old_mean.astype(st)
-  new_std = jnp.where(n > 1, t_alpha * batch_std + (1.0 - t_alpha) * old_std.astype(st),
-                      old_std.astype(st))
-  z = lax.stop_gradient(mg.adaface_norm_scaler(nrm, new_mean, new_std, h=h, eps=eps)
-                        .astype(c_t.dtype))
-  p = mg._Ada(float(m), float(scale), float(eps))
-  t = scale * mg._adaface_target(c_t, z, p)
-  dt = scale * mg.adaface_gradient_scaling_term(c_t, z, p.m, p.eps)
-  new_stats = {"mean": new_mean.astype(old_mean.dtype), "std": new_std.astype(old_std.dtype)}
-  return labels, jnp.full(c_t.shape, scale, c_t.dtype), t, dt, float(eps), False, new_stats
+def head_terms(head: str, cos, labels, kw, *, row=None, stats=None, axis_name=None) -> CeTerms:
+  """`target_terms` from the cosine matrix cos [B, C] (not checked here)."""
+  labels, c_t = mg.target_cosines(cos, labels)
+  return target_terms(head, c_t, labels, kw, row=row, stats=stats, axis_name=axis_name)
 
 
-def fused_cross_entropy(cos, labels, r, t, dt, clip_eps, row_grad, *, valid=None,
-                        col_ok=None, axis_name=None):
-  """Per-row CE [B] from `head_terms`; valid [B] rows to count (default: labels
-  >= 0), col_ok [C] columns to include (default all), axis_name: the class
-  shards (Partial FC), over which the softmax is global."""
+def target_terms(head: str, c_t, labels, kw, *, row=None, stats=None,
+                 axis_name=None) -> CeTerms:
+  """The registered head's CeTerms from the target cosines c_t [B] (labels:
+  the target column or -1, already checked): for callers that never hold the
+  cosine matrix. kw: the head's keyword arguments; row: its per-row input;
+  axis_name: the batch axis of AdaFace's statistics."""
+  spec = mg.head_spec(head)
+  params, scale = spec.resolve(kw)
+  c_t = lax.stop_gradient(c_t)
+  h = spec.terms(c_t, row, stats, params, jnp.asarray(scale, c_t.dtype), axis_name)
+  r = h.r.astype(c_t.dtype)
+  # For EQFace, t's dependence on r is carried by the op's d r (t / r).
+  t = lax.stop_gradient(r) * h.value
+  return CeTerms(labels, r, t, lax.stop_gradient(r * h.deriv), h.clip_eps, h.row_grad,
+                 h.new_stats, h.row_loss)
+
+
+def fused_cross_entropy(cos, terms: CeTerms, *, valid=None, col_ok=None, axis_name=None):
+  """Per-row CE [B] (without terms.row_loss) from `head_terms`; valid [B] rows
+  to count (default: labels >= 0), col_ok [C] columns to include (default
+  all), axis_name: the class shards (Partial FC), over which the softmax is
+  global."""
+  labels = terms.labels
   valid = labels >= 0 if valid is None else valid
   col_ok = jnp.ones((cos.shape[1],), bool) if col_ok is None else col_ok
-  return _fused_ce(cos, labels, valid, r, lax.stop_gradient(t), lax.stop_gradient(dt), col_ok,
-                   clip_eps, row_grad, axis_name)
+  return _fused_ce(cos, labels, valid, terms.r, terms.t, lax.stop_gradient(terms.dt), col_ok,
+                   terms.clip_eps, terms.row_grad, axis_name)
 
 
-def matmul_cross_entropy(x, w, scale, labels, r, t, dt, clip_eps, row_grad, *, valid=None,
-                         col_ok=None, axis_name=None, chunk_classes=None):
+def matmul_cross_entropy(x, w, scale, terms: CeTerms, *, valid=None, col_ok=None,
+                         axis_name=None, chunk_classes=None):
   """Per-row CE [R] of the cosines cos = (x @ w) * scale, `chunk_classes` columns at a time.
 
   x [R, D] unit rows and w [D, C] in the matmul's dtype (the products
   accumulate in r's dtype), scale [C] the columns' inverse norms (w's
   normalisation, differentiable: no normalised copy of w is made); labels
-  and the [R] terms r, t, dt, clip_eps, row_grad from `target_terms` (the
+  the [R] CeTerms from `target_terms` (the
   caller takes the target cosines without the matrix); valid, col_ok,
   axis_name as fused_cross_entropy, whose loss and gradients (w.r.t. x, w,
   scale, r) this is.
@@ -381,49 +366,104 @@ def matmul_cross_entropy(x, w, scale, labels, r, t, dt, clip_eps, row_grad, *, v
   if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
     raise ValueError(f"chunk_classes must be a positive int (columns of cosines at a time) "
                      f"or None; got {chunk_classes!r}.")
+  labels = terms.labels
   valid = labels >= 0 if valid is None else valid
   col_ok = jnp.ones((c,), bool) if col_ok is None else col_ok
-  return _matmul_ce(x, w, scale, labels, valid, r, lax.stop_gradient(t), lax.stop_gradient(dt),
-                    col_ok, clip_eps, row_grad, axis_name, _Blocks(c, min(int(width), c)))
+  return _matmul_ce(x, w, scale, labels, valid, terms.r, terms.t, lax.stop_gradient(terms.dt),
+                    col_ok, terms.clip_eps, terms.row_grad, axis_name,
+                    _Blocks(c, min(int(width), c)))
 
 
-def margin_cross_entropy(cos, labels, *, scale: float, m1: float = 1.0, m2: float = 0.0,
-                         m3: float = 0.0, grad: str = "exact", m1_mode: str = "cosine",
-                         fallback: str | None = None):
+def head_cross_entropy(head: str, cos: ArrayLike, labels: ArrayLike, *,
+                       row: ArrayLike | None = None, stats: dict | None = None,
+                       axis_name=None, **kw) -> tuple[jax.Array, Any]:
+  """(per-row loss [B], new_stats or None) of the registered head, fused and checked.
+
+  The loss of a labelled row is its cross-entropy plus the head's row term
+  (MagFace's lambda_g g(a)); rows with labels < 0 give 0. Inputs are checked
+  as `margins.head_logits` checks them.
+  """
+  spec = mg.head_spec(head)
+  mg.check_cosines(cos)
+  b, c = cos.shape
+  row = spec.check_inputs(labels, b, c, row, stats)
+  terms = head_terms(head, cos, labels, kw, row=row, stats=stats, axis_name=axis_name)
+  ce = fused_cross_entropy(cos, terms)
+  if terms.row_loss is not None:
+    ce = ce + jnp.where(terms.labels >= 0, terms.row_loss, 0.0)
+  return ce, terms.new_stats
+
+
+def margin_cross_entropy(cos: ArrayLike, labels: ArrayLike, *, scale: float, m1: float = 1.0,
+                         m2: float = 0.0, m3: float = 0.0, grad: str = "exact",
+                         m1_mode: str = "cosine", fallback: str | None = None) -> jax.Array:
   """Per-row softmax cross-entropy [B] of `margin_logits` (same arguments), fused.
 
   Equals optax.softmax_cross_entropy_with_integer_labels(margin_logits(...),
   labels) on rows with labels >= 0 (0 elsewhere), with the same gradient
   conventions, without a [B, C] logit array. Degenerate input as
   margin_logits.
+
+  >>> ce = margin_cross_entropy(jnp.array([[0.5, 0.2]]), jnp.array([0]), scale=10.0)
+  >>> round(float(ce[0]), 4)
+  0.0486
   """
-  mg._check_common(cos, labels)
   kw = dict(scale=scale, m1=m1, m2=m2, m3=m3, grad=grad, m1_mode=m1_mode, fallback=fallback)
-  return fused_cross_entropy(cos, *head_terms("margin", cos, labels, kw)[:-1])
+  return head_cross_entropy("margin", cos, labels, **kw)[0]
 
 
-def eqface_cross_entropy(cos, labels, quality, *, scale: float, m1: float = 1.0,
-                         m2: float = 0.5, m3: float = 0.0, quality_transform: str = "paper",
-                         grad: str = "exact", m1_mode: str = "cosine",
-                         fallback: str | None = None):
+def eqface_cross_entropy(cos: ArrayLike, labels: ArrayLike, quality: ArrayLike, *,
+                         scale: float, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
+                         quality_transform: str = "paper", grad: str = "exact",
+                         m1_mode: str = "cosine", fallback: str | None = None) -> jax.Array:
   """Per-row cross-entropy [B] of `eqface_logits` (same arguments), fused;
-  the gradient reaches cos and quality (dL/dr_i as eqface_logits)."""
-  mg._check_common(cos, labels)
+  the gradient reaches cos and quality (dL/dr_i as eqface_logits).
+
+  >>> ce = eqface_cross_entropy(jnp.array([[0.5, 0.2]]), jnp.array([0]), jnp.array([0.0]),
+  ...                           scale=10.0)
+  >>> round(float(ce[0]), 4)  # quality 0: a uniform row, log 2
+  0.6931
+  """
   kw = dict(scale=scale, m1=m1, m2=m2, m3=m3, quality_transform=quality_transform, grad=grad,
             m1_mode=m1_mode, fallback=fallback)
-  return fused_cross_entropy(cos, *head_terms("eqface", cos, labels, kw, quality=quality)[:-1])
+  return head_cross_entropy("eqface", cos, labels, row=quality, **kw)[0]
 
 
-def adaface_cross_entropy(cos, norms, labels, stats, *, m: float = 0.4, h: float = 0.333,
-                          scale: float = 64.0, t_alpha: float = 0.01, eps: float = 1e-3,
-                          axis_name=None):
+def adaface_cross_entropy(cos: ArrayLike, norms: ArrayLike, labels: ArrayLike, stats: dict, *,
+                          m: float = 0.4, h: float = 0.333, scale: float = 64.0,
+                          t_alpha: float = 0.01, eps: float = 1e-3,
+                          axis_name=None) -> tuple[jax.Array, dict]:
   """(per-row cross-entropy [B] of `adaface_logits`, new_stats), fused.
 
-  Same arguments, statistics (EMA updated before use, global over
-  axis_name) and gradients as adaface_logits + cross-entropy.
+  Same arguments, checks, statistics (margins.adaface_update_stats: EMA
+  updated before use, global over axis_name, kept on an empty batch) and
+  gradients as adaface_logits + cross-entropy.
+
+  >>> ce, new = adaface_cross_entropy(jnp.zeros((0, 3)), jnp.zeros((0,)),
+  ...                                 jnp.zeros((0,), jnp.int32), mg.adaface_init_stats())
+  >>> ce.shape, float(new["mean"])  # an empty batch keeps the statistics
+  ((0,), 20.0)
   """
-  mg._check_common(cos, labels)
   kw = dict(m=m, h=h, scale=scale, t_alpha=t_alpha, eps=eps)
-  *terms, new_stats = head_terms("adaface", cos, labels, kw, norms=norms, stats=stats,
-                                 axis_name=axis_name)
-  return fused_cross_entropy(cos, *terms), new_stats
+  return head_cross_entropy("adaface", cos, labels, row=norms, stats=stats,
+                            axis_name=axis_name, **kw)
+
+
+def magface_cross_entropy(cos: ArrayLike, norms: ArrayLike, labels: ArrayLike, *,
+                          scale: float = 64.0, l_a: float = 10.0, u_a: float = 110.0,
+                          l_m: float = 0.45, u_m: float = 0.8, lambda_g: float = 35.0,
+                          fallback: str = "arcface", grad: str = "exact") -> jax.Array:
+  """Per-row MagFace loss [B]: cross-entropy of `magface_logits` + lambda_g g(a), fused.
+
+  Same arguments and gradients as magface_logits followed by the softmax
+  cross-entropy plus its regulariser; the mean over labelled rows is the
+  official MagFace loss (loss_id + lambda_g * loss_g).
+
+  >>> loss = magface_cross_entropy(jnp.array([[0.5, 0.2]]), jnp.array([110.0]),
+  ...                              jnp.array([0]), scale=1.0)
+  >>> round(float(loss[0]), 4)
+  1.5937
+  """
+  kw = dict(scale=scale, l_a=l_a, u_a=u_a, l_m=l_m, u_m=u_m, lambda_g=lambda_g,
+            fallback=fallback, grad=grad)
+  return head_cross_entropy("magface", cos, labels, row=norms, **kw)[0]

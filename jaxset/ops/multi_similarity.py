@@ -11,6 +11,7 @@ alpha = 1, beta = 50, base = 0 (pass them to reproduce those).
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,17 @@ def _check_pairs(similarity, pos_mask, neg_mask):
   _checks.check_rank("similarity", similarity, 2, "[B anchors, B' candidates]")
   _checks.check_shape("pos_mask", pos_mask, similarity.shape, "like similarity")
   _checks.check_shape("neg_mask", neg_mask, similarity.shape, "like similarity")
+  _checks.check_float("similarity", similarity)
   _checks.check_finite("similarity", similarity)
+
+
+def _check_weights(alpha, beta, lam):
+  _checks.check_scalar_range("alpha", alpha, 0.0, math.inf,
+                             "the positive pairs' temperature, e.g. 2", low_open=True)
+  _checks.check_scalar_range("beta", beta, 0.0, math.inf,
+                             "the negative pairs' temperature, e.g. 50", low_open=True)
+  _checks.check_scalar_range("lam", lam, -math.inf, math.inf,
+                             "a finite similarity margin, e.g. 1")
 
 
 def multi_similarity_loss(similarity, pos_mask, neg_mask, *, alpha: float = ALPHA,
@@ -102,9 +113,20 @@ def multi_similarity_loss(similarity, pos_mask, neg_mask, *, alpha: float = ALPH
     and 0 for unmasked pairs.
   """
   _check_pairs(similarity, pos_mask, neg_mask)
+  _check_weights(alpha, beta, lam)
   dtype = _compute_dtype(similarity)
   return _ms_loss(similarity.astype(dtype), jnp.asarray(pos_mask, bool),
                   jnp.asarray(neg_mask, bool), float(alpha), float(beta), float(lam))
+
+
+def _check_label_vector(name, labels):
+  labels = jnp.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"{name} must have shape (batch,) (one int label per row); got "
+                     f"{labels.shape}. Flatten it, e.g. {name}.reshape(-1).")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"{name} must be integers; got dtype {labels.dtype}.")
+  return labels
 
 
 def label_pair_masks(labels, ref_labels=None):
@@ -113,10 +135,14 @@ def label_pair_masks(labels, ref_labels=None):
   labels [B] int (and ref_labels [B'], default labels) -> (pos [B, B'], neg [B, B'])
   bool: pos = same label, excluding i == k when ref_labels is None; neg =
   different label. Negative labels mark unlabelled rows: they take part in no pair.
+
+  >>> pos, neg = label_pair_masks(jnp.array([0, 0, 1]))
+  >>> pos.astype(int).tolist(), neg.astype(int).tolist()
+  ([[0, 1, 0], [1, 0, 0], [0, 0, 0]], [[0, 0, 1], [0, 0, 1], [1, 1, 0]])
   """
-  labels = jnp.asarray(labels)
+  labels = _check_label_vector("labels", labels)
   self_pairs = ref_labels is None
-  ref = labels if self_pairs else jnp.asarray(ref_labels)
+  ref = labels if self_pairs else _check_label_vector("ref_labels", ref_labels)
   valid = (labels[:, None] >= 0) & (ref[None, :] >= 0)
   same = (labels[:, None] == ref[None, :]) & valid
   if self_pairs:
@@ -137,10 +163,14 @@ def multi_similarity_miner(similarity, pos_mask, neg_mask, *, epsilon: float = E
   it contributes 0. No gradient (boolean masks).
   """
   _check_pairs(similarity, pos_mask, neg_mask)
+  _checks.check_scalar_range("epsilon", epsilon, 0.0, math.inf, "the mining margin, e.g. 0.1")
   s = jax.lax.stop_gradient(jnp.asarray(similarity))
   pos_mask, neg_mask = jnp.asarray(pos_mask, bool), jnp.asarray(neg_mask, bool)
-  hardest_pos = jnp.min(jnp.where(pos_mask, s, jnp.inf), axis=-1, keepdims=True)
-  hardest_neg = jnp.max(jnp.where(neg_mask, s, -jnp.inf), axis=-1, keepdims=True)
+  # initial: an empty batch (B' = 0) reduces to +-inf rather than failing.
+  hardest_pos = jnp.min(jnp.where(pos_mask, s, jnp.inf), axis=-1, keepdims=True,
+                        initial=jnp.inf)
+  hardest_neg = jnp.max(jnp.where(neg_mask, s, -jnp.inf), axis=-1, keepdims=True,
+                        initial=-jnp.inf)
   return pos_mask & (s < hardest_neg + epsilon), neg_mask & (s > hardest_pos - epsilon)
 
 
@@ -155,6 +185,8 @@ def multi_similarity_from_labels(embeddings, labels, *, mine: bool = True,
   embeddings flows through S by autodiff of the matmul.
   """
   _checks.check_rank("embeddings", embeddings, 2, "[B, D]")
+  _checks.check_float("embeddings", embeddings)
+  _checks.check_finite("embeddings", embeddings)
   _checks.check_shape("labels", labels, embeddings.shape[:1], "one label per embedding")
   e = embeddings.astype(_compute_dtype(embeddings))
   s = e @ e.T

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxset.ops import _checks
+from jaxset.ops._norms import eps_normalize
 
 DEFAULT_EPS = 1e-12
 # The backward of the input L2 normalisation clips its 1/|x_i| factor at
@@ -46,11 +47,6 @@ INPUT_GRAD_EPS = 1e-6
 
 # ----------------------------------------------------------------------------------
 # Validation and small helpers.
-
-
-def _l2n(x, eps, axis=-1):
-  """x / sqrt(eps + sum x^2) along `axis` (MatConvNet's vl_nnnormalize)."""
-  return x * jax.lax.rsqrt(eps + jnp.sum(x * x, axis=axis, keepdims=True))
 
 
 def _validate(descriptors, centroids, assign_weight=None, assign_bias=None, mask=None):
@@ -281,13 +277,13 @@ def vlad(descriptors, centroids, mask=None, normalize_input=True, *, eps=DEFAULT
   lead, x, m = _prepare(descriptors, mask, dtype)
   c = jnp.asarray(centroids).astype(dtype)
   if normalize_input:
-    x = _l2n(x, eps)
+    x = eps_normalize(x, eps)
   # |x - c|^2 minus the |x|^2 term, which does not change the argmin.
   dist = jnp.sum(c * c, -1) - 2 * jnp.einsum("bnd,kd->bnk", x, c)
   a = jax.nn.one_hot(jnp.argmin(jax.lax.stop_gradient(dist), -1), k, dtype=dtype)
   a = jnp.where(m[..., None], a, 0)
   v = jnp.einsum("bnk,bnd->bkd", a, x) - jnp.sum(a, 1)[..., None] * c
-  y = _l2n(jnp.reshape(_l2n(v, eps), (x.shape[0], k * d)), eps)
+  y = eps_normalize(jnp.reshape(eps_normalize(v, eps), (x.shape[0], k * d)), eps)
   return jnp.reshape(y, lead + (k * d,)).astype(jnp.result_type(descriptors))
 
 
@@ -402,7 +398,7 @@ def netvlad_alpha(descriptors, centroids, *, eps=DEFAULT_EPS):
   _checks.check_finite("centroids", centroids)
   dtype = _checks.compute_dtype(descriptors, centroids)
   x = jnp.reshape(descriptors, (-1, d)).astype(dtype)
-  unit = _l2n(jnp.asarray(centroids).astype(dtype), eps)
+  unit = eps_normalize(jnp.asarray(centroids).astype(dtype), eps)
   top2 = jax.lax.top_k(x @ unit.T, 2)[0]
   mean_gap = jnp.mean(top2[:, 0] - top2[:, 1])
   if _checks.is_concrete(mean_gap) and not float(mean_gap) > 0:
@@ -430,7 +426,7 @@ def netvlad_params_from_centroids(centroids, alpha, *, assignment="paper", eps=D
   if assignment == "paper":
     w, b = 2 * alpha * c, -alpha * jnp.sum(c * c, -1)
   elif assignment == "official":
-    w, b = alpha * _l2n(c, eps), None
+    w, b = alpha * eps_normalize(c, eps), None
   else:
     raise ValueError(f"assignment must be 'paper' or 'official'; got {assignment!r}.")
   return {"centroids": c, "assign_weight": w, "assign_bias": b}

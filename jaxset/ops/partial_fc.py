@@ -12,8 +12,9 @@ axis `model` of n devices, device k holds the columns [k*C/n, (k+1)*C/n).
    all-gathered over `model` (b rows each -> n*b rows, [n*b, D]);
 2. local cosines cos = normalize(e) @ normalize(W_local), [n*b, C/n],
    never all at once (see "Chunks" below);
-3. the margin of margin_logits / eqface_logits / adaface_logits (their
-   target formulas in jaxset.ops.margins) on the target columns this shard
+3. the margin of a registered head (jaxset.ops.margins.HEADS: margin,
+   eqface, adaface, magface; the same spec as their logits functions) on
+   the target columns this shard
    owns; every other entry is the plain scaled cosine, as the unsharded head;
 4. the softmax cross-entropy with a global row max (pmax over `model`) and
    sum of exponentials (psum over `model`): log sum_j exp(l_j) - l_y, the
@@ -76,27 +77,26 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
 
-from jaxset.ops import _checks, margin_ce
-from jaxset.ops import margins as margin_ops
+from jaxset.ops import _checks, margin_ce, margins
 from jaxset.ops._norms import l2_normalize, safe_norm
 
 __all__ = [
   "CE_CAP_PARTIAL_FC",
-  "HEADS",
   "PartialFCOutput",
   "num_sampled",
   "partial_fc_cross_entropy",
 ]
 
-HEADS = ("margin", "eqface", "adaface")
 # insightface's Partial FC clamps the target probability at 1e-30: each row's
 # loss is at most -log(1e-30).
 CE_CAP_PARTIAL_FC = -math.log(1e-30)
 
 
 class PartialFCOutput(NamedTuple):
-  """ce [B] per-row cross-entropy (0 for rows with label < 0); class_mask [C_pad]
+  """ce [B] per-row loss (0 for rows with label < 0; MagFace's lambda_g g(a)
+  included); class_mask [C_pad]
   bool, True for the classes in this step's softmax; stats: AdaFace's new EMA
   {"mean", "std"} (None for the other heads)."""
   ce: Any
@@ -127,9 +127,11 @@ def _sample_classes(key, positive, valid, k):
   return jnp.sort(idx)
 
 
-def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=None,
+def partial_fc_cross_entropy(embeddings: ArrayLike, labels: ArrayLike, weight: ArrayLike, *,
+                             mesh, num_classes=None,
                              head: str = "margin", head_kwargs=None, quality=None,
-                             norms=None, stats=None, sample_rate: float = 1.0, rng=None,
+                             norms=None, row=None, stats=None, sample_rate: float = 1.0,
+                             rng=None,
                              loss_cap: float | None = None, data_axis: str | None = "data",
                              model_axis: str = "model", dtype=None,
                              chunk_classes: int | None = None) -> PartialFCOutput:
@@ -138,15 +140,20 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
   Args:
     embeddings: [B, D] (unnormalised), B the global batch, sharded over
       (data_axis, model_axis) (any sharding works; jit reshards).
-    labels: [B] int in [0, num_classes); < 0 ignores the row (ce 0).
+    labels: [B] int in [0, num_classes); < 0 ignores the row (ce 0). Eagerly
+      a label >= num_classes raises; under jit such a row is ignored.
     weight: [D, C_pad] class weights, C_pad divisible by the model axis
       size; columns >= num_classes are padding.
     mesh: a jax.sharding.Mesh with `model_axis` (and `data_axis` if not None).
     num_classes: the real classes C (default C_pad).
-    head: "margin" (margin_logits), "eqface" (eqface_logits, needs
-      `quality` [B]) or "adaface" (adaface_logits, needs `norms` [B] and
-      `stats`); head_kwargs: that function's keyword arguments (scale, m1,
-      m2, m3, grad, ...; for AdaFace m, h, scale, t_alpha, eps).
+    head: a registered head (jaxset.ops.margins.HEADS): "margin"
+      (margin_logits), "eqface" (eqface_logits, needs `quality` [B]),
+      "adaface" (adaface_logits, needs `norms` [B] and `stats`) or "magface"
+      (magface_logits, needs `norms` [B], differentiable); head_kwargs: that
+      function's keyword arguments (scale, m1, m2, m3, grad, ...; for
+      AdaFace m, h, scale, t_alpha, eps), checked as that function does.
+    quality, norms: the head's per-row input by its name; or row: the same
+      whatever the head (None for "margin").
     sample_rate: in (0, 1]; < 1 samples classes with `rng` (a key).
     loss_cap: None (default, the papers' plain cross-entropy) or a cap on
       each row's loss, e.g. CE_CAP_PARTIAL_FC as insightface (capped rows
@@ -166,9 +173,10 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
 
   Degenerate input: rows with label < 0 add nothing (ce 0, zero gradient) but
   AdaFace still counts their norms in the batch statistics, as unsharded.
+  An empty batch gives an empty ce, no sampled class and unchanged stats.
+  Eagerly, NaN/Inf embeddings, quality or norms raise ValueError.
   """
-  if head not in HEADS:
-    raise ValueError(f"head must be one of {HEADS}; got {head!r}.")
+  spec = margins.head_spec(head)
   if model_axis not in mesh.axis_names:
     raise ValueError(f"mesh has axes {mesh.axis_names}, not model_axis={model_axis!r}: "
                      "build it with a 'model' axis (train.meshes.build) or pass model_axis.")
@@ -176,9 +184,11 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
     raise ValueError(f"mesh has axes {mesh.axis_names}, not data_axis={data_axis!r}; "
                      "pass data_axis=None for a mesh with a model axis only.")
   _checks.check_shape("embeddings", embeddings, (None, None), "[batch, dim]")
+  _checks.check_float("embeddings", embeddings)
+  _checks.check_finite("embeddings", embeddings)
   b, d = embeddings.shape
-  _checks.check_shape("labels", labels, (b,), "[batch] int class ids, -1 = ignore the row")
   _checks.check_shape("weight", weight, (d, None), "[dim, classes] class weights")
+  _checks.check_float("weight", weight)
   n_model = mesh.shape[model_axis]
   n_batch = n_model * (mesh.shape[data_axis] if data_axis else 1)
   c_pad = weight.shape[1]
@@ -190,10 +200,10 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
   if b % n_batch:
     raise ValueError(f"the batch of {b} rows does not split over the {n_batch} devices "
                      f"of {(data_axis, model_axis)}: use a multiple of {n_batch}.")
-  if head == "eqface" and quality is None:
-    raise ValueError("head='eqface' needs quality [B] (the s_i of loss (6)).")
-  if head == "adaface" and (norms is None or stats is None):
-    raise ValueError("head='adaface' needs norms [B] and stats (adaface_init_stats()).")
+  if row is None:
+    row = {"quality": quality, "norms": norms}.get(spec.row_input)
+  row = spec.check_inputs(labels, b, num_classes, row, stats)
+  spec.resolve(head_kwargs)
   if sample_rate < 1.0 and rng is None:
     raise ValueError("sample_rate < 1 needs rng: pass the step's key so that a resumed "
                      "run draws the same classes.")
@@ -208,13 +218,17 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
     raise ValueError(f"chunk_classes must be a positive int (classes of cosines at a time) "
                      f"or None; got {chunk_classes!r}.")
   kw = dict(head_kwargs or {})
+  if b == 0:
+    return PartialFCOutput(jnp.zeros((0,), jnp.result_type(jnp.float32, embeddings.dtype)),
+                           jnp.zeros((c_pad,), bool), stats if spec.keeps_stats else None)
+  # Under jit a label >= num_classes (not caught eagerly) is an ignored row,
+  # never a padding column or another shard's class.
+  labels = jnp.where(labels < num_classes, labels, -1)
   batch_axes = (data_axis, model_axis) if data_axis else (model_axis,)
   ct = jnp.result_type(jnp.float32, embeddings.dtype)
   mm = dtype or ct
-  zeros = jnp.zeros((b,), jnp.float32)
-  row_extra = quality if head == "eqface" else (norms if head == "adaface" else zeros)
-  row_extra = jnp.reshape(row_extra, (b,))
-  stats_in = stats if head == "adaface" else margin_ops.adaface_init_stats()
+  row_extra = jnp.zeros((b,), jnp.float32) if row is None else row
+  stats_in = stats if spec.keeps_stats else {"none": jnp.zeros((), jnp.float32)}
   key = rng if rng is not None else jax.random.key(0)
 
   def body(e, lab, extra, w, all_labels, st, key):
@@ -260,14 +274,16 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
     # cross-entropy (jaxset.ops.margin_ce) one block of classes at a time:
     # no [rows, C/n] cosine or logit array, and the max, sum of exponentials
     # and target logit reduced over the shards.
-    target, r, t, dt, clip_eps, row_grad, new_stats = margin_ce.target_terms(
-        head, c_t, target, kw, quality=extra_g, norms=extra_g, stats=st, axis_name=data_axis)
-    ce = margin_ce.matmul_cross_entropy(x, w, col_scale, target, r, t, dt, clip_eps, row_grad,
-                                        valid=lab_g >= 0, col_ok=real, axis_name=model_axis,
-                                        chunk_classes=chunk)
-    new_stats = st if new_stats is None else new_stats
+    terms = margin_ce.target_terms(head, c_t, target, kw, row=extra_g,
+                                   stats=st if spec.keeps_stats else None,
+                                   axis_name=data_axis)
+    ce = margin_ce.matmul_cross_entropy(x, w, col_scale, terms, valid=lab_g >= 0, col_ok=real,
+                                        axis_name=model_axis, chunk_classes=chunk)
+    new_stats = st if terms.new_stats is None else terms.new_stats
     if loss_cap is not None:
       ce = jnp.minimum(ce, loss_cap)
+    if terms.row_loss is not None:
+      ce = ce + jnp.where(lab_g >= 0, terms.row_loss, 0.0)
     # Back to this device's own rows: the gathered rows of the model group
     # are the b local rows of each of its n devices, in order.
     ce = lax.dynamic_slice_in_dim(ce, shard * e.shape[0], e.shape[0])
@@ -282,5 +298,5 @@ def partial_fc_cross_entropy(embeddings, labels, weight, *, mesh, num_classes=No
       out_specs=(P(batch_axes), P(model_axis), jax.tree.map(lambda _: P(model_axis),
                                                             stats_in)))
   ce, mask, st = fn(embeddings, labels, row_extra, weight, labels, stats_in, key)
-  new_stats = jax.tree.map(lambda x: x[0], st) if head == "adaface" else None
+  new_stats = jax.tree.map(lambda x: x[0], st) if spec.keeps_stats else None
   return PartialFCOutput(ce, mask, new_stats)

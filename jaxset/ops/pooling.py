@@ -35,8 +35,6 @@ __all__ = [
 ]
 
 
-def _dtype_tag(x):
-  return jnp.zeros((0,), x.dtype)
 
 
 def _check_set(features, mask, quality=None):
@@ -125,7 +123,7 @@ def _quality_pool(features, quality, valid, eps):
 def _quality_pool_fwd(features, quality, valid, eps):
   pooled, (x, mu, safe_total) = _quality_pool_impl(features, quality, valid, eps)
   # Zero-size sentinels carry the input dtypes (residuals must be arrays).
-  res = (x, mu, safe_total, pooled, valid, _dtype_tag(features), _dtype_tag(quality))
+  res = (x, mu, safe_total, pooled, valid, _checks.dtype_tag(features), _checks.dtype_tag(quality))
   return pooled.astype(features.dtype), res
 
 
@@ -218,7 +216,8 @@ def _segment_quality_pool(features, quality, segment_ids, num_segments, eps):
 def _segment_fwd(features, quality, segment_ids, num_segments, eps):
   pooled, (x, mu, ids, valid, safe_total) = _segment_impl(
       features, quality, segment_ids, num_segments, eps)
-  res = (x, mu, ids, valid, safe_total, pooled, _dtype_tag(features), _dtype_tag(quality))
+  res = (x, mu, ids, valid, safe_total, pooled, _checks.dtype_tag(features),
+         _checks.dtype_tag(quality))
   return pooled.astype(features.dtype), res
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxset.ops import _checks
 from jaxset.ops._checks import compute_dtype as _compute_dtype
-from jaxset.ops.netvlad_layer import _l2n
+from jaxset.ops._norms import eps_normalize
 
 __all__ = ["salad_log_transport", "salad_assignment", "salad_aggregate"]
 
@@ -177,11 +177,16 @@ def salad_aggregate(features, assignment, token=None, *, eps: float = _EPS):
   _checks.check_rank("features", features, 2, "[..., N, L]")
   _checks.check_shape("assignment", assignment, tuple(features.shape[:-1]) + (None,),
                       "[..., N, M] with the features' N")
+  for name, x in (("features", features), ("assignment", assignment), ("token", token)):
+    _checks.check_float(name, x)
+    _checks.check_finite(name, x)
+  _checks.check_scalar_range("eps", eps, 0.0, math.inf, "the normalisation guard, e.g. 1e-12",
+                             low_open=True)
   dtype = _compute_dtype(features, assignment)
   v = jnp.einsum("...nm,...nl->...ml", assignment.astype(dtype), features.astype(dtype))
-  v = _l2n(v, eps).reshape(v.shape[:-2] + (-1,))
+  v = eps_normalize(v, eps).reshape(v.shape[:-2] + (-1,))
   if token is not None:
     _checks.check_shape("token", token, tuple(features.shape[:-2]) + (None,),
                         "[..., G] with the features' leading dims")
-    v = jnp.concatenate([_l2n(token.astype(dtype), eps), v], axis=-1)
-  return _l2n(v, eps)
+    v = jnp.concatenate([eps_normalize(token.astype(dtype), eps), v], axis=-1)
+  return eps_normalize(v, eps)

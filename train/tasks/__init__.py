@@ -13,7 +13,9 @@ METHODS: dict[str, str | type] = {
     "qan": "train.tasks.qan:Task",
     "eqface": "train.tasks.eqface:Task",
     "adaface": "train.tasks.adaface:Task",
-    "arcface": "train.tasks.arcface:Task",
+    # ArcFace / CosFace and MagFace: configs of the margin-head face task.
+    "arcface": "train.tasks.adaface:Task",
+    "magface": "train.tasks.adaface:Task",
     "casn": "train.tasks.casn:Task",
 }
 

@@ -1,26 +1,30 @@
-"""AdaFace (Kim et al., CVPR 2022) and its margin baselines (ArcFace, CosFace).
+"""The margin-head face methods: AdaFace (Kim et al., CVPR 2022), its fixed-margin
+baselines ArcFace / CosFace, and MagFace (Meng et al., CVPR 2021).
 
-What differs from the shared loop: the head's EMA norm statistics live in the
-"adaface_stats" collection of the TrainState and are updated inside the
-jitted step; since the step is jitted over the global batch (sharded on the
-'data' axis), the statistics are those of the whole global batch on any
-number of devices. Evaluation: 10-fold pair accuracy, cross-camera rank-1/mAP,
-and the Spearman correlation of the feature norm with the true degradation.
+One task; config.model.head picks the head (jaxset.models.adaface.FACE_HEADS),
+so ArcFace, CosFace and MagFace are configs of the same step
+(train/tasks/faces.py), with the same data and evaluation, and compare at
+the same budget. What differs from the shared loop: AdaFace's EMA norm
+statistics live in the "adaface_stats" collection of the TrainState and are
+updated inside the jitted step; since the step is jitted over the global
+batch (sharded on the 'data' axis), the statistics are those of the whole
+global batch on any number of devices. MagFace adds its regulariser
+lambda_g g(a) to each row's loss. Evaluation: 10-fold pair accuracy,
+cross-camera rank-1/mAP, and the Spearman correlation of the feature norm
+(AdaFace's and MagFace's quality) with the true degradation.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
 from jaxset.models import AdaFace
-from jaxset.models.heads import labelled_mean, softmax_cross_entropy
-from train import loop, partial_fc, task
-from train.tasks import common, identities
+from jaxset.models.heads import STATS_COLLECTION
+from train import loop, partial_fc
+from train.tasks import common, faces, identities
 
 
-class Task(task.Task):
-  # The weight Partial FC shards by class (train/meshes.py places it).
+class Task(faces.FaceTask):
   class_kernel_path = ("head", "classifier", "kernel")
 
   def build_model(self, config):
@@ -36,39 +40,27 @@ class Task(task.Task):
                                labels=jnp.zeros((1,), jnp.int32))
 
   def margin_quality(self, batch):
-    """What AdaFace's margin reads in place of the feature norm, from a training
-    batch; None (the paper): the norm. benchmarks/quality_diagnosis.py overrides
-    it with an oracle built from the stored levels, a diagnosis that no
-    training run of the library makes."""
+    """What a norm-reading margin (AdaFace, MagFace) reads in place of the
+    feature norm, from a training batch; None (the papers): the norm.
+    benchmarks/quality_diagnosis.py overrides it with an oracle built from the
+    stored levels, a diagnosis that no training run of the library makes."""
     del batch
     return None
 
+  def forward(self, model, state, batch, params, stage=None):
+    return common.apply(model, state, batch["image"], batch["label"], params=params,
+                        train=True, margin_quality=self.margin_quality(batch))
+
+  def metrics(self, out, new_model_state):
+    metrics = {"norm_mean": jnp.mean(out["norm"])}
+    if STATS_COLLECTION in new_model_state:
+      flat = traverse_util.flatten_dict(new_model_state[STATS_COLLECTION])
+      metrics["ema_norm_mean"] = next(v for k, v in flat.items() if k[-1] == "mean")
+    return metrics
+
   def stages(self, config):
-    model = self.model(config)
-
-    def train_step(state, batch):
-      def loss_fn(params):
-        out, new_state = model.apply(
-            {"params": params, **state.model_state}, batch["image"], batch["label"],
-            train=True, mutable=list(state.model_state), rngs=common.step_rng(state),
-            margin_quality=self.margin_quality(batch))
-        if "ce" in out:  # Partial FC: per-row cross-entropy from the sharded head
-          return labelled_mean(out["ce"], batch["label"]), (new_state, out)
-        return softmax_cross_entropy(out["logits"], batch["label"]), (new_state, out)
-
-      (loss, (new_state, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-      old, state = state, state.apply_gradients(grads=grads, model_state=new_state)
-      if "class_mask" in out:
-        state = partial_fc.keep_unsampled(state, old, out["class_mask"],
-                                          self.class_kernel_path, config)
-      metrics = {"loss": loss, "norm_mean": jnp.mean(out["norm"])}
-      if "adaface_stats" in new_state:
-        flat = traverse_util.flatten_dict(new_state["adaface_stats"])
-        metrics["ema_norm_mean"] = next(v for k, v in flat.items() if k[-1] == "mean")
-      return state, metrics
-
     return [loop.Stage("train", config.train.steps,
-                       lambda: identities.pk_iterator(config), train_step)]
+                       lambda: identities.pk_iterator(config), self.train_step(config))]
 
   def evaluate(self, state, config):
     return identities.face_metrics(self.model(config), state, config, "norm", "norm")

@@ -120,7 +120,7 @@ class Task(task.Task):
     lcfg = self.loss_config(config)
 
     def describe(state, batch):
-      out = model.apply({"params": state.params, **state.model_state}, batch["image"])
+      out = common.apply(model, state, batch["image"])
       return {"f": out["features"]}
 
     q = identities.split_embeddings(describe, state, config, "query")
@@ -130,7 +130,7 @@ class Task(task.Task):
       return out
 
     def attention(state, batch):
-      v = {"params": state.params, **state.model_state}
+      v = common.variables(state)
       o = model.apply(v, batch["image_a"], batch["image_b"])
       ind = siamese_indicator(model, state.params, o["features"], o["features_b"],
                               lcfg.indicator)

@@ -11,20 +11,25 @@ import numpy as np
 
 from jaxset import data as jdata
 from jaxset.data import pipeline, transforms
-from train import loop, optim
+from train import loop, meshes, optim
 
 
 def compute_dtype(config):
+  """The models' compute dtype under the run's precision policy,
+  config.train.precision (configs/base.py; config.model.dtype is the same
+  value). Parameters stay float32 whatever it is."""
   names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if config.model.dtype not in names:
-    raise ValueError(f"config.model.dtype={config.model.dtype!r}; use float32 or bfloat16.")
-  return names[config.model.dtype]
+  precision = config.train.get("precision", config.model.get("dtype", "float32"))
+  if precision not in names:
+    raise ValueError(f"config.train.precision={precision!r} is not a precision policy; "
+                     "use float32 or bfloat16 (--config.train.precision=bfloat16).")
+  return names[precision]
 
 
 def model_from_config(cls, config, **given):
   """The Flax module `cls` built from config.model: every field of `cls` that
   config.model names takes its value from there (config keys and model fields
-  share their names), dtype from config.model.dtype; `given` sets the rest
+  share their names), dtype from the precision policy (compute_dtype); `given` sets the rest
   (what the data decides, e.g. num_classes) and overrides the config."""
   fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
   kwargs = {k: config.model[k] for k in sorted(fields) if k in config.model}
@@ -39,8 +44,23 @@ def _builder(name, cache_dir, manual_dir, builder_config):
                        config=builder_config or None)
 
 
+# The evaluation splits of the identity datasets. config.eval.split = "val" reads each
+# from its held-out twin val_<name> (other identities: for choices), "test" as named.
+HELD_OUT_SPLITS = ("query", "gallery", "pairs", "set_pairs")
+EVAL_SPLITS = ("test", "val")
+
+
+def evaluation_split(config, split: str) -> str:
+  """The split name `split` stands for under config.eval.split (test or val)."""
+  which = config.eval.get("split", "test")
+  if which not in EVAL_SPLITS:
+    raise ValueError(f"config.eval.split={which!r}; use one of {EVAL_SPLITS}.")
+  return f"val_{split}" if which == "val" and split in HELD_OUT_SPLITS else split
+
+
 def source(config, split: str):
-  """The random-access source of one split of config.data.name (prepared once)."""
+  """The random-access source of one split of config.data.name (prepared once);
+  query / gallery / pairs / set_pairs follow config.eval.split (evaluation_split)."""
   if config.data.name not in jdata.EMBEDDED and not config.data.dir:
     raise ValueError(
         f"config.data.name={config.data.name!r} reads your local copy of the dataset: "
@@ -49,7 +69,13 @@ def source(config, split: str):
     return _direct(config.data.name, config.data.dir, split)
   b = _builder(config.data.name, config.data.cache_dir, config.data.dir,
                config.data.builder_config)
-  return b.as_data_source(split)
+  name = evaluation_split(config, split)
+  if name != split and name not in b.info.splits:
+    raise ValueError(
+        f"config.eval.split='val' reads {name!r}, which {config.data.name!r} does not have "
+        f"(its splits: {sorted(b.info.splits)}); evaluate with --config.eval.split=test or "
+        "give the dataset a validation split.")
+  return b.as_data_source(name)
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,13 +122,33 @@ def step_rng(state, name: str = "dropout"):
   return {name: jax.random.fold_in(state.rng, state.step)}
 
 
+def variables(state, params=None) -> dict:
+  """The Flax variables of the state's model: its params (or `params`, the ones
+  being differentiated) and every collection of state.model_state."""
+  return {"params": state.params if params is None else params, **state.model_state}
+
+
+def apply(model, state, *args, params=None, train: bool = False, **kwargs):
+  """model.apply on the state's variables: the one boundary between a task and its model.
+
+  train=False: returns the model's output (inference mode, nothing updated).
+  train=True: runs the model with train=True, the step's rng and every
+  model_state collection mutable; returns (output, new model_state).
+  """
+  v = variables(state, params)
+  if not train:
+    return model.apply(v, *args, **kwargs)
+  return model.apply(v, *args, train=True, mutable=list(state.model_state),
+                     rngs=step_rng(state), **kwargs)
+
+
 def extract(fn: Callable[[Any, dict], dict], state, src, config, *, keys=None):
   """Runs jitted `fn(state, batch) -> dict of arrays` over a whole split.
 
   Batches are sharded over every device; padding rows are dropped. Returns a
   dict of numpy arrays with one row per record, in record order.
   """
-  mesh = loop.make_mesh()
+  mesh = meshes.make_mesh()
   bs = config.eval.batch_size
   bs = max(mesh.devices.size, bs - bs % mesh.devices.size)
   jfn = _jit_cache(fn)
@@ -111,7 +157,7 @@ def extract(fn: Callable[[Any, dict], dict], state, src, config, *, keys=None):
                                      keys=keys):
     v = batch.pop("valid")
     batch.pop("index", None)
-    out = jfn(state, loop.shard_batch(batch, mesh))
+    out = jfn(state, meshes.shard_batch(batch, mesh))
     if jax.process_count() > 1:
       # Each process loaded its contiguous share of the rows: gather the
       # outputs (global arrays) and the valid masks (local) in that order.

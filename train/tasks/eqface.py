@@ -20,13 +20,12 @@ import optax
 
 from jaxset.models import EQFace
 from jaxset.models.eqface import GROUPS, param_labels, stage_trainable
-from jaxset.models.heads import softmax_cross_entropy
 from jaxset.ops.margins import eqface_logits
-from train import loop, optim, partial_fc, task
-from train.tasks import common, identities
+from train import loop, optim, partial_fc
+from train.tasks import common, faces, identities
 
 
-class Task(task.Task):
+class Task(faces.FaceTask):
   # The weight Partial FC shards by class (train/meshes.py places it).
   class_kernel_path = ("head", "kernel")
 
@@ -60,61 +59,49 @@ class Task(task.Task):
     tx = optax.multi_transform({g: base for g in GROUPS}, param_labels(params))
     return common.create_state(model, config, rng, sample, config.train.steps, tx=tx)
 
+  def forward(self, model, state, batch, params, stage=None):
+    # Step 2 freezes the backbone (inference-mode BatchNorm, no gradient).
+    return common.apply(model, state, batch["image"], params=params, train=True,
+                        frozen_backbone=(stage == 2))
+
+  def loss(self, out, batch, params, state, config, stage=None):
+    """Loss (6) with s_i = 1 (step 1), the trained quality (step 2) or the
+    frozen one (step 3); through Partial FC when the model holds only the
+    class weights (cos None)."""
+    m, labels = config.model, batch["label"]
+    q = {1: jnp.ones_like(out["quality"]), 2: out["quality"],
+         3: jax.lax.stop_gradient(out["quality"])}[stage]
+    margin = dict(scale=m.scale, m1=m.m1, m2=m.m2, m3=m.m3,
+                  quality_transform=m.quality_transform, grad=m.margin_grad)
+    if out["cos"] is None:  # Partial FC: the class-sharded loss
+      loss, mask = partial_fc.cross_entropy(
+          config, out["embedding"], labels, params["head"]["kernel"],
+          common.step_rng(state)["dropout"], identities.num_classes(config), "eqface", margin,
+          quality=q)
+      return loss, {"class_mask": mask}
+    return faces.head_loss({"logits": eqface_logits(out["cos"], labels, q, **margin)},
+                           labels), {}
+
+  def update(self, state, grads, new_model_state, config, stage=None):
+    # A frozen group's update is zero and its optimiser state carried over.
+    trainable = stage_trainable(stage, config.eqface.official_stage2)
+    grads = {g: (v if g in trainable else jax.tree.map(jnp.zeros_like, v))
+             for g, v in grads.items()}
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    inner = {g: (opt_state.inner_states[g] if g in trainable
+                 else state.opt_state.inner_states[g]) for g in GROUPS}
+    opt_state = opt_state._replace(inner_states=inner)
+    updates = {g: (v if g in trainable else jax.tree.map(jnp.zeros_like, v))
+               for g, v in updates.items()}
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state, model_state=new_model_state)
+
+  def metrics(self, out, new_model_state):
+    return {"quality_mean": jnp.mean(out["quality"]), "norm_mean": jnp.mean(out["norm"])}
+
   def stages(self, config):
-    model = self.model(config)
-    m = config.model
-    official = config.eqface.official_stage2
-    num_classes = identities.num_classes(config)
-
-    def make_step(k):
-      trainable = stage_trainable(k, official)
-
-      def train_step(state, batch):
-        labels = batch["label"]
-
-        def loss_fn(params):
-          out, new_state = model.apply(
-              {"params": params, **state.model_state}, batch["image"], train=True,
-              frozen_backbone=(k == 2), mutable=list(state.model_state),
-              rngs=common.step_rng(state))
-          if k == 1:
-            q = jnp.ones_like(out["quality"])
-          elif k == 2:
-            q = out["quality"]
-          else:
-            q = jax.lax.stop_gradient(out["quality"])
-          margin = dict(scale=m.scale, m1=m.m1, m2=m.m2, m3=m.m3,
-                        quality_transform=m.quality_transform, grad=m.margin_grad)
-          if out["cos"] is None:  # Partial FC: the class-sharded loss
-            loss, out["class_mask"] = partial_fc.cross_entropy(
-                config, out["embedding"], labels, params["head"]["kernel"],
-                common.step_rng(state)["dropout"], num_classes, "eqface", margin, quality=q)
-            return loss, (new_state, out)
-          logits = eqface_logits(out["cos"], labels, q, **margin)
-          return softmax_cross_entropy(logits, labels), (new_state, out)
-
-        (loss, (new_state, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
-        grads = {g: (v if g in trainable else jax.tree.map(jnp.zeros_like, v))
-                 for g, v in grads.items()}
-        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-        inner = {g: (opt_state.inner_states[g] if g in trainable
-                     else state.opt_state.inner_states[g]) for g in GROUPS}
-        opt_state = opt_state._replace(inner_states=inner)
-        updates = {g: (v if g in trainable else jax.tree.map(jnp.zeros_like, v))
-                   for g, v in updates.items()}
-        old, state = state, state.replace(step=state.step + 1,
-                                          params=optax.apply_updates(state.params, updates),
-                                          opt_state=opt_state, model_state=new_state)
-        if "class_mask" in out:
-          state = partial_fc.keep_unsampled(state, old, out["class_mask"],
-                                            self.class_kernel_path, config)
-        return state, {"loss": loss, "quality_mean": jnp.mean(out["quality"]),
-                       "norm_mean": jnp.mean(out["norm"])}
-
-      return train_step
-
-    return [loop.Stage(f"step{k}", n, lambda: identities.pk_iterator(config), make_step(k))
+    return [loop.Stage(f"step{k}", n, lambda: identities.pk_iterator(config),
+                       self.train_step(config, k))
             for k, n in self.schedule(config)]
 
   def evaluate(self, state, config):

@@ -101,13 +101,12 @@ def face_metrics(model, state, config, quality_key: str, name: str) -> dict:
   if not {"query", "gallery", "pairs"} <= common.splits(config):
     return out
   def describe(state, batch):
-    out = model.apply({"params": state.params, **state.model_state}, batch["image"])
+    out = common.apply(model, state, batch["image"])
     return {"f": out["embedding"], "q": out[quality_key]}
 
   def describe_pair(state, batch):
-    v = {"params": state.params, **state.model_state}
-    return {"a": model.apply(v, batch["image_a"])["embedding"],
-            "b": model.apply(v, batch["image_b"])["embedding"]}
+    return {"a": common.apply(model, state, batch["image_a"])["embedding"],
+            "b": common.apply(model, state, batch["image_b"])["embedding"]}
 
   q = split_embeddings(describe, state, config, "query")
   g = split_embeddings(describe, state, config, "gallery")
@@ -135,17 +134,16 @@ def face_curves(model, state, config, quality_key: str | None, name: str = "qual
   proxies = {name: quality_key, **(also or {})} if quality_key else {}
 
   def describe(state, batch):
-    out = model.apply({"params": state.params, **state.model_state}, batch["image"])
+    out = common.apply(model, state, batch["image"])
     res = {"f": out["embedding"] if "embedding" in out else out["features"]}
     if quality_key:
       res["q"] = out[quality_key]
     return res
 
   def describe_pair(state, batch):
-    v = {"params": state.params, **state.model_state}
     res = {}
     for side in ("a", "b"):
-      out = model.apply(v, batch[f"image_{side}"])
+      out = common.apply(model, state, batch[f"image_{side}"])
       res[side] = out["embedding"] if "embedding" in out else out["features"]
       for label, key in proxies.items():
         res[f"{label}_{side}"] = out[key]

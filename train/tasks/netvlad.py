@@ -22,7 +22,12 @@ import optax
 from jaxset.data import pipeline
 from jaxset.eval import recall_at_n
 from jaxset.models import NetVLADModel
-from jaxset.models.netvlad import descriptors_as_seen, init_netvlad_params
+from jaxset.models.netvlad import (
+  apply_pca_whitening,
+  descriptors_as_seen,
+  fit_pca_whitening,
+  init_netvlad_params,
+)
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops.losses import weakly_supervised_ranking_loss
 from train import loop, task
@@ -278,6 +283,12 @@ class Task(task.Task):
 
     fdb = common.extract(describe, state, db, config, keys=["image"])["f"]
     fq = common.extract(describe, state, queries, config, keys=["image"])["f"]
+    pca_dim = int(config.eval.get("pca_dim", 0) or 0)
+    if pca_dim:  # NetVLAD sec. 5: PCA-whitening fitted on the training database
+      ftrain = common.extract(describe, state, common.source(config, "train_database"), config,
+                              keys=["image"])["f"]
+      mean, proj = fit_pca_whitening(ftrain, pca_dim)
+      fq, fdb = (apply_pca_whitening(f, mean, proj) for f in (fq, fdb))
     db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
     q_utm = pipeline.read_metadata(queries, ["utm"])["utm"]
     recalls = recall_at_n(fq, fdb, q_utm, db_utm, ns=tuple(config.eval.recall_ns),

@@ -66,8 +66,7 @@ def stages(task, config, model):
 
   def train_step(state, batch):
     def loss_fn(params):
-      out, new_state = model.apply({"params": params, **state.model_state}, batch["image"],
-                                   train=True, mutable=list(state.model_state))
+      out, new_state = common.apply(model, state, batch["image"], params=params, train=True)
       loss, pairs = pk_loss(out["descriptor"], batch["label"], batch["utm"], config)
       return loss, (new_state, pairs)
 

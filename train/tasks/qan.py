@@ -80,9 +80,8 @@ class Task(task.Task):
 
     def pretrain_step(state, batch):
       def loss_fn(params):
-        logits, new_state = model.apply(
-            {"params": params, **state.model_state}, batch["image"], train=True,
-            method=model.classify, mutable=list(state.model_state))
+        logits, new_state = common.apply(model, state, batch["image"], params=params,
+                                         train=True, method=model.classify)
         return softmax_cross_entropy(logits, batch["label"]), new_state
 
       (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -96,8 +95,7 @@ class Task(task.Task):
       b = parts[0]["mask"].shape[0]
 
       def loss_fn(params):
-        out, new_state = model.apply({"params": params, **state.model_state}, images, mask,
-                                     train=True, mutable=list(state.model_state))
+        out, new_state = common.apply(model, state, images, mask, params=params, train=True)
         e = l2_normalize(out["embedding"])
         triplet = jnp.mean(set_triplet_loss(e[:b], e[b:2 * b], e[2 * b:], margin=cq.margin))
         loss = triplet
@@ -176,8 +174,7 @@ class Task(task.Task):
     model = self.model(config)
 
     def describe(state, batch):
-      out = model.apply({"params": state.params, **state.model_state}, batch["images"],
-                        batch["mask"])
+      out = common.apply(model, state, batch["images"], batch["mask"])
       q = out["quality"] if out["quality"].ndim == 2 else jnp.mean(out["quality"], -1)
       # The same frame features mean-pooled (mu ignored) through the same set FC:
       # the baseline that quality pooling has to beat.

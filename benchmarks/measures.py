@@ -1,0 +1,175 @@
+"""Numbers the tasks do not report, measured on a trained state (benchmark library).
+
+Quality proxies per image (proxy_fn) and per stored degradation tier
+(proxy_tiers, LEVEL_EDGES), EQFace's error-versus-reject, the degradation
+tiers of recognition, CASN's identification attention, and facts about the
+embedded test data.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+LEVEL_EDGES = (0.2, 0.5, 0.8, 1.0)   # stored levels are drawn from [0.2, 1]
+SEVERE_TIER = 0.6         # degradation level of the most degraded tier: [0.6, 1]
+REJECT_FRACTION = 0.2     # ERC: the share of pairs dropped
+ERC_START_FNMR = 0.1      # ERC threshold: FNMR 0.1 before rejection (as train.eval's ERC plot)
+
+
+def state_variables(state):
+  """The Flax variables of a TrainState (train.tasks.common.variables, imported late)."""
+  from train.tasks import common
+  return common.variables(state)
+
+
+def proxy_fn(method: str, model):
+  """(state, batch) -> {"e": embedding [B, D], "q": proxy [B]} for single images."""
+  import jax.numpy as jnp
+
+  if method == "qan":
+    def fn(state, batch):
+      f, q = model.apply(state_variables(state), batch["image"], method=model.frames)
+      return {"e": f.reshape(f.shape[0], -1), "q": jnp.mean(q, axis=-1)}
+  else:
+    key = "quality" if method == "eqface" else "norm"
+
+    def fn(state, batch):
+      out = model.apply(state_variables(state), batch["image"])
+      return {"e": out["embedding"], "q": out[key], "cos": out["cos"]}
+  return fn
+
+
+def eqface_erc(task, state, config) -> dict:
+  """FNMR at a threshold fixed before rejection (initial FNMR 0.1), after dropping
+  the REJECT_FRACTION of pairs with the lowest min(s_a, s_b), and after dropping
+  as many at random (mean of 10 draws): jaxset.eval.error_vs_reject."""
+  from jaxset.data import pipeline
+  from jaxset.eval import error_vs_reject, l2_normalize
+  from train.tasks import common
+
+  model = task.model(config)
+
+  def describe_pair(state, batch):
+    a = model.apply(state_variables(state), batch["image_a"])
+    b = model.apply(state_variables(state), batch["image_b"])
+    return {"a": a["embedding"], "b": b["embedding"], "qa": a["quality"], "qb": b["quality"]}
+
+  src = common.source(config, "pairs")
+  p = common.extract(describe_pair, state, src, config, keys=["image_a", "image_b"])
+  same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
+  scores = np.sum(l2_normalize(p["a"]) * l2_normalize(p["b"]), axis=1)
+  erc = error_vs_reject(scores, same, p["qa"], p["qb"], fnmr=ERC_START_FNMR,
+                        reject_fractions=(0.0, REJECT_FRACTION))
+  return {"erc_fnmr_before": float(erc["fnmr"][0]),
+          "erc_fnmr_quality": float(erc["fnmr"][1]),
+          "erc_fnmr_random": float(erc["fnmr_random"][1])}
+
+
+def degradation_tiers(task, state, config) -> dict:
+  """Rank-1 (cross-camera, torchreid rules) of the query images of each
+  degradation tier against the whole gallery. Tiers by the true level: clean
+  (0), mild (0 < level < SEVERE_TIER), severe (>= SEVERE_TIER). Background
+  frames (identity absent, level 1) are left out of every tier: there is no
+  one to recognise."""
+  from jaxset.data.synthetic_identities import BACKGROUND
+  from train.tasks import identities
+
+  model = task.model(config)
+
+  def describe(state, batch):
+    return {"f": model.apply(state_variables(state), batch["image"])["embedding"]}
+
+  q = identities.split_embeddings(describe, state, config, "query")
+  g = identities.split_embeddings(describe, state, config, "gallery")
+  deg, present = q["degradation"], q["degradation_type"] != BACKGROUND
+  tiers = {"clean": present & (deg == 0), "mild": present & (deg > 0) & (deg < SEVERE_TIER),
+           "severe": present & (deg >= SEVERE_TIER)}
+  out = {}
+  for name, keep in tiers.items():
+    out[f"tier_{name}_queries"] = int(keep.sum())
+    if keep.any():
+      sub = {k: v[keep] for k, v in q.items()}
+      out[f"tier_{name}_rank1"] = identities.reid_metrics(sub, g)["rank1"]
+  return out
+
+
+def casn_identification_attention(task, state, config) -> dict:
+  """Consistency of the identification Grad-CAM (of each image's predicted
+  identity) over the test pairs, a map that IDE and CASN both have: the mean
+  attention_consistency_loss of the positive pairs whose maps are both
+  non-zero (lower = more consistent), the same over negative pairs (the
+  reference), and the fraction of all-zero maps among positive pairs' images."""
+  import jax.numpy as jnp
+
+  from jaxset.data import pipeline
+  from jaxset.models.casn import identification_attention
+  from jaxset.ops.losses import attention_consistency_loss
+  from train.tasks import common
+
+  model = task.model(config)
+  lcfg = task.loss_config(config)
+
+  def attention(state, batch):
+    v = state_variables(state)
+    o = model.apply(v, batch["image_a"], batch["image_b"])
+    m1 = identification_attention(model, v, o["feature_map"], jnp.argmax(o["logits"], -1))
+    m2 = identification_attention(model, v, o["feature_map_b"], jnp.argmax(o["logits_b"], -1))
+    ones = jnp.ones(m1.shape[:1], jnp.float32)
+    return {"d": attention_consistency_loss(m1, m2, ones, threshold=lcfg.consistency_threshold,
+                                            size=lcfg.consistency_size),
+            "z1": jnp.max(m1, axis=(1, 2)) <= 1e-12, "z2": jnp.max(m2, axis=(1, 2)) <= 1e-12}
+
+  src = common.source(config, "pairs")
+  r = common.extract(attention, state, src, config, keys=["image_a", "image_b"])
+  same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
+  live = ~(r["z1"] | r["z2"])
+  out = {"id_attention_zero_maps": float(np.mean(np.concatenate([r["z1"][same],
+                                                                 r["z2"][same]])))}
+  if (same & live).any():
+    out["id_attention_inconsistency"] = float(np.mean(r["d"][same & live]))
+  if (~same & live).any():
+    out["id_attention_inconsistency_neg"] = float(np.mean(r["d"][~same & live]))
+  return out
+
+
+def proxy_tiers(task, state, config) -> list[dict]:
+  """The learned quality proxy's mean per stored degradation type and level
+  (jaxset.eval.proxy_by_tier) over every query and gallery image."""
+  from jaxset.data.synthetic_identities import DEGRADATION_TYPES
+  from jaxset.eval import proxy_by_tier
+  from train.tasks import identities
+
+  fn = proxy_fn(config.method, task.model(config))
+  q = identities.split_embeddings(fn, state, config, "query")
+  g = identities.split_embeddings(fn, state, config, "gallery")
+  cat = lambda k: np.concatenate([q[k], g[k]])
+  return proxy_by_tier(cat("q"), cat("degradation_type"), cat("degradation"),
+                       DEGRADATION_TYPES, LEVEL_EDGES)
+
+
+# The setups whose learned quality proxy is tabulated by tier, and its name.
+PROXIES = {"qan": "QAN mu", "eqface": "EQFace s_i", "adaface": "AdaFace norm",
+           "arcface": "ArcFace norm"}
+
+EXTRA: dict[str, Callable] = {
+    "eqface": eqface_erc, "adaface": degradation_tiers, "arcface": degradation_tiers,
+    "casn": casn_identification_attention, "ide": casn_identification_attention,
+}
+
+
+def data_facts(config) -> dict:
+  """How many test tracklets (and set pairs) hold at least one degraded frame."""
+  from jaxset.data import pipeline
+  from train.tasks import common
+
+  tracklets, degraded = set(), set()
+  for split in ("query", "gallery"):
+    m = pipeline.read_metadata(common.source(config, split), ["tracklet", "degradation"])
+    tracklets |= set(m["tracklet"].tolist())
+    degraded |= set(m["tracklet"][m["degradation"] > 0].tolist())
+  p = pipeline.read_metadata(common.source(config, "set_pairs"), ["tracklet_a", "tracklet_b"])
+  either = [int(a) in degraded or int(b) in degraded for a, b in zip(p["tracklet_a"],
+                                                                    p["tracklet_b"])]
+  return {"tracklets_degraded": len(degraded), "tracklets": len(tracklets),
+          "set_pairs_degraded": int(np.sum(either)), "set_pairs": len(either)}

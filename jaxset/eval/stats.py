@@ -1,0 +1,143 @@
+"""Judging a claim: paired differences, hierarchical bootstrap intervals, verdicts, power.
+
+A claim "method beats baseline" is measured on several training seeds, each
+evaluated on the same test units (queries, pairs, sets). The unit of evidence
+is the paired difference d[s, i] = metric_method(s, i) - metric_baseline(s, i)
+of unit i under seed s. Two sources of chance move the mean difference: which
+seeds were trained (training noise) and which units were drawn (test-set
+noise). The interval resamples both, as a two-level (hierarchical) bootstrap
+does (Davison & Hinkley 1997, sec. 3.8): draw S seeds with replacement, then
+within each drawn seed its units with replacement, and take the mean over
+seeds of the per-seed unit means. The 95% percentile interval of that
+statistic decides the verdict:
+
+- "held": the interval lies entirely on the claimed side of 0;
+- "contradicted": it lies entirely on the other side;
+- "inconclusive": it contains 0.
+
+Power is reported as the minimum detectable effect: the smallest true
+difference that a two-sided test at level alpha detects with probability
+`power`, (z_{1-alpha/2} + z_{power}) x the bootstrap standard error (normal
+approximation). A claim whose effect is below it cannot be decided by this
+many seeds and units, whatever the verdict says.
+"""
+from __future__ import annotations
+
+from statistics import NormalDist
+from typing import Sequence
+
+import numpy as np
+
+VERDICTS = ("held", "contradicted", "inconclusive")
+DIRECTIONS = (">", "<")
+
+
+def _as_seed_arrays(differences) -> list[np.ndarray]:
+  """[S] float64 arrays of per-unit differences, checked (ragged seeds allowed)."""
+  if isinstance(differences, np.ndarray) and differences.ndim == 2:
+    rows = list(differences)
+  elif isinstance(differences, np.ndarray):
+    raise ValueError(f"differences: expected [seeds, units] or a list of [units] arrays, got "
+                     f"an array of shape {differences.shape}; wrap one seed as [d].")
+  else:
+    rows = list(differences)
+  if not rows:
+    raise ValueError("differences: no seeds given; pass one [units] array per training seed.")
+  out = []
+  for s, row in enumerate(rows):
+    a = np.asarray(row, np.float64)
+    if a.ndim != 1 or a.size == 0:
+      raise ValueError(f"differences[{s}]: expected a non-empty [units] array of per-unit "
+                       f"paired differences, got shape {a.shape}.")
+    if not np.all(np.isfinite(a)):
+      bad = int(np.sum(~np.isfinite(a)))
+      raise ValueError(f"differences[{s}]: {bad} of {a.size} values are NaN or Inf; a unit "
+                       "the metric could not score must be dropped from both runs, not kept.")
+    out.append(a)
+  return out
+
+
+def paired_bootstrap(differences, *, confidence: float = 0.95, n_resamples: int = 2000,
+                     resample_seeds: bool = True, seed: int = 0) -> dict:
+  """Mean paired difference with a two-level bootstrap interval.
+
+  differences: [S, N] array or S arrays [N_s]: per seed, the per-unit paired
+    differences (method - baseline on the same unit). Metrics that are means
+    over units (rank-1, mAP, Recall@N, pair accuracy) decompose this way.
+  resample_seeds: False resamples units only (S = 1 must use False or gets a
+    zero-width seed level: a single seed says nothing about training noise).
+
+  Returns estimate (mean over seeds of the unit means), low, high, std_error
+  (of the bootstrap distribution), n_seeds, n_units (total), mde (minimum
+  detectable effect at alpha = 1 - confidence, power 0.8), confidence.
+
+  >>> r = paired_bootstrap([[0.1, 0.2, 0.1, 0.2], [0.1, 0.1, 0.2, 0.2]], n_resamples=500)
+  >>> round(r["estimate"], 3), r["low"] > 0, verdict(r, ">")
+  (0.15, True, 'held')
+  """
+  rows = _as_seed_arrays(differences)
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence}.")
+  if int(n_resamples) < 100:
+    raise ValueError(f"n_resamples must be >= 100 for a percentile interval, got {n_resamples}.")
+  rng = np.random.default_rng(seed)
+  s_count, r_count = len(rows), int(n_resamples)
+  # Which seed fills each of the S slots of each resample.
+  if resample_seeds:
+    slots = rng.integers(s_count, size=(r_count, s_count))
+  else:
+    slots = np.broadcast_to(np.arange(s_count), (r_count, s_count))
+  slot_means = np.empty((r_count, s_count))
+  for s, row in enumerate(rows):
+    where = np.nonzero(slots == s)
+    n = row.size
+    # A fresh unit resample for every slot the seed fills; chunked to bound memory.
+    chunk = max(1, 4_000_000 // n)
+    for start in range(0, where[0].size, chunk):
+      stop = min(start + chunk, where[0].size)
+      idx = rng.integers(n, size=(stop - start, n))
+      slot_means[where[0][start:stop], where[1][start:stop]] = row[idx].mean(axis=1)
+  stats = slot_means.mean(axis=1)
+  alpha = 1.0 - confidence
+  low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+  se = float(stats.std(ddof=1))
+  return {"estimate": float(np.mean([r.mean() for r in rows])), "low": float(low),
+          "high": float(high), "std_error": se, "n_seeds": s_count,
+          "n_units": int(sum(r.size for r in rows)),
+          "mde": minimum_detectable_effect(se, alpha=alpha), "confidence": confidence}
+
+
+def minimum_detectable_effect(std_error: float, *, alpha: float = 0.05,
+                              power: float = 0.8) -> float:
+  """(z_{1-alpha/2} + z_power) x std_error: the smallest true effect a two-sided
+  test at level alpha detects with probability `power` (normal approximation).
+
+  >>> round(minimum_detectable_effect(0.01), 4)
+  0.028
+  """
+  if not (std_error >= 0 and np.isfinite(std_error)):
+    raise ValueError(f"std_error must be finite and >= 0, got {std_error}.")
+  z = NormalDist()
+  return float((z.inv_cdf(1 - alpha / 2) + z.inv_cdf(power)) * std_error)
+
+
+def verdict(interval: dict | Sequence[float], direction: str) -> str:
+  """"held" / "contradicted" / "inconclusive" from an interval and the claimed side.
+
+  interval: a paired_bootstrap result, or (low, high). direction: ">" (the
+  claim is a positive difference) or "<" (negative, e.g. a lower error).
+
+  >>> verdict((0.01, 0.05), ">"), verdict((0.01, 0.05), "<"), verdict((-0.01, 0.05), ">")
+  ('held', 'contradicted', 'inconclusive')
+  """
+  if direction not in DIRECTIONS:
+    raise ValueError(f"direction must be one of {DIRECTIONS} (the claimed sign of the "
+                     f"difference), got {direction!r}.")
+  low, high = ((interval["low"], interval["high"]) if isinstance(interval, dict)
+               else tuple(interval))
+  if not (np.isfinite(low) and np.isfinite(high)) or low > high:
+    raise ValueError(f"interval must be finite with low <= high, got ({low}, {high}).")
+  above, below = low > 0, high < 0
+  if direction == ">":
+    return "held" if above else "contradicted" if below else "inconclusive"
+  return "held" if below else "contradicted" if above else "inconclusive"
