@@ -6,6 +6,7 @@ Pittsburgh 30k with VGG16 from ImageNet weights, as the paper (your local copy):
   python -m jaxset.convert --arch=vgg16 --checkpoint=vgg16-397923af.pth --out=vgg16.msgpack
   python -m train.main --config=configs/netvlad.py:pitts30k \
       --config.data.dir=/data/pittsburgh --config.model.pretrained=vgg16.msgpack
+Pittsburgh 250k: the same with :pitts250k.
 Recall@1/5/10/20 of that run on Pittsburgh 30k test, Tokyo 24/7 (panorama NMS) and
 MSLS val (every query; --config.eval.msls_queries=with_positives for the other count):
   python -m train.eval --config=configs/netvlad.py:pitts30k --workdir=runs/netvlad_pitts30k \

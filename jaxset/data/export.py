@@ -30,11 +30,6 @@ code reads (docs/data.md):
                are those of an aligned 112x112 crop scaled to the image size and
                the detector score is 1 - the frame's degradation level.
   folder       <out>/<identity>/<image>.jpg: one folder per identity (train split).
-  market1501, dukemtmc_reid, cuhk03_np, msmt17, mars, prid2011, ilids_vid
-               (from synthetic_identities), pittsburgh30k, pittsburgh250k,
-               tokyo247, msls (from synthetic_places): the re-ID, video re-ID and
-               place layouts of jaxset/data/export_formats.py, each read back by
-               the builder of the same name (docs/data.md).
 
 A new layout is one function `writer(out: Path, data: Export) -> list[Path]`
 added to WRITERS (or `register`); `data.split(name)` gives the records of a
@@ -51,7 +46,7 @@ from typing import Callable
 
 import numpy as np
 
-from jaxset.data import export_formats, recordio
+from jaxset.data import recordio
 
 # insightface's aligned 112x112 landmarks (eyes, nose, mouth corners).
 ARCFACE_LANDMARKS = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
