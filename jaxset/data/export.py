@@ -46,7 +46,7 @@ from typing import Callable
 
 import numpy as np
 
-from jaxset.data import recordio
+from jaxset.data import export_formats, recordio
 
 # insightface's aligned 112x112 landmarks (eyes, nose, mouth corners).
 ARCFACE_LANDMARKS = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
