@@ -9,10 +9,14 @@ u_m, lambda_g default to the official code's 10, 110, 0.45, 0.8, 35.
 Embedded default (offline, CPU, a few minutes):
   python -m train.main --config=configs/magface.py
 MS1M-V2 RecordIO with IResNet-100, the classifier sharded over every device
-(Partial FC; your local copy):
+(Partial FC; your local copy, train.rec read in place, validated on its lfw, cfp_fp
+and agedb_30 .bin every 2000 steps, the best kept):
   python -m train.main --config=configs/magface.py:ms1m --config.data.dir=/data/faces_emore
 WebFace42M (2M identities; Partial FC: sharded classifier, 20% of classes sampled):
   python -m train.main --config=configs/magface.py:webface --config.data.dir=/data/webface42m
+A folder of identities (<dir>/<identity>/<image>), validated on the .bin sets in eval.dir:
+  python -m train.main --config=configs/magface.py:folder --config.data.dir=/data/my_faces \
+      --config.eval.dir=/data/faces_emore
 """
 import ml_collections
 

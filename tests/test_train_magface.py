@@ -28,6 +28,10 @@ def test_magface_trains_on_the_embedded_default(tiny_data, tmp_path):
 
 def test_magface_trains_on_recordio_with_partial_fc(tmp_path):
   fx.write_recordio(tmp_path / "rec", images_per_id=(4,) * 10, first_label=0)
+  # The preset validates on the folder's .bin sets every eval.every steps.
+  from jaxset.data.export import write_bin
+  faces = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+  write_bin(tmp_path / "rec" / "lfw.bin", faces[0::2], faces[1::2], [i % 2 for i in range(20)])
   wd = tmp_path / "run"
   args = ["python", "-m", "train.main", "--config=configs/magface.py:ms1m", f"--workdir={wd}",
           f"--config.data.dir={tmp_path / 'rec'}", f"--config.data.cache_dir={tmp_path / 'c'}",
@@ -35,11 +39,13 @@ def test_magface_trains_on_recordio_with_partial_fc(tmp_path):
           "--config.model.embedding_dim=16", "--config.model.dtype=float32",
           "--config.train.steps=2", "--config.train.batch_size=16",
           "--config.train.progress_bar=False", "--config.eval.at_start=False",
-          "--config.train.log_every=1"]
+          "--config.train.log_every=1", "--config.eval.sets=lfw", "--config.eval.every=2"]
   r = run_main(args, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  train, _ = _losses(wd)
+  train, evals = _losses(wd)
   assert len(train) == 2 and all(np.isfinite(row["loss"]) for row in train)
+  # Validated with the sharded head on the .bin set.
+  assert [row["step"] for row in evals] == [2] and 0 <= evals[0]["lfw_acc"] <= 1
 
 
 def test_magface_step_adds_the_regulariser(tiny_data):
