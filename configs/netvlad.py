@@ -23,6 +23,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.data.image_size = (64, 64)
 
   c.model.backbone = "small_cnn"
+  c.model.widths = (16, 32, 64, 128)   # SmallCNN's channels
+  c.model.frozen_blocks = 3         # fine-tune the last conv block and the pooling only
   c.model.pooling = "netvlad"       # or avg | max | gem (the paper's baselines)
   c.model.num_clusters = 64         # K
   c.model.assignment = "paper"      # w = 2 alpha c, b = -alpha |c|^2; "official": v1
@@ -39,6 +41,15 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       proj_channels=128, num_queries=32, num_layers=2, row_dim=8))  # paper: 512, 32, 2, 32
   c.model.convap = ml_collections.ConfigDict(dict(out_channels=256, s1=2, s2=2))  # paper: 512
 
+  # Backbone pretraining on embedded labelled views (ImageNet's stand-in; see
+  # train/tasks/netvlad.pretrained_backbone), cached: steps = 0 trains from scratch.
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.views = 2000
+  c.pretrain.steps = 300
+  c.pretrain.batch_size = 64
+  c.pretrain.lr = 1e-3
+  c.pretrain.seed = 0
+
   c.kmeans = ml_collections.ConfigDict()
   c.kmeans.num_images = 500         # official: 100 descriptors from each of 500 images
   c.kmeans.descriptors_per_image = 100
@@ -47,7 +58,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # BatchNorm running statistics before k-means: a backbone trained from scratch
   # otherwise gets centroids for its init statistics (mean 0, var 1), not for
   # the descriptors training and evaluation see. 0 for pretrained backbones.
-  c.kmeans.bn_calibration_batches = 32
+  c.kmeans.bn_calibration_batches = 0
 
   c.tuples = ml_collections.ConfigDict()
   c.tuples.num_positives = 4        # potential positives per query (within pos_radius)

@@ -343,6 +343,68 @@ def generate(config: PlacesConfig) -> dict[str, list[dict]]:
   return out
 
 
+def pretraining_views(config: PlacesConfig, count: int, columns: int = 8,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Labelled views of a fourth district, for pretraining a backbone (no place labels).
+
+  The stand-in for what ImageNet gives the paper's VGG16: generic appearance
+  knowledge (materials, lighting), not this benchmark's places. The district
+  (split index 3) shares the style pool with train/val/test, as ImageNet's
+  buildings share materials with Pittsburgh's, but none of their facades.
+  Views: random street, position (up to 4 m off the centre), side, yaw
+  (-50..50 degrees), pitch, roll, time of day (all of TIMES), occluders,
+  blur and noise, JPEG round trip like the records.
+
+  Returns images [count, H, W, 3] uint8 and labels [count, columns] int32: for
+  each of `columns` vertical strips, the style (0..NUM_STYLES-1) of the facade
+  that the horizon ray at the strip's centre hits, or NUM_STYLES for none (a
+  cross street's gap). Deterministic in (config, count, columns, seed).
+  """
+  c = config
+  origin, streets = district(c, 3)
+  facades = {}
+  for si, st in enumerate(streets):
+    for side in (-1, 1):
+      fac = facade(c.seed, 3, si, side, st.length)
+      fac["crossings"] = st.crossings
+      facades[(si, side)] = fac
+  lengths = np.asarray([st.length for st in streets])
+  f = 0.5 * c.width
+  xs = (np.arange(columns) + 0.5) * c.width / columns - 0.5 * c.width
+  images = np.zeros((count, c.height, c.width, 3), np.uint8)
+  labels = np.zeros((count, columns), np.int32)
+  for i in range(count):
+    rng = np.random.default_rng([c.seed, 40, seed, i])
+    si = int(rng.choice(len(streets), p=lengths / lengths.sum()))
+    s = float(rng.uniform(0.0, streets[si].length))
+    lateral, side = float(rng.uniform(-4.0, 4.0)), int(rng.choice([-1, 1]))
+    yaw = float(rng.uniform(-50.0, 50.0))
+    time = TIMES[int(rng.integers(len(TIMES)))]
+    img = render_view(c, facades, si, side, s, lateral, yaw,
+                      0.62 * c.height + rng.uniform(-4, 4), rng.uniform(-5, 5), time, rng,
+                      int(rng.integers(0, 4)), float(rng.uniform(0.0, 1.0)))
+    images[i] = _jpeg_round_trip(img)
+    # Horizon rays (as render_view, without roll): the facade hit per strip.
+    fac, phi = facades[(si, side)], np.radians(yaw)
+    dn = np.cos(phi) - xs / f * np.sin(phi)
+    dt = np.sin(phi) + xs / f * np.cos(phi)
+    t_hit = s + side * (HALF_STREET - side * lateral) / np.maximum(dn, 0.05) * dt
+    b = np.clip(np.searchsorted(fac["edges"], t_hit, side="right") - 1, 0,
+                len(fac["style"]) - 1)
+    gap = np.zeros(columns, bool)
+    for cross in fac["crossings"]:
+      gap |= np.abs(t_hit - cross) < HALF_STREET
+    labels[i] = np.where((dn > 0.05) & ~gap, fac["style"][b], NUM_STYLES)
+  return images, labels
+
+
+def _jpeg_round_trip(img: np.ndarray) -> np.ndarray:
+  import io
+
+  from PIL import Image
+  return np.asarray(Image.open(io.BytesIO(render.encode(img, "jpeg"))).convert("RGB"))
+
+
 _DB_TIME = 1181736000     # 2007-06-13 12:00 UTC, database capture (+1 s per panorama)
 _QUERY_TIME = 1230768000  # 2009-01-01 00:00 UTC, queries on other days and hours
 
