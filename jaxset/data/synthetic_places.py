@@ -15,9 +15,10 @@ offline on first use (see jaxset.data.load):
 - database images: every `db_spacing` metres along the centre of each street,
   4 headings (2 per side), at daytime;
 - queries: random positions (up to 2.5 m off the centre line), headings within
-  10 degrees of a database heading, pitch and roll jitter, at six times of day
-  in turn (day, morning, overcast, dusk, night with lit windows, harsh sun with
-  shadows), with occluders (cars, people, trees), blur and noise.
+  10 degrees of a database heading, pitch and roll jitter, at the config's
+  times of day in turn (default: Pittsburgh's daylight ones, day, morning,
+  overcast, harsh sun with shadows; config day_night adds dusk and night with
+  lit windows), with occluders (cars, people, trees), blur and noise.
 
 Every query has database images within 10 m (NON_TRIV_POS_DIST_SQ_THR) by
 construction. Records are stored in generation order.
@@ -42,6 +43,9 @@ CAMERA_HEIGHT = 2.5
 DB_YAWS = (-35.0, 35.0)  # degrees from the facade normal, per side
 NUM_STYLES = 24
 TIMES = ("day", "morning", "overcast", "dusk", "night", "harsh")
+# Pittsburgh's queries are Google Street View images, all taken in daylight
+# (other years, seasons, weather); dusk and night are Tokyo 24/7's conditions.
+DAYLIGHT = ("day", "morning", "overcast", "harsh")
 
 
 @dataclasses.dataclass
@@ -55,19 +59,22 @@ class PlacesConfig(tfds.core.BuilderConfig):
   db_spacing: float = 6.0       # metres between database places along a street
   queries: int = 250            # val and test queries
   train_queries: int = 1000
-  query_times: tuple[str, ...] = ("day", "morning", "overcast", "dusk", "night", "harsh")
+  query_times: tuple[str, ...] = DAYLIGHT
   seed: int = 20260402
 
 
 CONFIGS = (
     PlacesConfig(name="default", description="3 districts of 3x4 streets (240 m x 360 m), "
                  "database every 6 m x 4 headings (1388 per split), 1000 train queries, "
-                 "250 val and 250 test queries, "
+                 "250 val and 250 test queries, in daylight as Pittsburgh's, "
                  "64x64 images."),
+    PlacesConfig(name="day_night", description="default with queries at all six times of "
+                 "day, dusk and night included (Tokyo 24/7's conditions).", query_times=TIMES),
     PlacesConfig(name="tiny",
-                 description="For tests: 2x2 streets 60 m apart, 20 queries per split.",
+                 description="For tests: 2x2 streets 60 m apart, 20 queries per split, "
+                 "all six times of day.",
                  block=60.0, horizontal_streets=2, vertical_streets=2, db_spacing=10.0, queries=20,
-                 train_queries=20),
+                 train_queries=20, query_times=TIMES),
 )
 
 
@@ -416,6 +423,13 @@ class SyntheticPlaces(formats.OfflineBuilder):
   image (H, W, 3) uint8 JPEG, utm (2,) float64 metres (east, north), filename,
   timestamp (unix seconds), panorama (database panorama id; -1 for queries).
   """
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Queries at six times of day (day, morning, overcast, dusk, night, harsh).",
+      "1.1.0": "Default queries in daylight only (day, morning, overcast, harsh), as "
+               "Pittsburgh's Street View queries; config day_night keeps all six "
+               "(docs/data.md, synthetic_places).",
+  }
   BUILDER_CONFIGS = list(CONFIGS)
   POS_DIST_THR = POS_DIST_THR
   POS_DIST_SQ_THR = POS_DIST_SQ_THR
