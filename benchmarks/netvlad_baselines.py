@@ -102,7 +102,10 @@ def run_one(kind: str, pooling: str, seed: int, split: str, workdir: Path) -> di
   else:
     task = tasks.get("netvlad")
     if kind == "train":
-      summary = loop.train_and_evaluate(config, workdir / f"{pooling}_s{seed}_run", task=task)
+      flags = os.environ.get("XLA_FLAGS", "")
+      isa = flags.split("--xla_cpu_max_isa=")[1].split()[0] if "max_isa=" in flags else "host"
+      summary = loop.train_and_evaluate(config, workdir / f"{pooling}_s{seed}_{isa}_run",
+                                        task=task)
       state = summary["state"]
     else:  # untrained (random init) or pretrained (before NetVLAD training)
       state = task.create_state(config, jax.random.key(config.seed))

@@ -23,12 +23,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.data.image_size = (64, 64)
 
   c.model.backbone = "small_cnn"
-  c.model.widths = (16, 32, 64, 128)   # SmallCNN's channels
+  # small_cnn only (the presets' vgg16 trains whole):
+  c.model.widths = (16, 32, 64, 128)  # channels of its 4 conv blocks
   c.model.frozen_blocks = 3         # fine-tune the last conv block and the pooling only
   c.model.pooling = "netvlad"       # or avg | max | gem (the paper's baselines)
   c.model.num_clusters = 64         # K
   c.model.assignment = "paper"      # w = 2 alpha c, b = -alpha |c|^2; "official": v1
   c.model.normalize_input = True
+  c.model.whiten_dim = 0            # PCA-whitening of evaluation descriptors (0: none)
   c.model.pretrained = ""           # converted backbone weights (python -m jaxset.convert)
   # The later aggregators (jaxset/models/aggregators.py, which lists the papers'
   # sizes), shrunk for the 8x8x128 map of small_cnn on 64x64 images.
@@ -82,7 +84,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # differs by 4e-7 (relative), and 600 steps of hard-negative argsorts over
   # float16 features grow that into different negatives and another recall.
   # tests/test_pinned_runs.py pins the first steps, which agree across machines.
-  c.mining.refresh_every = 400
+  c.mining.refresh_every = 1000
   # Positives: the num_positives potential positives nearest the query in the
   # cache (official code: the single best); False = num_positives random ones.
   c.mining.positives = True
@@ -110,11 +112,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.optim.name = "adam"
   c.optim.lr = 1e-3
   c.optim.schedule = "cosine"
-  c.train.steps = 600
+  c.train.steps = 1000
   c.train.mode = "tuples"           # or "pk" (see c.pk)
   c.train.batch_size = 4            # queries (tuples) per step, as the paper
   c.train.log_every = 25
-  c.train.ckpt_every = 200
+  c.train.ckpt_every = 500
 
   c.eval.split = "test"
   c.eval.recall_ns = (1, 5, 10, 20)

@@ -24,7 +24,8 @@ import optax
 from jaxset.data import pipeline
 from jaxset.eval import recall_at_n
 from jaxset.models import NetVLADModel
-from jaxset.models.netvlad import descriptors_as_seen, init_netvlad_params
+from jaxset.models.heads import l2_normalize
+from jaxset.models.netvlad import descriptors_as_seen, fit_pca_whitening, init_netvlad_params
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops.losses import weakly_supervised_ranking_loss
 from train import loop, task
@@ -43,7 +44,7 @@ class Task(task.Task):
     m = config.model
     # The aggregator's own sizes: config.model.<pooling> (salad, mixvpr, boq, convap).
     kwargs = _backbone_kwargs(config)
-    if m.get("frozen_blocks", 0):
+    if m.get("frozen_blocks", 0) and m.backbone == "small_cnn":
       kwargs["frozen"] = m.frozen_blocks
     return common.model_from_config(NetVLADModel, config,
                                     aggregator_kwargs=dict(m.get(m.pooling, {})) or None,
@@ -263,6 +264,21 @@ class Task(task.Task):
     return [loop.Stage("train", config.train.steps, make_iterator, train_step)]
 
   # -- evaluation ----------------------------------------------------------------
+  def whiten(self, state, config, *features):
+    """PCA-whitening of evaluation descriptors (paper sec. 5, NetVLAD + whitening):
+    fitted on the training database and queries' descriptors of `state`, to
+    config.model.whiten_dim dimensions, then L2."""
+    model = self.model(config)
+    db, queries = self._sources(config)
+
+    def describe(state, batch):
+      return {"f": model.apply({"params": state.params, **state.model_state},
+                               batch["image"])["descriptor"]}
+
+    train = np.concatenate([common.extract(describe, state, src, config, keys=["image"])["f"]
+                            for src in (db, queries)])
+    return _whiten_fit_apply(train, config.model.whiten_dim, *features)
+
   def evaluate(self, state, config):
     """Recall@N on held-out queries (config.eval.split: val or test)."""
     model = self.model(config)
@@ -276,6 +292,8 @@ class Task(task.Task):
 
     fdb = common.extract(describe, state, db, config, keys=["image"])["f"]
     fq = common.extract(describe, state, queries, config, keys=["image"])["f"]
+    if config.model.get("whiten_dim", 0):
+      fdb, fq = self.whiten(state, config, fdb, fq)
     db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
     q_utm = pipeline.read_metadata(queries, ["utm"])["utm"]
     recalls = recall_at_n(fq, fdb, q_utm, db_utm, ns=tuple(config.eval.recall_ns),
@@ -284,14 +302,12 @@ class Task(task.Task):
 
 
 def _backbone_kwargs(config) -> dict:
-  """SmallCNN's widths (config.model.widths) as backbone kwargs; checks that the
-  small_cnn-only keys are not set for another backbone."""
+  """SmallCNN's widths (config.model.widths) as backbone kwargs. widths and
+  frozen_blocks shape the embedded default's small_cnn; other backbones (the
+  presets' vgg16) keep their own architecture and train whole."""
   m = config.model
-  widths, frozen = tuple(m.get("widths", ()) or ()), m.get("frozen_blocks", 0)
-  if (widths or frozen) and m.backbone != "small_cnn":
-    raise ValueError(f"config.model.widths / frozen_blocks are for backbone small_cnn; got "
-                     f"{m.backbone!r}. Set them to () and 0.")
-  return {"widths": widths} if widths else {}
+  widths = tuple(m.get("widths", ()) or ())
+  return {"widths": widths} if widths and m.backbone == "small_cnn" else {}
 
 
 def _pretrain_enabled(config) -> bool:
@@ -377,6 +393,13 @@ def pretrained_backbone(config, log=print) -> Path:
     save_variables(trunk, str(tmp))
     tmp.rename(path)
   return path
+
+
+def _whiten_fit_apply(train_vectors, dim, *arrays):
+  """PCA-whitening fitted on `train_vectors`, applied to each array, then L2."""
+  mean, proj = fit_pca_whitening(jnp.asarray(train_vectors, jnp.float32), dim)
+  return [np.asarray(l2_normalize((jnp.asarray(a, jnp.float32) - mean) @ proj))
+          for a in arrays]
 
 
 class _Subset:
