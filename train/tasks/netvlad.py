@@ -318,10 +318,35 @@ def _pretrain_enabled(config) -> bool:
               and config.data.name == "synthetic_places")
 
 
+def pretrained_path(config):
+  """Where pretrained_backbone caches its weights, and the synthetic_places config."""
+  import dataclasses
+  import hashlib
+  import json
+
+  from jaxset.data import default_data_dir
+  from jaxset.data import synthetic_places as sp
+
+  p, m = config.pretrain, config.model
+  name = config.data.get("builder_config") or "default"
+  places = {c.name: c for c in sp.CONFIGS}[name]
+  # The views depend on the city's geometry and seed, not on its queries.
+  city = {k: v for k, v in dataclasses.asdict(places).items()
+          if k not in ("name", "description", "queries", "train_queries", "query_times",
+                       "release_notes", "supported_versions", "version", "tags")}
+  key = json.dumps({"pretrain": p.to_dict(), "backbone": m.backbone, "dtype": m.dtype,
+                    "backbone_kwargs": _backbone_kwargs(config), "city": city,
+                    "version": str(sp.SyntheticPlaces.VERSION)}, sort_keys=True, default=str)
+  root = Path(config.data.get("cache_dir") or default_data_dir()) / "pretrained"
+  path = root / (f"synthetic_places_{m.backbone}_"
+                 f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.msgpack")
+  return path, places
+
+
 def pretrained_backbone(config, log=print) -> Path:
   """The backbone pretrained on synthetic_places.pretraining_views: ImageNet's stand-in.
 
-  Trained once per (backbone, image size, config.pretrain, dataset config) and
+  Trained once per (backbone, config.pretrain, city geometry; pretrained_path) and
   cached, like the embedded datasets, under <data dir>/pretrained/ (file-locked):
   every run of the main job, whatever its seed, starts from the same weights,
   as every run of the paper starts from the same ImageNet VGG16. Deterministic:
@@ -330,24 +355,15 @@ def pretrained_backbone(config, log=print) -> Path:
   (StripClassifier, softmax cross-entropy), with Adam and a cosine schedule.
   """
   import fcntl
-  import hashlib
-  import json
 
   from jaxset.convert import save_variables
-  from jaxset.data import default_data_dir
   from jaxset.data import synthetic_places as sp
   from jaxset.models.netvlad import StripClassifier
 
-  p, m = config.pretrain, config.model
-  name = config.data.get("builder_config") or "default"
-  places = {c.name: c for c in sp.CONFIGS}[name]
-  key = json.dumps({"pretrain": p.to_dict(), "backbone": m.backbone, "dtype": m.dtype,
-                    "backbone_kwargs": _backbone_kwargs(config), "data": name,
-                    "version": str(sp.SyntheticPlaces.VERSION)}, sort_keys=True)
-  root = Path(config.data.get("cache_dir") or default_data_dir()) / "pretrained"
+  p = config.pretrain
+  path, places = pretrained_path(config)
+  root = path.parent
   root.mkdir(parents=True, exist_ok=True)
-  path = root / (f"synthetic_places_{name}_{m.backbone}_"
-                 f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.msgpack")
   with open(root / f".{path.name}.lock", "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if path.exists():
@@ -358,7 +374,8 @@ def pretrained_backbone(config, log=print) -> Path:
     variables = model.init(jax.random.key(p.seed), sample)
     columns = jax.eval_shape(lambda: model.apply(variables, sample)).shape[1]
     # The tests' "tiny" city gets a token pretraining (a few views and steps).
-    views, steps = (min(p.views, 32), min(p.steps, 2)) if name == "tiny" else (p.views, p.steps)
+    tiny = places.name == "tiny"
+    views, steps = (min(p.views, 32), min(p.steps, 2)) if tiny else (p.views, p.steps)
     images, labels = sp.pretraining_views(places, views, columns, seed=p.seed)
     tx = optax.adam(optax.cosine_decay_schedule(p.lr, steps))
     params, stats = variables["params"], variables.get("batch_stats", {})
