@@ -188,6 +188,9 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--seeds", default="0,1,2")
   ap.add_argument("--poolings", default="netvlad,avg,max,gem")
+  ap.add_argument("--baseline_seeds", default="",
+                  help="seeds of the untrained / pretrained / avg / max / GeM rows "
+                  "(default: --seeds)")
   ap.add_argument("--split", default="test")
   ap.add_argument("--isa", default="AVX2", help="XLA ISA cap for the second run of each "
                   "NetVLAD seed in --isa_seeds ('' skips)")
@@ -210,16 +213,17 @@ def main(argv=None):
     print(f"{tag}: Recall@1 {res['recall@1']:.3f} ({res['wall_s']:.0f} s)", flush=True)
     return
   seeds = [int(s) for s in args.seeds.split(",")]
+  others = [int(s) for s in (args.baseline_seeds or args.seeds).split(",")]
   rows = {"netvlad": [cached_run("train", "netvlad", s, args.split, workdir) for s in seeds]}
   rows["raw pixels (mean-centred)"] = [cached_run("pixels", "netvlad", 0, args.split, workdir)]
   rows["untrained network (random init)"] = [
-      cached_run("untrained", "netvlad", s, args.split, workdir) for s in seeds]
+      cached_run("untrained", "netvlad", s, args.split, workdir) for s in others]
   rows["pretrained network, NetVLAD not trained"] = [
-      cached_run("pretrained", "netvlad", s, args.split, workdir) for s in seeds]
+      cached_run("pretrained", "netvlad", s, args.split, workdir) for s in others]
   for p in args.poolings.split(","):
     if p != "netvlad":
       rows[f"{p} pooling, trained the same way"] = [
-          cached_run("train", p, s, args.split, workdir) for s in seeds]
+          cached_run("train", p, s, args.split, workdir) for s in others]
   isa_rows = []
   if args.isa:
     for s in (int(x) for x in args.isa_seeds.split(",")):

@@ -32,7 +32,7 @@ ABLATIONS = {
     "no pretraining (from scratch, all blocks trained)": {
         "pretrain.steps": 0, "model.frozen_blocks": 0, "kmeans.bn_calibration_batches": 32},
     "all blocks fine-tuned": {"model.frozen_blocks": 0},
-    "two blocks fine-tuned, lr 1e-4": {"model.frozen_blocks": 2, "optim.lr": 1e-4},
+    "two blocks fine-tuned and lr 1e-4": {"model.frozen_blocks": 2, "optim.lr": 1e-4},
     "lr 1e-4": {"optim.lr": 1e-4},
     "one cache refresh (at step 0 only)": {"mining.refresh_every": 10 ** 9},
     "no hard-negative mining (random negatives)": {"mining.enabled": False},
