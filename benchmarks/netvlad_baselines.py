@@ -160,7 +160,9 @@ def render(rows: dict, seeds, split: str, isa_rows: list, command: str) -> str:
     else:
       d, lo, hi = bootstrap_diff(main, np.mean([r["hits"] for r in runs], axis=0))
       diff = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-    lines.append(f"| {name} | {np.mean(vals):.3f} ± {std:.3f} | {per} | {diff} |")
+    mean = (f"{np.mean(vals):.3f} ± {std:.3f} ({len(vals)} seeds)" if len(vals) > 1
+            else f"{vals[0]:.3f} (one run)")
+    lines.append(f"| {name} | {mean} | {per} | {diff} |")
   if isa_rows:
     lines += ["", "The trained NetVLAD with XLA's CPU code capped at another instruction "
               "set (`XLA_FLAGS=--xla_cpu_max_isa=...`):", "",
