@@ -1,6 +1,9 @@
 """NetVLAD (Arandjelovic et al., CVPR 2016): weakly supervised place recognition.
 
 What differs from the shared loop:
+- on synthetic_places without converted weights, the backbone first comes
+  from pretrained_backbone (embedded labelled views of another district,
+  ImageNet's stand-in; trained once and cached);
 - before training, the NetVLAD centroids come from k-means on the backbone's
   local descriptors of database images, with the official alpha rule;
 - tuples (query, potential positives within 10 m, negatives beyond 25 m) are
@@ -8,7 +11,9 @@ What differs from the shared loop:
 - hard negatives are mined from a cache of database and query features that is
   recomputed every `config.mining.refresh_every` queries (paper: 1000): a query's
   negatives are the hardest of `negative_pool` random far images plus the
-  hardest found for it at the last refresh. The cache is part of the checkpoint
+  hardest found for it at the last refresh. The cache holds float32 squared
+  distances, ranked with a tie tolerance then by index (the same negatives on
+  any machine's float rounding). The cache is part of the checkpoint
   and the data iterator is rebuilt after each refresh, so a resumed run mines
   exactly what an uninterrupted one would.
 """
