@@ -3,7 +3,8 @@
 `python -m train.main --config=configs/netvlad.py` is deterministic on one machine
 (two runs log the same losses bit for bit). A later commit can still move its
 result without anyone noticing, so a short run of the same command (the default
-config and embedded dataset, 16 steps, the feature cache refreshed at steps 0 and 8)
+config and embedded dataset, a short backbone pretraining, 16 steps, the feature
+cache refreshed at steps 0 and 8)
 is pinned here. Judged: the losses of the first steps and the recall before
 training, which hold across machines (JUDGED_STEPS says why not more); the
 second refresh runs but its effect is machine-dependent, so it is not judged.
@@ -24,10 +25,12 @@ import pytest
 from tests.train_helpers import cli_args, run_main
 
 PINS = Path(__file__).with_name("pins.json")
-# The default config, shortened: 16 steps, the hard-negative cache refreshed at
-# steps 0 and 8 (every 32 queries of 4), so both mining paths are covered.
+# The default config, shortened: the backbone pretraining cut to 256 views and
+# 20 steps, 16 training steps, the hard-negative cache refreshed at steps 0 and 8
+# (every 32 queries of 4), so both mining paths are covered.
 NETVLAD_SHORT = {"train.steps": 16, "train.log_every": 1, "train.ckpt_every": 16,
-                 "train.progress_bar": False, "mining.refresh_every": 32}
+                 "train.progress_bar": False, "mining.refresh_every": 32,
+                 "pretrain.views": 256, "pretrain.steps": 20}
 # Only the first steps are judged. The run is bit-for-bit deterministic on one
 # machine, but two machines of this project's kind (both "AMD EPYC", 2 cores,
 # the same wheels; XLA picks its CPU code by instruction set) start apart by

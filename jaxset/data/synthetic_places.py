@@ -15,9 +15,10 @@ offline on first use (see jaxset.data.load):
 - database images: every `db_spacing` metres along the centre of each street,
   4 headings (2 per side), at daytime;
 - queries: random positions (up to 2.5 m off the centre line), headings within
-  10 degrees of a database heading, pitch and roll jitter, at six times of day
-  in turn (day, morning, overcast, dusk, night with lit windows, harsh sun with
-  shadows), with occluders (cars, people, trees), blur and noise.
+  10 degrees of a database heading, pitch and roll jitter, at the config's
+  times of day in turn (default: Pittsburgh's daylight ones, day, morning,
+  overcast, harsh sun with shadows; config day_night adds dusk and night with
+  lit windows), with occluders (cars, people, trees), blur and noise.
 
 Every query has database images within 10 m (NON_TRIV_POS_DIST_SQ_THR) by
 construction. Records are stored in generation order.
@@ -42,6 +43,9 @@ CAMERA_HEIGHT = 2.5
 DB_YAWS = (-35.0, 35.0)  # degrees from the facade normal, per side
 NUM_STYLES = 24
 TIMES = ("day", "morning", "overcast", "dusk", "night", "harsh")
+# Pittsburgh's queries are Google Street View images, all taken in daylight
+# (other years, seasons, weather); dusk and night are Tokyo 24/7's conditions.
+DAYLIGHT = ("day", "morning", "overcast", "harsh")
 
 
 @dataclasses.dataclass
@@ -55,19 +59,22 @@ class PlacesConfig(tfds.core.BuilderConfig):
   db_spacing: float = 6.0       # metres between database places along a street
   queries: int = 250            # val and test queries
   train_queries: int = 1000
-  query_times: tuple[str, ...] = ("day", "morning", "overcast", "dusk", "night", "harsh")
+  query_times: tuple[str, ...] = DAYLIGHT
   seed: int = 20260402
 
 
 CONFIGS = (
     PlacesConfig(name="default", description="3 districts of 3x4 streets (240 m x 360 m), "
                  "database every 6 m x 4 headings (1388 per split), 1000 train queries, "
-                 "250 val and 250 test queries, "
+                 "250 val and 250 test queries, in daylight as Pittsburgh's, "
                  "64x64 images."),
+    PlacesConfig(name="day_night", description="default with queries at all six times of "
+                 "day, dusk and night included (Tokyo 24/7's conditions).", query_times=TIMES),
     PlacesConfig(name="tiny",
-                 description="For tests: 2x2 streets 60 m apart, 20 queries per split.",
+                 description="For tests: 2x2 streets 60 m apart, 20 queries per split, "
+                 "all six times of day.",
                  block=60.0, horizontal_streets=2, vertical_streets=2, db_spacing=10.0, queries=20,
-                 train_queries=20),
+                 train_queries=20, query_times=TIMES),
 )
 
 
@@ -343,6 +350,68 @@ def generate(config: PlacesConfig) -> dict[str, list[dict]]:
   return out
 
 
+def pretraining_views(config: PlacesConfig, count: int, columns: int = 8,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Labelled views of a fourth district, for pretraining a backbone (no place labels).
+
+  The stand-in for what ImageNet gives the paper's VGG16: generic appearance
+  knowledge (materials, lighting), not this benchmark's places. The district
+  (split index 3) shares the style pool with train/val/test, as ImageNet's
+  buildings share materials with Pittsburgh's, but none of their facades.
+  Views: random street, position (up to 4 m off the centre), side, yaw
+  (-50..50 degrees), pitch, roll, time of day (all of TIMES), occluders,
+  blur and noise, JPEG round trip like the records.
+
+  Returns images [count, H, W, 3] uint8 and labels [count, columns] int32: for
+  each of `columns` vertical strips, the style (0..NUM_STYLES-1) of the facade
+  that the horizon ray at the strip's centre hits, or NUM_STYLES for none (a
+  cross street's gap). Deterministic in (config, count, columns, seed).
+  """
+  c = config
+  origin, streets = district(c, 3)
+  facades = {}
+  for si, st in enumerate(streets):
+    for side in (-1, 1):
+      fac = facade(c.seed, 3, si, side, st.length)
+      fac["crossings"] = st.crossings
+      facades[(si, side)] = fac
+  lengths = np.asarray([st.length for st in streets])
+  f = 0.5 * c.width
+  xs = (np.arange(columns) + 0.5) * c.width / columns - 0.5 * c.width
+  images = np.zeros((count, c.height, c.width, 3), np.uint8)
+  labels = np.zeros((count, columns), np.int32)
+  for i in range(count):
+    rng = np.random.default_rng([c.seed, 40, seed, i])
+    si = int(rng.choice(len(streets), p=lengths / lengths.sum()))
+    s = float(rng.uniform(0.0, streets[si].length))
+    lateral, side = float(rng.uniform(-4.0, 4.0)), int(rng.choice([-1, 1]))
+    yaw = float(rng.uniform(-50.0, 50.0))
+    time = TIMES[int(rng.integers(len(TIMES)))]
+    img = render_view(c, facades, si, side, s, lateral, yaw,
+                      0.62 * c.height + rng.uniform(-4, 4), rng.uniform(-5, 5), time, rng,
+                      int(rng.integers(0, 4)), float(rng.uniform(0.0, 1.0)))
+    images[i] = _jpeg_round_trip(img)
+    # Horizon rays (as render_view, without roll): the facade hit per strip.
+    fac, phi = facades[(si, side)], np.radians(yaw)
+    dn = np.cos(phi) - xs / f * np.sin(phi)
+    dt = np.sin(phi) + xs / f * np.cos(phi)
+    t_hit = s + side * (HALF_STREET - side * lateral) / np.maximum(dn, 0.05) * dt
+    b = np.clip(np.searchsorted(fac["edges"], t_hit, side="right") - 1, 0,
+                len(fac["style"]) - 1)
+    gap = np.zeros(columns, bool)
+    for cross in fac["crossings"]:
+      gap |= np.abs(t_hit - cross) < HALF_STREET
+    labels[i] = np.where((dn > 0.05) & ~gap, fac["style"][b], NUM_STYLES)
+  return images, labels
+
+
+def _jpeg_round_trip(img: np.ndarray) -> np.ndarray:
+  import io
+
+  from PIL import Image
+  return np.asarray(Image.open(io.BytesIO(render.encode(img, "jpeg"))).convert("RGB"))
+
+
 _DB_TIME = 1181736000     # 2007-06-13 12:00 UTC, database capture (+1 s per panorama)
 _QUERY_TIME = 1230768000  # 2009-01-01 00:00 UTC, queries on other days and hours
 
@@ -354,6 +423,13 @@ class SyntheticPlaces(formats.OfflineBuilder):
   image (H, W, 3) uint8 JPEG, utm (2,) float64 metres (east, north), filename,
   timestamp (unix seconds), panorama (database panorama id; -1 for queries).
   """
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Queries at six times of day (day, morning, overcast, dusk, night, harsh).",
+      "1.1.0": "Default queries in daylight only (day, morning, overcast, harsh), as "
+               "Pittsburgh's Street View queries; config day_night keeps all six "
+               "(docs/data.md, synthetic_places).",
+  }
   BUILDER_CONFIGS = list(CONFIGS)
   POS_DIST_THR = POS_DIST_THR
   POS_DIST_SQ_THR = POS_DIST_SQ_THR

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxset.models.heads import safe_norm
@@ -109,10 +110,14 @@ class SmallCNN(nn.Module):
   Returns the last conv map after its ReLU, [B, H/8, W/8, widths[-1]].
   With `tap` = k in 1..3 it returns (the map after block k, the last map):
   a branch can split off the middle of the trunk (QAN fig. 2).
+  The first `frozen` blocks (0..4) run in inference mode (running BatchNorm
+  statistics) and pass no gradient back: fine-tuning only the top of a
+  pretrained trunk (NetVLAD trains conv5 of VGG16 and above).
   """
   widths: Sequence[int] = (32, 64, 128, 128)
   dtype: Dtype = jnp.float32
   tap: int | None = None
+  frozen: int = 0
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -124,9 +129,11 @@ class SmallCNN(nn.Module):
     for i, (w, stride, pool) in enumerate(zip(self.widths, (2, 1, 1, 1),
                                               (False, True, True, False))):
       x = _conv(w, 3, stride, dtype=self.dtype, name=f"conv{i + 1}")(x)
-      x = nn.relu(_bn(train, self.dtype, name=f"bn{i + 1}")(x))
+      x = nn.relu(_bn(train and i >= self.frozen, self.dtype, name=f"bn{i + 1}")(x))
       if pool:
         x = nn.max_pool(x, (2, 2), (2, 2))
+      if i + 1 == self.frozen:
+        x = jax.lax.stop_gradient(x)
       if self.tap == i + 1:
         tapped = x
     return x if self.tap is None else (tapped, x)

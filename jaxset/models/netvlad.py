@@ -31,8 +31,8 @@ from jaxset.models.heads import l2_normalize
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops import pooling as pooling_ops
 
-__all__ = ["NetVLADPool", "VPRModel", "NetVLADModel", "descriptors_as_seen", "init_netvlad_params",
-           "fit_pca_whitening", "apply_pca_whitening", "set_pca_params"]
+__all__ = ["NetVLADPool", "VPRModel", "NetVLADModel", "StripClassifier", "descriptors_as_seen",
+           "init_netvlad_params", "fit_pca_whitening", "apply_pca_whitening", "set_pca_params"]
 
 Dtype = Any
 POOLINGS = ("netvlad", "avg", "max", "gem") + tuple(aggregators.AGGREGATORS)
@@ -138,6 +138,31 @@ class VPRModel(nn.Module):
     if self.pca_dim is not None:
       descriptor = l2_normalize(self.pca(pooled))
     return {"descriptor": descriptor, "pooled": pooled}
+
+
+class StripClassifier(nn.Module):
+  """A backbone with a per-strip classifier, for pretraining it on labelled views.
+
+  The conv map is averaged over rows; each of its columns (a vertical strip of
+  the image) gets `num_classes` logits from one shared Dense. The trunk's
+  variables sit under "trunk" as in VPRModel, so the pretrained backbone
+  loads into it (train/tasks/common.load_pretrained).
+
+  __call__(images [B, H, W, 3] uint8, train=False) -> logits [B, w, num_classes] float32.
+  """
+  backbone: str = "small_cnn"
+  num_classes: int = 25
+  dtype: Dtype = jnp.float32
+  backbone_kwargs: Any = None
+
+  def setup(self):
+    self.trunk = backbones.create_backbone(self.backbone, self.dtype,
+                                           **(self.backbone_kwargs or {}))
+    self.head = nn.Dense(self.num_classes, param_dtype=jnp.float32)
+
+  def __call__(self, images, train: bool = False):
+    fmap = self.trunk(images, train)
+    return self.head(jnp.mean(fmap.astype(jnp.float32), axis=1))
 
 
 def descriptors_as_seen(model: VPRModel, descriptors):

@@ -1,6 +1,9 @@
 """NetVLAD (Arandjelovic et al., CVPR 2016): weakly supervised place recognition.
 
 What differs from the shared loop:
+- on synthetic_places without converted weights, the backbone first comes
+  from pretrained_backbone (embedded labelled views of another district,
+  ImageNet's stand-in; trained once and cached);
 - before training, the NetVLAD centroids come from k-means on the backbone's
   local descriptors of database images, with the official alpha rule;
 - tuples (query, potential positives within 10 m, negatives beyond 25 m) are
@@ -8,11 +11,15 @@ What differs from the shared loop:
 - hard negatives are mined from a cache of database and query features that is
   recomputed every `config.mining.refresh_every` queries (paper: 1000): a query's
   negatives are the hardest of `negative_pool` random far images plus the
-  hardest found for it at the last refresh. The cache is part of the checkpoint
+  hardest found for it at the last refresh. The cache holds float32 squared
+  distances, ranked with a tie tolerance then by index (the same negatives on
+  any machine's float rounding). The cache is part of the checkpoint
   and the data iterator is rebuilt after each refresh, so a resumed run mines
   exactly what an uninterrupted one would.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +44,7 @@ from train.tasks import common, place_pk
 class Task(task.Task):
 
   def __init__(self):
-    self.cache = None  # {"db": [N, F] f16, "queries": [Q, F] f16, "hard": [Q, M] int}
+    self.cache = None  # {"dist": [Q, N] float32 squared distances, "hard": [Q, M] int}
     self._db_src = self._q_src = None
     self._far_lists = self._pos_lists = None
 
@@ -45,13 +52,21 @@ class Task(task.Task):
   def build_model(self, config):
     m = config.model
     # The aggregator's own sizes: config.model.<pooling> (salad, mixvpr, boq, convap).
+    kwargs = _backbone_kwargs(config)
+    if m.get("frozen_blocks", 0) and m.backbone == "small_cnn":
+      kwargs["frozen"] = m.frozen_blocks
     return common.model_from_config(NetVLADModel, config,
-                                    aggregator_kwargs=dict(m.get(m.pooling, {})) or None)
+                                    aggregator_kwargs=dict(m.get(m.pooling, {})) or None,
+                                    backbone_kwargs=kwargs or None)
 
   def create_state(self, config, rng):
     h, w = config.data.image_size
     sample = jnp.zeros((1, h, w, 3), jnp.uint8)
-    return common.create_state(self.model(config), config, rng, sample, config.train.steps)
+    state = common.create_state(self.model(config), config, rng, sample, config.train.steps)
+    if _pretrain_enabled(config):
+      state = common.load_pretrained(state, str(pretrained_backbone(config)))
+      state = state.replace(opt_state=state.tx.init(state.params))
+    return state
 
   def _sources(self, config):
     if self._db_src is None:
@@ -141,10 +156,12 @@ class Task(task.Task):
       variables = {"params": state.params, **state.model_state}
       return {"f": model.apply(variables, batch["image"])["descriptor"]}
 
-    # float16: the cache is stored in checkpoints and mined in this precision,
-    # in the uninterrupted and the resumed run alike.
-    fdb = common.extract(describe, state, db, config, keys=["image"])["f"].astype(np.float16)
-    fq = common.extract(describe, state, queries, config, keys=["image"])["f"].astype(np.float16)
+    fdb = common.extract(describe, state, db, config, keys=["image"])["f"]
+    fq = common.extract(describe, state, queries, config, keys=["image"])["f"]
+    # The cache keeps each query's distances to the whole database (float32,
+    # from float64 products: the same numbers on any BLAS), not the features:
+    # every miner ranks by them, and the checkpoint stays small.
+    dist = _distance_matrix(fq, fdb)
     m = config.tuples.num_negatives
     hard = np.full((len(fq), m), -1, np.int64)
     rng = np.random.default_rng([config.seed, int(jax.device_get(state.step))])
@@ -153,8 +170,8 @@ class Task(task.Task):
         continue
       cand = far if len(far) <= config.tuples.negative_pool else rng.choice(
           far, config.tuples.negative_pool, replace=False)
-      hard[q, :min(m, len(cand))] = _nearest(fdb, cand, fq[q], m)
-    self.cache = {"db": fdb, "queries": fq, "hard": hard}
+      hard[q, :min(m, len(cand))] = _nearest(dist[q], cand, m)
+    self.cache = {"dist": dist, "hard": hard}
 
   def _far(self, config):
     if self._far_lists is None:
@@ -176,11 +193,9 @@ class Task(task.Task):
       cache = self.cache
       prev = cache["hard"][q]
       pool = np.unique(np.concatenate([candidates, prev[prev >= 0]]))
-      fq = cache["queries"][q].astype(np.float32)
-      d_neg = _cache_distances(cache["db"], pool, fq)
-      pos = self._pos_lists[q]
-      d_pos = np.min(_cache_distances(cache["db"], pos, fq))
-      order = np.argsort(d_neg, kind="stable")
+      d_neg = cache["dist"][q, pool]
+      d_pos = np.min(cache["dist"][q, self._pos_lists[q]])
+      order = _ranking(d_neg, pool)
       violating = order[d_neg[order] < d_pos + margin]
       # When too few violate, fill with the next hardest: a query keeps learning
       # signal, and its loss terms are zero for the ones that do not violate.
@@ -199,7 +214,7 @@ class Task(task.Task):
     p = config.tuples.num_positives
 
     def mine(q, candidates):
-      return _nearest(self.cache["db"], candidates, self.cache["queries"][q], p)
+      return _nearest(self.cache["dist"][q], candidates, p)
 
     return mine
 
@@ -210,10 +225,9 @@ class Task(task.Task):
     h, w = config.data.image_size
     db, queries = self._sources(config)
     self._far(config)
-    f, dim = config.tuples.num_negatives, self._dim(config)
+    f = config.tuples.num_negatives
     self._empty_cache = {
-        "db": np.zeros((len(db), dim), np.float16),
-        "queries": np.zeros((len(queries), dim), np.float16),
+        "dist": np.zeros((len(queries), len(db)), np.float32),
         "hard": np.full((len(queries), f), -1, np.int64)}
     if place_pk.mode(config) == "pk":
       return place_pk.stages(self, config, model)
@@ -258,12 +272,6 @@ class Task(task.Task):
 
     return [loop.Stage("train", config.train.steps, make_iterator, train_step)]
 
-  def _dim(self, config):
-    h, w = config.data.image_size
-    out, _ = jax.eval_shape(lambda: self.model(config).init_with_output(
-        jax.random.key(0), jnp.zeros((1, h, w, 3), jnp.uint8)))
-    return out["descriptor"].shape[-1]
-
   # -- evaluation ----------------------------------------------------------------
   def embed_apply(self, config):
     """train.eval's benchmarks embed with the image descriptor."""
@@ -296,6 +304,117 @@ class Task(task.Task):
     return {f"recall@{n}": float(r) for n, r in recalls.items()}
 
 
+def _backbone_kwargs(config) -> dict:
+  """SmallCNN's widths (config.model.widths) as backbone kwargs. widths and
+  frozen_blocks shape the embedded default's small_cnn; other backbones (the
+  presets' vgg16) keep their own architecture and train whole."""
+  m = config.model
+  widths = tuple(m.get("widths", ()) or ())
+  return {"widths": widths} if widths and m.backbone == "small_cnn" else {}
+
+
+def _pretrain_enabled(config) -> bool:
+  """The embedded backbone pretraining runs for synthetic_places when no converted
+  weights are given (config.model.pretrained) and config.pretrain.steps > 0."""
+  p = config.get("pretrain")
+  return bool(p and p.steps > 0 and not config.model.get("pretrained")
+              and config.data.name == "synthetic_places")
+
+
+def pretrained_path(config):
+  """Where pretrained_backbone caches its weights, and the synthetic_places config."""
+  import dataclasses
+  import hashlib
+  import json
+
+  from jaxset.data import default_data_dir
+  from jaxset.data import synthetic_places as sp
+
+  p, m = config.pretrain, config.model
+  name = config.data.get("builder_config") or "default"
+  places = {c.name: c for c in sp.CONFIGS}[name]
+  # The views depend on the city's geometry and seed, not on its queries.
+  city = {k: v for k, v in dataclasses.asdict(places).items()
+          if k not in ("name", "description", "queries", "train_queries", "query_times",
+                       "release_notes", "supported_versions", "version", "tags")}
+  key = json.dumps({"pretrain": p.to_dict(), "backbone": m.backbone, "dtype": m.dtype,
+                    "backbone_kwargs": _backbone_kwargs(config), "city": city,
+                    "version": str(sp.SyntheticPlaces.VERSION)}, sort_keys=True, default=str)
+  root = Path(config.data.get("cache_dir") or default_data_dir()) / "pretrained"
+  path = root / (f"synthetic_places_{m.backbone}_"
+                 f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.msgpack")
+  return path, places
+
+
+def pretrained_backbone(config, log=print) -> Path:
+  """The backbone pretrained on synthetic_places.pretraining_views: ImageNet's stand-in.
+
+  Trained once per (backbone, config.pretrain, city geometry; pretrained_path) and
+  cached, like the embedded datasets, under <data dir>/pretrained/ (file-locked):
+  every run of the main job, whatever its seed, starts from the same weights,
+  as every run of the paper starts from the same ImageNet VGG16. Deterministic:
+  fixed data (pretraining_views), init and batch order (config.pretrain.seed).
+  The task: for each vertical strip of a view, the facade style it shows
+  (StripClassifier, softmax cross-entropy), with Adam and a cosine schedule.
+  """
+  import fcntl
+
+  from jaxset.convert import save_variables
+  from jaxset.data import synthetic_places as sp
+  from jaxset.models.netvlad import StripClassifier
+
+  p = config.pretrain
+  path, places = pretrained_path(config)
+  root = path.parent
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / f".{path.name}.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if path.exists():
+      return path
+    model = common.model_from_config(StripClassifier, config, num_classes=sp.NUM_STYLES + 1,
+                                     backbone_kwargs=_backbone_kwargs(config) or None)
+    sample = jnp.zeros((1, places.height, places.width, 3), jnp.uint8)
+    variables = model.init(jax.random.key(p.seed), sample)
+    columns = jax.eval_shape(lambda: model.apply(variables, sample)).shape[1]
+    # The tests' "tiny" city gets a token pretraining (a few views and steps).
+    tiny = places.name == "tiny"
+    views, steps = (min(p.views, 32), min(p.steps, 2)) if tiny else (p.views, p.steps)
+    images, labels = sp.pretraining_views(places, views, columns, seed=p.seed)
+    tx = optax.adam(optax.cosine_decay_schedule(p.lr, steps))
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, stats, opt, x, y):
+      def loss_fn(params):
+        logits, new = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                  mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+      (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt = tx.update(grads, opt, params)
+      return optax.apply_updates(params, updates), new["batch_stats"], opt, loss
+
+    rng = np.random.default_rng(p.seed)
+    order = np.zeros(0, np.int64)
+    for i in range(steps):
+      if len(order) < p.batch_size:
+        order = np.concatenate([order, rng.permutation(len(images))])
+      idx, order = order[:p.batch_size], order[p.batch_size:]
+      params, stats, opt, loss = step(params, stats, opt, images[idx], labels[idx])
+      if log and (i + 1) % 50 == 0:
+        log(f"backbone pretraining: step {i + 1}/{steps}, loss {float(loss):.4f}")
+    if not np.isfinite(float(loss)):
+      raise FloatingPointError(f"backbone pretraining diverged (loss {float(loss)}); lower "
+                               "config.pretrain.lr.")
+    trunk = {"params": jax.device_get(params["trunk"])}
+    if stats:
+      trunk["batch_stats"] = jax.device_get(stats["trunk"])
+    tmp = path.with_suffix(".tmp")
+    save_variables(trunk, str(tmp))
+    tmp.rename(path)
+  return path
+
+
 class _Subset:
   """A view of some records of a data source."""
 
@@ -309,15 +428,37 @@ class _Subset:
     return self.src[int(self.indices[i])]
 
 
-def _cache_distances(fdb, indices, fq):
-  """Squared distances of the cached (float16) database rows `indices` to the
-  query feature fq, computed in float32: the one metric every miner ranks by."""
-  return np.sum((fdb[indices].astype(np.float32) - np.asarray(fq, np.float32)) ** 2, axis=1)
+def _distance_matrix(fq, fdb, chunk: int = 256) -> np.ndarray:
+  """Squared distances [Q, N] between query and database features, float32.
+
+  |q|^2 + |d|^2 - 2 q.d in float64 (chunks of queries), rounded to float32:
+  float64 products differ between BLAS kernels by ~1e-16, far below float32's
+  rounding, so every machine gets the same float32 numbers from the same features.
+  """
+  fq, fdb = np.asarray(fq, np.float64), np.asarray(fdb, np.float64)
+  db_sq = np.sum(fdb * fdb, axis=1)
+  out = np.empty((len(fq), len(fdb)), np.float32)
+  for i in range(0, len(fq), chunk):
+    q = fq[i:i + chunk]
+    d = np.sum(q * q, axis=1)[:, None] + db_sq[None] - 2.0 * (q @ fdb.T)
+    out[i:i + chunk] = np.maximum(d, 0.0)
+  return out
 
 
-def _nearest(fdb, candidates, fq, m):
-  """The m candidates nearest fq (ties in candidate order): the hardest
-  negatives, or the best-matching potential positives."""
-  d = _cache_distances(fdb, candidates, fq)
-  return candidates[np.argsort(d, kind="stable")[:m]]
+# Distances that differ by less than this rank as equal, then by database index:
+# features from XLA kernels of another instruction set differ by ~1e-7, which
+# must not reorder near-ties (float32 steps are 1.2e-7 at 1).
+TIE_TOLERANCE = 1e-5
 
+
+def _ranking(d, indices):
+  """Positions of `d` (distances of database rows `indices`) nearest first: by d
+  rounded to TIE_TOLERANCE, ties by database index (the same order on any machine)."""
+  return np.lexsort((np.asarray(indices), np.round(np.asarray(d, np.float64) / TIE_TOLERANCE)))
+
+
+def _nearest(dist_q, candidates, m):
+  """The m candidates nearest the query (its row of cached distances), by _ranking:
+  the hardest negatives, or the best-matching potential positives."""
+  candidates = np.asarray(candidates)
+  return candidates[_ranking(dist_q[candidates], candidates)[:m]]
