@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import report
+
 BEGIN = "<!-- BEGIN netvlad_baselines (python -m benchmarks.netvlad_baselines) -->"
 END = "<!-- END netvlad_baselines -->"
 
@@ -231,7 +233,7 @@ def main(argv=None):
     for s in (int(x) for x in args.isa_seeds.split(",")):
       base = next(r for r in rows["netvlad"] if r["seed"] == s)
       isa_rows.append((cached_run("train", "netvlad", s, args.split, workdir, args.isa), base))
-  command = "python -m benchmarks.netvlad_baselines " + " ".join(argv or sys.argv[1:])
+  command = report.report_command("benchmarks.netvlad_baselines", argv or sys.argv[1:])
   text = render(rows, seeds, args.split, isa_rows, command.strip())
   print(text)
   write_between_markers(Path(args.out), text)

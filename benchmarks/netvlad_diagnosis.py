@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import report
+
 ABLATIONS = {
     "default": {},
     "no pretraining (from scratch, all blocks trained)": {
@@ -193,7 +195,7 @@ def main(argv=None):
     curves[f"{name}, seed 0"] = run_curve(name, ABLATIONS[name], 0, args.every, workdir)
   precision = {} if args.no_precision else mining_precision()
   by_time = {b: per_time_of_day(b) for b in filter(None, args.times.split(","))}
-  command = "python -m benchmarks.netvlad_diagnosis " + " ".join(argv or sys.argv[1:])
+  command = report.report_command("benchmarks.netvlad_diagnosis", argv or sys.argv[1:])
   text = render(curves, precision, command.strip(), by_time)
   print(text)
   Path(args.out).write_text(text)
