@@ -173,3 +173,39 @@ def data_facts(config) -> dict:
                                                                     p["tracklet_b"])]
   return {"tracklets_degraded": len(degraded), "tracklets": len(tracklets),
           "set_pairs_degraded": int(np.sum(either)), "set_pairs": len(either)}
+
+
+# -- places (the NetVLAD baselines and diagnosis) --------------------------------
+
+def place_hits_at_1(fq, fdb, q_utm, db_utm, radius: float) -> np.ndarray:
+  """Per-query top-1 hit (bool [Q]) under the evaluation protocol."""
+  from jaxset.eval import recall_at_n
+  _, idx, _ = recall_at_n(fq, fdb, q_utm, db_utm, ns=(1,), pos_radius=radius,
+                          return_neighbors=True)
+  return np.linalg.norm(np.asarray(db_utm)[idx[:, 0]] - np.asarray(q_utm), axis=-1) <= radius
+
+
+def place_features(task, state, config):
+  """[query descriptors, database descriptors] of a VPR state on config.eval.split."""
+  from train.tasks import common
+  model = task.model(config)
+  split = config.eval.split
+
+  def describe(state, batch):
+    return {"f": model.apply({"params": state.params, **state.model_state},
+                             batch["image"])["descriptor"]}
+
+  out = []
+  for part in ("queries", "database"):
+    src = common.source(config, f"{split}_{part}")
+    out.append(common.extract(describe, state, src, config, keys=["image"])["f"])
+  return out
+
+
+def place_utm(config):
+  """[query UTM, database UTM] of config.eval.split."""
+  from jaxset.data import pipeline
+  from train.tasks import common
+  split = config.eval.split
+  return [pipeline.read_metadata(common.source(config, f"{split}_{p}"), ["utm"])["utm"]
+          for p in ("queries", "database")]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import report
+from benchmarks import measures, report
 
 BEGIN = "<!-- BEGIN netvlad_baselines (python -m benchmarks.netvlad_baselines) -->"
 END = "<!-- END netvlad_baselines -->"
@@ -46,38 +46,6 @@ def _config(pooling: str, seed: int, split: str, **extra):
   return c
 
 
-def hits_at_1(fq, fdb, q_utm, db_utm, radius: float) -> np.ndarray:
-  """Per-query top-1 hit (bool [Q]) under the evaluation protocol."""
-  from jaxset.eval import recall_at_n
-  _, idx, _ = recall_at_n(fq, fdb, q_utm, db_utm, ns=(1,), pos_radius=radius,
-                          return_neighbors=True)
-  return np.linalg.norm(np.asarray(db_utm)[idx[:, 0]] - np.asarray(q_utm), axis=-1) <= radius
-
-
-def _features(task, state, config):
-  from train.tasks import common
-  model = task.model(config)
-  split = config.eval.split
-
-  def describe(state, batch):
-    return {"f": model.apply({"params": state.params, **state.model_state},
-                             batch["image"])["descriptor"]}
-
-  out = []
-  for part in ("queries", "database"):
-    src = common.source(config, f"{split}_{part}")
-    out.append(common.extract(describe, state, src, config, keys=["image"])["f"])
-  return out
-
-
-def _utm(config):
-  from jaxset.data import pipeline
-  from train.tasks import common
-  split = config.eval.split
-  return [pipeline.read_metadata(common.source(config, f"{split}_{p}"), ["utm"])["utm"]
-          for p in ("queries", "database")]
-
-
 def run_one(kind: str, pooling: str, seed: int, split: str, workdir: Path) -> dict:
   """One row (in this process): kind = train | untrained | pretrained | pixels."""
   import jax
@@ -88,7 +56,7 @@ def run_one(kind: str, pooling: str, seed: int, split: str, workdir: Path) -> di
   untrained = {"pretrain.steps": 0, "model.frozen_blocks": 0,
                "kmeans.bn_calibration_batches": 32}
   config = _config(pooling, seed, split, **(untrained if kind == "untrained" else {}))
-  q_utm, db_utm = _utm(config)
+  q_utm, db_utm = measures.place_utm(config)
   radius = config.eval.pos_radius
   if kind == "pixels":
     from jaxset.data import pipeline
@@ -113,8 +81,8 @@ def run_one(kind: str, pooling: str, seed: int, split: str, workdir: Path) -> di
       state = task.create_state(config, jax.random.key(config.seed))
       task.stages(config)
       state = task.before_training(state, config)
-    fq, fdb = _features(task, state, config)
-  hits = hits_at_1(fq, fdb, q_utm, db_utm, radius)
+    fq, fdb = measures.place_features(task, state, config)
+  hits = measures.place_hits_at_1(fq, fdb, q_utm, db_utm, radius)
   return {"kind": kind, "pooling": pooling, "seed": seed, "split": split,
           "recall@1": float(hits.mean()), "hits": hits.astype(int).tolist(),
           "wall_s": time.perf_counter() - t0,

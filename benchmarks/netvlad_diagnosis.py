@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import report
+from benchmarks import measures, report
 
 ABLATIONS = {
     "default": {},
@@ -120,7 +120,6 @@ def per_time_of_day(builder_config: str) -> dict:
   pretrained network before NetVLAD training, on synthetic_places `builder_config`."""
   import jax
 
-  from benchmarks.netvlad_baselines import _features, _utm, hits_at_1
   from configs.netvlad import get_config
   from jaxset.data import pipeline
   from train import tasks
@@ -133,16 +132,17 @@ def per_time_of_day(builder_config: str) -> dict:
   state = task.create_state(c, jax.random.key(0))
   task.stages(c)
   state = task.before_training(state, c)
-  fq, fdb = _features(task, state, c)
-  q_utm, db_utm = _utm(c)
-  net = hits_at_1(fq, fdb, q_utm, db_utm, c.eval.pos_radius)
+  fq, fdb = measures.place_features(task, state, c)
+  q_utm, db_utm = measures.place_utm(c)
+  net = measures.place_hits_at_1(fq, fdb, q_utm, db_utm, c.eval.pos_radius)
 
   def pixels(part):
     src = common.source(c, f"val_{part}")
     x = np.concatenate([b["image"][b["valid"]] for b in pipeline.eval_batches(
         src, batch_size=256, keys=["image"])]).reshape(len(src), -1).astype(np.float32)
     return x - x.mean(axis=1, keepdims=True)
-  raw = hits_at_1(pixels("queries"), pixels("database"), q_utm, db_utm, c.eval.pos_radius)
+  raw = measures.place_hits_at_1(pixels("queries"), pixels("database"), q_utm, db_utm,
+                                 c.eval.pos_radius)
   src = common.source(c, "val_queries")
   times = np.asarray([src[i]["filename"].decode().split("@")[-2] for i in range(len(src))])
   return {t: (int(np.sum(times == t)), float(raw[times == t].mean()),
