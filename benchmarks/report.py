@@ -55,7 +55,7 @@ def kept_notes(out: Path) -> str:
 
 # Flags that name a folder or file of the machine that ran a report: they do not change
 # its numbers, and a reader has none of those paths.
-PATH_FLAGS = ("--workdir", "--out", "--claims_workdir")
+PATH_FLAGS = ("--workdir", "--out", "--doc", "--claims_workdir")
 
 
 def report_command(module: str, argv: list[str]) -> str:
