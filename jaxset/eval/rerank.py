@@ -39,7 +39,7 @@ Query expansion: `average_query_expansion` (AQE, Chum et al. 2007) and
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -157,8 +157,8 @@ def _pad_to(x: np.ndarray, size: int, value) -> np.ndarray:
   return np.concatenate([x, np.full((size - x.shape[0],) + x.shape[1:], value, x.dtype)])
 
 
-class _Problem:
-  """What the algorithm needs from either entry point."""
+class _Problem(Protocol):
+  """What the algorithm needs from either entry point (the matrices or the features)."""
 
   num_q: int
   num_g: int
@@ -166,11 +166,11 @@ class _Problem:
 
   def o_at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """O[rows[b], cols[b, c]] as float32 [B, C]."""
-    raise NotImplementedError
+    ...
 
   def o_query_gallery(self, rows: np.ndarray) -> np.ndarray:
     """O[rows, Q:] as float32 [B, G] (device or host array)."""
-    raise NotImplementedError
+    ...
 
 
 def _rerank_core(prob: _Problem, k1: int, k2: int, lambda_value: float, *, row_block: int,
