@@ -122,11 +122,6 @@ def exported_eval_steps(monkeypatch):
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_step_lowers_for_gpu_and_tpu(case, tiny_data, exported_eval_steps):
   method, extra = CASES[case]
-  if method == "netvlad":
-    # NetVLAD's create_state runs (or loads) the embedded backbone pretraining, a
-    # training of its own that cannot run under eval_shape; the steps lowered here
-    # are the same with or without it (it only sets the initial weights).
-    extra = {"pretrain.steps": 0, **extra}
   config = make_config(method, tiny_overrides(tiny_data, 4, **extra))
   task = tasks.get(method)
   mesh = meshes.build(config)

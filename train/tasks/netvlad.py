@@ -64,7 +64,12 @@ class Task(task.Task):
     sample = jnp.zeros((1, h, w, 3), jnp.uint8)
     state = common.create_state(self.model(config), config, rng, sample, config.train.steps)
     if _pretrain_enabled(config):
-      state = common.load_pretrained(state, str(pretrained_backbone(config)))
+      # The pretraining is a concrete training of its own (cached after the first
+      # run); ensure_compile_time_eval lets it run when create_state itself is
+      # traced, e.g. under jax.eval_shape for an abstract state.
+      with jax.ensure_compile_time_eval():
+        path = pretrained_backbone(config)
+      state = common.load_pretrained(state, str(path))
       state = state.replace(opt_state=state.tx.init(state.params))
     return state
 
