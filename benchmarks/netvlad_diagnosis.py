@@ -2,11 +2,12 @@
 ablations, and how float16 / near-ties change the mined hard negatives.
 
   python -m benchmarks.netvlad_diagnosis [--seeds 0,1,2] [--ablations default,...]
-      [--every 250] [--workdir runs/netvlad_diagnosis] [--out docs/netvlad_diagnosis.md]
+      [--ablation_seeds 0] [--every 250] [--workdir runs/netvlad_diagnosis]
+      [--out docs/netvlad_diagnosis.md]
 
 1. Learning curves: the main job (configs/netvlad.py) with eval.split=val and
-   eval.every=--every, per seed; and per ablation (seed 0), one override set
-   each (ABLATIONS). Runs are kept in the workdir; a finished run is only read.
+   eval.every=--every, per seed; and per ablation (--ablation_seeds), one
+   override set each (ABLATIONS). Runs are kept in the workdir; a finished run is only read.
 2. Mining precision: for the pretrained network before NetVLAD training, the
    hard negatives of every training query (the 10 nearest of its far database
    images) from float32 features, from the same features cast to float16, and
@@ -36,6 +37,7 @@ ABLATIONS = {
     "all blocks fine-tuned": {"model.frozen_blocks": 0},
     "two blocks fine-tuned and lr 1e-4": {"model.frozen_blocks": 2, "optim.lr": 1e-4},
     "lr 1e-4": {"optim.lr": 1e-4},
+    "2000 steps": {"train.steps": 2000},
     "one cache refresh (at step 0 only)": {"mining.refresh_every": 10 ** 9},
     "no hard-negative mining (random negatives)": {"mining.enabled": False},
 }
@@ -179,6 +181,8 @@ def main(argv=None):
   ap.add_argument("--seeds", default="0,1,2")
   ap.add_argument("--ablations", default=",".join(k for k in ABLATIONS if k != "default"),
                   help="comma-separated names of ABLATIONS ('' for none)")
+  ap.add_argument("--ablation_seeds", default="0",
+                  help="seeds of each ablation's run (comma-separated)")
   ap.add_argument("--every", type=int, default=250)
   ap.add_argument("--no_precision", action="store_true")
   ap.add_argument("--times", default="day_night,default",
@@ -192,7 +196,8 @@ def main(argv=None):
   for s in (int(x) for x in args.seeds.split(",")):
     curves[f"default, seed {s}"] = run_curve("default", {}, s, args.every, workdir)
   for name in filter(None, args.ablations.split(",")):
-    curves[f"{name}, seed 0"] = run_curve(name, ABLATIONS[name], 0, args.every, workdir)
+    for s in (int(x) for x in args.ablation_seeds.split(",")):
+      curves[f"{name}, seed {s}"] = run_curve(name, ABLATIONS[name], s, args.every, workdir)
   precision = {} if args.no_precision else mining_precision()
   by_time = {b: per_time_of_day(b) for b in filter(None, args.times.split(","))}
   command = report.report_command("benchmarks.netvlad_diagnosis", argv or sys.argv[1:])
