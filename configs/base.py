@@ -16,6 +16,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.cache_dir = ""       # prepared array_record files; "" = ~/.cache/jaxset/datasets
   c.data.builder_config = ""  # tfds BuilderConfig name ("" = the builder's default)
   c.data.image_size = (64, 64)
+  # Re-ID data without a validation split (Market-1501, DukeMTMC-reID, CUHK03-NP,
+  # MARS): this fraction of the training identities, drawn by holdout_seed, is
+  # left out of training and becomes the query/gallery that eval.split = "val"
+  # scores (train/tasks/common.held_out_splits; 0 = off).
+  c.data.holdout_identities = 0.0
+  c.data.holdout_seed = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "small_cnn"
