@@ -86,7 +86,7 @@ def test_query_expansion_rows_use_the_expanded_queries():
     ("rerank_k2", 0, r"config\.eval\.rerank_k2=0; use an integer >= 1"),
     ("rerank_lambda", 1.5, r"config\.eval\.rerank_lambda=1\.5; use a number in \[0\.0, 1\.0\]"),
     ("query_expansion", -1, r"config\.eval\.query_expansion=-1; use an integer >= 0"),
-    ("qe_alpha", -2.0, r"config\.eval\.qe_alpha=-2\.0; use a number in"),
+    ("qe_alpha", -2.0, r"config\.eval\.qe_alpha=-2\.0; use a number >= 0\.0"),
 ])
 def test_bad_option_values_are_named_before_training(key, value, match):
   config = make_config("casn", {"eval.benchmark": "reid"}, "market1501")

@@ -58,7 +58,8 @@ def _float_key(config, key: str, default: float, low: float, high: float) -> flo
   v = config.eval.get(key, default)
   if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
       or not low <= float(v) <= high:
-    raise ValueError(f"config.eval.{key}={v!r}; use a number in [{low}, {high}].")
+    allowed = f">= {low}" if high == np.inf else f"in [{low}, {high}]"
+    raise ValueError(f"config.eval.{key}={v!r}; use a number {allowed}.")
   return float(v)
 
 
