@@ -90,8 +90,8 @@ def check_options(config) -> None:
 
 def reid_variants(qf, gf, q_ids, g_ids, q_cams, g_cams, options: dict) -> list[tuple]:
   """(label, metric suffix, cmc_map result) of the plain ranking and each variant
-  the options turn on: query expansion, re-ranking, and both (expansion first,
-  as fast-reid's test-time recipe orders them)."""
+  the options turn on: query expansion, re-ranking, and both (the expanded
+  queries re-ranked)."""
   metric = options["metric"]
   ids = (q_ids, g_ids, q_cams, g_cams)
   out = [("", "", cmc_map(qf, gf, *ids, metric=metric))]
