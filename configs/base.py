@@ -16,6 +16,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.cache_dir = ""       # prepared array_record files; "" = ~/.cache/jaxset/datasets
   c.data.builder_config = ""  # tfds BuilderConfig name ("" = the builder's default)
   c.data.image_size = (64, 64)
+  # Re-ID data without a validation split (Market-1501, DukeMTMC-reID, CUHK03-NP,
+  # MARS): this fraction of the training identities, drawn by holdout_seed, is
+  # left out of training and becomes the query/gallery that eval.split = "val"
+  # scores (train/tasks/common.held_out_splits; 0 = off).
+  c.data.holdout_identities = 0.0
+  c.data.holdout_seed = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "small_cnn"
@@ -100,6 +106,16 @@ def add_benchmark_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   # MSLS val: "all" scores every non-panorama query; "with_positives" only those
   # with a database image within eval.pos_radius (docs/evaluation.md).
   c.eval.msls_queries = "all"
+  # reid / video_reid: extra rows beside the plain ranking (docs/evaluation.md).
+  # rerank "k_reciprocal": Zhong et al.'s re-ranking with k1, k2, lambda (the
+  # paper's 20, 6, 0.3); query_expansion k > 0: each query averaged with its k
+  # nearest gallery rows, weighted by similarity^qe_alpha (0: AQE, > 0: alpha-QE).
+  c.eval.rerank = "none"
+  c.eval.rerank_k1 = 20
+  c.eval.rerank_k2 = 6
+  c.eval.rerank_lambda = 0.3
+  c.eval.query_expansion = 0
+  c.eval.qe_alpha = 0.0
   for key, value in (("split", "test"), ("recall_ns", (1, 5, 10, 20)), ("pos_radius", 25.0)):
     if key not in c.eval:
       c.eval[key] = value

@@ -20,7 +20,7 @@ Pittsburgh 30k with VGG16 from ImageNet weights, as the paper (your local copy):
       --config.data.dir=/data/pittsburgh --config.model.pretrained=vgg16.msgpack
 Pittsburgh 250k: the same with :pitts250k.
 Recall@1/5/10/20 of that run on Pittsburgh 30k test, Tokyo 24/7 (panorama NMS) and
-MSLS val (every query; --config.eval.msls_queries=with_positives for the other count):
+MSLS val (every query; --config.eval.msls_queries=with_positives for mapillary_sls's count):
   python -m train.eval --config=configs/netvlad.py:pitts30k --workdir=runs/netvlad_pitts30k \
       --config.eval.benchmark=places --config.eval.dir=/data/pittsburgh
   python -m train.eval --config=configs/netvlad.py:tokyo247 --workdir=runs/netvlad_pitts30k \

@@ -183,6 +183,39 @@ def test_identification_by_hand():
   assert r["tpir@fpir=0.5"] == 1.0
 
 
+def _dense_identification(p, ps, g, gs, fpirs, ranks):
+  """The 1:N protocol on the whole [probes, gallery] score matrix, float64."""
+  s = p @ g.T
+  order = np.argsort(-s, axis=1, kind="stable")
+  hit = gs[order] == ps[:, None]
+  mated = np.isin(ps, gs)
+  out = {f"rank{k}": float(hit[mated, :k].any(1).mean()) for k in ranks}
+  top = s.max(axis=1)
+  nonmated = np.sort(top[~mated])[::-1]
+  for fpir in fpirs:
+    n = int(np.floor(fpir * nonmated.size))
+    thr = nonmated[n] if n < nonmated.size else -np.inf
+    out[f"tpir@fpir={fpir:g}"] = float((hit[mated, 0] & (top[mated] > thr)).mean())
+  return out
+
+
+def test_identification_by_top_k_search_equals_the_dense_matrix():
+  rng = np.random.default_rng(3)
+  g = rng.normal(size=(23, 16))
+  gs = rng.permutation(100)[:23]
+  ps = np.concatenate([rng.choice(gs, 30), 200 + np.arange(11)])  # 11 non-mated
+  p = np.concatenate([g[[list(gs).index(x) for x in ps[:30]]] + 2.5 * rng.normal(size=(30, 16)),
+                      rng.normal(size=(11, 16))])
+  p /= np.linalg.norm(p, axis=1, keepdims=True)
+  g /= np.linalg.norm(g, axis=1, keepdims=True)
+  fpirs, ranks = (0.1, 0.3, 0.5), (1, 5, 10, 40)  # 40 > the gallery: every template
+  want = _dense_identification(p, ps, g, gs, fpirs, ranks)
+  assert 0 < want["rank1"] < want["rank5"] < 1  # a case where the ranks differ
+  # query_block 8: the probes go through the search in five blocks.
+  got = eval_faces.identification(p, ps, g, gs, fpirs=fpirs, ranks=ranks, query_block=8)
+  assert got == pytest.approx(want, abs=0, rel=0)
+
+
 # --------------------------------------------------------------------------
 # Converted torch weights through the command.
 

@@ -48,6 +48,10 @@ DIGEST_SUFFIX = ".digest.json"
 RESUMABLE_PREFIXES = ("train.", "eval.", "distributed", "data.dir", "data.cache_dir",
                       "model.classifier.chunk_classes")
 
+# Keys added after runs were saved, with the value that means what their
+# absence meant: a config.json without them compares as if it held these.
+ADDED_KEYS = {"data.holdout_identities": 0.0, "data.holdout_seed": 0}
+
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint; the message names the folder and the fix."""
@@ -331,6 +335,7 @@ def check_config(workdir: Path, config) -> None:
         "Restore the file, or pass --config.train.allow_config_change=True to resume "
         "anyway (it is then rewritten).") from None
   new = _flatten(json.loads(config.to_json_best_effort()))
+  saved = {**{k: v for k, v in ADDED_KEYS.items() if k in new}, **saved}
   diff = [k for k in sorted(set(saved) | set(new))
           if saved.get(k, "<absent>") != new.get(k, "<absent>")
           and not k.startswith(RESUMABLE_PREFIXES)]

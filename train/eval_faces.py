@@ -37,6 +37,7 @@ from jaxset.eval import (
   kfold_verification_accuracy,
   l2_normalize,
   tar_at_far,
+  top_k_search,
   val_at_far,
 )
 from jaxset.eval.verification import DEFAULT_FARS
@@ -321,31 +322,38 @@ def read_1n_list(path: Path) -> dict[int, int]:
 
 
 def identification(probe_f, probe_subjects, gallery_f, gallery_subjects,
-                   fpirs=(0.01, 0.1), ranks=(1, 5, 10)) -> dict:
+                   fpirs=(0.01, 0.1), ranks=(1, 5, 10), *, query_block: int = 1024) -> dict:
   """1:N identification of probe templates against one gallery (cosine scores).
 
   Closed set: rank-k = fraction of mated probes (subject in the gallery) whose
   gallery template is among the k best scores. Open set: the threshold is the
   score that non-mated probes' best scores exceed at rate FPIR; TPIR = fraction
   of mated probes whose rank-1 match is their subject with a score above it.
+
+  Both need only each probe's max(ranks) best gallery templates: they come from
+  jaxset.eval.search.top_k_search (inner products of the L2-normalised
+  templates, float32, `query_block` probes at a time, ties to the lower gallery
+  index), so no [probes, gallery] score matrix is built.
   """
-  s = np.asarray(probe_f, np.float64) @ np.asarray(gallery_f, np.float64).T
   gs = np.asarray(gallery_subjects)
   ps = np.asarray(probe_subjects)
+  pf = np.asarray(probe_f, np.float32)
+  gf = np.asarray(gallery_f, np.float32)
+  k = min(max(int(r) for r in ranks), len(gs))
+  top_s, top_i = top_k_search(pf, gf, k, metric="ip", query_block=query_block)
   mated = np.isin(ps, gs)
-  order = np.argsort(-s, axis=1, kind="stable")
-  hit = gs[order] == ps[:, None]
+  hit = gs[top_i] == ps[:, None]
   out = {}
-  for k in ranks:
-    out[f"rank{k}"] = float(hit[mated, :k].any(1).mean()) if mated.any() else 0.0
-  top = s[np.arange(len(s)), order[:, 0]]
+  for r in ranks:
+    out[f"rank{r}"] = float(hit[mated, :r].any(1).mean()) if mated.any() else 0.0
+  top = top_s[:, 0]
   nonmated = np.sort(top[~mated])[::-1]
   for fpir in fpirs:
     if nonmated.size == 0:
       out[f"tpir@fpir={fpir:g}"] = float("nan")
       continue
-    k = int(np.floor(fpir * nonmated.size))
-    thr = nonmated[k] if k < nonmated.size else -np.inf
+    n = int(np.floor(fpir * nonmated.size))
+    thr = nonmated[n] if n < nonmated.size else -np.inf
     ok = hit[mated, 0] & (top[mated] > thr)
     out[f"tpir@fpir={fpir:g}"] = float(ok.mean()) if mated.any() else 0.0
   return out

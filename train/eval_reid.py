@@ -8,7 +8,9 @@ converted torch weights) and applies the field's protocol:
 reid (market1501, dukemtmc_reid, cuhk03_np, msmt17): query vs gallery, torchreid
   / fast-reid rules (same pid AND camera removed, queries without a match
   skipped), squared Euclidean distance of the L2-normalised embeddings
-  (config.eval.reid_metric "cosine" ranks the same), rank-1/5/10, mAP, mINP.
+  (config.eval.reid_metric "cosine" ranks the same), rank-1/5/10, mAP, mINP;
+  with config.eval.rerank / query_expansion, extra rows for k-reciprocal
+  re-ranking and (alpha-)query expansion beside the plain one (reid_options).
 video_reid (mars, prid2011, ilids_vid): frames embedded one by one, pooled per
   tracklet two ways: "mean" (the plain average) and "quality" (QAN's mu
   weights, per part where the model scores parts: R_a = sum mu_i R_i / sum
@@ -28,13 +30,87 @@ import numpy as np
 
 from jaxset import data as jdata
 from jaxset.data import pipeline, transforms
-from jaxset.eval import cmc_map, recall_at_n
+from jaxset.eval import (
+  average_query_expansion,
+  cmc_map,
+  cmc_map_from_distances,
+  k_reciprocal_rerank_features,
+  recall_at_n,
+)
 from train.evaluators import Result
 
 REID_DATASETS = ("market1501", "dukemtmc_reid", "cuhk03_np", "msmt17")
 VIDEO_DATASETS = ("mars", "prid2011", "ilids_vid")
 PLACE_DATASETS = ("pittsburgh30k", "pittsburgh250k", "tokyo247", "msls", "vpr_folder")
 MSLS_QUERIES = ("all", "with_positives")
+RERANKS = ("none", "k_reciprocal")
+REID_METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+
+
+def _int_key(config, key: str, default: int, low: int) -> int:
+  v = config.eval.get(key, default)
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+    raise ValueError(f"config.eval.{key}={v!r}; use an integer >= {low}.")
+  return int(v)
+
+
+def _float_key(config, key: str, default: float, low: float, high: float) -> float:
+  v = config.eval.get(key, default)
+  if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
+      or not low <= float(v) <= high:
+    allowed = f">= {low}" if high == np.inf else f"in [{low}, {high}]"
+    raise ValueError(f"config.eval.{key}={v!r}; use a number {allowed}.")
+  return float(v)
+
+
+def reid_options(config) -> dict:
+  """The re-ranking and query-expansion keys of config.eval, checked (docs/evaluation.md).
+
+  rerank: "none" or "k_reciprocal" (Zhong et al.: rerank_k1, rerank_k2,
+  rerank_lambda; the paper's 20, 6, 0.3). query_expansion: 0 (off) or k, the
+  gallery neighbours averaged into each query; qe_alpha 0 is AQE, > 0 alpha-QE.
+  """
+  rerank = config.eval.get("rerank", "none")
+  if rerank not in RERANKS:
+    raise ValueError(f"config.eval.rerank={rerank!r}; use one of {RERANKS}.")
+  metric = config.eval.get("reid_metric", "euclidean")
+  if metric not in ("euclidean", "cosine"):
+    raise ValueError(f"config.eval.reid_metric={metric!r}; use 'euclidean' or 'cosine'.")
+  return {"metric": metric, "rerank": rerank,
+          "k1": _int_key(config, "rerank_k1", 20, 1), "k2": _int_key(config, "rerank_k2", 6, 1),
+          "lambda": _float_key(config, "rerank_lambda", 0.3, 0.0, 1.0),
+          "qe": _int_key(config, "query_expansion", 0, 0),
+          "qe_alpha": _float_key(config, "qe_alpha", 0.0, 0.0, np.inf)}
+
+
+def check_options(config) -> None:
+  """CHECKS entry of reid / video_reid: bad option values stop a run before step 1."""
+  reid_options(config)
+
+
+def reid_variants(qf, gf, q_ids, g_ids, q_cams, g_cams, options: dict) -> list[tuple]:
+  """(label, metric suffix, cmc_map result) of the plain ranking and each variant
+  the options turn on: query expansion, re-ranking, and both (the expanded
+  queries re-ranked)."""
+  metric = options["metric"]
+  ids = (q_ids, g_ids, q_cams, g_cams)
+  out = [("", "", cmc_map(qf, gf, *ids, metric=metric))]
+  queries = [("", "", qf)]
+  if options["qe"]:
+    k, alpha = options["qe"], options["qe_alpha"]
+    label = f"alpha-QE k={k} alpha={alpha:g}" if alpha > 0 else f"AQE k={k}"
+    # The expanded queries are L2-normalised, as the features they replace.
+    q_exp = average_query_expansion(qf, gf, k, alpha=alpha)
+    queries.append((label, "_qe", q_exp))
+    out.append((label, "_qe", cmc_map(q_exp, gf, *ids, metric=metric)))
+  if options["rerank"] == "k_reciprocal":
+    k1, k2, lam = options["k1"], options["k2"], options["lambda"]
+    tag = f"k-reciprocal k1={k1} k2={k2} lambda={lam:g}"
+    for label, suffix, q in queries:
+      d = k_reciprocal_rerank_features(q, gf, k1, k2, lam, metric=metric)
+      out.append((f"{label} + {tag}" if label else tag, f"{suffix}_rerank",
+                  cmc_map_from_distances(d, *ids)))
+  return out
 
 
 def _dataset(config, allowed, benchmark):
@@ -89,19 +165,25 @@ def _cmc_curve(r, title):
 
 
 def reid(embed, config) -> Result:
-  """Image re-ID: rank-1/5/10, mAP and mINP of query vs gallery."""
+  """Image re-ID: rank-1/5/10, mAP and mINP of query vs gallery (plus the
+  re-ranked / query-expanded rows that config.eval asks for)."""
+  options = reid_options(config)  # before embedding: a bad value fails at once
   name, b = _dataset(config, REID_DATASETS, "reid")
   feats, meta = {}, {}
   for split in ("query", "gallery"):
     src = b.as_data_source(split)
     feats[split] = _l2(_embed(embed, src, f"{name} {split}")["embedding"])
     meta[split] = pipeline.read_metadata(src, ["identity", "camera"])
-  r = cmc_map(feats["query"], feats["gallery"], meta["query"]["identity"],
-              meta["gallery"]["identity"], meta["query"]["camera"], meta["gallery"]["camera"],
-              metric=config.eval.get("reid_metric", "euclidean"))
-  metrics = {k: r[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
-  return Result(metrics=metrics, rows=[_reid_row(name, r)],
-                curves={"cmc": _cmc_curve(r, f"{name} CMC (mAP {r['mAP']:.3f})")})
+  variants = reid_variants(feats["query"], feats["gallery"], meta["query"]["identity"],
+                          meta["gallery"]["identity"], meta["query"]["camera"],
+                          meta["gallery"]["camera"], options)
+  metrics, rows, curves = {}, [], {}
+  for label, suffix, r in variants:
+    metrics.update({f"{k}{suffix}": r[k] for k in REID_METRICS})
+    rows.append(_reid_row(f"{name} + {label}" if label else name, r))
+    curves[f"cmc{suffix}"] = _cmc_curve(r, f"{name}{' + ' + label if label else ''} CMC "
+                                           f"(mAP {r['mAP']:.3f})")
+  return Result(metrics=metrics, rows=rows, curves=curves)
 
 
 def pool_tracklets(out: dict, tracklets, weights: str) -> tuple[np.ndarray, np.ndarray]:
@@ -147,6 +229,7 @@ def _video_splits(name, b, config):
 
 def video_reid(embed, config) -> Result:
   """Video re-ID: tracklet features by mean and by quality pooling; CMC / mAP / mINP."""
+  options = reid_options(config)
   name, b = _dataset(config, VIDEO_DATASETS, "video_reid")
   sides, cache = [], {}
   for src, mask in _video_splits(name, b, config):
@@ -166,10 +249,12 @@ def video_reid(embed, config) -> Result:
       feats.append(f)
       ids.append(meta["identity"][first])
       cams.append(meta["camera"][first])
-    r = cmc_map(feats[0], feats[1], ids[0], ids[1], cams[0], cams[1])
-    rows.append(_reid_row(f"{name} {pooling} pooling", r))
-    metrics.update({f"{k}_{pooling}": r[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")})
-    curves[f"cmc_{pooling}"] = _cmc_curve(r, f"{name} CMC, {pooling} pooling")
+    for label, suffix, r in reid_variants(feats[0], feats[1], ids[0], ids[1], cams[0], cams[1],
+                                          options):
+      what = f"{name} {pooling} pooling" + (f" + {label}" if label else "")
+      rows.append(_reid_row(what, r))
+      metrics.update({f"{k}_{pooling}{suffix}": r[k] for k in REID_METRICS})
+      curves[f"cmc_{pooling}{suffix}"] = _cmc_curve(r, f"{what} CMC")
   return Result(metrics=metrics, rows=rows, curves=curves)
 
 

@@ -63,6 +63,8 @@ BENCHMARKS: dict[str, str | Callable] = {
 CHECKS: dict[str, str | Callable] = {
     "face_bin": "train.eval_faces:check_bins",
     "ijb": "train.eval_faces:check_ijb",
+    "reid": "train.eval_reid:check_options",
+    "video_reid": "train.eval_reid:check_options",
 }
 
 

@@ -69,7 +69,8 @@ def _ids_and_cams(query_ids, gallery_ids, query_cams, gallery_cams, nq, ng, rows
 
 
 def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, gallery_cams,
-                           max_rank: int = 50, junk_pids: Sequence[int] = ()):
+                           max_rank: int = 50, junk_pids: Sequence[int] = (), *,
+                           chunk_size: int = 256):
   """CMC, mAP and mINP from a [Q, G] distance matrix (smaller = more similar).
 
   Args:
@@ -78,6 +79,7 @@ def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, galler
     query_cams, gallery_cams: [Q], [G] int camera ids.
     max_rank: CMC length; capped at G (as torchreid does).
     junk_pids: gallery pids removed for every query (default: none, torchreid).
+    chunk_size: queries ranked at a time (working memory ~ chunk_size x G).
 
   Returns:
     dict with "cmc" (float64 [max_rank], cmc[r] = fraction of valid queries whose
@@ -100,7 +102,12 @@ def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, galler
     raise ValueError(f"max_rank must be >= 1; got {max_rank}.")
   max_rank = min(int(max_rank), ng)
   junk = np.isin(g_pids, np.asarray(list(junk_pids), g_pids.dtype))
-  return _summarise(*_first_ranks_and_ap(dist, q_pids, g_pids, q_cams, g_cams, junk), max_rank)
+  # Row blocks: the sort order and masks are [block, G], not [Q, G] (a re-ranked
+  # MSMT17 matrix is 11659 x 82161).
+  parts = [_first_ranks_and_ap(dist[s:s + chunk_size], q_pids[s:s + chunk_size], g_pids,
+                               q_cams[s:s + chunk_size], g_cams, junk)
+           for s in range(0, nq, max(1, int(chunk_size)))]
+  return _summarise(*(np.concatenate([p[i] for p in parts]) for i in range(4)), max_rank)
 
 
 def _summarise(first_rank, ap, inp, valid, max_rank):

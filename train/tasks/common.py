@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxset import data as jdata
-from jaxset.data import pipeline, transforms
+from jaxset.data import holdout, pipeline, transforms
 from train import loop, meshes, optim
 
 
@@ -60,22 +60,72 @@ def evaluation_split(config, split: str) -> str:
 
 def source(config, split: str):
   """The random-access source of one split of config.data.name (prepared once);
-  query / gallery / pairs / set_pairs follow config.eval.split (evaluation_split)."""
+  query / gallery / pairs / set_pairs follow config.eval.split (evaluation_split).
+
+  With config.data.holdout_identities > 0, "train" lacks the held-out
+  identities and, under eval.split = val, "query" / "gallery" are theirs
+  (held_out_splits)."""
   if config.data.name not in jdata.EMBEDDED and not config.data.dir:
     raise ValueError(
         f"config.data.name={config.data.name!r} reads your local copy of the dataset: "
         "give its folder with --config.data.dir=/path/to/it.")
+  fraction = float(config.data.get("holdout_identities", 0.0))
   if config.data.name in jdata.DIRECT:  # read in place (RecordIO, a folder of identities)
+    if fraction:
+      raise ValueError(f"config.data.holdout_identities={fraction} holds out re-ID identities "
+                       f"as a query/gallery split; {config.data.name!r} has none. Set it to 0.")
     return _direct(config.data.name, config.data.dir, split)
   b = _builder(config.data.name, config.data.cache_dir, config.data.dir,
                config.data.builder_config)
   name = evaluation_split(config, split)
+  if fraction:
+    held = held_out_splits(config)
+    if split == "train":
+      return held["train"]
+    if name != split and split in held:
+      return held[split]
   if name != split and name not in b.info.splits:
     raise ValueError(
         f"config.eval.split='val' reads {name!r}, which {config.data.name!r} does not have "
-        f"(its splits: {sorted(b.info.splits)}); evaluate with --config.eval.split=test or "
-        "give the dataset a validation split.")
+        f"(its splits: {sorted(b.info.splits)}); evaluate with --config.eval.split=test, "
+        "give the dataset a validation split, or (re-ID) hold out training identities "
+        "with --config.data.holdout_identities=0.1.")
   return b.as_data_source(name)
+
+
+def held_out_splits(config) -> dict:
+  """{"train", "query", "gallery"}: config.data.holdout_identities of the training
+  identities set aside (seed config.data.holdout_seed) as a validation
+  query/gallery split (jaxset.data.holdout), the rest relabelled for training."""
+  return _held_out(config.data.name, config.data.cache_dir, config.data.dir,
+                   config.data.builder_config, float(config.data.holdout_identities),
+                   int(config.data.get("holdout_seed", 0)))
+
+
+@functools.lru_cache(maxsize=None)
+def _held_out(name, cache_dir, manual_dir, builder_config, fraction, seed):
+  b = _builder(name, cache_dir, manual_dir, builder_config)
+  have = set(b.info.splits)
+  if not {"train", "query", "gallery"} <= have:
+    raise ValueError(
+        f"config.data.holdout_identities={fraction} makes a query/gallery validation split "
+        f"for re-ID data with train/query/gallery splits; {name!r} has {sorted(have)}. "
+        "Set it to 0.")
+  if "val_query" in have:
+    raise ValueError(
+        f"{name!r} has its own validation split (val_query / val_gallery); validate on it "
+        "with --config.eval.split=val and set config.data.holdout_identities to 0.")
+  train = b.as_data_source("train")
+  meta = pipeline.read_metadata(train)
+  try:
+    h = holdout.holdout_identities(meta["identity"], meta["camera"], meta.get("tracklet"),
+                                   fraction=fraction, seed=seed)
+  except ValueError as e:
+    raise ValueError(f"config.data.holdout_identities on {name!r}: {e}") from None
+  ident = meta["identity"]
+  return {"train": holdout.Subset(train, h.train, holdout.rank_labels(ident[h.train])),
+          **{k: holdout.Subset(train, rows, holdout.rank_labels(ident[rows]))
+             for k, rows in (("query", h.query), ("gallery", h.gallery))}}
 
 
 @functools.lru_cache(maxsize=None)
