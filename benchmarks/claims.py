@@ -96,13 +96,19 @@ OPS = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a 
 
 @dataclasses.dataclass
 class Row:
-  """One judged statement: per-seed series, the judged one against a threshold."""
+  """One judged statement: per-seed series, the judged one against a threshold.
+
+  units: per seed, the per-unit paired differences (queries, pairs) whose mean is
+  the judged series (a metric of the method minus the baseline's on the same
+  units), where both runs saved them; None judges the per-seed values alone.
+  """
   claim: str
   statement: str
   series: dict            # label -> [per-seed value or None]
   judged: str             # the label of the judged series
   op: str                 # "<=", "<", ">=", ">"
   threshold: float
+  units: list | None = None
 
 
 def summarize(values: Sequence) -> dict:
@@ -133,16 +139,60 @@ def fmt_series(values) -> str:
   return f"{fmt(s['mean'])} ± {fmt(s['std'])}"
 
 
+def interval(row: Row) -> dict | None:
+  """The judged series minus its threshold, with a 95% bootstrap interval
+  (jaxset.eval.stats.paired_bootstrap) and its verdict for the row's direction.
+
+  With per-unit differences (row.units): seeds, then units within them, are
+  resampled. Without: the per-seed values are resampled (seeds only), and one
+  seed is "inconclusive" whatever its value: it says nothing about training
+  noise. ">=" (at least as good) is judged as ">": the interval must exclude 0.
+  None when nothing was measured.
+  """
+  from jaxset.eval import stats
+  direction = ">" if row.op in (">", ">=") else "<"
+  if row.units:
+    res = stats.paired_bootstrap([np.asarray(u, float) - row.threshold for u in row.units],
+                                 resample_seeds=len(row.units) > 1)
+    return {**res, "verdict": stats.verdict(res, direction), "level": "seeds and units"}
+  s = summarize(row.series[row.judged])
+  if s["n"] == 0:
+    return None
+  res = stats.paired_bootstrap([np.asarray(s["values"]) - row.threshold],
+                               resample_seeds=False)
+  word = stats.verdict(res, direction) if s["n"] > 1 else "inconclusive"
+  return {**res, "verdict": word, "level": "seeds"}
+
+
 def verdict(row: Row) -> str:
-  j = judge(row.series[row.judged], row.op, row.threshold)
-  if j["held"] is None:
+  """'**held**' / '**contradicted**' / '**inconclusive**' (jaxset.eval.stats' rule), the
+  interval of (judged - threshold), and how many seeds satisfy the threshold alone."""
+  res = interval(row)
+  if res is None:
     return "not measured"
-  word = "**held**" if j["held"] else "**not held**"
-  return f"{word} ({j['seeds_held']}/{j['n']} seeds)"
+  j = judge(row.series[row.judged], row.op, row.threshold)
+  return (f"**{res['verdict']}**: [{res['low']:+.3f}, {res['high']:+.3f}] "
+          f"({res['level']} resampled; detectable {res['mde']:.3f}; "
+          f"{j['seeds_held']}/{j['n']} seeds)")
 
 
 def _metric(results, setup, key):
   return [r["metrics"].get(key) if r else None for r in results.get(setup, [])]
+
+
+def _unit_differences(results, a_setup, b_setup, key, b_key=None) -> list | None:
+  """Per seed, a's per-unit values of `key` minus b's (of `b_key`, default `key`) on
+  the same units, where every seed of both saved them (runs.run_setup:
+  result["units"]); otherwise None."""
+  pairs = list(zip(results.get(a_setup, []), results.get(b_setup, [])))
+  out = []
+  for a, b in pairs:
+    ua = (a or {}).get("units", {}).get(key)
+    ub = (b or {}).get("units", {}).get(b_key or key)
+    if ua is None or ub is None or len(ua) != len(ub):
+      return None
+    out.append(np.asarray(ua, float) - np.asarray(ub, float))
+  return out or None
 
 
 def _diff(a, b):
@@ -168,7 +218,9 @@ def build_rows(results: dict) -> list[Row]:
     rows.append(Row("1 QAN", "quality pooling beats mean pooling at set verification "
                     "(10-fold set-pair accuracy; the sets hold degraded frames)",
                     _versus("quality pooling", qp, "mean pooling", mp),
-                    "quality pooling - mean pooling", ">", 0.0))
+                    "quality pooling - mean pooling", ">", 0.0,
+                    _unit_differences(results, "qan", "qan", "set_pair_acc",
+                                      "set_pair_acc_meanpool")))
   if has("eqface"):
     rows.append(Row("2 EQFace", "s_i anti-correlates with the degradation",
                     {"rho(s_i, degradation)": _metric(results, "eqface", "quality_spearman")},
@@ -190,7 +242,8 @@ def build_rows(results: dict) -> list[Row]:
     b = _metric(results, "arcface", "tier_severe_rank1")
     rows.append(Row("3 AdaFace", f"on the most degraded tier (level >= {SEVERE_TIER}), AdaFace "
                     "is at least as accurate as ArcFace with the same budget (rank-1)",
-                    _versus("AdaFace", a, "ArcFace", b), "AdaFace - ArcFace", ">=", 0.0))
+                    _versus("AdaFace", a, "ArcFace", b), "AdaFace - ArcFace", ">=", 0.0,
+                    _unit_differences(results, "adaface", "arcface", "tier_severe_rank1")))
   if has("netvlad"):
     nv = _metric(results, "netvlad", "recall@1")
     for base in ("netvlad_avg", "netvlad_max", "netvlad_gem"):
@@ -198,13 +251,15 @@ def build_rows(results: dict) -> list[Row]:
         r1 = _metric(results, base, "recall@1")
         label = SETUPS[base].label
         rows.append(Row("4 NetVLAD", f"beats {label} on Recall@1 (same backbone and budget)",
-                        _versus("NetVLAD", nv, label, r1), f"NetVLAD - {label}", ">", 0.0))
+                        _versus("NetVLAD", nv, label, r1), f"NetVLAD - {label}", ">", 0.0,
+                        _unit_differences(results, "netvlad", base, "recall@1")))
   if has("casn", "ide"):
     for key, name in (("rank1", "rank-1"), ("mAP", "mAP")):
       a, b = _metric(results, "casn", key), _metric(results, "ide", key)
       rows.append(Row("5 CASN", f"IA + SA beats the IDE baseline on {name}",
                       _versus(f"CASN {name}", a, f"IDE {name}", b),
-                      f"CASN {name} - IDE {name}", ">", 0.0))
+                      f"CASN {name} - IDE {name}", ">", 0.0,
+                      _unit_differences(results, "casn", "ide", key)))
     a = _metric(results, "casn", "id_attention_inconsistency")
     b = _metric(results, "ide", "id_attention_inconsistency")
     rows.append(Row("5 CASN", "makes the attention of positive pairs more consistent "
@@ -360,10 +415,16 @@ def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: f
       f"- seeds: {', '.join(map(str, seeds))} (config.seed: the initialisation and the "
       "sampling; the embedded datasets are the same for every seed)",
       "- mean ± std: the mean and the sample standard deviation over the seeds.",
-      "- result: held when the MEAN over the seeds satisfies the threshold; (k/n seeds) "
-      "counts the seeds that satisfy it on their own. The thresholds were fixed before "
-      "the runs and are the same for every method (\"anti-correlates\" is Spearman "
-      f"rho <= {ANTI_CORRELATION}, \"beats\" is a positive mean difference).",
+      "- result (jaxset.eval.stats): the judged series minus its threshold, with a 95% "
+      "bootstrap interval; where the runs saved per-unit values (queries, pairs) the "
+      "differences are paired unit by unit and both the seeds and the units within them "
+      "are resampled, otherwise the per-seed values are. **held**: the interval excludes 0 "
+      "on the claimed side; **contradicted**: on the other side; **inconclusive**: it "
+      "contains 0 (or one seed ran). detectable: the smallest true effect these seeds and "
+      "units detect (power 0.8). (k/n seeds) counts the seeds that satisfy the threshold "
+      "alone. The thresholds were fixed before the runs and are the same for every method "
+      f"(\"anti-correlates\" is Spearman rho <= {ANTI_CORRELATION}, \"beats\" a positive "
+      "difference, \"at least as accurate\" is judged as \"beats\").",
       "",
       "## Claims",
       "",

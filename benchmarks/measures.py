@@ -66,32 +66,73 @@ def eqface_erc(task, state, config) -> dict:
           "erc_fnmr_random": float(erc["fnmr_random"][1])}
 
 
+def _query_gallery_embeddings(task, state, config, key: str = "embedding"):
+  """The test query and gallery embeddings (model output `key`) with their metadata."""
+  from train.tasks import identities
+
+  model = task.model(config)
+
+  def describe(state, batch):
+    return {"f": model.apply(state_variables(state), batch["image"])[key]}
+
+  return (identities.split_embeddings(describe, state, config, "query"),
+          identities.split_embeddings(describe, state, config, "gallery"))
+
+
+def _tiers(q) -> dict:
+  """Query masks of the degradation tiers (background frames in none)."""
+  from jaxset.data.synthetic_identities import BACKGROUND
+  deg, present = q["degradation"], q["degradation_type"] != BACKGROUND
+  return {"clean": present & (deg == 0), "mild": present & (deg > 0) & (deg < SEVERE_TIER),
+          "severe": present & (deg >= SEVERE_TIER)}
+
+
 def degradation_tiers(task, state, config) -> dict:
   """Rank-1 (cross-camera, torchreid rules) of the query images of each
   degradation tier against the whole gallery. Tiers by the true level: clean
   (0), mild (0 < level < SEVERE_TIER), severe (>= SEVERE_TIER). Background
   frames (identity absent, level 1) are left out of every tier: there is no
   one to recognise."""
-  from jaxset.data.synthetic_identities import BACKGROUND
   from train.tasks import identities
 
-  model = task.model(config)
-
-  def describe(state, batch):
-    return {"f": model.apply(state_variables(state), batch["image"])["embedding"]}
-
-  q = identities.split_embeddings(describe, state, config, "query")
-  g = identities.split_embeddings(describe, state, config, "gallery")
-  deg, present = q["degradation"], q["degradation_type"] != BACKGROUND
-  tiers = {"clean": present & (deg == 0), "mild": present & (deg > 0) & (deg < SEVERE_TIER),
-           "severe": present & (deg >= SEVERE_TIER)}
+  q, g = _query_gallery_embeddings(task, state, config)
   out = {}
-  for name, keep in tiers.items():
+  for name, keep in _tiers(q).items():
     out[f"tier_{name}_queries"] = int(keep.sum())
     if keep.any():
       sub = {k: v[keep] for k, v in q.items()}
       out[f"tier_{name}_rank1"] = identities.reid_metrics(sub, g)["rank1"]
   return out
+
+
+def _rank1_and_ap(q, g) -> dict:
+  """Per valid query (a true match in another camera): rank-1 hit and AP."""
+  from jaxset.eval import cmc_map
+  r = cmc_map(q["f"], g["f"], q["identity"], g["identity"], q["camera"], g["camera"])
+  return {"rank1": (r["first_rank"][r["valid"]] == 0).astype(float),
+          "mAP": r["ap"][r["valid"]]}
+
+
+def severe_tier_units(task, state, config) -> dict:
+  """Per query of the severe tier: its rank-1 hit (mean: tier_severe_rank1)."""
+  q, g = _query_gallery_embeddings(task, state, config)
+  keep = _tiers(q)["severe"]
+  if not keep.any():
+    return {}
+  return {"tier_severe_rank1": _rank1_and_ap({k: v[keep] for k, v in q.items()}, g)["rank1"]}
+
+
+def reid_units(task, state, config) -> dict:
+  """Per valid test query: rank-1 hit and AP (means: the task's rank1 and mAP)."""
+  return _rank1_and_ap(*_query_gallery_embeddings(task, state, config, key="features"))
+
+
+def place_units(task, state, config) -> dict:
+  """Per test query: its Recall@1 hit (mean: the task's recall@1)."""
+  fq, fdb = place_features(task, state, config)
+  q_utm, db_utm = place_utm(config)
+  return {"recall@1": place_hits_at_1(fq, fdb, q_utm, db_utm,
+                                      config.eval.pos_radius).astype(float)}
 
 
 def casn_identification_attention(task, state, config) -> dict:
@@ -155,6 +196,14 @@ PROXIES = {"qan": "QAN mu", "eqface": "EQFace s_i", "adaface": "AdaFace norm",
 EXTRA: dict[str, Callable] = {
     "eqface": eqface_erc, "adaface": degradation_tiers, "arcface": degradation_tiers,
     "casn": casn_identification_attention, "ide": casn_identification_attention,
+}
+
+# Per-unit values (queries) of the judged metrics, for the claims' paired intervals:
+# setup -> fn(task, state, config) -> {metric: [units] float}, whose means are the metrics.
+UNITS: dict[str, Callable] = {
+    "adaface": severe_tier_units, "arcface": severe_tier_units,
+    "casn": reid_units, "ide": reid_units,
+    **{s: place_units for s in ("netvlad", "netvlad_avg", "netvlad_max", "netvlad_gem")},
 }
 
 

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.measures import EXTRA, PROXIES, proxy_tiers
+import numpy as np
+
+from benchmarks.measures import EXTRA, PROXIES, UNITS, proxy_tiers
 from configs.base import with_overrides
 
 
@@ -159,6 +161,8 @@ def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
   if setup in EXTRA:
     metrics.update(EXTRA[setup](task, summary["state"], config))
   tiers = proxy_tiers(task, summary["state"], config) if setup in PROXIES else None
+  units = ({k: np.asarray(v, float).tolist() for k, v in
+            UNITS[setup](task, summary["state"], config).items()} if setup in UNITS else {})
   seconds = time.perf_counter() - t0
   cpu = _cpu_seconds() - cpu0
   result = {"setup": setup, "seed": seed, "method": config.method, "budget": budget,
@@ -167,7 +171,7 @@ def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
                           if k != "data.cache_dir"},
             "steps": int(summary["step"]), "batch_size": int(config.train.batch_size),
             "seconds": seconds, "cpu_seconds": cpu, "train_and_eval_seconds": t_train,
-            "metrics": metrics, "proxy_tiers": tiers,
+            "metrics": metrics, "proxy_tiers": tiers, "units": units,
             "config": json.loads(config.to_json_best_effort(sort_keys=True))}
   cached.parent.mkdir(parents=True, exist_ok=True)
   tmp = cached.with_suffix(".tmp")

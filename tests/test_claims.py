@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import claims
@@ -49,25 +50,57 @@ def test_judge_uses_the_mean_and_counts_the_seeds():
     claims.judge([1.0], "=>", 0.0)
 
 
-def test_rows_say_not_held_with_their_numbers():
+def test_rows_are_judged_by_the_interval_rule():
   rows = claims.build_rows(_results())
-  got = {(r.claim, r.judged): claims.verdict(r) for r in rows}
+  got = {(r.claim, r.judged): claims.verdict(r).split(":")[0] for r in rows}
   assert len(rows) == 12
-  assert got[("1 QAN", "rho(mu, degradation)")] == "**not held** (0/3 seeds)"
-  assert got[("1 QAN", "quality pooling - mean pooling")] == "**not held** (0/3 seeds)"
-  assert got[("2 EQFace", "lowest s_i dropped - random dropped")] == "**held** (3/3 seeds)"
-  assert got[("3 AdaFace", "AdaFace - ArcFace")] == "**held** (3/3 seeds)"  # a tie is "at least"
-  assert got[("4 NetVLAD", "NetVLAD - GeM pooling")] == "**not held** (1/3 seeds)"
-  assert got[("4 NetVLAD", "NetVLAD - max pooling")] == "**held** (3/3 seeds)"
-  assert got[("5 CASN", "CASN inconsistency - IDE inconsistency")] == "**held** (3/3 seeds)"
+  # rho -0.30..-0.32 against <= -0.5: every seed on the wrong side.
+  assert got[("1 QAN", "rho(mu, degradation)")] == "**contradicted**"
+  assert got[("1 QAN", "quality pooling - mean pooling")] == "**contradicted**"
+  assert got[("2 EQFace", "lowest s_i dropped - random dropped")] == "**held**"
+  # A tie is not evidence of "at least as accurate": the interval [0, 0] holds 0.
+  assert got[("3 AdaFace", "AdaFace - ArcFace")] == "**inconclusive**"
+  # -0.02, -0.01, 0.00: the interval reaches 0.
+  assert got[("4 NetVLAD", "NetVLAD - GeM pooling")] == "**inconclusive**"
+  assert got[("4 NetVLAD", "NetVLAD - max pooling")] == "**held**"
+  assert got[("5 CASN", "CASN inconsistency - IDE inconsistency")] == "**held**"
   text = claims.render(_results(), [0, 1, 2], command="python -m benchmarks.claims",
                        wall_seconds=60.0)
   qan = next(l for l in text.splitlines() if l.startswith("| 1 QAN | quality pooling"))
   assert "quality pooling: 0.700 ± 0.000" in qan and "mean pooling: 0.720" in qan
-  assert "quality pooling - mean pooling: -0.020 ± 0.000" in qan and "not held" in qan
+  assert "quality pooling - mean pooling: -0.020 ± 0.000" in qan
+  assert "**contradicted**: [-0.020, -0.020] (seeds resampled" in qan and "0/3 seeds" in qan
   for needed in ("python -m benchmarks.claims", "jax ", "wall time", "seed 2", "## Budgets",
                  "configs/casn.py"):
     assert needed in text
+
+
+def test_one_seed_is_inconclusive_whatever_its_value():
+  rows = claims.build_rows(_results(1))
+  row = next(r for r in rows if r.judged == "NetVLAD - max pooling")
+  assert claims.verdict(row).startswith("**inconclusive**")
+
+
+def test_per_query_units_are_paired_and_resampled_within_seeds():
+  rng = np.random.default_rng(0)
+  r = _results(3)
+  for k in range(3):
+    hits = (rng.random(500) < 0.8).astype(float)
+    r["netvlad"][k]["units"] = {"recall@1": hits.tolist()}
+    # max pooling: NetVLAD's hits less 5% of them; GeM: the same hits.
+    r["netvlad_max"][k]["units"] = {"recall@1": (hits * (rng.random(500) > 0.05)).tolist()}
+    r["netvlad_gem"][k]["units"] = {"recall@1": hits.tolist()}
+  rows = {x.judged: x for x in claims.build_rows(r)}
+  mx, gem = rows["NetVLAD - max pooling"], rows["NetVLAD - GeM pooling"]
+  assert len(mx.units) == 3 and mx.units[0].shape == (500,)
+  assert claims.verdict(mx).startswith("**held**: [+0.0")
+  assert "seeds and units resampled" in claims.verdict(mx)
+  assert claims.verdict(gem).startswith("**inconclusive**: [+0.000, +0.000]")
+  # Units on two of three seeds of a baseline: the row falls back to the per-seed values.
+  for k in (0, 2):
+    r["netvlad_avg"][k]["units"] = {"recall@1": [0.0] * 500}
+  row = next(x for x in claims.build_rows(r) if x.judged == "NetVLAD - average pooling")
+  assert row.units is None and "(seeds resampled" in claims.verdict(row)
 
 
 def test_a_claim_without_its_baseline_has_no_comparison_row():
@@ -98,12 +131,17 @@ def test_quick_claim_end_to_end_then_from_the_cache(tmp_path, monkeypatch):
   first = claims.main(args)   # --jobs 2 by default: AdaFace and ArcFace in two processes
   assert first["failures"] == []
   text = (tmp_path / "claims.md").read_text()
-  judged = [l for l in text.splitlines() if l.startswith("| 3 AdaFace |") and "held" in l]
+  judged = [l for l in text.splitlines() if l.startswith("| 3 AdaFace |")
+            and "**inconclusive**" in l]   # one seed decides nothing
   assert "--quick run" in text and len(judged) == 2
   cached = sorted((tmp_path / "w" / "results").glob("*.json"))
   assert [p.name.split("_seed")[0] for p in cached] == ["adaface", "arcface"]
   saved = json.loads(cached[0].read_text())
   assert {"norm_spearman", "tier_severe_queries"} <= set(saved["metrics"])
+  # The per-query values behind the judged metric, for the paired intervals.
+  severe = saved["units"]["tier_severe_rank1"]
+  assert len(severe) >= saved["metrics"]["tier_severe_queries"] // 2 > 0
+  assert np.mean(severe) == pytest.approx(saved["metrics"]["tier_severe_rank1"])
   tiers = saved["proxy_tiers"]
   assert tiers[0]["type"] == "clean" and sum(r["n"] for r in tiers) > 0
   table = text.split("## Quality proxies by tier")[1].split("## Budgets")[0]

@@ -86,8 +86,10 @@ def cmc_map_from_distances(distances, query_ids, gallery_ids, query_cams, galler
     first true match is at rank <= r + 1), "rank1", "rank5", "rank10" (from the
     first-match ranks, whatever max_rank), "mAP", "mINP" (fast-reid's mean
     inverse negative penalty), "num_valid_queries", "ap" and "inp" ([Q] float64,
-    0 for skipped queries) and "valid" ([Q] bool). Raises ValueError if no query
-    has a true match left (torchreid and fast-reid assert).
+    0 for skipped queries), "first_rank" ([Q] int, 0-based rank of the first true
+    match, -1 for skipped queries) and "valid" ([Q] bool): the per-query values
+    whose means over valid queries are rank-1 (first_rank == 0) and mAP. Raises
+    ValueError if no query has a true match left (torchreid and fast-reid assert).
   """
   dist = np.asarray(distances)
   _checks.check_rank("distances", dist, 2, "[num_query, num_gallery]")
@@ -123,7 +125,8 @@ def _summarise(first_rank, ap, inp, valid, max_rank):
   at = lambda r: float((fr < r).mean())
   return {"cmc": cmc, "rank1": at(1), "rank5": at(5), "rank10": at(10),
           "mAP": float(ap[valid].mean()), "mINP": float(inp[valid].mean()),
-          "num_valid_queries": num_valid, "ap": ap, "inp": inp, "valid": valid}
+          "num_valid_queries": num_valid, "ap": ap, "inp": inp, "first_rank": first_rank,
+          "valid": valid}
 
 
 def cmc_map(query_features, gallery_features, query_ids, gallery_ids, query_cams,
