@@ -1,8 +1,10 @@
 """The main job's NetVLAD against raw pixels, the untrained network and avg / max /
-GeM pooling trained the same way, all on the same split; written into docs/data.md.
+GeM pooling trained the same way, all on the same split: docs/netvlad_baselines.json,
+rendered into docs/data.md between generated markers (benchmarks.report).
 
   python -m benchmarks.netvlad_baselines [--seeds 0,1,2] [--poolings netvlad,avg,max,gem]
-      [--split test] [--isa AVX2] [--workdir runs/netvlad_baselines] [--out docs/data.md]
+      [--split test] [--isa AVX2] [--workdir runs/netvlad_baselines]
+      [--json docs/netvlad_baselines.json] [--out docs/data.md]
 
 Each trained row is the README's main job (configs/netvlad.py's default) with
 --config.model.pooling and --config.seed changed, run in its own process (so that
@@ -12,8 +14,11 @@ Reference rows: nearest neighbour on mean-centred raw pixels; the untrained
 network (random init, BatchNorm statistics and NetVLAD centroids set from
 training images as before_training does, no pretraining, no training); the
 pretrained network before NetVLAD training (the main job's "before" row).
-Statistics: mean and sample std over seeds, and a paired bootstrap 95% interval
-of NetVLAD minus each row (queries resampled, hits averaged over seeds).
+Statistics (jaxset.eval.stats, the claims' rule): mean and sample std over seeds;
+NetVLAD minus each row as per-query paired differences per seed, with a two-level
+bootstrap 95% interval (seeds, then queries within them, resampled); "held" when
+the interval is above 0, "contradicted" below, "inconclusive" otherwise; and the
+smallest difference this many seeds and queries detect (power 0.8).
 """
 from __future__ import annotations
 
@@ -28,9 +33,6 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import measures, report
-
-BEGIN = "<!-- BEGIN netvlad_baselines (python -m benchmarks.netvlad_baselines) -->"
-END = "<!-- END netvlad_baselines -->"
 
 
 def _config(pooling: str, seed: int, split: str, **extra):
@@ -106,54 +108,104 @@ def cached_run(kind, pooling, seed, split, workdir: Path, isa: str = "") -> dict
   return json.loads(path.read_text())
 
 
-def bootstrap_diff(a: np.ndarray, b: np.ndarray, reps: int = 10000, seed: int = 0):
-  """Paired bootstrap 95% interval of mean(a) - mean(b) over queries (a, b: [Q] per-query
-  scores, e.g. hits averaged over seeds)."""
-  rng = np.random.default_rng(seed)
-  idx = rng.integers(0, len(a), size=(reps, len(a)))
-  d = a[idx].mean(axis=1) - b[idx].mean(axis=1)
-  return float(np.mean(a) - np.mean(b)), float(np.percentile(d, 2.5)), \
-      float(np.percentile(d, 97.5))
+# The main job's bar (docs/data.md): Recall@1 at least MIN_RECALL and at
+# least MIN_GAP above raw pixels and the untrained network; above avg / max / GeM by the
+# claims' rule (interval above 0); seeds within SEED_SPREAD; ISA caps within ISA_SPREAD.
+MIN_RECALL, MIN_GAP, SEED_SPREAD, ISA_SPREAD = 0.6, 0.25, 0.03, 0.02
+REFERENCE_ROWS = ("raw pixels (mean-centred)", "untrained network (random init)")
 
 
-def render(rows: dict, seeds, split: str, isa_rows: list, command: str) -> str:
-  main = np.mean([r["hits"] for r in rows["netvlad"]], axis=0)
-  lines = [BEGIN, "", f"Test split: `{split}` ({len(main)} queries); command: `{command}`.", "",
-           "| row | Recall@1 (mean ± std over seeds) | per seed | NetVLAD minus row, "
-           "paired bootstrap 95% CI |", "|---|---|---|---|"]
+def _paired_differences(main_runs: list, runs: list) -> list:
+  """Per NetVLAD seed, its per-query hits minus the row's on the same queries: the
+  row's run of the same seed, or its single run (raw pixels)."""
+  by_seed = {r["seed"]: np.asarray(r["hits"], float) for r in runs}
+  out = []
+  for r in main_runs:
+    other = by_seed.get(r["seed"]) if len(runs) > 1 else next(iter(by_seed.values()))
+    if other is None:
+      raise ValueError(f"row has no run of seed {r['seed']} to pair with NetVLAD's; "
+                       f"its seeds: {sorted(by_seed)}.")
+    out.append(np.asarray(r["hits"], float) - other)
+  return out
+
+
+def summarize(rows: dict) -> list[dict]:
+  """One entry per row: its Recall@1 per seed and, against NetVLAD, the paired
+  difference with a two-level bootstrap 95% interval (seeds and queries resampled,
+  jaxset.eval.stats.paired_bootstrap), its verdict and minimum detectable effect."""
+  from jaxset.eval import stats
+  main_runs = rows["netvlad"]
+  out = []
   for name, runs in rows.items():
-    vals = [r["recall@1"] for r in runs]
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    per = ", ".join(f"{v:.3f}" for v in vals)
-    if name == "netvlad":
-      diff = "—"
-    else:
-      d, lo, hi = bootstrap_diff(main, np.mean([r["hits"] for r in runs], axis=0))
-      diff = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-    mean = (f"{np.mean(vals):.3f} ± {std:.3f} ({len(vals)} seeds)" if len(vals) > 1
+    vals = [float(r["recall@1"]) for r in runs]
+    entry = {"row": name, "seeds": [int(r["seed"]) for r in runs], "recall@1": vals,
+             "mean": float(np.mean(vals)),
+             "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+    if name != "netvlad":
+      diff = stats.paired_bootstrap(_paired_differences(main_runs, runs),
+                                    resample_seeds=len(main_runs) > 1)
+      entry["netvlad_minus_row"] = {k: diff[k] for k in ("estimate", "low", "high", "mde")}
+      entry["verdict"] = stats.verdict(diff, ">")
+    out.append(entry)
+  return out
+
+
+def bar(summary: list[dict], isa_rows: list) -> list[dict]:
+  """The main job's bar, each check with its measured value and whether it passes."""
+  rows = {e["row"]: e for e in summary}
+  nv = rows["netvlad"]
+  checks = [{"check": f"NetVLAD Recall@1 >= {MIN_RECALL}", "value": nv["mean"],
+             "passed": nv["mean"] >= MIN_RECALL}]
+  for name in REFERENCE_ROWS:
+    if name in rows:
+      gap = rows[name]["netvlad_minus_row"]["estimate"]
+      checks.append({"check": f"NetVLAD - {name} >= {MIN_GAP}", "value": gap,
+                     "passed": gap >= MIN_GAP})
+  for name, e in rows.items():
+    if name.endswith("pooling, trained the same way"):
+      checks.append({"check": f"NetVLAD above {name.split(',')[0]} (interval above 0)",
+                     "value": e["netvlad_minus_row"]["low"], "passed": e["verdict"] == "held"})
+  spread = max(nv["recall@1"]) - min(nv["recall@1"])
+  checks.append({"check": f"NetVLAD seeds within {SEED_SPREAD}", "value": spread,
+                 "passed": spread <= SEED_SPREAD})
+  for r, base in isa_rows:
+    d = abs(r["recall@1"] - base["recall@1"])
+    checks.append({"check": f"seed {r['seed']}: {r['xla_flags']} within {ISA_SPREAD}",
+                   "value": d, "passed": d <= ISA_SPREAD})
+  return checks
+
+
+def render_report(rep: dict) -> str:
+  """docs/data.md's block, from docs/netvlad_baselines.json (benchmarks.report.GENERATED)."""
+  lines = [f"Split: `{rep['split']}` ({rep['queries']} queries); command: `{rep['command']}`.",
+           "", "| row | Recall@1 (mean ± std over seeds) | per seed | NetVLAD minus row, "
+           "95% interval (seeds and queries resampled) | verdict | smallest detectable |",
+           "|---|---|---|---|---|---|"]
+  for e in rep["rows"]:
+    vals = e["recall@1"]
+    mean = (f"{e['mean']:.3f} ± {e['std']:.3f} ({len(vals)} seeds)" if len(vals) > 1
             else f"{vals[0]:.3f} (one run)")
-    lines.append(f"| {name} | {mean} | {per} | {diff} |")
-  if isa_rows:
+    per = ", ".join(f"{v:.3f}" for v in vals)
+    if "netvlad_minus_row" in e:
+      d = e["netvlad_minus_row"]
+      diff, verdict, mde = (f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+                            e["verdict"], f"{d['mde']:.3f}")
+    else:
+      diff = verdict = mde = "—"
+    lines.append(f"| {e['row']} | {mean} | {per} | {diff} | {verdict} | {mde} |")
+  if rep["isa"]:
     lines += ["", "The trained NetVLAD with XLA's CPU code capped at another instruction "
               "set (`XLA_FLAGS=--xla_cpu_max_isa=...`):", "",
               "| seed | ISA cap | Recall@1 | default ISA | difference |", "|---|---|---|---|---|"]
-    for r, base in isa_rows:
-      lines.append(f"| {r['seed']} | {r['xla_flags']} | {r['recall@1']:.3f} | "
-                   f"{base['recall@1']:.3f} | {r['recall@1'] - base['recall@1']:+.3f} |")
-  walls = [r["wall_s"] for r in rows["netvlad"]]
-  lines += ["", f"Trained NetVLAD runs took {min(walls):.0f}-{max(walls):.0f} s each in this "
-            "benchmark (the backbone pretraining cached), wall clock on a shared machine.",
-            "", END]
+    lines += [f"| {r['seed']} | {r['xla_flags']} | {r['recall@1']:.3f} | {r['default']:.3f} | "
+              f"{r['recall@1'] - r['default']:+.3f} |" for r in rep["isa"]]
+  lines += ["", "The main job's bar:", "", "| check | measured | passed |", "|---|---|---|"]
+  lines += [f"| {c['check']} | {c['value']:.3f} | {'yes' if c['passed'] else 'no'} |"
+            for c in rep["bar"]]
+  lo, hi = rep["train_wall_s"]
+  lines += ["", f"Trained NetVLAD runs took {lo:.0f}-{hi:.0f} s each in this benchmark (the "
+            "backbone pretraining cached; wall clock, other jobs sharing the machine)."]
   return "\n".join(lines)
-
-
-def write_between_markers(path: Path, text: str) -> None:
-  doc = path.read_text()
-  if BEGIN in doc and END in doc:
-    doc = doc[:doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
-  else:
-    doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-  path.write_text(doc)
 
 
 def main(argv=None):
@@ -168,7 +220,8 @@ def main(argv=None):
                   "NetVLAD seed in --isa_seeds ('' skips)")
   ap.add_argument("--isa_seeds", default="0")
   ap.add_argument("--workdir", default="runs/netvlad_baselines")
-  ap.add_argument("--out", default="docs/data.md")
+  ap.add_argument("--json", default="docs/netvlad_baselines.json")
+  ap.add_argument("--out", default="docs/data.md", help="where the table is rendered")
   ap.add_argument("--one", default="", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   workdir = Path(args.workdir)
@@ -202,9 +255,17 @@ def main(argv=None):
       base = next(r for r in rows["netvlad"] if r["seed"] == s)
       isa_rows.append((cached_run("train", "netvlad", s, args.split, workdir, args.isa), base))
   command = report.report_command("benchmarks.netvlad_baselines", argv or sys.argv[1:])
-  text = render(rows, seeds, args.split, isa_rows, command.strip())
-  print(text)
-  write_between_markers(Path(args.out), text)
+  summary = summarize(rows)
+  walls = [r["wall_s"] for r in rows["netvlad"]]
+  rep = {"command": command.strip(), "split": args.split,
+         "queries": len(rows["netvlad"][0]["hits"]), "rows": summary,
+         "isa": [{"seed": r["seed"], "xla_flags": r["xla_flags"], "recall@1": r["recall@1"],
+                  "default": base["recall@1"]} for r, base in isa_rows],
+         "bar": bar(summary, isa_rows), "train_wall_s": [min(walls), max(walls)]}
+  report.write_json(Path(args.json), rep)
+  if args.out:
+    report.render_block(Path(args.out), "netvlad_baselines", render_report(rep))
+  print(render_report(rep))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def kept_notes(out: Path) -> str:
 
 # Flags that name a folder or file of the machine that ran a report: they do not change
 # its numbers, and a reader has none of those paths.
-PATH_FLAGS = ("--workdir", "--out", "--doc", "--claims_workdir")
+PATH_FLAGS = ("--workdir", "--out", "--doc", "--json", "--claims_workdir")
 
 
 def report_command(module: str, argv: list[str]) -> str:
@@ -81,6 +81,8 @@ def report_command(module: str, argv: list[str]) -> str:
 # Strings, not imports: the scripts import this module, never the other way round.
 GENERATED = {
     "baselines": ("docs/baselines.json", "benchmarks.baselines:render_report"),
+    "netvlad_baselines": ("docs/netvlad_baselines.json",
+                          "benchmarks.netvlad_baselines:render_report"),
 }
 
 

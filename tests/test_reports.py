@@ -1,9 +1,10 @@
 """benchmarks.reports: every generated block of docs/ equals its JSON report rendered."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from benchmarks import baselines, report
+from benchmarks import baselines, netvlad_baselines, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,3 +67,38 @@ def test_summarize_needs_the_margin_on_every_seed():
   assert row["clearly_beats_both"] is False
   (row,) = baselines.summarize(runs[:1])
   assert row["clearly_beats_both"] is True
+
+
+def _place_runs(name_hits: dict) -> dict:
+  return {name: [{"seed": s, "recall@1": float(np.mean(h)), "hits": list(h)}
+                 for s, h in enumerate(hits)] for name, hits in name_hits.items()}
+
+
+def test_netvlad_baselines_judges_each_row_by_the_paired_interval():
+  rng = np.random.default_rng(0)
+  nv = [(rng.random(400) < 0.7).astype(int) for _ in range(3)]
+  # max pooling misses 15% of what NetVLAD finds, seed by seed: a clear, paired gap.
+  worse = [h * (rng.random(400) > 0.15) for h in nv]
+  rows = _place_runs({"netvlad": nv, "raw pixels (mean-centred)": [nv[0] * 0],
+                      "max pooling, trained the same way": worse,
+                      "gem pooling, trained the same way": nv})
+  summary = netvlad_baselines.summarize(rows)
+  by = {e["row"]: e for e in summary}
+  assert by["max pooling, trained the same way"]["verdict"] == "held"
+  assert by["gem pooling, trained the same way"]["verdict"] == "inconclusive"  # identical
+  assert by["raw pixels (mean-centred)"]["netvlad_minus_row"]["estimate"] == pytest.approx(
+      np.mean([h.mean() for h in nv]))
+  checks = {c["check"]: c["passed"] for c in netvlad_baselines.bar(summary, [])}
+  assert checks["NetVLAD Recall@1 >= 0.6"] is True
+  assert checks["NetVLAD above max pooling (interval above 0)"] is True
+  assert checks["NetVLAD above gem pooling (interval above 0)"] is False
+  rep = {"command": "python -m benchmarks.netvlad_baselines", "split": "val", "queries": 400,
+         "rows": summary, "isa": [], "bar": netvlad_baselines.bar(summary, []),
+         "train_wall_s": [1.0, 2.0]}
+  text = netvlad_baselines.render_report(rep)
+  assert "| gem pooling, trained the same way |" in text and "| inconclusive |" in text
+  # A row without NetVLAD's seeds cannot be paired.
+  rows["max pooling, trained the same way"] = rows["max pooling, trained the same way"][1:] + [
+      {"seed": 7, "recall@1": 0.5, "hits": list(worse[0])}]
+  with pytest.raises(ValueError, match="no run of seed 0"):
+    netvlad_baselines.summarize(rows)
