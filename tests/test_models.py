@@ -476,7 +476,7 @@ def test_casn_in_batch_pairs_equal_the_gathered_pair_batch():
   """A P x 2 batch with pk_pairs gives the objective (and gradient) of the batch
   of its pairs written out, images gathered: with K = 2 every image is in
   exactly two pairs, so the per-image terms and BatchNorm's statistics agree."""
-  from jaxset.data.pipeline import pk_pairs
+  from jaxset.data.samplers.pk import pk_pairs
   variables, _, _ = _casn_case()
   model = _casn_model()
   images, labels = _images((8, 16, 8, 3)), jnp.arange(8) // 2

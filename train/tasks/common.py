@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxset import data as jdata
-from jaxset.data import pipeline, transforms
-from train import loop, meshes, optim
+from jaxset.data import transforms
+from jaxset.data.samplers.evaluation import eval_batches
+from train import meshes, optim
+from train.task import TrainState
 
 
 def compute_dtype(config):
@@ -102,14 +104,14 @@ def image_fn(config, train: bool):
 
 
 def create_state(model, config, rng, sample, total_steps: int, tx=None, **apply_kwargs):
-  """Initialises `model` on `sample` and wraps it in a loop.TrainState."""
+  """Initialises `model` on `sample` and wraps it in a TrainState."""
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init({"params": init_rng, "dropout": init_rng}, sample, **apply_kwargs)
   variables = dict(variables)
   params = variables.pop("params")
   tx = tx or optim.make_optimizer(config.optim, total_steps)
-  state = loop.TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                                 model_state=variables, rng=state_rng)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                            model_state=variables, rng=state_rng)
   if config.model.get("pretrained"):
     state = load_pretrained(state, config.model.pretrained)
     # The optimiser state was built for the random init; rebuild it for the new params.
@@ -153,8 +155,8 @@ def extract(fn: Callable[[Any, dict], dict], state, src, config, *, keys=None):
   bs = max(mesh.devices.size, bs - bs % mesh.devices.size)
   jfn = _jit_cache(fn)
   outs, valid = {}, []
-  for batch in pipeline.eval_batches(src, batch_size=bs, image_fn=image_fn(config, False),
-                                     keys=keys):
+  for batch in eval_batches(src, batch_size=bs, image_fn=image_fn(config, False),
+                            keys=keys):
     v = batch.pop("valid")
     batch.pop("index", None)
     out = jfn(state, meshes.shard_batch(batch, mesh))

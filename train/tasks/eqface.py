@@ -21,7 +21,7 @@ import optax
 from jaxset.models import EQFace
 from jaxset.models.eqface import GROUPS, param_labels, stage_trainable
 from jaxset.ops.margins import eqface_logits
-from train import loop, optim, partial_fc
+from train import optim, partial_fc, task
 from train.tasks import common, faces, identities
 
 
@@ -100,7 +100,7 @@ class Task(faces.FaceTask):
     return {"quality_mean": jnp.mean(out["quality"]), "norm_mean": jnp.mean(out["norm"])}
 
   def stages(self, config):
-    return [loop.Stage(f"step{k}", n, lambda: identities.pk_iterator(config),
+    return [task.Stage(f"step{k}", n, lambda: identities.pk_iterator(config),
                        self.train_step(config, k))
             for k, n in self.schedule(config)]
 
