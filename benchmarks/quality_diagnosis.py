@@ -78,14 +78,9 @@ QUICK = {**runs.QUICK, "train.steps": 6}
 
 def make_config(method: str, budget: float, seed: int, quick: bool, quick_data: str = ""):
   config = importlib.import_module(f"configs.{CONFIG_OF.get(method, method)}").get_config()
-  over = dict(runs.COMMON)
-  over["train.steps"] = max(1, int(round(config.train.steps * budget)))
-  if quick:
-    over.update(QUICK)
-    over["data.cache_dir"] = quick_data
-  over["seed"] = seed
-  over["train.ckpt_every"] = over["train.steps"]
-  over.update(VARIANTS.get(method, ("", {}))[1])
+  steps = {"train.steps": max(1, int(round(config.train.steps * budget)))}
+  over = runs.run_overrides(steps, seed, QUICK if quick else None, quick_data,
+                            VARIANTS.get(method, ("", {}))[1])
   return with_overrides(config, over)
 
 
