@@ -8,7 +8,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxset.models import adaface, backbones, casn, eqface, heads, netvlad, qan
-from jaxset.ops import losses
+from jaxset.ops import losses, margins
 from jaxset.ops import netvlad_layer as netvlad_ops
 
 TINY = {"widths": (8, 16, 16, 16)}  # a fast SmallCNN for the tests
@@ -309,6 +309,33 @@ def test_eqface_param_groups_and_frozen_backbone_step():
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="stage"):
     eqface.stage_trainable(4)
+
+
+def test_eqface_applies_loss_6_given_labels():
+  # The model's logits are eqface_logits of its cosines with the s_i that
+  # loss_quality names; the quality head gets a gradient only from "trained".
+  variables, batch, _ = _eqface_case()
+  model = eqface.EQFace(6, backbone="small_cnn", embedding_dim=16, quality_hidden=8,
+                        backbone_kwargs=TINY, scale=8.0, m2=0.3)
+  labels = jnp.asarray([0, 1, 2, 3, 4, 5, -1, 0])
+  kw = dict(scale=8.0, m1=1.0, m2=0.3, m3=0.0, quality_transform="paper", grad="exact")
+
+  def quality_grad(mode):
+    def loss(p):
+      out = model.apply({**variables, "params": p}, *batch["args"], labels=labels,
+                        loss_quality=mode)
+      return jnp.sum(out["logits"]), out
+    g, out = jax.grad(loss, has_aux=True)(variables["params"])
+    s = {"one": jnp.ones_like(out["quality"])}.get(mode, out["quality"])
+    want = margins.eqface_logits(out["cos"], labels, s, **kw)
+    np.testing.assert_array_equal(out["logits"], want)
+    return sum(float(jnp.sum(jnp.abs(x))) for x in jax.tree.leaves(g["quality"]))
+
+  assert quality_grad("trained") > 0
+  assert quality_grad("frozen") == 0 and quality_grad("one") == 0
+  assert "logits" not in model.apply(variables, *batch["args"])
+  with pytest.raises(ValueError, match="loss_quality"):
+    model.apply(variables, *batch["args"], labels=labels, loss_quality="learned")
 
 
 def test_adaface_stats_update_only_when_training():
