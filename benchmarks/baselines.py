@@ -64,8 +64,8 @@ def make_config(method: str, seed: int, quick: bool, quick_data: str = ""):
 
 def _pixels(src) -> np.ndarray:
   """[N, H*W*3] float32 in [0, 1] of every image of a split, in record order."""
-  from jaxset.data import pipeline
-  rows = pipeline.fetch(src, np.arange(len(src)))
+  from jaxset.data.records import fetch
+  rows = fetch(src, np.arange(len(src)))
   return np.stack([np.asarray(r["image"], np.float32).reshape(-1) / 255.0 for r in rows])
 
 
@@ -78,23 +78,23 @@ def raw_pixels_identities(config) -> dict:
   """rank-1/mAP (query vs gallery, cross-camera), 10-fold pair accuracy, and the
   same at set level (tracklets mean-pooled), as train/tasks/identities.py and
   train/tasks/qan.py score them."""
-  from jaxset.data import pipeline
+  from jaxset.data.records import fetch, read_metadata
   from jaxset.eval import cmc_map, kfold_verification_accuracy
   from train.tasks import common
 
   q_src, g_src = common.source(config, "query"), common.source(config, "gallery")
   q, g = _pixels(q_src), _pixels(g_src)
   mean = np.concatenate([q, g]).mean(axis=0)
-  qm, gm = pipeline.read_metadata(q_src), pipeline.read_metadata(g_src)
+  qm, gm = read_metadata(q_src), read_metadata(g_src)
   qn, gn = _centre_normalise(q, mean), _centre_normalise(g, mean)
   r = cmc_map(qn, gn, qm["identity"], gm["identity"], qm["camera"], gm["camera"])
   out = {"rank1": float(r["rank1"]), "mAP": float(r["mAP"])}
 
   p_src = common.source(config, "pairs")
-  rows = pipeline.fetch(p_src, np.arange(len(p_src)))
+  rows = fetch(p_src, np.arange(len(p_src)))
   a = np.stack([np.asarray(x["image_a"], np.float32).reshape(-1) / 255.0 for x in rows])
   b = np.stack([np.asarray(x["image_b"], np.float32).reshape(-1) / 255.0 for x in rows])
-  pm = pipeline.read_metadata(p_src, ["same", "fold"])
+  pm = read_metadata(p_src, ["same", "fold"])
   acc = kfold_verification_accuracy(_centre_normalise(a, mean), _centre_normalise(b, mean),
                                     pm["same"].astype(bool), fold_ids=pm["fold"])
   out["pair_acc"] = float(acc["accuracy_mean"])
@@ -111,7 +111,7 @@ def raw_pixels_identities(config) -> dict:
   r = cmc_map(qf, gf, qi, gi, qc, gc)
   out.update({"set_rank1": float(r["rank1"]), "set_mAP": float(r["mAP"])})
   row = {int(t): f for t, f in zip(np.r_[qt, gt], np.concatenate([qf, gf]))}
-  sp = pipeline.read_metadata(common.source(config, "set_pairs"))
+  sp = read_metadata(common.source(config, "set_pairs"))
   fa = np.stack([row[int(t)] for t in sp["tracklet_a"]])
   fb = np.stack([row[int(t)] for t in sp["tracklet_b"]])
   acc = kfold_verification_accuracy(fa, fb, sp["same"].astype(bool), fold_ids=sp["fold"])
@@ -121,7 +121,7 @@ def raw_pixels_identities(config) -> dict:
 
 def raw_pixels_places(config) -> dict:
   """Recall@N of raw pixels on config.eval.split, as train/tasks/netvlad.py scores it."""
-  from jaxset.data import pipeline
+  from jaxset.data.records import read_metadata
   from jaxset.eval import recall_at_n
   from train.tasks import common
 
@@ -131,8 +131,8 @@ def raw_pixels_places(config) -> dict:
   fdb, fq = _pixels(db), _pixels(queries)
   mean = fdb.mean(axis=0)
   recalls = recall_at_n(_centre_normalise(fq, mean), _centre_normalise(fdb, mean),
-                        pipeline.read_metadata(queries, ["utm"])["utm"],
-                        pipeline.read_metadata(db, ["utm"])["utm"],
+                        read_metadata(queries, ["utm"])["utm"],
+                        read_metadata(db, ["utm"])["utm"],
                         ns=tuple(config.eval.recall_ns), pos_radius=config.eval.pos_radius)
   return {f"recall@{n}": float(r) for n, r in recalls.items()}
 

@@ -128,7 +128,7 @@ def probe_fn(task, config):
   import jax
   import jax.numpy as jnp
 
-  from jaxset.data import pipeline
+  from jaxset.data.samplers.pk import pk_pairs
   from jaxset.models import casn_loss
   from jaxset.models.casn import (
     CASN,
@@ -142,7 +142,7 @@ def probe_fn(task, config):
 
   model = task.model(config)
   full = task.loss_config(config)
-  pairs = pipeline.pk_pairs(config.train.batch_size // config.data.k, config.data.k)
+  pairs = pk_pairs(config.train.batch_size // config.data.k, config.data.k)
   live = [t for t in TERMS if getattr(full, WEIGHT_OF[t])]
   alone = {t: full._replace(**{WEIGHT_OF[u]: (getattr(full, WEIGHT_OF[u]) if u == t else 0.0)
                                for u in TERMS}) for t in live}

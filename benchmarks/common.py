@@ -58,32 +58,32 @@ def method_setup(method: str, devices: int = 1, *, builder_config: str = "",
   A task with data to refresh before step 0 refreshes it (NetVLAD's
   hard-negative cache, which its sampler's miner reads).
   """
-  from train import loop, tasks
+  from train import meshes, tasks
   config = importlib.import_module(f"configs.{method}").get_config()
   if batch_size:
     config.train.batch_size = batch_size
   config.data.builder_config = builder_config
   config.data.cache_dir = cache_dir
   task = tasks.get(method)
-  mesh = loop.make_mesh(jax.devices()[:devices])
-  state = loop.replicate(task.create_state(config, jax.random.key(config.seed)), mesh)
+  mesh = meshes.make_mesh(jax.devices()[:devices])
+  state = meshes.replicate(task.create_state(config, jax.random.key(config.seed)), mesh)
   if task.refresh_due(config, 0):
-    task.refresh(loop.on_all_devices(state, mesh), config)
+    task.refresh(meshes.on_all_devices(state, mesh), config)
   return task, config, mesh, state
 
 
 def time_train_step(train_step, state, batches, mesh):
   """Compile time and median step time (s) of jit(train_step) on host batches.
 
-  The batches are placed with loop.shard_batch beforehand, as the loop does;
+  The batches are placed with meshes.shard_batch beforehand, as the loop does;
   batches[0] compiles and warms up, the others are timed. The state is
   donated: use the returned one. Returns (state, compiled step, compile_s,
   step_s); the compiled step takes further batches placed the same way.
   """
-  from train import loop
+  from train import meshes
   if len(batches) < 2:
     raise ValueError(f"need >= 2 batches (one warm-up, one timed); got {len(batches)}.")
-  placed = [loop.shard_batch(b, mesh) for b in batches]
+  placed = [meshes.shard_batch(b, mesh) for b in batches]
   fn = jax.jit(train_step, donate_argnums=(0,))
   t = time.perf_counter()
   compiled = fn.lower(state, placed[0]).compile()

@@ -151,7 +151,7 @@ def use_fake_sources():
 # Measurements
 
 def sampler_of(batch: dict) -> str:
-  """The jaxset.data.pipeline sampler that makes batches of this structure."""
+  """The jaxset.data.samplers function that makes batches of this structure."""
   if "anchor" in batch:
     return "set_triplet_batches"
   if "query" in batch:
@@ -206,21 +206,21 @@ def loop_time(compiled_step, state, iterator, mesh, steps: int, skip: int = 4):
   """Seconds per step of the loop's own feeding (train/loop.py); the first
   `skip` steps (the batches already prefetched: the samplers' default
   prefetch is 4) are not timed."""
-  from train import loop
+  from train import meshes
   t = None
   for i in range(skip + steps):
     if i == skip:
       jax.block_until_ready(state)
       t = time.perf_counter()
-    state, metrics = compiled_step(state, loop.shard_batch(next(iterator), mesh))
+    state, metrics = compiled_step(state, meshes.shard_batch(next(iterator), mesh))
   jax.block_until_ready(metrics)
   return state, (time.perf_counter() - t) / steps
 
 
 def bench_method(method: str, seconds: float, warmup_s: float, steps: int,
                  loop_steps: int) -> list[dict]:
-  from jaxset.data import pipeline
-  pipeline._clear_decoded_images()  # each config as in its own training process
+  from jaxset.data.images import clear_decoded_images
+  clear_decoded_images()  # each config as in its own training process
   task, config, mesh, state = method_setup(method, devices=1)
   rates = {}  # iterator fingerprint -> (cold batches/s, batches/s, images/batch)
   rows = []

@@ -44,7 +44,7 @@ def eqface_erc(task, state, config) -> dict:
   """FNMR at a threshold fixed before rejection (initial FNMR 0.1), after dropping
   the REJECT_FRACTION of pairs with the lowest min(s_a, s_b), and after dropping
   as many at random (mean of 10 draws): jaxset.eval.error_vs_reject."""
-  from jaxset.data import pipeline
+  from jaxset.data.records import read_metadata
   from jaxset.eval import error_vs_reject, l2_normalize
   from train.tasks import common
 
@@ -57,7 +57,7 @@ def eqface_erc(task, state, config) -> dict:
 
   src = common.source(config, "pairs")
   p = common.extract(describe_pair, state, src, config, keys=["image_a", "image_b"])
-  same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
+  same = read_metadata(src, ["same"])["same"].astype(bool)
   scores = np.sum(l2_normalize(p["a"]) * l2_normalize(p["b"]), axis=1)
   erc = error_vs_reject(scores, same, p["qa"], p["qb"], fnmr=ERC_START_FNMR,
                         reject_fractions=(0.0, REJECT_FRACTION))
@@ -143,7 +143,7 @@ def casn_identification_attention(task, state, config) -> dict:
   reference), and the fraction of all-zero maps among positive pairs' images."""
   import jax.numpy as jnp
 
-  from jaxset.data import pipeline
+  from jaxset.data.records import read_metadata
   from jaxset.models.casn import identification_attention
   from jaxset.ops.losses import attention_consistency_loss
   from train.tasks import common
@@ -163,7 +163,7 @@ def casn_identification_attention(task, state, config) -> dict:
 
   src = common.source(config, "pairs")
   r = common.extract(attention, state, src, config, keys=["image_a", "image_b"])
-  same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
+  same = read_metadata(src, ["same"])["same"].astype(bool)
   live = ~(r["z1"] | r["z2"])
   out = {"id_attention_zero_maps": float(np.mean(np.concatenate([r["z1"][same],
                                                                  r["z2"][same]])))}
@@ -209,15 +209,15 @@ UNITS: dict[str, Callable] = {
 
 def data_facts(config) -> dict:
   """How many test tracklets (and set pairs) hold at least one degraded frame."""
-  from jaxset.data import pipeline
+  from jaxset.data.records import read_metadata
   from train.tasks import common
 
   tracklets, degraded = set(), set()
   for split in ("query", "gallery"):
-    m = pipeline.read_metadata(common.source(config, split), ["tracklet", "degradation"])
+    m = read_metadata(common.source(config, split), ["tracklet", "degradation"])
     tracklets |= set(m["tracklet"].tolist())
     degraded |= set(m["tracklet"][m["degradation"] > 0].tolist())
-  p = pipeline.read_metadata(common.source(config, "set_pairs"), ["tracklet_a", "tracklet_b"])
+  p = read_metadata(common.source(config, "set_pairs"), ["tracklet_a", "tracklet_b"])
   either = [int(a) in degraded or int(b) in degraded for a, b in zip(p["tracklet_a"],
                                                                     p["tracklet_b"])]
   return {"tracklets_degraded": len(degraded), "tracklets": len(tracklets),
@@ -253,8 +253,8 @@ def place_features(task, state, config):
 
 def place_utm(config):
   """[query UTM, database UTM] of config.eval.split."""
-  from jaxset.data import pipeline
+  from jaxset.data.records import read_metadata
   from train.tasks import common
   split = config.eval.split
-  return [pipeline.read_metadata(common.source(config, f"{split}_{p}"), ["utm"])["utm"]
+  return [read_metadata(common.source(config, f"{split}_{p}"), ["utm"])["utm"]
           for p in ("queries", "database")]

@@ -78,14 +78,9 @@ QUICK = {**runs.QUICK, "train.steps": 6}
 
 def make_config(method: str, budget: float, seed: int, quick: bool, quick_data: str = ""):
   config = importlib.import_module(f"configs.{CONFIG_OF.get(method, method)}").get_config()
-  over = dict(runs.COMMON)
-  over["train.steps"] = max(1, int(round(config.train.steps * budget)))
-  if quick:
-    over.update(QUICK)
-    over["data.cache_dir"] = quick_data
-  over["seed"] = seed
-  over["train.ckpt_every"] = over["train.steps"]
-  over.update(VARIANTS.get(method, ("", {}))[1])
+  steps = {"train.steps": max(1, int(round(config.train.steps * budget)))}
+  over = runs.run_overrides(steps, seed, QUICK if quick else None, quick_data,
+                            VARIANTS.get(method, ("", {}))[1])
   return with_overrides(config, over)
 
 
@@ -106,8 +101,8 @@ def keep_checkpoints_at(config, steps) -> None:
 
 
 def _images(src, idx):
-  from jaxset.data import pipeline
-  return np.stack([r["image"] for r in pipeline.fetch(src, np.asarray(idx))])
+  from jaxset.data.records import fetch
+  return np.stack([r["image"] for r in fetch(src, np.asarray(idx))])
 
 
 def _cosine(a, b):
@@ -173,7 +168,7 @@ def tiers_and_probes(method, task, state, config) -> dict:
 
 def train_fit(method, task, state, config) -> list[dict]:
   """The classifier's target cosine and accuracy on the TRAINING images, by tier."""
-  from jaxset.data import pipeline
+  from jaxset.data.records import read_metadata
   from jaxset.data.synthetic_identities import DEGRADATION_TYPES
   from jaxset.eval import proxy_by_tier
   from train.tasks import common
@@ -184,7 +179,7 @@ def train_fit(method, task, state, config) -> list[dict]:
   fn = proxy_fn(method, model)
   src = common.source(config, "train")
   out = common.extract(fn, state, src, config, keys=["image"])
-  meta = pipeline.read_metadata(src, ["label", "degradation", "degradation_type"])
+  meta = read_metadata(src, ["label", "degradation", "degradation_type"])
   lab = meta["label"]
   target = out["cos"][np.arange(len(lab)), lab]
   correct = (np.argmax(out["cos"], axis=1) == lab).astype(np.float64)
@@ -202,7 +197,7 @@ def qan_sets(task, state, config) -> dict:
   """Set verification / re-ID with learned mu, an oracle (1 - true level) and the mean."""
   import jax.numpy as jnp
 
-  from jaxset.data import pipeline
+  from jaxset.data.records import read_metadata
   from jaxset.eval import cmc_map, kfold_verification_accuracy
   from train.tasks import common
 
@@ -218,7 +213,7 @@ def qan_sets(task, state, config) -> dict:
   for split in ("query", "gallery"):
     src = common.source(config, split)
     out = common.extract(frames, state, src, config, keys=["image"])
-    meta = pipeline.read_metadata(src)
+    meta = read_metadata(src)
     info[split] = meta
     deg = meta["degradation"]
     weights[split] = {"learned mu": out["q"], "oracle 1 - level": np.clip(1.0 - deg, 0, 1),
@@ -235,7 +230,7 @@ def qan_sets(task, state, config) -> dict:
         rows.append(pooled @ np.asarray(fc["kernel"]) + np.asarray(fc["bias"]))
       e = np.stack(rows)
       emb[split][name] = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
-  pairs = pipeline.read_metadata(common.source(config, "set_pairs"))
+  pairs = read_metadata(common.source(config, "set_pairs"))
   row = {}
   for split in ("query", "gallery"):
     for i, t in enumerate(np.unique(info[split]["tracklet"])):
@@ -266,7 +261,7 @@ def qan_mu_gradients(task, state, config, num_batches: int = 8) -> list[dict]:
   import jax
   import jax.numpy as jnp
 
-  from jaxset.data import pipeline
+  from jaxset.data.samplers.sets import set_triplet_batches
   from jaxset.data.synthetic_identities import DEGRADATION_TYPES
   from jaxset.eval import proxy_by_tier
   from jaxset.models.heads import l2_normalize
@@ -299,7 +294,7 @@ def qan_mu_gradients(task, state, config, num_batches: int = 8) -> list[dict]:
     (_, per), g = jax.value_and_grad(loss, has_aux=True)(mu)
     return g, per
 
-  ds = pipeline.set_triplet_batches(
+  ds = set_triplet_batches(
       common.source(config, "train"), batch_size=cq.sets_per_batch,
       set_size=tuple(cq.set_size_range) if cq.set_size_range else cq.set_size,
       seed=config.seed + 1000, image_fn=common.image_fn(config, train=True))
@@ -384,7 +379,7 @@ def clean_pairs_erc(method, task, state, config) -> dict:
   stored level cannot tell them apart): FNMR at the threshold that gives 0.1
   on those pairs, after dropping the REJECT share with the lowest
   min(q_a, q_b), against dropping as many at random."""
-  from jaxset.data import pipeline
+  from jaxset.data.records import read_metadata
   from jaxset.eval import error_vs_reject
   from train.tasks import common
 
@@ -396,7 +391,7 @@ def clean_pairs_erc(method, task, state, config) -> dict:
 
   src = common.source(config, "pairs")
   p = common.extract(describe_pair, state, src, config, keys=["image_a", "image_b"])
-  meta = pipeline.read_metadata(src, ["same", "degradation_a", "degradation_b"])
+  meta = read_metadata(src, ["same", "degradation_a", "degradation_b"])
   keep = (meta["degradation_a"] == 0) & (meta["degradation_b"] == 0)
   same = meta["same"].astype(bool)[keep]
   scores = _cosine(p["a"][keep], p["b"][keep])
@@ -475,11 +470,11 @@ def rho_ceilings(config, seed: int = 0) -> list[dict]:
   SDs, linear in the level (d at level 1) or one step for every degraded image;
   and a proxy that ranks every clean image above every degraded one but is
   random among the clean ones."""
-  from jaxset.data import pipeline
+  from jaxset.data.records import read_metadata
   from jaxset.eval import spearman
   from train.tasks import common
 
-  lv = np.concatenate([pipeline.read_metadata(common.source(config, s), ["degradation"])
+  lv = np.concatenate([read_metadata(common.source(config, s), ["degradation"])
                        ["degradation"] for s in ("query", "gallery")])
   rng = np.random.default_rng(seed)
   noise = rng.normal(0.0, 1.0, lv.size)

@@ -90,19 +90,29 @@ def scaled_budget(claim: str, budget: float = 1.0) -> dict:
           for k, v in BUDGETS[claim].items()}
 
 
+def run_overrides(steps: dict, seed: int, quick: dict | None, quick_data: str = "",
+                  extra: dict | None = None) -> dict:
+  """The overrides of one benchmark run, in the order they apply: COMMON, the
+  step counts `steps`, with --quick the `quick` ones and the tiny datasets'
+  cache dir `quick_data` (quick None: a full run), the run's own `extra`, the
+  seed, and one checkpoint at the end unless `extra` says otherwise."""
+  over = {**COMMON, **steps}
+  if quick is not None:
+    over.update(quick)
+    over["data.cache_dir"] = quick_data
+  over.update(extra or {})
+  over["seed"] = seed
+  over.setdefault("train.ckpt_every", over["train.steps"])
+  return over
+
+
 def overrides_for(setup: str, seed: int, quick: bool, quick_data: str = "",
                   budget: float = 1.0) -> dict:
   s = SETUPS[setup]
-  over = {**COMMON, **scaled_budget(s.claim, budget)}
-  if quick:
-    over.update(QUICK)
-    over.update(QUICK_CLAIM[s.claim])
-    over["data.cache_dir"] = quick_data
-  over.update(dict(s.overrides))
-  over["seed"] = seed
-  steps = over["train.steps"]
-  over.setdefault("train.ckpt_every", steps)
-  over.setdefault("train.log_every", max(1, steps // 5))
+  over = run_overrides(scaled_budget(s.claim, budget), seed,
+                       {**QUICK, **QUICK_CLAIM[s.claim]} if quick else None, quick_data,
+                       dict(s.overrides))
+  over.setdefault("train.log_every", max(1, over["train.steps"] // 5))
   return over
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from jaxset import data as jdata
-from jaxset.data import export_formats, holdout, pipeline
+from jaxset.data import export_formats, holdout
+from jaxset.data.records import read_metadata
 from tests.train_helpers import make_config
 from train import checkpoints
 from train.tasks import common, identities
@@ -71,7 +72,7 @@ def test_subset_reads_and_relabels_records():
   s = holdout.Subset(base, [4, 1], [0, 1])
   assert len(s) == 2 and s[0]["identity"] == 14 and s[0]["label"] == 0 and s[-1]["label"] == 1
   assert [r["identity"] for r in s.__getitems__([1, 0])] == [11, 14]
-  meta = pipeline.read_metadata(s)
+  meta = read_metadata(s)
   assert meta["identity"].tolist() == [14, 11] and meta["label"].tolist() == [0, 1]
   with pytest.raises(IndexError):
     s[2]
@@ -89,11 +90,11 @@ def test_market1501_validates_on_held_out_identities_while_training(market, tmp_
   over = {**REID, "data.dir": market, "data.cache_dir": str(tmp_path / "prep"),
           "data.holdout_identities": 0.25, "eval.split": "val"}
   config = make_config("casn", over, "market1501")
-  full = pipeline.read_metadata(jdata.builder("market1501", data_dir=tmp_path / "prep",
+  full = read_metadata(jdata.builder("market1501", data_dir=tmp_path / "prep",
                                               manual_dir=market).as_data_source("train"))
-  train = pipeline.read_metadata(common.source(config, "train"))
-  query = pipeline.read_metadata(common.source(config, "query"))
-  gallery = pipeline.read_metadata(common.source(config, "gallery"))
+  train = read_metadata(common.source(config, "train"))
+  query = read_metadata(common.source(config, "query"))
+  gallery = read_metadata(common.source(config, "gallery"))
   held = set(query["identity"])
   n_ids = len(set(full["identity"]))
   assert len(held) == round(0.25 * n_ids) and held == set(gallery["identity"])
@@ -139,8 +140,8 @@ def test_mars_validates_on_held_out_tracklets_while_training(tiny_data, tmp_path
           "data.cache_dir": str(tmp_path / "prep"), "data.holdout_identities": 0.3,
           "eval.split": "val"}
   config = make_config("qan", over, "mars")
-  query = pipeline.read_metadata(common.source(config, "query"))
-  gallery = pipeline.read_metadata(common.source(config, "gallery"))
+  query = read_metadata(common.source(config, "query"))
+  gallery = read_metadata(common.source(config, "gallery"))
   assert not set(query["tracklet"]) & set(gallery["tracklet"])
   assert set(query["identity"]) == set(gallery["identity"])
   summary = loop.train_and_evaluate(config, tmp_path / "run")

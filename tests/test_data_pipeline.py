@@ -5,7 +5,14 @@ import os
 import numpy as np
 import pytest
 
-from jaxset.data import images, pipeline, records, transforms
+from jaxset.data import images, records, transforms
+from jaxset.data.records import fetch, read_metadata
+from jaxset.data.samplers.evaluation import eval_batches
+from jaxset.data.samplers.pairs import pair_batches
+from jaxset.data.samplers.pk import pk_batches, pk_pairs
+from jaxset.data.samplers.sets import set_batches, set_triplet_batches
+from jaxset.data.samplers.tuples import netvlad_tuples
+from jaxset.data.sampling import restore_args, save_args
 
 H, W = 8, 6
 
@@ -83,20 +90,20 @@ FAST = dict(num_threads=0, prefetch=0)
 
 
 def test_read_metadata_columns():
-  meta = pipeline.read_metadata(SOURCE)
+  meta = read_metadata(SOURCE)
   assert "image" not in meta
   assert meta["label"].shape == (len(SOURCE),)
   assert meta["filename"].dtype.kind == "U"
   assert meta["filename"][3] == "3.png"
   np.testing.assert_array_equal(meta["tracklet"], [r["tracklet"] for r in SOURCE.records])
   with pytest.raises(ValueError, match="not columns"):
-    pipeline.read_metadata(SOURCE, ["utm"])
+    read_metadata(SOURCE, ["utm"])
 
 
 def test_pk_shapes_composition_and_images():
   p, k = 4, 3
-  meta = pipeline.read_metadata(SOURCE)
-  for batch in _take(pipeline.pk_batches(SOURCE, p=p, k=k, shard=(0, 1), **FAST), 3):
+  meta = read_metadata(SOURCE)
+  for batch in _take(pk_batches(SOURCE, p=p, k=k, shard=(0, 1), **FAST), 3):
     assert batch["image"].shape == (p * k, H, W, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].dtype == np.int32
     labels = batch["label"].reshape(p, k)
@@ -110,7 +117,7 @@ def test_pk_shapes_composition_and_images():
 
 def test_pk_epoch_covers_every_identity_once():
   p = 5  # 10 identities: 2 steps per epoch
-  batches = _take(pipeline.pk_batches(SOURCE, p=p, k=2, shard=(0, 1), **FAST), 4)
+  batches = _take(pk_batches(SOURCE, p=p, k=2, shard=(0, 1), **FAST), 4)
   for epoch in (batches[:2], batches[2:]):
     ids = np.concatenate([b["label"][::2] for b in epoch])
     assert sorted(ids.tolist()) == list(range(10))
@@ -119,31 +126,31 @@ def test_pk_epoch_covers_every_identity_once():
 
 def test_determinism_and_seeds():
   aug = transforms.train_augment(pad=2)
-  make = lambda seed: pipeline.pk_batches(SOURCE, p=2, k=2, seed=seed, image_fn=aug,
-                                          shard=(0, 1), num_threads=2, prefetch=3)
+  make = lambda seed: pk_batches(SOURCE, p=2, k=2, seed=seed, image_fn=aug,
+                                 shard=(0, 1), num_threads=2, prefetch=3)
   a, b, c = _take(make(1), 3), _take(make(1), 3), _take(make(2), 3)
   assert all(_equal(x, y) for x, y in zip(a, b))
   assert not all(_equal(x, y) for x, y in zip(a, c))
 
 
 def test_pk_pairs_balanced():
-  a, b, same = pipeline.pk_pairs(3, 4)
+  a, b, same = pk_pairs(3, 4)
   assert len(a) == 2 * 3 * 6 and same.sum() == 3 * 6
   label = np.repeat(np.arange(3), 4)
   np.testing.assert_array_equal(label[a] == label[b], same)
   assert (a != b).all()
   with pytest.raises(ValueError, match="k >= 2"):
-    pipeline.pk_pairs(3, 1)
+    pk_pairs(3, 1)
 
 
 @pytest.mark.parametrize("set_size", [4, (2, 5)])
 def test_set_batches_masks(set_size):
-  meta = pipeline.read_metadata(SOURCE)
+  meta = read_metadata(SOURCE)
   smax = set_size if isinstance(set_size, int) else set_size[1]
   smin = set_size if isinstance(set_size, int) else set_size[0]
   sizes = []
-  for batch in _take(pipeline.set_batches(SOURCE, batch_size=6, set_size=set_size,
-                                          shard=(0, 1), **FAST), 4):
+  for batch in _take(set_batches(SOURCE, batch_size=6, set_size=set_size,
+                                 shard=(0, 1), **FAST), 4):
     assert batch["images"].shape == (6, smax, H, W, 3)
     assert batch["mask"].dtype == bool and batch["mask"].shape == (6, smax)
     assert batch["degradation"].dtype == np.float32
@@ -168,9 +175,9 @@ def test_set_batches_masks(set_size):
 
 
 def test_set_triplets():
-  meta = pipeline.read_metadata(SOURCE)
-  batch = _take(pipeline.set_triplet_batches(SOURCE, batch_size=4, set_size=3,
-                                             shard=(0, 1), **FAST), 1)[0]
+  meta = read_metadata(SOURCE)
+  batch = _take(set_triplet_batches(SOURCE, batch_size=4, set_size=3,
+                                    shard=(0, 1), **FAST), 1)[0]
   a, p, n = batch["anchor"], batch["positive"], batch["negative"]
   assert a["images"].shape == p["images"].shape == n["images"].shape == (4, 3, H, W, 3)
   np.testing.assert_array_equal(a["label"], p["label"])
@@ -184,8 +191,8 @@ def test_set_triplets():
 
 def test_netvlad_tuples_radii_and_masks():
   db, q = _places()
-  ds = pipeline.netvlad_tuples(db, q, batch_size=4, num_positives=3, num_negatives=5,
-                               negative_pool=50, shard=(0, 1), **FAST)
+  ds = netvlad_tuples(db, q, batch_size=4, num_positives=3, num_negatives=5,
+                      negative_pool=50, shard=(0, 1), **FAST)
   for batch in _take(ds, 3):
     assert batch["query"].shape == (4, H, W, 3)
     assert batch["positives"].shape == (4, 3, H, W, 3)
@@ -211,8 +218,8 @@ def test_netvlad_miner_hook():
     calls.append((query_index, candidates.copy()))
     return np.sort(candidates)[:2]  # "hardest" = lowest index, and fewer than M
 
-  ds = pipeline.netvlad_tuples(db, q, batch_size=2, num_negatives=4, negative_pool=30,
-                               negative_miner=miner, shard=(0, 1), **FAST)
+  ds = netvlad_tuples(db, q, batch_size=2, num_negatives=4, negative_pool=30,
+                      negative_miner=miner, shard=(0, 1), **FAST)
   batch = _take(ds, 1)[0]
   assert len(calls) == 2
   for i, (qi, cands) in enumerate(calls):
@@ -221,7 +228,7 @@ def test_netvlad_miner_hook():
     np.testing.assert_array_equal(batch["neg_mask"][i], [True, True, False, False])
     assert (batch["negatives"][i, 2:] == 0).all()
   near = lambda qi, c: np.flatnonzero(np.linalg.norm(db.utm - q.utm[qi], axis=1) < 5)[:1]
-  bad = pipeline.netvlad_tuples(db, q, batch_size=2, negative_miner=near, shard=(0, 1), **FAST)
+  bad = netvlad_tuples(db, q, batch_size=2, negative_miner=near, shard=(0, 1), **FAST)
   with pytest.raises(ValueError, match="within neg_radius"):
     _take(bad, 1)
 
@@ -234,8 +241,8 @@ def test_netvlad_positive_miner_hook():
     calls.append((query_index, potential.copy()))
     return potential[::-1][:1]  # one positive, chosen by the miner
 
-  ds = pipeline.netvlad_tuples(db, q, batch_size=2, num_positives=3, positive_miner=miner,
-                               shard=(0, 1), **FAST)
+  ds = netvlad_tuples(db, q, batch_size=2, num_positives=3, positive_miner=miner,
+                      shard=(0, 1), **FAST)
   batch = _take(ds, 1)[0]
   assert len(calls) == 2
   for i, (qi, potential) in enumerate(calls):
@@ -244,15 +251,15 @@ def test_netvlad_positive_miner_hook():
     assert batch["positive_index"][i, 0] == potential[-1]
     np.testing.assert_array_equal(batch["pos_mask"][i], [True, False, False])
   far_one = lambda qi, p: np.setdiff1d(np.arange(len(db)), p)[:1]
-  outside = pipeline.netvlad_tuples(db, q, batch_size=2, shard=(0, 1), **FAST,
-                                    positive_miner=far_one)
+  outside = netvlad_tuples(db, q, batch_size=2, shard=(0, 1), **FAST,
+                           positive_miner=far_one)
   with pytest.raises(ValueError, match="potential positives"):
     _take(outside, 1)
 
 
 def test_pair_batches_balanced():
-  meta = pipeline.read_metadata(SOURCE)
-  batch = _take(pipeline.pair_batches(SOURCE, batch_size=8, shard=(0, 1), **FAST), 1)[0]
+  meta = read_metadata(SOURCE)
+  batch = _take(pair_batches(SOURCE, batch_size=8, shard=(0, 1), **FAST), 1)[0]
   assert batch["image_a"].shape == (8, H, W, 3) and batch["same"].sum() == 4
   la, lb = meta["label"][batch["index_a"]], meta["label"][batch["index_b"]]
   np.testing.assert_array_equal(la == lb, batch["same"])
@@ -264,11 +271,11 @@ def test_pair_batches_balanced():
 def test_process_shards_disjoint_and_covering(kind):
   db, q = _places()
   make = {
-      "pk": lambda s: pipeline.pk_batches(SOURCE, p=4, k=2, shard=s, **FAST),
-      "sets": lambda s: pipeline.set_batches(SOURCE, batch_size=4, set_size=(2, 4), shard=s,
-                                             image_fn=transforms.train_augment(), **FAST),
-      "netvlad": lambda s: pipeline.netvlad_tuples(db, q, batch_size=4, shard=s, **FAST),
-      "pairs": lambda s: pipeline.pair_batches(SOURCE, batch_size=8, shard=s, **FAST),
+      "pk": lambda s: pk_batches(SOURCE, p=4, k=2, shard=s, **FAST),
+      "sets": lambda s: set_batches(SOURCE, batch_size=4, set_size=(2, 4), shard=s,
+                                    image_fn=transforms.train_augment(), **FAST),
+      "netvlad": lambda s: netvlad_tuples(db, q, batch_size=4, shard=s, **FAST),
+      "pairs": lambda s: pair_batches(SOURCE, batch_size=8, shard=s, **FAST),
   }[kind]
   whole = _take(make((0, 1)), 2)
   parts = [_take(make((i, 2)), 2) for i in range(2)]
@@ -282,7 +289,7 @@ def test_process_shards_disjoint_and_covering(kind):
 
 def test_eval_batches_padding_and_shards():
   n, b = len(SOURCE), 8
-  batches = list(pipeline.eval_batches(SOURCE, batch_size=b, shard=(0, 1), **FAST))
+  batches = list(eval_batches(SOURCE, batch_size=b, shard=(0, 1), **FAST))
   assert len(batches) == -(-n // b)
   for batch in batches:
     assert batch["image"].shape == (b, H, W, 3) and batch["valid"].shape == (b,)
@@ -295,7 +302,7 @@ def test_eval_batches_padding_and_shards():
   np.testing.assert_array_equal(idx[idx >= 0], np.arange(n))
   np.testing.assert_array_equal(_decode(np.concatenate([x["image"] for x in batches]))[idx >= 0],
                                 np.arange(n))
-  shards = [list(pipeline.eval_batches(SOURCE, batch_size=b, shard=(i, 2), **FAST))
+  shards = [list(eval_batches(SOURCE, batch_size=b, shard=(i, 2), **FAST))
             for i in range(2)]
   assert len(shards[0]) == len(shards[1]) == len(batches)
   seen = np.concatenate([x["index"] for s in shards for x in s])
@@ -306,7 +313,7 @@ def test_eval_batches_padding_and_shards():
 def test_checkpoint_restore_with_orbax(tmp_path):
   import orbax.checkpoint as ocp
 
-  make = lambda: iter(pipeline.pk_batches(
+  make = lambda: iter(pk_batches(
       SOURCE, p=2, k=2, seed=3, image_fn=transforms.train_augment(), shard=(0, 1),
       num_threads=2, prefetch=2))
   it = make()
@@ -315,14 +322,14 @@ def test_checkpoint_restore_with_orbax(tmp_path):
   state = {"w": np.arange(4.0)}
   with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
     mngr.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                         data=pipeline.save_args(it)))
+                                         data=save_args(it)))
     mngr.wait_until_finished()
   expected = [next(it) for _ in range(4)]
   fresh = make()
   next(fresh)  # a different position, overwritten by the restore
   with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
     restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state), data=pipeline.restore_args(fresh)))
+        state=ocp.args.StandardRestore(state), data=restore_args(fresh)))
   np.testing.assert_array_equal(restored["state"]["w"], state["w"])
   got = [next(fresh) for _ in range(4)]
   assert all(_equal(a, b) for a, b in zip(expected, got))
@@ -330,16 +337,16 @@ def test_checkpoint_restore_with_orbax(tmp_path):
 
 def test_errors_name_the_argument():
   with pytest.raises(ValueError, match="p=20 identities"):
-    pipeline.pk_batches(SOURCE, p=20, k=2, shard=(0, 1))
+    pk_batches(SOURCE, p=20, k=2, shard=(0, 1))
   with pytest.raises(ValueError, match="set_size"):
-    pipeline.set_batches(SOURCE, batch_size=2, set_size=(3, 2), shard=(0, 1))
+    set_batches(SOURCE, batch_size=2, set_size=(3, 2), shard=(0, 1))
   with pytest.raises(ValueError, match="shard"):
-    pipeline.pk_batches(SOURCE, p=2, k=2, shard=(2, 2))
+    pk_batches(SOURCE, p=2, k=2, shard=(2, 2))
   sizes = [np.zeros((H, W, 3), np.uint8), np.zeros((H + 1, W, 3), np.uint8)]
   odd = [{"image": im, "label": np.int64(0)} for im in sizes]
   with pytest.raises(ValueError, match="resize"):
-    next(iter(pipeline.eval_batches(odd, batch_size=2, shard=(0, 1), **FAST)))
-  batch = next(iter(pipeline.eval_batches(
+    next(iter(eval_batches(odd, batch_size=2, shard=(0, 1), **FAST)))
+  batch = next(iter(eval_batches(
       odd, batch_size=2, shard=(0, 1), image_fn=transforms.eval_transform((5, 4)), **FAST)))
   assert batch["image"].shape == (2, 5, 4, 3)
 
@@ -395,22 +402,22 @@ def test_tfds_source_metadata_cache_and_pk(tmp_path, monkeypatch):
   b = PipelineTestIdentities(data_dir=str(tmp_path))
   b.download_and_prepare(file_format="array_record")
   src = b.as_data_source("train")
-  meta = pipeline.read_metadata(src)
+  meta = read_metadata(src)
   assert set(meta) == {"label", "degradation", "filename"}
   assert meta["label"].dtype == np.int64 and meta["degradation"].dtype == np.float32
   order = np.array([int(f.split(".")[0]) for f in meta["filename"]])
   np.testing.assert_array_equal(meta["label"], order % 6)
   assert list(tmp_path.rglob("jaxset_metadata_train.npz"))
   monkeypatch.setattr(records, "fetch", None)  # a second read must come from the cache
-  again = pipeline.read_metadata(src)
+  again = read_metadata(src)
   assert all(np.array_equal(meta[k], again[k]) for k in meta)
   monkeypatch.undo()
-  batch = _take(pipeline.pk_batches(src, p=3, k=2, shard=(0, 1), **FAST), 1)[0]
+  batch = _take(pk_batches(src, p=3, k=2, shard=(0, 1), **FAST), 1)[0]
   np.testing.assert_array_equal(_decode(batch["image"]) % 6, batch["label"])
 
 
 def test_worker_processes_give_the_same_batches():
-  make = lambda workers: pipeline.pk_batches(
+  make = lambda workers: pk_batches(
       SOURCE, p=2, k=2, seed=4, image_fn=transforms.train_augment(), shard=(0, 1),
       num_threads=1, prefetch=2, worker_count=workers)
   it = iter(make(2))
@@ -425,19 +432,19 @@ def test_embedded_synthetic_identities(tmp_path):
   from jaxset.data import load
 
   src = load("synthetic_identities", "train", config="tiny", data_dir=tmp_path)
-  meta = pipeline.read_metadata(src)
+  meta = read_metadata(src)
   assert {"label", "tracklet", "camera", "frame", "degradation"} <= set(meta)
   assert meta["degradation"].dtype == np.float32
-  batch = _take(pipeline.pk_batches(src, p=4, k=2, shard=(0, 1), **FAST), 1)[0]
+  batch = _take(pk_batches(src, p=4, k=2, shard=(0, 1), **FAST), 1)[0]
   assert batch["image"].shape == (8, 64, 32, 3)
   np.testing.assert_array_equal(meta["label"][batch["index"]], batch["label"])
-  sets = _take(pipeline.set_batches(src, batch_size=4, set_size=(2, 4), shard=(0, 1),
-                                    **FAST), 1)[0]
+  sets = _take(set_batches(src, batch_size=4, set_size=(2, 4), shard=(0, 1),
+                           **FAST), 1)[0]
   for i in range(4):
     idx = sets["index"][i][sets["mask"][i]]
     assert (meta["tracklet"][idx] == sets["tracklet"][i]).all()
   pairs = load("synthetic_identities", "pairs", config="tiny", data_dir=tmp_path)
-  batches = list(pipeline.eval_batches(pairs, batch_size=16, shard=(0, 1), **FAST))
+  batches = list(eval_batches(pairs, batch_size=16, shard=(0, 1), **FAST))
   assert batches[0]["image_a"].shape == (16, 64, 32, 3)
   assert batches[0]["degradation_a"].dtype == np.float32
   assert sum(int(b["valid"].sum()) for b in batches) == len(pairs)
@@ -448,11 +455,11 @@ def test_embedded_synthetic_places(tmp_path):
 
   db = load("synthetic_places", "train_database", config="tiny", data_dir=tmp_path)
   q = load("synthetic_places", "train_queries", config="tiny", data_dir=tmp_path)
-  db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
-  q_utm = pipeline.read_metadata(q, ["utm"])["utm"]
+  db_utm = read_metadata(db, ["utm"])["utm"]
+  q_utm = read_metadata(q, ["utm"])["utm"]
   assert db_utm.shape == (len(db), 2) and db_utm.dtype == np.float64
-  batch = _take(pipeline.netvlad_tuples(db, q, batch_size=2, num_positives=2,
-                                        num_negatives=3, shard=(0, 1), **FAST), 1)[0]
+  batch = _take(netvlad_tuples(db, q, batch_size=2, num_positives=2,
+                               num_negatives=3, shard=(0, 1), **FAST), 1)[0]
   assert batch["query"].shape == (2, 64, 64, 3)
   assert batch["negatives"].shape == (2, 3, 64, 64, 3)
   for i, qi in enumerate(batch["query_index"]):
@@ -471,10 +478,10 @@ def test_tfds_image_reader_matches_full_decode(tmp_path, monkeypatch):
   db = load("synthetic_places", "train_database", config="tiny", data_dir=tmp_path)
   q = load("synthetic_places", "train_queries", config="tiny", data_dir=tmp_path)
   for src in (ids, db):
-    read = pipeline._image_reader(src, "image")
+    read = images.image_reader(src, "image")
     assert read is not None
     idx = list(range(0, len(src), 7))
-    want = [rec["image"] for rec in pipeline.fetch(src, idx)]
+    want = [rec["image"] for rec in fetch(src, idx)]
     first = read(idx)
     assert read.cache.caching and set(idx) <= set(read.cache.images)
     first[0][:] = 0  # callers get copies: the cache keeps the decoded pixels
@@ -483,30 +490,30 @@ def test_tfds_image_reader_matches_full_decode(tmp_path, monkeypatch):
   # Every source object over the same prepared split shares one cache.
   again = load("synthetic_identities", "train", config="tiny", data_dir=tmp_path)
   assert again is not ids
-  shared = pipeline._image_reader(ids, "image").cache
-  assert pipeline._image_reader(again, "image").cache is shared
+  shared = images.image_reader(ids, "image").cache
+  assert images.image_reader(again, "image").cache is shared
   for path in ids.source.data_source._paths:  # prepared again in place: a new cache
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-  assert pipeline._image_reader(ids, "image").cache is not shared
-  monkeypatch.setattr(images, "_IMAGE_CACHE_BYTES", 1)  # a split too big to cache
+  assert images.image_reader(ids, "image").cache is not shared
+  monkeypatch.setattr(images, "IMAGE_CACHE_BYTES", 1)  # a split too big to cache
   feature = q.dataset_info.features["image"]
-  small = pipeline._TfdsImageReader(q, "image", feature, len(q), pipeline._DecodedImages())
+  small = images.TfdsImageReader(q, "image", feature, len(q), images.DecodedImages())
   got = small([0, 1, 0])
   assert small.cache.caching is False and not small.cache.images
   assert all(np.array_equal(g, q[i]["image"]) for g, i in zip(got, [0, 1, 0]))
   monkeypatch.undo()
-  assert pipeline._image_reader(IdentitySource(), "image") is None
-  assert pipeline._image_reader(ids, "image_a") is None  # not a key of this split
+  assert images.image_reader(IdentitySource(), "image") is None
+  assert images.image_reader(ids, "image_a") is None  # not a key of this split
   aug = transforms.train_augment()
   make = [
-      lambda: pipeline.pk_batches(ids, p=4, k=2, image_fn=aug, shard=(0, 1), **FAST),
-      lambda: pipeline.set_triplet_batches(ids, batch_size=2, set_size=(2, 4), image_fn=aug,
-                                           shard=(0, 1), **FAST),
-      lambda: pipeline.pair_batches(ids, batch_size=4, image_fn=aug, shard=(0, 1), **FAST),
-      lambda: pipeline.netvlad_tuples(db, q, batch_size=2, num_positives=2, num_negatives=3,
-                                      image_fn=aug, shard=(0, 1), **FAST)]
+      lambda: pk_batches(ids, p=4, k=2, image_fn=aug, shard=(0, 1), **FAST),
+      lambda: set_triplet_batches(ids, batch_size=2, set_size=(2, 4), image_fn=aug,
+                                  shard=(0, 1), **FAST),
+      lambda: pair_batches(ids, batch_size=4, image_fn=aug, shard=(0, 1), **FAST),
+      lambda: netvlad_tuples(db, q, batch_size=2, num_positives=2, num_negatives=3,
+                             image_fn=aug, shard=(0, 1), **FAST)]
   fast = [_take(m(), 2) for m in make]
-  monkeypatch.setattr(images, "_image_reader", lambda source, key: None)
+  monkeypatch.setattr(images, "image_reader", lambda source, key: None)
   for m, got in zip(make, fast):
     assert all(_equal(a, b) for a, b in zip(_take(m(), 2), got))

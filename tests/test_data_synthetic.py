@@ -10,7 +10,7 @@ import jaxset.data
 from jaxset.data import overview as inspect_lib
 from jaxset.data import synthetic_identities as si
 from jaxset.data import synthetic_places as sp
-from jaxset.data.pipeline import read_metadata
+from jaxset.data.records import read_metadata
 
 ID_SPLITS = ("train", "query", "gallery", "pairs", "set_pairs", "val_query", "val_gallery",
              "val_pairs", "val_set_pairs")

@@ -5,6 +5,7 @@ all run a head through its spec: the same loss, the same checks, and
 AdaFace's statistics from one EMA, kept on an empty batch whichever entry
 point runs it.
 """
+import inspect
 import re
 from pathlib import Path
 
@@ -40,6 +41,21 @@ def test_every_registered_head_has_every_entry_point():
   assert set(margins.HEADS) == set(KW)
   for name, spec in margins.HEADS.items():
     assert spec.name == name and set(KW[name]) <= set(spec.defaults)
+
+
+@pytest.mark.parametrize("head", sorted(KW))
+def test_named_functions_state_the_spec_defaults(head):
+  # The named functions pass their keywords on by the spec's names
+  # (HeadSpec.keywords): their signatures must hold exactly those, with the
+  # spec's defaults (a required one has none).
+  spec = margins.HEADS[head]
+  for fn in (getattr(margins, f"{head}_logits"), getattr(margin_ce, f"{head}_cross_entropy")):
+    params = inspect.signature(fn).parameters
+    keyword = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY
+               and k != "axis_name"}
+    want = {k: (inspect.Parameter.empty if v is margins._REQUIRED else v)
+            for k, v in spec.defaults.items()}
+    assert keyword == want, fn.__name__
 
 
 @pytest.mark.parametrize("head", sorted(KW))

@@ -10,9 +10,10 @@ import pytest
 
 from configs.base import base_config
 from train import loop
+from train.task import Stage, Task, TrainState
 
 
-class ToyTask(loop.Task):
+class ToyTask(Task):
   """Linear regression: enough to exercise every part of the loop."""
 
   def __init__(self, poison_step=None):
@@ -20,8 +21,8 @@ class ToyTask(loop.Task):
 
   def create_state(self, config, rng):
     params = {"w": jnp.zeros((4,)), "b": jnp.zeros(())}
-    return loop.TrainState.create(apply_fn=None, params=params,
-                                  tx=optax.sgd(config.optim.lr), model_state={}, rng=rng)
+    return TrainState.create(apply_fn=None, params=params,
+                             tx=optax.sgd(config.optim.lr), model_state={}, rng=rng)
 
   def _iterator(self, config):
     w_true = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
@@ -50,8 +51,8 @@ class ToyTask(loop.Task):
       return state.apply_gradients(grads=g), {"loss": loss}
 
     half = config.train.steps // 2
-    return [loop.Stage("a", half, lambda: self._iterator(config), step),
-            loop.Stage("b", config.train.steps - half, lambda: self._iterator(config), step)]
+    return [Stage("a", half, lambda: self._iterator(config), step),
+            Stage("b", config.train.steps - half, lambda: self._iterator(config), step)]
 
   def evaluate(self, state, config):
     return {"w_err": float(jnp.sum(jnp.abs(state.params["w"] - jnp.array([1., -2., .5, 3.]))))}

@@ -131,7 +131,7 @@ def test_every_step_lowers_for_gpu_and_tpu(case, tiny_data, exported_eval_steps)
   task.restore_extra(task.checkpoint_extra())
   lowered = {}
   for stage in stages:
-    batch = jax.tree.map(_spec, loop.shard_batch(next(stage.make_iterator()), mesh))
+    batch = jax.tree.map(_spec, meshes.shard_batch(next(stage.make_iterator()), mesh))
     exp = lower(loop.jit_train_step(stage), state, batch)
     assert exp.nr_devices == mesh.devices.size
     # The step returns the state it was given, with the same placement.
@@ -151,7 +151,7 @@ def test_every_step_lowers_for_gpu_and_tpu(case, tiny_data, exported_eval_steps)
     assert '"model"=4' in text and '[{}, {"model"}]' in text
   if config.train.precision == "bfloat16":
     assert "bf16" in lowered[stages[-1].name].mlir_module()
-  replicated = NamedSharding(loop.make_mesh(), P())
+  replicated = NamedSharding(meshes.make_mesh(), P())
   everywhere = jax.tree.map(lambda x: _spec(x, replicated), state)
   assert isinstance(task.evaluate(everywhere, config), dict)
   assert len(exported_eval_steps) >= 1

@@ -8,7 +8,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxset.models import adaface, backbones, casn, eqface, heads, netvlad, qan
-from jaxset.ops import losses
+from jaxset.ops import losses, margins
 from jaxset.ops import netvlad_layer as netvlad_ops
 
 TINY = {"widths": (8, 16, 16, 16)}  # a fast SmallCNN for the tests
@@ -311,6 +311,33 @@ def test_eqface_param_groups_and_frozen_backbone_step():
     eqface.stage_trainable(4)
 
 
+def test_eqface_applies_loss_6_given_labels():
+  # The model's logits are eqface_logits of its cosines with the s_i that
+  # loss_quality names; the quality head gets a gradient only from "trained".
+  variables, batch, _ = _eqface_case()
+  model = eqface.EQFace(6, backbone="small_cnn", embedding_dim=16, quality_hidden=8,
+                        backbone_kwargs=TINY, scale=8.0, m2=0.3)
+  labels = jnp.asarray([0, 1, 2, 3, 4, 5, -1, 0])
+  kw = dict(scale=8.0, m1=1.0, m2=0.3, m3=0.0, quality_transform="paper", grad="exact")
+
+  def quality_grad(mode):
+    def loss(p):
+      out = model.apply({**variables, "params": p}, *batch["args"], labels=labels,
+                        loss_quality=mode)
+      return jnp.sum(out["logits"]), out
+    g, out = jax.grad(loss, has_aux=True)(variables["params"])
+    s = {"one": jnp.ones_like(out["quality"])}.get(mode, out["quality"])
+    want = margins.eqface_logits(out["cos"], labels, s, **kw)
+    np.testing.assert_array_equal(out["logits"], want)
+    return sum(float(jnp.sum(jnp.abs(x))) for x in jax.tree.leaves(g["quality"]))
+
+  assert quality_grad("trained") > 0
+  assert quality_grad("frozen") == 0 and quality_grad("one") == 0
+  assert "logits" not in model.apply(variables, *batch["args"])
+  with pytest.raises(ValueError, match="loss_quality"):
+    model.apply(variables, *batch["args"], labels=labels, loss_quality="learned")
+
+
 def test_adaface_stats_update_only_when_training():
   model = adaface.MarginFaceModel(6, backbone="small_cnn", embedding_dim=16, backbone_kwargs=TINY)
   images, labels = _images((4, 32, 32, 3)), jnp.array([0, 1, 2, -1])
@@ -476,7 +503,7 @@ def test_casn_in_batch_pairs_equal_the_gathered_pair_batch():
   """A P x 2 batch with pk_pairs gives the objective (and gradient) of the batch
   of its pairs written out, images gathered: with K = 2 every image is in
   exactly two pairs, so the per-image terms and BatchNorm's statistics agree."""
-  from jaxset.data.pipeline import pk_pairs
+  from jaxset.data.samplers.pk import pk_pairs
   variables, _, _ = _casn_case()
   model = _casn_model()
   images, labels = _images((8, 16, 8, 3)), jnp.arange(8) // 2

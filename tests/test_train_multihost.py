@@ -1,7 +1,7 @@
 """Two processes on localhost (gloo CPU collectives) train like one process.
 
 Each process has 2 fake CPU devices and reads its half of every global batch
-(jaxset.data.pipeline shards by process); the loss curve must match one
+(the jaxset.data samplers shard by process); the loss curve must match one
 process on 4 devices with the same global batch. Loopback only.
 
 The driver calls jax.distributed.initialize the way train.main does with

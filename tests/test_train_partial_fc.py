@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 from tests import fixtures_real as fx
 from tests.train_helpers import make_config, run_main, tiny_overrides
 from train import loop, meshes, partial_fc
+from train.task import TrainState
 
 KERNEL = ("head", "classifier", "kernel")
 
@@ -33,7 +34,7 @@ def test_mesh_from_config():
 
 def _state(opt):
   params = {"head": {"classifier": {"kernel": jnp.ones((2, 6))}}, "other": jnp.ones((6,))}
-  return loop.TrainState.create(apply_fn=None, params=params, tx=opt)
+  return TrainState.create(apply_fn=None, params=params, tx=opt)
 
 
 @pytest.mark.parametrize("update_unsampled", [False, True])

@@ -96,7 +96,7 @@ def restore_state(task, config, workdir: Path, which: str = "latest"):
   import jax
   import orbax.checkpoint as ocp
 
-  from train import loop
+  from train import meshes
 
   directory = workdir / ("best" if which == "best" else "checkpoints")
   if not directory.is_dir():
@@ -111,7 +111,7 @@ def restore_state(task, config, workdir: Path, which: str = "latest"):
         "*.orbax-checkpoint-tmp folder is a save that was interrupted).")
   step = _intact_step(directory, steps, which)
   state = task.create_state(config, jax.random.key(config.seed))
-  state = loop.replicate(state, loop.make_mesh())
+  state = meshes.replicate(state, meshes.make_mesh())
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(

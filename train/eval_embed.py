@@ -65,11 +65,12 @@ def embed_split(embed, config) -> Result:
   import json
   from pathlib import Path
 
-  from jaxset.data import pipeline, transforms
+  from jaxset.data import transforms
+  from jaxset.data.records import read_metadata
   out = Path(embed.out)
   records, what = _records_to_embed(config)
   n = len(records)
-  meta = pipeline.read_metadata(records)
+  meta = read_metadata(records)
   labels = np.asarray(meta.get("label", np.full(n, -1)), np.int64)
   ids = np.asarray(meta.get("filename", np.arange(n).astype(str))).astype(str)
   chunk = int(config.eval.get("chunk", 0) or 10_000)

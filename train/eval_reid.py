@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from jaxset import data as jdata
-from jaxset.data import pipeline, transforms
+from jaxset.data import transforms
+from jaxset.data.records import read_metadata
 from jaxset.eval import (
   average_query_expansion,
   cmc_map,
@@ -173,7 +174,7 @@ def reid(embed, config) -> Result:
   for split in ("query", "gallery"):
     src = b.as_data_source(split)
     feats[split] = _l2(_embed(embed, src, f"{name} {split}")["embedding"])
-    meta[split] = pipeline.read_metadata(src, ["identity", "camera"])
+    meta[split] = read_metadata(src, ["identity", "camera"])
   variants = reid_variants(feats["query"], feats["gallery"], meta["query"]["identity"],
                           meta["gallery"]["identity"], meta["query"]["camera"],
                           meta["gallery"]["camera"], options)
@@ -223,7 +224,7 @@ def _video_splits(name, b, config):
   if name == "mars":
     return [(b.as_data_source(s), None) for s in ("query", "gallery")]
   src = b.as_data_source("test")
-  cams = pipeline.read_metadata(src, ["camera"])["camera"]
+  cams = read_metadata(src, ["camera"])["camera"]
   return [(src, cams == 0), (src, cams == 1)]
 
 
@@ -235,7 +236,7 @@ def video_reid(embed, config) -> Result:
   for src, mask in _video_splits(name, b, config):
     if id(src) not in cache:
       cache[id(src)] = (_embed(embed, src, name),
-                        pipeline.read_metadata(src, ["identity", "camera", "tracklet"]))
+                        read_metadata(src, ["identity", "camera", "tracklet"]))
     out, meta = cache[id(src)]
     keep = np.ones(len(meta["tracklet"]), bool) if mask is None else mask
     sides.append(({k: v[keep] for k, v in out.items()}, {k: v[keep] for k, v in meta.items()}))
@@ -270,7 +271,7 @@ def places(embed, config) -> Result:
   ns = tuple(int(n) for n in config.eval.recall_ns)
   radius = float(config.eval.pos_radius)
   srcs = {k: b.as_data_source(f"{split}_{k}") for k in ("database", "queries")}
-  meta = {k: pipeline.read_metadata(s, ["utm", "filename", "panorama"]) for k, s in srcs.items()}
+  meta = {k: read_metadata(s, ["utm", "filename", "panorama"]) for k, s in srcs.items()}
   feats = {k: _l2(_embed(embed, s, f"{name} {split} {k}")["embedding"]).astype(np.float32)
            for k, s in srcs.items()}
   nms = bool(config.eval.get("panorama_nms", False))
@@ -333,20 +334,21 @@ def backbone_embedder(config, path):
   import jax
   import jax.numpy as jnp
 
-  from jaxset.models import NetVLADModel
-  from train import evaluators, loop
+  from jaxset.models import VPRModel
+  from train import evaluators
+  from train.task import TrainState
   from train.tasks import common
 
   pooling = config.eval.get("weights_pooling", "avg")
   if pooling not in WEIGHTS_POOLINGS:
     raise ValueError(f"config.eval.weights_pooling={pooling!r}; use one of {WEIGHTS_POOLINGS}.")
-  model = NetVLADModel(backbone=config.model.backbone, pooling=pooling,
-                       dtype=common.compute_dtype(config))
+  model = VPRModel(backbone=config.model.backbone, pooling=pooling,
+                   dtype=common.compute_dtype(config))
   h, w = config.data.image_size
   variables = dict(model.init(jax.random.key(0), jnp.zeros((1, h, w, 3), jnp.uint8)))
   params = variables.pop("params")
-  state = loop.TrainState(step=0, apply_fn=model.apply, params=params, tx=None, opt_state=None,
-                          model_state=variables, rng=None)
+  state = TrainState(step=0, apply_fn=model.apply, params=params, tx=None, opt_state=None,
+                     model_state=variables, rng=None)
   state = common.load_pretrained(state, str(path))
   return evaluators.Embedder(lambda v, x: {"embedding": model.apply(v, x)["descriptor"]},
                              {"params": state.params, **state.model_state},

@@ -21,10 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from train import checkpoints, meshes, writers
-
-# Device placement lives in train/meshes.py; these names stay importable as loop.X.
-from train.meshes import make_mesh, on_all_devices, replicate, shard_batch  # noqa: F401
-from train.task import Stage, Task, TrainState  # noqa: F401  (Stage, TrainState: loop.X for tasks)
+from train.task import Stage, Task
 
 
 class NonFiniteLossError(RuntimeError):
@@ -173,11 +170,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                  f"({metric}={kept[metric]:.4f}) in {workdir / 'best'}")
       meta["best"] = kept
   else:
-    state = meshes.place_state(task.before_training(on_all_devices(state, mesh), config), mesh,
-                               task.class_kernel_path)
+    prepared = task.before_training(meshes.on_all_devices(state, mesh), config)
+    state = meshes.place_state(prepared, mesh, task.class_kernel_path)
 
   def evaluate(state):
-    return task.evaluate(on_all_devices(state, mesh), config)
+    return task.evaluate(meshes.on_all_devices(state, mesh), config)
 
   if start == 0 and config.eval.at_start:
     before = evaluate(state)
@@ -205,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         iterator = stages[i].make_iterator()
         log.info(f"stage {stages[i].name!r} from step {step}")
       if task.refresh_due(config, step):
-        task.refresh(on_all_devices(state, mesh), config)
+        task.refresh(meshes.on_all_devices(state, mesh), config)
         # A fresh iterator at the same position: prefetched batches were made
         # with the data the refresh replaced (NetVLAD's hard negatives).
         position = iterator.get_state()
@@ -213,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         iterator.set_state(position)
       batch = next(iterator)
       ex_since += int(np.shape(jax.tree.leaves(batch)[0])[0]) * jax.process_count()
-      state, metrics = jitted(i)(state, shard_batch(batch, mesh))
+      state, metrics = jitted(i)(state, meshes.shard_batch(batch, mesh))
       step += 1
       history.append((step, metrics))
       bar.update(1)

@@ -27,8 +27,6 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxset.models.heads import labelled_mean
-from jaxset.ops.partial_fc import partial_fc_cross_entropy
 from train import meshes
 
 
@@ -84,17 +82,3 @@ def keep_unsampled(new_state, old_state, class_mask, kernel_path, config):
   opt_state = jax.tree_util.tree_map_with_path(pick, new_state.opt_state, old_state.opt_state)
   return new_state.replace(params=params, opt_state=opt_state)
 
-
-def cross_entropy(config, embeddings, labels, kernel, key, num_classes, head, head_kwargs,
-                  **rows):
-  """(mean loss over labelled rows, class_mask) of the sharded head on the
-  weights `kernel` (for tasks that apply the margin themselves, e.g. EQFace)."""
-  cls = config.model.classifier
-  m = mesh(config)
-  out = partial_fc_cross_entropy(
-      embeddings, labels, kernel, mesh=m, num_classes=num_classes, head=head,
-      head_kwargs=head_kwargs, sample_rate=float(cls.sample_rate),
-      rng=key if cls.sample_rate < 1.0 else None,
-      loss_cap=float(cls.loss_cap) if cls.get("loss_cap", 0.0) else None,
-      data_axis="data", chunk_classes=chunk_classes(config), **rows)
-  return labelled_mean(out.ce, labels), out.class_mask

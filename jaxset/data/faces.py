@@ -372,7 +372,7 @@ class YoutubeFaces(formats.ManualBuilder):
 
 # ---------------------------------------------------------------- folder of identities
 
-class FolderSource:
+class FolderSource(formats.RecordIndexing):
   """A training set as a folder of identities: <root>/<identity>/<image>, read in place.
 
   Identities are the subfolders in sorted name order (label = that rank,
@@ -421,30 +421,13 @@ class FolderSource:
         image = np.asarray(im.convert("RGB"))
     except OSError as e:
       raise format_error(path, "an image PIL can read", f"{e}") from e
-    return dict(image=image, label=np.int64(self.labels[i]), identity=np.int64(self.labels[i]),
-                camera=np.int64(-1), tracklet=np.int64(-1), frame=np.int64(-1),
-                degradation=np.float32(-1.0), degradation_type=np.int64(-1),
-                filename=f"{path.parent.name}/{path.name}".encode())
+    return formats.face_record(image, self.labels[i], self.labels[i],
+                               f"{path.parent.name}/{path.name}")
 
   def metadata(self) -> dict[str, np.ndarray]:
     """The non-image columns, [N] each, without reading any image."""
-    n = len(self)
-    minus = np.full(n, -1, np.int64)
-    return dict(label=self.labels.copy(), identity=self.labels.copy(), camera=minus.copy(),
-                tracklet=minus.copy(), frame=minus.copy(),
-                degradation=np.full(n, -1.0, np.float32), degradation_type=minus.copy(),
-                filename=np.asarray([f"{p.parent.name}/{p.name}" for p in self.files], np.str_))
-
-  def __getitem__(self, i):
-    if isinstance(i, slice):
-      return [self.record(j) for j in range(*i.indices(len(self)))]
-    i = int(i)
-    if not -len(self) <= i < len(self):
-      raise IndexError(f"record {i} out of range for {len(self)} records")
-    return self.record(i % len(self))
-
-  def __getitems__(self, indices):
-    return [self[i] for i in indices]
+    return formats.face_metadata(self.labels, self.labels,
+                                 [f"{p.parent.name}/{p.name}" for p in self.files])
 
   def __repr__(self):
     return f"FolderSource({str(self.root)!r}, {len(self)} images, {self.num_classes} identities)"

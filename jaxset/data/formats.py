@@ -177,6 +177,41 @@ def identity_row(image, filename: str, identity: int, *, camera: int = -1, track
               degradation=np.float32(-1.0), degradation_type=-1, **extra)
 
 
+def face_record(image, label, identity, filename: str) -> dict:
+  """A record of a face image set read in place (a folder, a RecordIO file):
+  IDENTITY_KEYS with no camera, tracklet, frame or degradation (-1, -1.0)."""
+  return dict(image=image, label=np.int64(label), identity=np.int64(identity),
+              camera=np.int64(-1), tracklet=np.int64(-1), frame=np.int64(-1),
+              degradation=np.float32(-1.0), degradation_type=np.int64(-1),
+              filename=filename.encode())
+
+
+def face_metadata(labels: np.ndarray, identities: np.ndarray, filenames) -> dict[str, np.ndarray]:
+  """The non-image columns, [N] each, of the records `face_record` makes."""
+  n = len(labels)
+  minus = np.full(n, -1, np.int64)
+  return dict(label=labels.copy(), identity=identities.copy(), camera=minus.copy(),
+              tracklet=minus.copy(), frame=minus.copy(),
+              degradation=np.full(n, -1.0, np.float32), degradation_type=minus.copy(),
+              filename=np.asarray(filenames, np.str_))
+
+
+class RecordIndexing:
+  """Indexing of a random-access source by its `record(i)` and `__len__`:
+  negative indices count from the end, a slice gives a list."""
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self.record(j) for j in range(*i.indices(len(self)))]
+    i = int(i)
+    if not -len(self) <= i < len(self):
+      raise IndexError(f"record {i} out of range for {len(self)} records")
+    return self.record(i % len(self))
+
+  def __getitems__(self, indices):
+    return [self[i] for i in indices]
+
+
 def split_identities(identities: Iterable[int], seed: int) -> tuple[list[int], list[int]]:
   """Deterministic half/half split of identities: (train, test), each sorted.
 

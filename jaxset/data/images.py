@@ -1,7 +1,7 @@
 """Images of a batch: read (with a cache of decoded images), transformed, stacked.
 
-Samplers read only the image feature of tfds records (`_TfdsImageReader`) and
-keep a split's decoded images in memory when they fit in _IMAGE_CACHE_BYTES;
+Samplers read only the image feature of tfds records (`TfdsImageReader`) and
+keep a split's decoded images in memory when they fit in IMAGE_CACHE_BYTES;
 `image_fn` (jaxset/data/transforms.py) runs on each image with the generator
 of its slot in the global batch.
 """
@@ -42,10 +42,10 @@ def _stack_images(images, image_fn, seed, step, positions) -> np.ndarray:
 # this many bytes, this budget being shared by every split a process reads
 # (the embedded datasets take 30-50 MB a split): from the second epoch on,
 # batches skip the read and the decode.
-_IMAGE_CACHE_BYTES = 256 << 20
+IMAGE_CACHE_BYTES = 256 << 20
 
 
-class _DecodedImages:
+class DecodedImages:
   """The cached decoded images of one image feature of one prepared split."""
   used_bytes = 0  # over every split of this process
   lock = threading.Lock()
@@ -57,26 +57,26 @@ class _DecodedImages:
   def add(self, index: int, image: np.ndarray, num_records: int) -> None:
     with self.lock:
       if self.caching is None:
-        self.caching = image.nbytes * num_records <= _IMAGE_CACHE_BYTES
+        self.caching = image.nbytes * num_records <= IMAGE_CACHE_BYTES
       if (self.caching and index not in self.images
-          and _DecodedImages.used_bytes + image.nbytes <= _IMAGE_CACHE_BYTES):
+          and DecodedImages.used_bytes + image.nbytes <= IMAGE_CACHE_BYTES):
         self.images[index] = image
-        _DecodedImages.used_bytes += image.nbytes
+        DecodedImages.used_bytes += image.nbytes
 
 
 # (prepared files, split, image key) -> its decoded images: every source
 # object over the same files (tasks build one per iterator) shares them.
-_DECODED: dict[tuple, _DecodedImages] = {}
+_DECODED: dict[tuple, DecodedImages] = {}
 
 
-def _clear_decoded_images() -> None:
+def clear_decoded_images() -> None:
   """Empties the decoded-image caches (benchmarks: a fresh process's first epoch)."""
-  with _DecodedImages.lock:
+  with DecodedImages.lock:
     _DECODED.clear()
-    _DecodedImages.used_bytes = 0
+    DecodedImages.used_bytes = 0
 
 
-class _TfdsImageReader:
+class TfdsImageReader:
   """indices -> decoded images of one image feature of a tfds data source.
 
   tfds decodes every feature of a record (the proto parse into numpy of the
@@ -84,11 +84,11 @@ class _TfdsImageReader:
   on 64x32 PNG records). Here the raw record is parsed as the
   tf.train.Example tfds writes, and the image bytes go through the feature's
   own decode_example_np: the same pixels as source[i][key]. Decoded images
-  are kept in `cache` (see _IMAGE_CACHE_BYTES); callers always get fresh
+  are kept in `cache` (see IMAGE_CACHE_BYTES); callers always get fresh
   copies, so an image_fn that writes into its input cannot change the cache.
   """
 
-  def __init__(self, inner, key, feature, num_records, cache: _DecodedImages):
+  def __init__(self, inner, key, feature, num_records, cache: DecodedImages):
     from tensorflow_datasets.proto import tf_example_pb2
     self._parse = tf_example_pb2.Example.FromString
     self.inner, self.key, self.feature = inner, key, feature
@@ -132,8 +132,8 @@ def _files_identity(inner) -> tuple:
   return tuple(out)
 
 
-def _image_reader(source, key: str) -> Callable[[list[int]], list] | None:
-  """A _TfdsImageReader of `key` for a tfds data source (or a wrapper
+def image_reader(source, key: str) -> Callable[[list[int]], list] | None:
+  """A TfdsImageReader of `key` for a tfds data source (or a wrapper
   exposing one as `.source` with its record keys as `.keys`); None for any
   other source and for tfds sources with a custom decoder or deserialize
   method for the key (they keep the full read)."""
@@ -155,16 +155,16 @@ def _image_reader(source, key: str) -> Callable[[list[int]], list] | None:
       or key in (inner.decoders or {})):
     return None
   name = (_files_identity(inner), str(inner.split), key)
-  with _DecodedImages.lock:
-    cache = _DECODED.setdefault(name, _DecodedImages())
-  return _TfdsImageReader(inner, key, feature, len(source), cache)
+  with DecodedImages.lock:
+    cache = _DECODED.setdefault(name, DecodedImages())
+  return TfdsImageReader(inner, key, feature, len(source), cache)
 
 
 def load_images(source, indices, image_fn, seed, step, positions,
                  key: str = "image") -> np.ndarray:
   """uint8 [len(indices), H, W, C] of records `indices`; image j uses the rng
   of positions[j] (a tuple of ints identifying its slot in the global batch)."""
-  read = _image_reader(source, key)
+  read = image_reader(source, key)
   if read is not None:
     images = read([int(i) for i in np.asarray(indices).reshape(-1)])
   else:

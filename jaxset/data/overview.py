@@ -20,7 +20,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 
 from jaxset.data import builder
-from jaxset.data.pipeline import neighbours_within, read_metadata
+from jaxset.data.records import neighbours_within, read_metadata
 from jaxset.data.synthetic_identities import DEGRADATION_TYPES
 
 _TIMES_OF_DAY = ("day", "morning", "overcast", "dusk", "night", "harsh")  # synthetic_places

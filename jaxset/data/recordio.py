@@ -79,7 +79,7 @@ def unpack_payload(payload: bytes, where) -> tuple[np.ndarray, int, bytes]:
   return np.array([label], np.float32), flag, rest
 
 
-class RecordioSource:
+class RecordioSource(formats.RecordIndexing):
   """Random-access records of an MXNet RecordIO image set (no conversion, no mxnet).
 
   Args:
@@ -213,30 +213,13 @@ class RecordioSource:
       except OSError as e:
         raise format_error(self.where(key), "an encoded image after the header",
                            f"{len(image)} bytes PIL cannot read ({e})") from e
-    return dict(image=image, label=np.int64(self.labels[i]), identity=np.int64(self.identities[i]),
-                camera=np.int64(-1), tracklet=np.int64(-1), frame=np.int64(-1),
-                degradation=np.float32(-1.0), degradation_type=np.int64(-1),
-                filename=f"{self.rec_path.name}#{key}".encode())
+    return formats.face_record(image, self.labels[i], self.identities[i],
+                               f"{self.rec_path.name}#{key}")
 
   def metadata(self) -> dict[str, np.ndarray]:
     """The non-image columns of every record, [N] each, without reading the images."""
-    n = len(self)
-    minus = np.full(n, -1, np.int64)
-    return dict(label=self.labels.copy(), identity=self.identities.copy(), camera=minus.copy(),
-                tracklet=minus.copy(), frame=minus.copy(),
-                degradation=np.full(n, -1.0, np.float32), degradation_type=minus.copy(),
-                filename=np.asarray([f"{self.rec_path.name}#{k}" for k in self.keys], np.str_))
-
-  def __getitem__(self, i):
-    if isinstance(i, slice):
-      return [self.record(j) for j in range(*i.indices(len(self)))]
-    i = int(i)
-    if not -len(self) <= i < len(self):
-      raise IndexError(f"record {i} out of range for {len(self)} records")
-    return self.record(i % len(self))
-
-  def __getitems__(self, indices):
-    return [self[i] for i in indices]
+    return formats.face_metadata(self.labels, self.identities,
+                                 [f"{self.rec_path.name}#{k}" for k in self.keys])
 
   def __getstate__(self):
     state = dict(self.__dict__)

@@ -2,8 +2,35 @@
 
 Process shards, seeded generators with independent streams, per-epoch
 permutations, the grain dataset a batch maker becomes, grouping of records by
-key, and the orbax args that checkpoint a grain iterator. How a batch is made:
-see jaxset/data/pipeline.py.
+key, and the orbax args that checkpoint a grain iterator.
+
+Every sampler returns a `grain.IterDataset` of batches (dicts of numpy with
+leading batch dims); `iter(ds)` gives a `grain.DatasetIterator` with
+`get_state()` / `set_state()` that orbax checkpoints through `save_args` /
+`restore_args`. How a batch is made:
+
+  grain.MapDataset.range(num_steps)          # one element per global step
+    .map(BatchMaker)                         # step -> plan (indices) -> records
+    .to_iter_dataset(ReadOptions(threads))   # background-thread prefetch
+    [.mp_prefetch(workers)]                  # optional worker processes
+
+Determinism: the plan of a step depends only on (seed, step). Training
+samplers are infinite (num_steps=None) and reshuffle once per epoch (a
+permutation of identities / tracklets / queries seeded by (seed, epoch));
+evaluation iterators are finite. Per-image randomness (augmentation) uses one
+`np.random.Generator` per (seed, step, global row, slot), so a global batch is
+bit-identical whatever the process count, thread count or prefetch depth.
+Samplers read only the image feature of tfds records, and keep a split's
+decoded images in memory when they fit in images.IMAGE_CACHE_BYTES (the
+embedded datasets do): the same pixels, without the decode from the second
+epoch on.
+
+Multi-host: each sampler takes `shard=(process_index, process_count)`
+(default: `process_shard()`, i.e. jax.process_index()/process_count()). Every
+process builds the same global plan and loads only its contiguous slice of
+rows, 1/process_count of the global batch (PK slices whole identities). The
+training loop then assembles global arrays with
+`jax.make_array_from_process_local_data(sharding, local_batch)`.
 """
 from __future__ import annotations
 
@@ -149,10 +176,10 @@ def save_args(iterator) -> Any:
   Use inside a Composite next to the train state:
 
     mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=pipeline.save_args(it)))
+        state=ocp.args.StandardSave(state), data=sampling.save_args(it)))
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
-        data=pipeline.restore_args(it)))   # `it` now continues where saved
+        data=sampling.restore_args(it)))   # `it` now continues where saved
   """
   return grain.checkpoint.CheckpointSave(iterator)
 

@@ -4,7 +4,7 @@ Every transform has the signature `fn(image, rng, **params) -> image` where
 `image` is uint8 [H, W, C] and `rng` a `np.random.Generator`; bind the params
 with `functools.partial` (or use the factories `train_augment` and
 `degrade`) to get the `image_fn(image, rng)` that the samplers in
-`jaxset.data.pipeline` take. Determinism comes from the rng alone: the
+`jaxset.data.samplers` take. Determinism comes from the rng alone: the
 samplers seed one generator per (seed, step, row, slot), so the same seed
 gives the same pixels whatever the sharding or prefetching. The same functions
 work in grain's `ds.random_map(lambda r, rng: ...)`, whose generator is seeded

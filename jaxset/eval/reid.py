@@ -142,14 +142,7 @@ def cmc_map(query_features, gallery_features, query_ids, gallery_ids, query_cams
   """
   if metric not in ("euclidean", "cosine"):
     raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}.")
-  qf = np.asarray(query_features, np.float32)
-  gf = np.asarray(gallery_features, np.float32)
-  _checks.check_rank("query_features", qf, 2, "[num_query, dim]")
-  _checks.check_rank("gallery_features", gf, 2, "[num_gallery, dim]")
-  _checks.check_same(("query_features dim", "gallery_features dim"),
-                     (qf.shape[1], gf.shape[1]), "Feature sizes")
-  _checks.check_finite("query_features", qf)
-  _checks.check_finite("gallery_features", gf)
+  qf, gf = search.query_gallery_features(query_features, gallery_features)
   nq, ng = qf.shape[0], gf.shape[0]
   q_pids, g_pids, q_cams, g_cams = _ids_and_cams(
       query_ids, gallery_ids, query_cams, gallery_cams, nq, ng,

@@ -25,8 +25,7 @@ from jaxset.models import backbones
 from jaxset.models.heads import STATS_COLLECTION, SpecHead, apply_spec, l2_normalize
 from jaxset.models.partial_fc import ShardedMarginHead
 
-__all__ = ["AdaFaceHead", "AdaFace", "FACE_HEADS", "MarginFaceModel", "STATS_COLLECTION",
-           "face_head"]
+__all__ = ["AdaFaceHead", "FACE_HEADS", "MarginFaceModel", "STATS_COLLECTION", "face_head"]
 
 Dtype = Any
 
@@ -156,7 +155,3 @@ class MarginFaceModel(nn.Module):
           out["embedding"], labels, norms, train)
     return {"feature_map": out["feature_map"], "embedding": embedding,
             "norm": out["norm"], **res}
-
-
-# The name before MarginFaceModel (the model holds every margin head, not only AdaFace's).
-AdaFace = MarginFaceModel

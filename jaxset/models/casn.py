@@ -348,7 +348,7 @@ def casn_loss(model: CASN, params, batch_stats, batch, pairs, *,
 
   batch: images [N, H, W, 3]; labels [N] int (-1 = unknown identity).
   pairs: (a, b, same): [M] row indices into the batch and [M] 0/1 labels,
-    e.g. pipeline.pk_pairs(P, K) for the in-batch pairs of a P x K batch.
+    e.g. samplers.pk.pk_pairs(P, K) for the in-batch pairs of a P x K batch.
     A batch of explicit pairs is the two sides stacked as images, with
     a = arange(n) and b = n + arange(n).
   Each image passes the backbone once, however many pairs it is in; the pair

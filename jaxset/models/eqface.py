@@ -1,12 +1,15 @@
 """EQFace (Liu et al., CVPR 2021): a face embedder with an explicit quality branch.
 
-The model returns the pieces of EQFace loss (6); the margins and the s_i * S
-row scale are applied by jaxset.ops.margins.eqface_logits in the training
-task. Parameters are split into three top-level groups so the paper's three
-training steps can freeze parts with optax.multi_transform:
+Given labels, the model also applies loss (6)'s margin and s_i * S row scale
+(jaxset.ops.margins' "eqface" head), as MarginFaceModel applies its head:
+logits, or with Partial FC the sharded head's per-row loss, so the quality
+head trains inside the margin softmax on either path. Parameters are split
+into three top-level groups so the paper's three training steps can freeze
+parts with optax.multi_transform:
 
   "backbone"  FaceEmbedder (trunk + embedding layer)
-  "head"      CosineClassifier (the class weights W)
+  "head"      the class weights W: CosineClassifier, or ShardedMarginHead
+              (Partial FC)
   "quality"   the quality head
 
 Step 1 trains backbone + head with s_i = 1; step 2 freezes the backbone and
@@ -25,13 +28,18 @@ import optax
 
 from jaxset.models import backbones
 from jaxset.models.heads import CosineClassifier
-from jaxset.models.partial_fc import ClassWeights, padded_classes
+from jaxset.models.partial_fc import ShardedMarginHead
+from jaxset.ops.margins import eqface_logits
 
-__all__ = ["QualityHead", "EQFace", "GROUPS", "param_labels", "stage_trainable",
+__all__ = ["QualityHead", "EQFace", "GROUPS", "LOSS_QUALITY", "param_labels", "stage_trainable",
            "masked_optimizer"]
 
 Dtype = Any
 GROUPS = ("backbone", "head", "quality")
+# The s_i of loss (6): 1 (step 1), the quality head's score (step 2: it
+# trains through the loss), or the score without gradient (step 3: it only
+# weights the loss).
+LOSS_QUALITY = ("one", "trained", "frozen")
 
 
 class QualityHead(nn.Module):
@@ -70,13 +78,20 @@ class EQFace(nn.Module):
       (on the flattened last feature map, softmax column 0).
     quality_hidden: the quality head's hidden width (512).
     dtype: compute dtype of the backbone.
-    mesh: a Mesh with a 'model' axis for Partial FC: "head" then holds only
-      the class weights [D, C padded] (the task's loss shards them,
-      jaxset.ops.partial_fc) and the output's "cos" is None.
+    scale, m1, m2, m3, quality_transform, margin_grad: loss (6)'s margin
+      (jaxset.ops.margins.eqface_logits; margin_grad is its `grad`).
+    mesh: a Mesh with a 'model' axis for Partial FC: "head" is then the
+      class-sharded head (jaxset.models.partial_fc.ShardedMarginHead) and
+      the output's "cos" is None.
+    sample_rate, loss_cap, chunk_classes: the sharded head's Partial FC options.
 
-  __call__(images [B, H, W, 3] uint8, train=False, frozen_backbone=False) -> dict:
+  __call__(images [B, H, W, 3] uint8, train=False, frozen_backbone=False,
+           labels=None, loss_quality="trained") -> dict:
     feature_map [B, h, w, C], embedding [B, D] (unnormalised), norm [B],
-    cos [B, num_classes] = normalize(embedding) @ normalize(W), quality [B].
+    cos [B, num_classes] = normalize(embedding) @ normalize(W), quality [B];
+    with labels [B] int, the margin head of loss (6) with s_i as
+    `loss_quality` says (LOSS_QUALITY): logits [B, C], or with Partial FC
+    ce [B] (the row's loss) and class_mask [C padded].
   The quality head reads a stop-gradient copy of its input: it never trains
   the backbone (in step 3 the scores only weight the loss).
   frozen_backbone=True (step 2) runs the backbone in inference mode (running
@@ -90,25 +105,43 @@ class EQFace(nn.Module):
   quality_hidden: int = 512
   dtype: Dtype = jnp.float32
   backbone_kwargs: Any = None
+  scale: float = 64.0
+  m1: float = 1.0
+  m2: float = 0.5
+  m3: float = 0.0
+  quality_transform: str = "paper"
+  margin_grad: str = "exact"
   mesh: Any = None
+  sample_rate: float = 1.0
+  loss_cap: Any = None
+  chunk_classes: Any = None
 
   @nn.compact
-  def __call__(self, images, train: bool = False, frozen_backbone: bool = False):
+  def __call__(self, images, train: bool = False, frozen_backbone: bool = False,
+               labels=None, loss_quality: str = "trained"):
+    if loss_quality not in LOSS_QUALITY:
+      raise ValueError(f"loss_quality must be one of {LOSS_QUALITY}; got {loss_quality!r}.")
     out = backbones.FaceEmbedder(self.backbone, self.embedding_dim, self.dropout_rate,
                                  self.dtype, self.backbone_kwargs, name="backbone")(
                                      images, train and not frozen_backbone)
     if frozen_backbone:
       out = jax.lax.stop_gradient(out)
-    if self.mesh is None:
-      cos = CosineClassifier(self.num_classes, name="head")(out["embedding"])
-    else:
-      cos = None
-      ClassWeights(padded_classes(self.num_classes, self.mesh.shape["model"]), name="head")(
-          out["embedding"].shape[-1])
     q_in = out["embedding"] if self.quality_form == "paper" else out["feature_map"]
     quality = QualityHead(self.quality_form, self.quality_hidden, name="quality")(
         jax.lax.stop_gradient(q_in), train)
-    return {**out, "cos": cos, "quality": quality}
+    s = {"one": jnp.ones_like(quality), "trained": quality,
+         "frozen": jax.lax.stop_gradient(quality)}[loss_quality]
+    margin = dict(scale=self.scale, m1=self.m1, m2=self.m2, m3=self.m3,
+                  quality_transform=self.quality_transform, grad=self.margin_grad)
+    if self.mesh is None:
+      cos = CosineClassifier(self.num_classes, name="head")(out["embedding"])
+      res = {} if labels is None else {"logits": eqface_logits(cos, labels, s, **margin)}
+    else:
+      cos = None
+      res = ShardedMarginHead(self.num_classes, self.mesh, "eqface", tuple(sorted(margin.items())),
+                              self.sample_rate, self.loss_cap, chunk_classes=self.chunk_classes,
+                              name="head")(out["embedding"], labels, s, train)
+    return {**out, "cos": cos, "quality": quality, **res}
 
 
 def param_labels(params) -> Any:

@@ -31,7 +31,7 @@ from jaxset.models.heads import l2_normalize
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops import pooling as pooling_ops
 
-__all__ = ["NetVLADPool", "VPRModel", "NetVLADModel", "StripClassifier", "descriptors_as_seen",
+__all__ = ["NetVLADPool", "VPRModel", "StripClassifier", "descriptors_as_seen",
            "init_netvlad_params", "fit_pca_whitening", "apply_pca_whitening", "set_pca_params"]
 
 Dtype = Any
@@ -300,7 +300,3 @@ def set_pca_params(params, mean, projection):
   projection = jnp.asarray(projection, jnp.float32)
   return {**params, "pca": {"kernel": projection,
                             "bias": -jnp.asarray(mean, jnp.float32) @ projection}}
-
-
-# The name before VPRModel (the model runs NetVLAD and the later aggregators alike).
-NetVLADModel = VPRModel

@@ -408,8 +408,7 @@ def margin_cross_entropy(cos: ArrayLike, labels: ArrayLike, *, scale: float, m1:
   >>> round(float(ce[0]), 4)
   0.0486
   """
-  kw = dict(scale=scale, m1=m1, m2=m2, m3=m3, grad=grad, m1_mode=m1_mode, fallback=fallback)
-  return head_cross_entropy("margin", cos, labels, **kw)[0]
+  return head_cross_entropy("margin", cos, labels, **mg.HEADS["margin"].keywords(locals()))[0]
 
 
 def eqface_cross_entropy(cos: ArrayLike, labels: ArrayLike, quality: ArrayLike, *,
@@ -424,8 +423,7 @@ def eqface_cross_entropy(cos: ArrayLike, labels: ArrayLike, quality: ArrayLike, 
   >>> round(float(ce[0]), 4)  # quality 0: a uniform row, log 2
   0.6931
   """
-  kw = dict(scale=scale, m1=m1, m2=m2, m3=m3, quality_transform=quality_transform, grad=grad,
-            m1_mode=m1_mode, fallback=fallback)
+  kw = mg.HEADS["eqface"].keywords(locals())
   return head_cross_entropy("eqface", cos, labels, row=quality, **kw)[0]
 
 
@@ -444,7 +442,7 @@ def adaface_cross_entropy(cos: ArrayLike, norms: ArrayLike, labels: ArrayLike, s
   >>> ce.shape, float(new["mean"])  # an empty batch keeps the statistics
   ((0,), 20.0)
   """
-  kw = dict(m=m, h=h, scale=scale, t_alpha=t_alpha, eps=eps)
+  kw = mg.HEADS["adaface"].keywords(locals())
   return head_cross_entropy("adaface", cos, labels, row=norms, stats=stats,
                             axis_name=axis_name, **kw)
 
@@ -464,6 +462,5 @@ def magface_cross_entropy(cos: ArrayLike, norms: ArrayLike, labels: ArrayLike, *
   >>> round(float(loss[0]), 4)
   1.5937
   """
-  kw = dict(scale=scale, l_a=l_a, u_a=u_a, l_m=l_m, u_m=u_m, lambda_g=lambda_g,
-            fallback=fallback, grad=grad)
+  kw = mg.HEADS["magface"].keywords(locals())
   return head_cross_entropy("magface", cos, labels, row=norms, **kw)[0]

@@ -528,6 +528,11 @@ class HeadSpec:
   check_row: Callable[[Any, int], Any] | None = None
   init_stats: Callable[[], dict] | None = None
 
+  def keywords(self, args: dict) -> dict:
+    """The head's keyword arguments picked by name from `args` (a named
+    wrapper's locals()), so that the list of names lives here only."""
+    return {k: args[k] for k in self.defaults}
+
   def resolve(self, kw: dict | None) -> tuple[Any, Any]:
     """(static params, scale) from keyword arguments, checked: unknown names,
     missing required ones, option typos and out-of-range values raise."""
@@ -846,8 +851,7 @@ def margin_logits(cos: ArrayLike, labels: ArrayLike, *, scale: float, m1: float 
   >>> margin_logits(cos, jnp.array([0]), scale=10.0, m3=0.1).tolist()
   [[4.0, 2.0]]
   """
-  kw = dict(scale=scale, m1=m1, m2=m2, m3=m3, grad=grad, m1_mode=m1_mode, fallback=fallback)
-  return head_logits("margin", cos, labels, **kw)[0]
+  return head_logits("margin", cos, labels, **HEADS["margin"].keywords(locals()))[0]
 
 
 def eqface_logits(cos: ArrayLike, labels: ArrayLike, quality: ArrayLike, *, scale: float,
@@ -883,9 +887,7 @@ def eqface_logits(cos: ArrayLike, labels: ArrayLike, quality: ArrayLike, *, scal
   >>> eqface_logits(cos, jnp.array([0]), jnp.array([0.5]), scale=10.0, m2=0.0).tolist()
   [[2.5, 1.0]]
   """
-  kw = dict(scale=scale, m1=m1, m2=m2, m3=m3, quality_transform=quality_transform, grad=grad,
-            m1_mode=m1_mode, fallback=fallback)
-  return head_logits("eqface", cos, labels, row=quality, **kw)[0]
+  return head_logits("eqface", cos, labels, row=quality, **HEADS["eqface"].keywords(locals()))[0]
 
 
 def adaface_logits(cos: ArrayLike, norms: ArrayLike, labels: ArrayLike, stats: dict, *,
@@ -942,7 +944,7 @@ def adaface_logits(cos: ArrayLike, norms: ArrayLike, labels: ArrayLike, stats: d
   >>> logits.shape, float(new["mean"])
   ((2, 2), 20.0)
   """
-  kw = dict(m=m, h=h, scale=scale, t_alpha=t_alpha, eps=eps)
+  kw = HEADS["adaface"].keywords(locals())
   logits, new_stats, _ = head_logits("adaface", cos, labels, row=norms, stats=stats,
                                      axis_name=axis_name, **kw)
   return logits, new_stats
@@ -983,7 +985,6 @@ def magface_logits(cos: ArrayLike, norms: ArrayLike, labels: ArrayLike, *,
   >>> round(float(logits[0, 0]), 4), round(float(reg[0]), 4)
   (-0.2729, 0.6364)
   """
-  kw = dict(scale=scale, l_a=l_a, u_a=u_a, l_m=l_m, u_m=u_m, lambda_g=lambda_g,
-            fallback=fallback, grad=grad)
+  kw = HEADS["magface"].keywords(locals())
   logits, _, row_loss = head_logits("magface", cos, labels, row=norms, **kw)
   return logits, row_loss

@@ -20,7 +20,7 @@ from flax import traverse_util
 
 from jaxset.models import MarginFaceModel
 from jaxset.models.heads import STATS_COLLECTION
-from train import loop, partial_fc
+from train import partial_fc, task
 from train.tasks import common, faces, identities
 
 
@@ -60,7 +60,7 @@ class Task(faces.FaceTask):
     return metrics
 
   def stages(self, config):
-    return [loop.Stage("train", config.train.steps,
+    return [task.Stage("train", config.train.steps,
                        lambda: identities.pk_iterator(config), self.train_step(config))]
 
   def evaluate(self, state, config):

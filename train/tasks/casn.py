@@ -1,7 +1,7 @@
 """CASN (Zheng et al., CVPR 2019): Siamese re-ID with consistent Grad-CAM attention.
 
 Each step takes a P x K batch and forms balanced in-batch pairs
-(pipeline.pk_pairs) after the backbone, which sees each image once; the
+(samplers.pk.pk_pairs) after the backbone, which sees each image once; the
 objective sums, with the weights in config.casn,
 identification (softmax), identification attention (attention mining through
 Grad-CAM), Siamese verification (BCE) and Siamese attention consistency. The
@@ -34,11 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxset.data import pipeline
+from jaxset.data.records import read_metadata
+from jaxset.data.samplers.pk import pk_pairs
 from jaxset.models import CASN, CASNLossConfig, casn_loss
 from jaxset.models.casn import siamese_attention_maps, siamese_indicator
 from jaxset.ops.losses import attention_consistency_loss
-from train import loop, task
+from train import task
 from train.tasks import common, identities
 
 WARMUP_VERIFICATION = ("head", "none", "full")
@@ -92,7 +93,7 @@ class Task(task.Task):
     model = self.model(config)
     k = config.data.k
     p = config.train.batch_size // k
-    pairs = pipeline.pk_pairs(p, k)
+    pairs = pk_pairs(p, k)
 
     def make_step(lcfg):
       def train_step(state, batch):
@@ -111,7 +112,7 @@ class Task(task.Task):
     plan = self.schedule(config)
     starts = np.cumsum([0] + [n for _, n, _ in plan])
     # Each stage continues the run's batch sequence from its first step.
-    return [loop.Stage(name, n, lambda s=int(s): identities.pk_iterator(config, start=s),
+    return [task.Stage(name, n, lambda s=int(s): identities.pk_iterator(config, start=s),
                        make_step(self.loss_config(config, warmup)))
             for (name, n, warmup), s in zip(plan, starts)]
 
@@ -145,7 +146,7 @@ class Task(task.Task):
 
     src = common.source(config, "pairs")
     r = common.extract(attention, state, src, config, keys=["image_a", "image_b", "same"])
-    same = pipeline.read_metadata(src, ["same"])["same"].astype(bool)
+    same = read_metadata(src, ["same"])["same"].astype(bool)
     live = ~(r["z1"] | r["z2"])
     pos, neg = same & live, ~same & live
     # 0.0 (with attention_zero_maps = 1) when every positive pair has a dead map.

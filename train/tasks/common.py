@@ -10,8 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxset import data as jdata
-from jaxset.data import holdout, pipeline, transforms
-from train import loop, meshes, optim
+from jaxset.data import holdout, transforms
+from jaxset.data.records import read_metadata
+from jaxset.data.samplers.evaluation import eval_batches
+from train import meshes, optim
+from train.task import TrainState
 
 
 def compute_dtype(config):
@@ -116,7 +119,7 @@ def _held_out(name, cache_dir, manual_dir, builder_config, fraction, seed):
         f"{name!r} has its own validation split (val_query / val_gallery); validate on it "
         "with --config.eval.split=val and set config.data.holdout_identities to 0.")
   train = b.as_data_source("train")
-  meta = pipeline.read_metadata(train)
+  meta = read_metadata(train)
   try:
     h = holdout.holdout_identities(meta["identity"], meta["camera"], meta.get("tracklet"),
                                    fraction=fraction, seed=seed)
@@ -152,14 +155,14 @@ def image_fn(config, train: bool):
 
 
 def create_state(model, config, rng, sample, total_steps: int, tx=None, **apply_kwargs):
-  """Initialises `model` on `sample` and wraps it in a loop.TrainState."""
+  """Initialises `model` on `sample` and wraps it in a TrainState."""
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init({"params": init_rng, "dropout": init_rng}, sample, **apply_kwargs)
   variables = dict(variables)
   params = variables.pop("params")
   tx = tx or optim.make_optimizer(config.optim, total_steps)
-  state = loop.TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                                 model_state=variables, rng=state_rng)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                            model_state=variables, rng=state_rng)
   if config.model.get("pretrained"):
     state = load_pretrained(state, config.model.pretrained)
     # The optimiser state was built for the random init; rebuild it for the new params.
@@ -203,8 +206,8 @@ def extract(fn: Callable[[Any, dict], dict], state, src, config, *, keys=None):
   bs = max(mesh.devices.size, bs - bs % mesh.devices.size)
   jfn = _jit_cache(fn)
   outs, valid = {}, []
-  for batch in pipeline.eval_batches(src, batch_size=bs, image_fn=image_fn(config, False),
-                                     keys=keys):
+  for batch in eval_batches(src, batch_size=bs, image_fn=image_fn(config, False),
+                            keys=keys):
     v = batch.pop("valid")
     batch.pop("index", None)
     out = jfn(state, meshes.shard_batch(batch, mesh))

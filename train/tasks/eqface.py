@@ -11,6 +11,8 @@ times (sec. 3.4):
 One optax.multi_transform over the parameter groups serves all steps: a frozen
 group's update is zero and its optimiser state is carried over untouched, so
 the TrainState keeps one structure (and one checkpoint format) across steps.
+The model applies loss (6)'s margin head, Partial FC included, as the other
+face models do (train/tasks/faces.py); the task picks each step's s_i.
 """
 from __future__ import annotations
 
@@ -20,18 +22,19 @@ import optax
 
 from jaxset.models import EQFace
 from jaxset.models.eqface import GROUPS, param_labels, stage_trainable
-from jaxset.ops.margins import eqface_logits
-from train import loop, optim, partial_fc
+from train import optim, partial_fc, task
 from train.tasks import common, faces, identities
+
+# Step -> the s_i of loss (6) (jaxset.models.eqface.LOSS_QUALITY): 1 in step 1,
+# the trained quality in step 2, the frozen one in step 3.
+LOSS_QUALITY = {1: "one", 2: "trained", 3: "frozen"}
 
 
 class Task(faces.FaceTask):
-  # The weight Partial FC shards by class (train/meshes.py places it).
-  class_kernel_path = ("head", "kernel")
 
   def build_model(self, config):
     return common.model_from_config(EQFace, config, num_classes=identities.num_classes(config),
-                                    mesh=partial_fc.model_kwargs(config).get("mesh"))
+                                    **partial_fc.model_kwargs(config))
 
   def schedule(self, config):
     """[(step number 1|2|3, steps)] for the whole run."""
@@ -60,27 +63,11 @@ class Task(faces.FaceTask):
     return common.create_state(model, config, rng, sample, config.train.steps, tx=tx)
 
   def forward(self, model, state, batch, params, stage=None):
-    # Step 2 freezes the backbone (inference-mode BatchNorm, no gradient).
+    # Loss (6) with this step's s_i; step 2 freezes the backbone
+    # (inference-mode BatchNorm, no gradient).
     return common.apply(model, state, batch["image"], params=params, train=True,
-                        frozen_backbone=(stage == 2))
-
-  def loss(self, out, batch, params, state, config, stage=None):
-    """Loss (6) with s_i = 1 (step 1), the trained quality (step 2) or the
-    frozen one (step 3); through Partial FC when the model holds only the
-    class weights (cos None)."""
-    m, labels = config.model, batch["label"]
-    q = {1: jnp.ones_like(out["quality"]), 2: out["quality"],
-         3: jax.lax.stop_gradient(out["quality"])}[stage]
-    margin = dict(scale=m.scale, m1=m.m1, m2=m.m2, m3=m.m3,
-                  quality_transform=m.quality_transform, grad=m.margin_grad)
-    if out["cos"] is None:  # Partial FC: the class-sharded loss
-      loss, mask = partial_fc.cross_entropy(
-          config, out["embedding"], labels, params["head"]["kernel"],
-          common.step_rng(state)["dropout"], identities.num_classes(config), "eqface", margin,
-          quality=q)
-      return loss, {"class_mask": mask}
-    return faces.head_loss({"logits": eqface_logits(out["cos"], labels, q, **margin)},
-                           labels), {}
+                        frozen_backbone=(stage == 2), labels=batch["label"],
+                        loss_quality=LOSS_QUALITY[stage])
 
   def update(self, state, grads, new_model_state, config, stage=None):
     # A frozen group's update is zero and its optimiser state carried over.
@@ -100,7 +87,7 @@ class Task(faces.FaceTask):
     return {"quality_mean": jnp.mean(out["quality"]), "norm_mean": jnp.mean(out["norm"])}
 
   def stages(self, config):
-    return [loop.Stage(f"step{k}", n, lambda: identities.pk_iterator(config),
+    return [task.Stage(f"step{k}", n, lambda: identities.pk_iterator(config),
                        self.train_step(config, k))
             for k, n in self.schedule(config)]
 

@@ -2,11 +2,13 @@
 
 AdaFace, ArcFace / CosFace and MagFace (train/tasks/adaface.py, one task:
 the head is config.model.head) and EQFace (train/tasks/eqface.py) differ in
-what the model is asked (`forward`), in the loss they take from its output
-(`loss`) and, for EQFace's staged training, in how the gradients update the
-state (`update`). Partial FC enters all of them here: a sharded head's
-output carries "class_mask", and the unsampled classes are restored after
-the update (train/partial_fc.py).
+what the model is asked (`forward`: EQFace's step picks its s_i) and, for
+EQFace's staged training, in how the gradients update the state (`update`).
+Every face model applies its own margin head given the labels, Partial FC
+included (train/partial_fc.model_kwargs builds the sharded head into the
+model): the loss is `head_loss` of its output for all of them. A sharded
+head's output carries "class_mask", and the unsampled classes are restored
+after the update (train/partial_fc.py).
 """
 from __future__ import annotations
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxset.data import pipeline
+from jaxset.data.records import read_metadata
+from jaxset.data.samplers.pk import pk_batches
 from jaxset.eval import cmc_map, kfold_verification_accuracy, spearman
 from train.tasks import common
 
 
 def num_classes(config) -> int:
   """Identities of the training split (the classifier's width)."""
-  labels = pipeline.read_metadata(common.source(config, "train"), ["label"])["label"]
+  labels = read_metadata(common.source(config, "train"), ["label"])["label"]
   if len(labels) == 0:
     raise ValueError(f"the train split of {config.data.name!r} is empty.")
   return int(labels.max()) + 1
@@ -28,8 +29,8 @@ def pk_iterator(config, split: str = "train", start: int = 0):
   start: the step of the first batch (a later stage of a run continues the
   run's batch sequence instead of replaying it from step 0)."""
   p, k = config.train.batch_size // config.data.k, config.data.k
-  ds = pipeline.pk_batches(common.source(config, split), p=p, k=k, seed=config.seed,
-                           image_fn=common.image_fn(config, train=True))
+  ds = pk_batches(common.source(config, split), p=p, k=k, seed=config.seed,
+                  image_fn=common.image_fn(config, train=True))
   it = iter(ds)
   if start:
     it.set_state({**it.get_state(), "next_index": int(start)})
@@ -40,7 +41,7 @@ def split_embeddings(describe, state, config, split: str) -> dict:
   """Runs describe(state, batch) -> {"f": ..., ...} over a split plus its metadata."""
   src = common.source(config, split)
   out = common.extract(describe, state, src, config, keys=["image"])
-  meta = pipeline.read_metadata(src)
+  meta = read_metadata(src)
   return {**out, **{k: v for k, v in meta.items() if k not in out}}
 
 
@@ -54,7 +55,7 @@ def pair_metrics(describe_pair, state, config) -> dict:
   """10-fold verification accuracy on the "pairs" split (insightface protocol)."""
   src = common.source(config, "pairs")
   out = common.extract(describe_pair, state, src, config, keys=["image_a", "image_b"])
-  meta = pipeline.read_metadata(src, ["same", "fold"])
+  meta = read_metadata(src, ["same", "fold"])
   res = kfold_verification_accuracy(out["a"], out["b"], meta["same"].astype(bool),
                                     fold_ids=meta["fold"])
   return {"pair_acc": float(res["accuracy_mean"])}
@@ -156,7 +157,7 @@ def face_curves(model, state, config, quality_key: str | None, name: str = "qual
                     "ylabel": "matching rate", "title": f"CMC (mAP {r['mAP']:.3f})"}}
   src = common.source(config, "pairs")
   p = common.extract(describe_pair, state, src, config, keys=["image_a", "image_b"])
-  meta = pipeline.read_metadata(src)
+  meta = read_metadata(src)
   same = meta["same"].astype(bool)
   a = p["a"] / np.linalg.norm(p["a"], axis=1, keepdims=True).clip(1e-12)
   b = p["b"] / np.linalg.norm(p["b"], axis=1, keepdims=True).clip(1e-12)

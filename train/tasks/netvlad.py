@@ -28,7 +28,7 @@ import optax
 
 from jaxset.data import pipeline
 from jaxset.eval import recall_at_n
-from jaxset.models import NetVLADModel
+from jaxset.models import VPRModel
 from jaxset.models.netvlad import (
   apply_pca_whitening,
   descriptors_as_seen,
@@ -55,7 +55,7 @@ class Task(task.Task):
     kwargs = _backbone_kwargs(config)
     if m.get("frozen_blocks", 0) and m.backbone == "small_cnn":
       kwargs["frozen"] = m.frozen_blocks
-    return common.model_from_config(NetVLADModel, config,
+    return common.model_from_config(VPRModel, config,
                                     aggregator_kwargs=dict(m.get(m.pooling, {})) or None,
                                     backbone_kwargs=kwargs or None)
 

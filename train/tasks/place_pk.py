@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxset.data.pipeline import place_pk_batches
+from jaxset.data.samplers.places import place_pk_batches
 from jaxset.ops.multi_similarity import (
   label_pair_masks,
   multi_similarity_loss,
   multi_similarity_miner,
 )
-from train import loop
+from train.task import Stage
 from train.tasks import common
 
 MODES = ("tuples", "pk")
@@ -75,4 +75,4 @@ def stages(task, config, model):
     state = state.apply_gradients(grads=grads, model_state=new_state)
     return state, {"loss": loss, "grad_norm": optax.global_norm(grads), "mined_pairs": pairs}
 
-  return [loop.Stage("train", config.train.steps, make_iterator, train_step)]
+  return [Stage("train", config.train.steps, make_iterator, train_step)]

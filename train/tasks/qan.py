@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxset.data import pipeline
+from jaxset.data.records import fetch, read_metadata
+from jaxset.data.samplers.sets import set_triplet_batches
 from jaxset.eval import cmc_map, kfold_verification_accuracy
 from jaxset.models import QAN
 from jaxset.models.heads import l2_normalize, softmax_cross_entropy
 from jaxset.ops.losses import set_triplet_loss
 from jaxset.ops.pooling import mean_pool
-from train import loop, optim, task
+from train import optim, task
 from train.tasks import common, identities
 
 
@@ -118,15 +119,15 @@ class Task(task.Task):
       return state.apply_gradients(grads=grads, model_state=new_state), metrics
 
     def sets_iterator():
-      ds = pipeline.set_triplet_batches(
+      ds = set_triplet_batches(
           common.source(config, "train"), batch_size=cq.sets_per_batch,
           set_size=tuple(cq.set_size_range) if cq.set_size_range else cq.set_size,
           seed=config.seed, image_fn=common.image_fn(config, train=True))
       return iter(ds)
 
     n_pre = int(round(cq.pretrain_fraction * config.train.steps))
-    return [loop.Stage("pretrain", n_pre, lambda: identities.pk_iterator(config), pretrain_step),
-            loop.Stage("sets", config.train.steps - n_pre, sets_iterator, set_step)]
+    return [task.Stage("pretrain", n_pre, lambda: identities.pk_iterator(config), pretrain_step),
+            task.Stage("sets", config.train.steps - n_pre, sets_iterator, set_step)]
 
   # -- evaluation ------------------------------------------------------------------
   def _query_gallery(self, config):
@@ -145,7 +146,7 @@ class Task(task.Task):
     """Every tracklet of a split (of one camera) as one padded set (all its frames,
     in order)."""
     src = common.source(config, split)
-    meta = pipeline.read_metadata(src)
+    meta = read_metadata(src)
     order = np.lexsort((meta["frame"], meta["tracklet"]))
     if camera is not None:
       order = order[meta["camera"][order] == camera]
@@ -154,7 +155,7 @@ class Task(task.Task):
     s = max(len(g) for g in groups)
     resize = common.image_fn(config, train=False)
     images = np.stack([resize(np.asarray(r["image"]))
-                       for r in pipeline.fetch(src, np.arange(len(src)))])
+                       for r in fetch(src, np.arange(len(src)))])
     h, w = images.shape[1:3]
     sets = []
     for t, g in zip(tids, groups):
@@ -209,7 +210,7 @@ class Task(task.Task):
     for split in ("query", "gallery"):
       for i, t in enumerate(infos[split]["tracklet"]):
         row[int(t)] = (split, i)
-    pairs = pipeline.read_metadata(common.source(config, "set_pairs"))
+    pairs = read_metadata(common.source(config, "set_pairs"))
     for key, name in (("f", "set_pair_acc"), ("f_mean", "set_pair_acc_meanpool")):
       fa = np.stack([feats[row[int(t)][0]][key][row[int(t)][1]] for t in pairs["tracklet_a"]])
       fb = np.stack([feats[row[int(t)][0]][key][row[int(t)][1]] for t in pairs["tracklet_b"]])

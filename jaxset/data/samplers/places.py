@@ -8,7 +8,7 @@ database images taken at one position (a panorama's cutouts, to the
 centimetre) form a place, and each query joins the place nearest it when that
 lies within `query_radius` (10 m, NetVLAD's non-trivial positives), bringing
 the query's other time of day and viewpoint. `place_pk_batches` then draws P
-places and K views of each per step, as pipeline.pk_batches draws identities.
+places and K views of each per step, as samplers.pk.pk_batches draws identities.
 """
 from __future__ import annotations
 
@@ -135,9 +135,9 @@ def place_pk_batches(database, queries=None, *, p: int, k: int, seed: int = 0,
       (queries may be None: database images only).
     seed: everything random derives from (seed, step[, row]).
     image_fn: `fn(image, rng) -> image` (augmentation, resizing) or None.
-    shard: (process_index, process_count); default pipeline.process_shard().
+    shard: (process_index, process_count); default sampling.process_shard().
     num_steps: None = infinite; else the number of batches.
-    num_threads / prefetch / worker_count: as the samplers of pipeline.py.
+    num_threads / prefetch / worker_count: as every sampler (jaxset/data/sampling.py).
   """
   if p < 2 or k < 2:
     raise ValueError(f"place_pk_batches needs p >= 2 places and k >= 2 views (positives "
