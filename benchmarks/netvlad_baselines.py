@@ -61,12 +61,12 @@ def run_one(kind: str, pooling: str, seed: int, split: str, workdir: Path) -> di
   q_utm, db_utm = measures.place_utm(config)
   radius = config.eval.pos_radius
   if kind == "pixels":
-    from jaxset.data import pipeline
+    from jaxset.data.samplers.evaluation import eval_batches
     from train.tasks import common
 
     def pixels(part):
       src = common.source(config, f"{split}_{part}")
-      rows = [b["image"][b["valid"]] for b in pipeline.eval_batches(src, batch_size=256,
+      rows = [b["image"][b["valid"]] for b in eval_batches(src, batch_size=256,
                                                                     keys=["image"])]
       x = np.concatenate(rows).reshape(len(src), -1).astype(np.float32) / 255.0
       return x - x.mean(axis=1, keepdims=True)

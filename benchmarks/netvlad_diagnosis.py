@@ -123,7 +123,7 @@ def per_time_of_day(builder_config: str) -> dict:
   import jax
 
   from configs.netvlad import get_config
-  from jaxset.data import pipeline
+  from jaxset.data.samplers.evaluation import eval_batches
   from train import tasks
   from train.tasks import common
 
@@ -140,7 +140,7 @@ def per_time_of_day(builder_config: str) -> dict:
 
   def pixels(part):
     src = common.source(c, f"val_{part}")
-    x = np.concatenate([b["image"][b["valid"]] for b in pipeline.eval_batches(
+    x = np.concatenate([b["image"][b["valid"]] for b in eval_batches(
         src, batch_size=256, keys=["image"])]).reshape(len(src), -1).astype(np.float32)
     return x - x.mean(axis=1, keepdims=True)
   raw = measures.place_hits_at_1(pixels("queries"), pixels("database"), q_utm, db_utm,

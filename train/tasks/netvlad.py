@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxset.data import pipeline
+from jaxset.data.records import neighbours_within, read_metadata
+from jaxset.data.samplers.evaluation import eval_batches
+from jaxset.data.samplers.tuples import netvlad_tuples
 from jaxset.eval import recall_at_n
 from jaxset.models import VPRModel
 from jaxset.models.netvlad import (
@@ -37,7 +39,7 @@ from jaxset.models.netvlad import (
 )
 from jaxset.ops import netvlad_layer as netvlad_ops
 from jaxset.ops.losses import weakly_supervised_ranking_loss
-from train import loop, task
+from train import task
 from train.tasks import common, place_pk
 
 
@@ -128,7 +130,7 @@ class Task(task.Task):
     bs = config.eval.batch_size
     done = 0 if len(subset) else config.kmeans.bn_calibration_batches
     while done < config.kmeans.bn_calibration_batches:
-      for batch in pipeline.eval_batches(subset, batch_size=bs, keys=["image"],
+      for batch in eval_batches(subset, batch_size=bs, keys=["image"],
                                          image_fn=common.image_fn(config, False)):
         if done == config.kmeans.bn_calibration_batches:
           break
@@ -181,12 +183,12 @@ class Task(task.Task):
   def _far(self, config):
     if self._far_lists is None:
       db, queries = self._sources(config)
-      db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
-      q_utm = pipeline.read_metadata(queries, ["utm"])["utm"]
-      near = pipeline.neighbours_within(q_utm, db_utm, config.tuples.neg_radius)
+      db_utm = read_metadata(db, ["utm"])["utm"]
+      q_utm = read_metadata(queries, ["utm"])["utm"]
+      near = neighbours_within(q_utm, db_utm, config.tuples.neg_radius)
       all_db = np.arange(len(db_utm))
       self._far_lists = [np.setdiff1d(all_db, n) for n in near]
-      self._pos_lists = pipeline.neighbours_within(q_utm, db_utm, config.tuples.pos_radius)
+      self._pos_lists = neighbours_within(q_utm, db_utm, config.tuples.pos_radius)
     return self._far_lists
 
   def miner(self, config):
@@ -238,7 +240,7 @@ class Task(task.Task):
       return place_pk.stages(self, config, model)
 
     def make_iterator():
-      ds = pipeline.netvlad_tuples(
+      ds = netvlad_tuples(
           db, queries, batch_size=config.train.batch_size,
           num_positives=config.tuples.num_positives,
           num_negatives=config.tuples.num_negatives, seed=config.seed,
@@ -275,7 +277,7 @@ class Task(task.Task):
       state = state.apply_gradients(grads=grads, model_state=new_state)
       return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-    return [loop.Stage("train", config.train.steps, make_iterator, train_step)]
+    return [task.Stage("train", config.train.steps, make_iterator, train_step)]
 
   # -- evaluation ----------------------------------------------------------------
   def embed_apply(self, config):
@@ -302,8 +304,8 @@ class Task(task.Task):
                               keys=["image"])["f"]
       mean, proj = fit_pca_whitening(ftrain, pca_dim)
       fq, fdb = (apply_pca_whitening(f, mean, proj) for f in (fq, fdb))
-    db_utm = pipeline.read_metadata(db, ["utm"])["utm"]
-    q_utm = pipeline.read_metadata(queries, ["utm"])["utm"]
+    db_utm = read_metadata(db, ["utm"])["utm"]
+    q_utm = read_metadata(queries, ["utm"])["utm"]
     recalls = recall_at_n(fq, fdb, q_utm, db_utm, ns=tuple(config.eval.recall_ns),
                           pos_radius=config.eval.pos_radius)
     return {f"recall@{n}": float(r) for n, r in recalls.items()}
