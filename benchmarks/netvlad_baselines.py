@@ -33,19 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import measures, report
+from configs.base import with_overrides
 
 
 def _config(pooling: str, seed: int, split: str, **extra):
   from configs.netvlad import get_config
   c = get_config()
   c.model.pooling, c.seed, c.eval.split = pooling, seed, split
-  for k, v in extra.items():
-    node = c
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return with_overrides(c, extra)
 
 
 def run_one(kind: str, pooling: str, seed: int, split: str, workdir: Path) -> dict:
