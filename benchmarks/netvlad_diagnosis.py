@@ -37,7 +37,7 @@ ABLATIONS = {
     "all blocks fine-tuned": {"model.frozen_blocks": 0},
     "two blocks fine-tuned and lr 1e-4": {"model.frozen_blocks": 2, "optim.lr": 1e-4},
     "lr 1e-4": {"optim.lr": 1e-4},
-    "2000 steps": {"train.steps": 2000},
+    "1000 steps": {"train.steps": 1000},
     "one cache refresh (at step 0 only)": {"mining.refresh_every": 10 ** 9},
     "no hard-negative mining (random negatives)": {"mining.enabled": False},
 }

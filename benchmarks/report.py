@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shlex
 from pathlib import Path
 
 
@@ -74,7 +75,8 @@ def report_command(module: str, argv: list[str]) -> str:
       skip = "=" not in arg
       continue
     kept.append(arg)
-  return " ".join([f"python -m {module}", *kept])
+  # Quoted as a shell needs them (an argument with a space stays one argument).
+  return " ".join([f"python -m {module}", *map(shlex.quote, kept)])
 
 
 # block name -> (JSON report, "module:function" that renders the report as markdown).

@@ -206,3 +206,6 @@ def test_report_command_drops_machine_paths():
           "--budget=3"]
   assert report_command("benchmarks.claims", argv) == (
       "python -m benchmarks.claims --seeds 5 --budget=3")
+  # An argument with a space is quoted, so the printed command runs as it reads.
+  assert report_command("benchmarks.x", ["--ablations", "1000 steps"]) == (
+      "python -m benchmarks.x --ablations '1000 steps'")
