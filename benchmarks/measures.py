@@ -92,17 +92,18 @@ def degradation_tiers(task, state, config) -> dict:
   degradation tier against the whole gallery. Tiers by the true level: clean
   (0), mild (0 < level < SEVERE_TIER), severe (>= SEVERE_TIER). Background
   frames (identity absent, level 1) are left out of every tier: there is no
-  one to recognise."""
-  from train.tasks import identities
-
+  one to recognise. Also returns, under "units", the severe tier's per-query
+  rank-1 hits (their mean is tier_severe_rank1), from the same embeddings."""
   q, g = _query_gallery_embeddings(task, state, config)
-  out = {}
+  out, units = {}, {}
   for name, keep in _tiers(q).items():
     out[f"tier_{name}_queries"] = int(keep.sum())
     if keep.any():
-      sub = {k: v[keep] for k, v in q.items()}
-      out[f"tier_{name}_rank1"] = identities.reid_metrics(sub, g)["rank1"]
-  return out
+      hits = _rank1_and_ap({k: v[keep] for k, v in q.items()}, g)["rank1"]
+      out[f"tier_{name}_rank1"] = float(hits.mean())
+      if name == "severe":
+        units["tier_severe_rank1"] = hits
+  return {**out, "units": units}
 
 
 def _rank1_and_ap(q, g) -> dict:
@@ -111,15 +112,6 @@ def _rank1_and_ap(q, g) -> dict:
   r = cmc_map(q["f"], g["f"], q["identity"], g["identity"], q["camera"], g["camera"])
   return {"rank1": (r["first_rank"][r["valid"]] == 0).astype(float),
           "mAP": r["ap"][r["valid"]]}
-
-
-def severe_tier_units(task, state, config) -> dict:
-  """Per query of the severe tier: its rank-1 hit (mean: tier_severe_rank1)."""
-  q, g = _query_gallery_embeddings(task, state, config)
-  keep = _tiers(q)["severe"]
-  if not keep.any():
-    return {}
-  return {"tier_severe_rank1": _rank1_and_ap({k: v[keep] for k, v in q.items()}, g)["rank1"]}
 
 
 def reid_units(task, state, config) -> dict:
@@ -200,8 +192,9 @@ EXTRA: dict[str, Callable] = {
 
 # Per-unit values (queries) of the judged metrics, for the claims' paired intervals:
 # setup -> fn(task, state, config) -> {metric: [units] float}, whose means are the metrics.
+# (An EXTRA measure that already holds them returns them under "units" instead:
+# degradation_tiers, for AdaFace / ArcFace's severe tier.)
 UNITS: dict[str, Callable] = {
-    "adaface": severe_tier_units, "arcface": severe_tier_units,
     "casn": reid_units, "ide": reid_units,
     **{s: place_units for s in ("netvlad", "netvlad_avg", "netvlad_max", "netvlad_gem")},
 }

@@ -16,6 +16,7 @@ without its doc, is caught.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -32,13 +33,11 @@ def fmt(x, digits=3):
 
 def machine() -> str:
   cpu = platform.processor() or platform.machine()
-  try:
+  with contextlib.suppress(OSError):   # no /proc (macOS): platform's name stays
     for line in Path("/proc/cpuinfo").read_text().splitlines():
       if line.startswith("model name"):
         cpu = line.split(":", 1)[1].strip()
         break
-  except OSError:
-    pass
   return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 

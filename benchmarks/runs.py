@@ -168,11 +168,15 @@ def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
   summary = loop.train_and_evaluate(config, workdir / "runs" / name, task)
   t_train = time.perf_counter() - t0
   metrics = {k: float(v) for k, v in summary["after"].items()}
+  units = {}
   if setup in EXTRA:
-    metrics.update(EXTRA[setup](task, summary["state"], config))
+    extra = EXTRA[setup](task, summary["state"], config)
+    units.update(extra.pop("units", {}))
+    metrics.update(extra)
   tiers = proxy_tiers(task, summary["state"], config) if setup in PROXIES else None
-  units = ({k: np.asarray(v, float).tolist() for k, v in
-            UNITS[setup](task, summary["state"], config).items()} if setup in UNITS else {})
+  if setup in UNITS:
+    units.update(UNITS[setup](task, summary["state"], config))
+  units = {k: np.asarray(v, float).tolist() for k, v in units.items()}
   seconds = time.perf_counter() - t0
   cpu = _cpu_seconds() - cpu0
   result = {"setup": setup, "seed": seed, "method": config.method, "budget": budget,

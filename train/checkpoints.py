@@ -34,6 +34,7 @@ eval line in metrics.jsonl).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -226,12 +227,11 @@ def best_record(workdir: Path, metric: str) -> dict | None:
   if not steps:
     return None
   step = steps[-1]
-  try:
+  # A missing or unreadable best.json falls back to metrics.jsonl below.
+  with contextlib.suppress(OSError, ValueError):
     rec = json.loads((best / BEST_JSON).read_text())
     if int(rec.get("step", -1)) == step and metric in rec:
       return rec
-  except (OSError, ValueError):
-    pass
   found = None
   try:
     with open(Path(workdir) / "metrics.jsonl") as f:
