@@ -85,7 +85,7 @@ def _unit(rng, n, d):
   return x
 
 
-def search_rows(num_q: int, sizes, k: int, seed: int = 0):
+def search_rows(num_q: int, sizes, k: int, seed: int = 0, approx: bool = True):
   from jaxset.eval import search  # pylint: disable=import-outside-toplevel
   try:
     import faiss  # pylint: disable=import-outside-toplevel
@@ -100,7 +100,7 @@ def search_rows(num_q: int, sizes, k: int, seed: int = 0):
     x = _unit(rng, n, d)
     q = _unit(rng, num_q, d)
     for metric in ("ip", "l2"):
-      db = search.ShardedDatabase(x, metric=metric, db_block=16384)
+      db = search.ShardedDatabase(x, metric=metric)  # the library's default db_block
       search.top_k_search(q[:1024], db, k, metric=metric, query_block=1024)  # compile
       (s, i), t_j, m_j = measure(search.top_k_search, q, db, k, metric=metric,
                                  query_block=1024)
@@ -109,6 +109,8 @@ def search_rows(num_q: int, sizes, k: int, seed: int = 0):
              "seconds": f"{t_j:.2f}", "peak MB": f"{m_j / 2**20:.0f}",
              "note": "faiss not installed (pip install 'jaxset[bench]')"}
       rows.append(row)
+      if metric == "ip":
+        exact = i
       if faiss is None:
         continue
       index = faiss.IndexFlatIP(d) if metric == "ip" else faiss.IndexFlatL2(d)
@@ -121,9 +123,8 @@ def search_rows(num_q: int, sizes, k: int, seed: int = 0):
                    "seconds": f"{t_f:.2f}", "peak MB": f"{m_f / 2**20:.0f}", "note": ""})
       del index
     del db
-    if (n, d) == sizes[0]:
-      db = search.ShardedDatabase(x, metric="ip", db_block=16384)
-      _, exact = search.top_k_search(q, db, k, query_block=1024)
+    if approx and (n, d) == sizes[0]:
+      db = search.ShardedDatabase(x, metric="ip")
       search.top_k_search(q[:1024], db, k, query_block=1024, approx=True)
       (_, ai), t_a, m_a = measure(search.top_k_search, q, db, k, query_block=1024,
                                   approx=True, recall_target=0.95)
@@ -224,7 +225,8 @@ def main(argv=None):
   p.add_argument("--fake-devices", type=int, default=8)
   p.add_argument("--fake-db", default="250000x4096", help="NxD of the sharded memory row")
   p.add_argument("--fake-db-block", type=int, default=4096, help="db_block of that row")
-  p.add_argument("--skip", default="", help="comma list of sections: search,rerank,sharded")
+  p.add_argument("--skip", default="",
+                 help="comma list of sections: search,approx,rerank,sharded")
   a = p.parse_args(argv)
   if a.quick:
     for key, value in QUICK.items():
@@ -235,7 +237,7 @@ def main(argv=None):
         f"{os.cpu_count()} CPU cores" + (" (--quick run)" if a.quick else ""))
   rows = []
   if "search" not in skip:
-    rows += search_rows(a.queries, _sizes(a.db), a.k)
+    rows += search_rows(a.queries, _sizes(a.db), a.k, approx="approx" not in skip)
   if "rerank" not in skip:
     rows += rerank_rows([int(v) for v in str(a.rerank).split(",") if v], a.reference_max)
   if "sharded" not in skip:

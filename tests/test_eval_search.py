@@ -36,6 +36,37 @@ def test_top_k_search_equals_brute_force_with_ties(metric, db_block, query_block
   np.testing.assert_array_equal(s, rs if metric == "ip" else -rs)
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("db_block,k", [(256, 3), (512, 16), (4096, 8)])
+def test_grouped_top_k_equals_brute_force_with_ties(metric, db_block, k):
+  # Blocks of >= k groups of search.GROUP rows take the grouped top-k; the
+  # padding of the last block (8001 rows) must never rank, and ties must keep
+  # the lower index across groups, blocks and the running list.
+  rng = np.random.default_rng(3)
+  q = rng.integers(-2, 3, (37, 5)).astype(np.float32)
+  x = rng.integers(-2, 3, (8001, 5)).astype(np.float32)
+  db = search.ShardedDatabase(x, metric=metric, db_block=db_block)
+  assert db.db_block % search.GROUP == 0 and db.db_block // search.GROUP >= k
+  s, i, far = search.top_k_search(q, db, k, metric=metric, query_block=16,
+                                  return_farthest=True)
+  rs, ri = brute_force(q, x, k, metric)
+  np.testing.assert_array_equal(i, ri)
+  np.testing.assert_array_equal(s, rs if metric == "ip" else -rs)
+  full = brute_force(q, x, x.shape[0], metric)[0]
+  np.testing.assert_array_equal(far, -full[:, -1])
+
+
+def test_negative_inner_products_beat_the_padding():
+  # Every real score is negative; the zero rows that pad the last block would
+  # win an inner-product search if they were not masked.
+  x = -np.ones((1001, 4), np.float32) * np.arange(1, 1002, dtype=np.float32)[:, None]
+  db = search.ShardedDatabase(x, db_block=300)
+  assert db.x.shape[0] > x.shape[0]  # padded, on one device or eight
+  s, i = search.top_k_search(np.ones((2, 4), np.float32), db, 3)
+  np.testing.assert_array_equal(i, [[0, 1, 2]] * 2)
+  np.testing.assert_array_equal(s, [[-4, -8, -12]] * 2)
+
+
 def test_top_k_search_bfloat16_and_k_above_n():
   rng = np.random.default_rng(1)
   q = rng.integers(-3, 4, (9, 8)).astype(jnp.bfloat16)

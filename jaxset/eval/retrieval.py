@@ -85,8 +85,8 @@ def nearest_neighbors(query_features, db_features, k: int, *,
     k: neighbours per query; capped at N.
     chunk_size: queries per device step (the last chunk is zero-padded to this
       size so one compiled program serves every chunk).
-    db_chunk_size: database rows per scan step on each device; None scans each
-      device's whole share at once. Per-block top-k lists are merged exactly,
+    db_chunk_size: database rows per scan step on each device; None takes
+      search.top_k_search's default. Per-block top-k lists are merged exactly,
       so the answer does not depend on it (search.top_k_search).
     use_faiss: search with faiss.IndexFlatL2 on the host instead. If faiss is not
       installed a warning says so and the JAX search runs instead.
@@ -116,8 +116,8 @@ def nearest_neighbors(query_features, db_features, k: int, *,
           "faiss-gpu); falling back to the exact chunked JAX search, which gives "
           "the same neighbours.", RuntimeWarning, stacklevel=2)
 
-  d, idx = search.top_k_search(q, db, k, metric="l2", query_block=chunk_size,
-                               db_block=num_db if db_chunk_size is None else db_chunk_size)
+  blocks = {} if db_chunk_size is None else {"db_block": db_chunk_size}
+  d, idx = search.top_k_search(q, db, k, metric="l2", query_block=chunk_size, **blocks)
   return np.sqrt(np.maximum(d, 0.0)).astype(np.float32), idx
 
 
