@@ -30,14 +30,86 @@ def proxy_fn(method: str, model):
   if method == "qan":
     def fn(state, batch):
       f, q = model.apply(state_variables(state), batch["image"], method=model.frames)
-      return {"e": f.reshape(f.shape[0], -1), "q": jnp.mean(q, axis=-1)}
+      f = f.reshape(f.shape[0], -1)
+      return {"e": f, "q": jnp.mean(q, axis=-1), "norm": jnp.linalg.norm(f, axis=-1)}
   else:
     key = "quality" if method == "eqface" else "norm"
 
     def fn(state, batch):
       out = model.apply(state_variables(state), batch["image"])
-      return {"e": out["embedding"], "q": out[key], "cos": out["cos"]}
+      return {"e": out["embedding"], "q": out[key], "cos": out["cos"], "norm": out["norm"]}
   return fn
+
+
+# EDC (ISO/IEC 29794-1:2024): FNMR at a threshold fixed at this FNMR before any
+# discard, pAUC up to this discarded fraction (jaxset.eval.edc_pauc's defaults).
+EDC_START_FNMR = 0.05
+EDC_DISCARD_LIMIT = 0.2
+EDC_RESAMPLES = 1000
+# The qualities every proxy is compared with, on the same comparisons.
+EDC_BASELINES = ("random", "sharpness", "contrast", "brightness", "feature norm", "oracle")
+
+
+def mated_cross_camera_pairs(q: dict, g: dict) -> tuple[np.ndarray, np.ndarray]:
+  """(query index, gallery index) of every same-identity, different-camera pair:
+  the mated comparisons of the re-ID protocol, every one of them."""
+  same = (q["identity"][:, None] == g["identity"][None, :]) & (
+      q["camera"][:, None] != g["camera"][None, :])
+  return np.nonzero(same)
+
+
+def quality_edc(task, state, config) -> dict:
+  """EDC pAUC (FNMR) of the method's quality proxy and of every EDC_BASELINES
+  quality on the test split's mated cross-camera comparisons (query x gallery,
+  cosine of the embeddings; background frames included: a quality should flag
+  them). Pair quality min(q_a, q_b), threshold fixed at FNMR EDC_START_FNMR,
+  ties discarded together (jaxset.eval.edc_pauc). Lower is better.
+
+  Returns edc_pauc_<source> per source ("proxy" and the baselines), and under
+  "replicates" edc_pauc_proxy_minus_<baseline>: that difference on
+  EDC_RESAMPLES bootstrap resamples of the comparisons, the same resamples for
+  every source (paired), for the claims' two-level interval
+  (jaxset.eval.stats.replicate_bootstrap).
+  """
+  import jax
+
+  from jaxset.data.records import fetch
+  from jaxset.eval import edc_pauc_bootstrap, image_statistics, l2_normalize
+  from train.tasks import common, identities
+
+  fn = proxy_fn(config.method, task.model(config))
+  q = identities.split_embeddings(fn, state, config, "query")
+  g = identities.split_embeddings(fn, state, config, "gallery")
+  qi, gi = mated_cross_camera_pairs(q, g)
+  scores = np.sum(l2_normalize(q["e"])[qi] * l2_normalize(g["e"])[gi], axis=1)
+
+  def per_image(split):
+    src = common.source(config, split)
+    imgs = np.stack([r["image"] for r in fetch(src, np.arange(len(src)))])
+    return image_statistics(imgs)
+
+  stats_q, stats_g = per_image("query"), per_image("gallery")
+  rng = np.random.default_rng(0)
+  sources = {
+      "proxy": (q["q"], g["q"]),
+      "random": (rng.random(len(q["q"])), rng.random(len(g["q"]))),
+      **{k: (stats_q[k], stats_g[k]) for k in ("sharpness", "contrast", "brightness")},
+      "feature norm": (q["norm"], g["norm"]),
+      "oracle": (1.0 - q["degradation"], 1.0 - g["degradation"]),
+  }
+  same = np.ones(len(scores), bool)
+  key = jax.random.key(0)  # one key: every source is scored on the same resamples
+  out, samples = {}, {}
+  for name, (a, b) in sources.items():
+    res = edc_pauc_bootstrap(scores, same, np.asarray(a)[qi], np.asarray(b)[gi], key=key,
+                             num_resamples=EDC_RESAMPLES, starting_error=EDC_START_FNMR,
+                             discard_limit=EDC_DISCARD_LIMIT)
+    out[f"edc_pauc_{name}"] = float(res["pauc"])
+    samples[name] = res["samples"]
+  out["edc_comparisons"] = int(len(scores))
+  reps = {f"edc_pauc_proxy_minus_{b}": (samples["proxy"] - samples[b]).tolist()
+          for b in EDC_BASELINES}
+  return {**out, "replicates": reps}
 
 
 def eqface_erc(task, state, config) -> dict:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.measures import EXTRA, PROXIES, UNITS, proxy_tiers
+from benchmarks.measures import EXTRA, PROXIES, UNITS, proxy_tiers, quality_edc
 from configs.base import with_overrides
 
 
@@ -57,7 +57,8 @@ CLAIM_SETUPS = {
 CLAIM_NAMES = tuple(CLAIM_SETUPS)
 
 # Per claim, on top of configs/<method>.py (method and baseline alike): about
-# half the configs' default steps (docs/claims.md lists both), for 45 minutes.
+# half the configs' default steps (docs/claims.md lists both), so that 5 seeds of
+# every claim fit in an hour on 2 cores.
 BUDGETS = {
     "qan": {"train.steps": 150},
     "eqface": {"train.steps": 400},
@@ -174,6 +175,11 @@ def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
     units.update(extra.pop("units", {}))
     metrics.update(extra)
   tiers = proxy_tiers(task, summary["state"], config) if setup in PROXIES else None
+  replicates = {}
+  if setup in PROXIES:
+    edc = quality_edc(task, summary["state"], config)
+    replicates = edc.pop("replicates")
+    metrics.update(edc)
   if setup in UNITS:
     units.update(UNITS[setup](task, summary["state"], config))
   units = {k: np.asarray(v, float).tolist() for k, v in units.items()}
@@ -185,7 +191,7 @@ def run_setup(setup: str, seed: int, workdir: Path, quick: bool = False,
                           if k != "data.cache_dir"},
             "steps": int(summary["step"]), "batch_size": int(config.train.batch_size),
             "seconds": seconds, "cpu_seconds": cpu, "train_and_eval_seconds": t_train,
-            "metrics": metrics, "proxy_tiers": tiers, "units": units,
+            "metrics": metrics, "proxy_tiers": tiers, "units": units, "replicates": replicates,
             "config": json.loads(config.to_json_best_effort(sort_keys=True))}
   cached.parent.mkdir(parents=True, exist_ok=True)
   tmp = cached.with_suffix(".tmp")

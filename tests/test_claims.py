@@ -14,15 +14,33 @@ def _run(setup, seed, **metrics):
           "seconds": 2.0, "metrics": metrics}
 
 
+def _edc(proxy, others, k, spread=0.001):
+  """EDC metrics and replicates: pAUC proxy and each baseline's (others: name ->
+  pAUC), with replicates of their difference spread around it."""
+  rng = np.random.default_rng(k)
+  pauc = {"random": 0.010, "sharpness": 0.009, "contrast": 0.009, "brightness": 0.010,
+          "feature norm": 0.008, "oracle": 0.004, **others}
+  metrics = {"edc_pauc_proxy": proxy, **{f"edc_pauc_{b}": v for b, v in pauc.items()}}
+  reps = {f"edc_pauc_proxy_minus_{b}": (proxy - v + spread * rng.standard_normal(200)).tolist()
+          for b, v in pauc.items()}
+  return metrics, reps
+
+
 def _results(n=3):
-  """Synthetic per-seed metrics: QAN and NetVLAD-vs-GeM fail, everything else holds."""
+  """Synthetic per-seed metrics: QAN and NetVLAD-vs-GeM fail, everything else holds.
+  Quality: EQFace's proxy beats every EDC baseline; QAN's loses to sharpness."""
   r = {s: [] for s in claims.SETUPS}
   for k in range(n):
-    r["qan"].append(_run("qan", k, mu_spearman=-0.3 - 0.01 * k, set_pair_acc=0.70,
-                         set_pair_acc_meanpool=0.72))
-    r["eqface"].append(_run("eqface", k, quality_spearman=-0.7, erc_fnmr_before=0.1,
-                            erc_fnmr_quality=0.05, erc_fnmr_random=0.1))
-    r["adaface"].append(_run("adaface", k, norm_spearman=-0.6, tier_severe_rank1=0.5))
+    m, reps = _edc(0.0085, {"sharpness": 0.007}, k)
+    r["qan"].append({**_run("qan", k, mu_spearman=-0.3 - 0.01 * k, set_pair_acc=0.70,
+                            set_pair_acc_meanpool=0.72, **m), "replicates": reps})
+    m, reps = _edc(0.005, {}, k)
+    r["eqface"].append({**_run("eqface", k, quality_spearman=-0.7, erc_fnmr_before=0.1,
+                               erc_fnmr_quality=0.05, erc_fnmr_random=0.1, **m),
+                        "replicates": reps})
+    m, reps = _edc(0.006, {}, k)
+    r["adaface"].append({**_run("adaface", k, norm_spearman=-0.6, tier_severe_rank1=0.5, **m),
+                         "replicates": reps})
     r["arcface"].append(_run("arcface", k, norm_spearman=-0.2, tier_severe_rank1=0.5))
     r["netvlad"].append(_run("netvlad", k, **{"recall@1": 0.80 + 0.01 * k}))
     r["netvlad_avg"].append(_run("netvlad_avg", k, **{"recall@1": 0.60}))
@@ -53,11 +71,17 @@ def test_judge_uses_the_mean_and_counts_the_seeds():
 def test_rows_are_judged_by_the_interval_rule():
   rows = claims.build_rows(_results())
   got = {(r.claim, r.judged): claims.verdict(r).split(":")[0] for r in rows}
-  assert len(rows) == 12
-  # rho -0.30..-0.32 against <= -0.5: every seed on the wrong side.
-  assert got[("1 QAN", "rho(mu, degradation)")] == "**contradicted**"
+  assert len(rows) == 20   # 4 EDC rows per quality method, 1 + 1 + 3 + 3 others
+  # The quality claims are EDC pAUC against random and the image statistics.
+  assert got[("1 QAN", "pAUC QAN mu - pAUC sharpness")] == "**contradicted**"
+  assert got[("1 QAN", "pAUC QAN mu - pAUC random")] == "**held**"
+  # -0.0005 with a replicate spread of 0.001: the interval reaches 0.
+  assert got[("1 QAN", "pAUC QAN mu - pAUC contrast")] == "**inconclusive**"
+  for base in claims.EDC_JUDGED:
+    assert got[("2 EQFace", f"pAUC EQFace s_i - pAUC {base}")] == "**held**"
+  eq = next(x for x in rows if x.judged == "pAUC EQFace s_i - pAUC random")
+  assert len(eq.replicates) == 3 and "seeds and comparisons resampled" in claims.verdict(eq)
   assert got[("1 QAN", "quality pooling - mean pooling")] == "**contradicted**"
-  assert got[("2 EQFace", "lowest s_i dropped - random dropped")] == "**held**"
   # A tie is not evidence of "at least as accurate": the interval [0, 0] holds 0.
   assert got[("3 AdaFace", "AdaFace - ArcFace")] == "**inconclusive**"
   # -0.02, -0.01, 0.00: the interval reaches 0.
@@ -71,8 +95,15 @@ def test_rows_are_judged_by_the_interval_rule():
   assert "quality pooling - mean pooling: -0.020 ± 0.000" in qan
   assert "**contradicted**: [-0.020, -0.020] (seeds resampled" in qan and "0/3 seeds" in qan
   for needed in ("python -m benchmarks.claims", "jax ", "wall time", "seed 2", "## Budgets",
-                 "configs/casn.py"):
+                 "configs/casn.py", "## EDC of every quality source"):
     assert needed in text
+  edc = text.split("## EDC of every quality source")[1].split("## Quality proxies")[0]
+  oracle = next(l for l in edc.splitlines() if l.startswith("| EQFace | oracle |"))
+  # The oracle is 0.001 below the proxy, one replicate spread: not decided.
+  assert oracle.startswith("| EQFace | oracle | 0.004 ± 0.000 | +0.0010 [")
+  assert oracle.endswith("| inconclusive |")
+  norm = next(l for l in edc.splitlines() if l.startswith("| EQFace | feature norm |"))
+  assert norm.endswith("| held |")
 
 
 def test_one_seed_is_inconclusive_whatever_its_value():
@@ -107,7 +138,8 @@ def test_a_claim_without_its_baseline_has_no_comparison_row():
   r = _results(1)
   r["arcface"] = [None]  # the baseline's only run failed
   rows = claims.build_rows(r)
-  assert [x.judged for x in rows if x.claim == "3 AdaFace"] == ["rho(norm, degradation)"]
+  assert [x.judged for x in rows if x.claim == "3 AdaFace"] == [
+      f"pAUC AdaFace norm - pAUC {b}" for b in claims.EDC_JUDGED]
 
 
 def test_method_and_baseline_share_the_budget():
@@ -133,11 +165,14 @@ def test_quick_claim_end_to_end_then_from_the_cache(tmp_path, monkeypatch):
   text = (tmp_path / "claims.md").read_text()
   judged = [l for l in text.splitlines() if l.startswith("| 3 AdaFace |")
             and "**inconclusive**" in l]   # one seed decides nothing
-  assert "--quick run" in text and len(judged) == 2
+  assert "--quick run" in text and len(judged) == 5
   cached = sorted((tmp_path / "w" / "results").glob("*.json"))
   assert [p.name.split("_seed")[0] for p in cached] == ["adaface", "arcface"]
   saved = json.loads(cached[0].read_text())
-  assert {"norm_spearman", "tier_severe_queries"} <= set(saved["metrics"])
+  assert {"norm_spearman", "tier_severe_queries", "edc_pauc_proxy", "edc_pauc_oracle",
+          "edc_pauc_sharpness"} <= set(saved["metrics"])
+  reps = saved["replicates"]["edc_pauc_proxy_minus_random"]
+  assert len(reps) == claims.EDC_RESAMPLES and np.isfinite(reps).all()
   # The per-query values behind the judged metric, for the paired intervals.
   severe = saved["units"]["tier_severe_rank1"]
   assert len(severe) >= saved["metrics"]["tier_severe_queries"] // 2 > 0
@@ -168,8 +203,9 @@ def test_budget_curve_lists_each_judged_series_per_budget():
   high["qan"] = [_run("qan", 0, mu_spearman=-0.55, set_pair_acc=0.8,
                       set_pair_acc_meanpool=0.7)]
   text = claims.render_budget_curve({1.0: low, 3.0: high})
-  mu = next(l for l in text.splitlines() if "rho(mu, degradation)" in l)
-  assert mu == "| 1 QAN | rho(mu, degradation) | <= -0.5 | -0.310 (3 seeds) | -0.550 (1 seed) |"
+  mu = next(l for l in text.splitlines() if "quality pooling - mean pooling" in l)
+  assert mu == ("| 1 QAN | quality pooling - mean pooling | > 0 | -0.020 (3 seeds) | "
+                "0.100 (1 seed) |")
   assert text.splitlines()[0].endswith("| 1x | 3x |")
   # A stale cache entry (another config) is not read back as a budget.
   assert claims.other_budgets(Path("/nonexistent"), ["qan"], [0], False) == {}
@@ -209,3 +245,17 @@ def test_report_command_drops_machine_paths():
   # An argument with a space is quoted, so the printed command runs as it reads.
   assert report_command("benchmarks.x", ["--ablations", "1000 steps"]) == (
       "python -m benchmarks.x --ablations '1000 steps'")
+
+
+def test_baselines_table_reads_the_generated_reports(tmp_path):
+  (tmp_path / "baselines.json").write_text(json.dumps({"rows": [
+      {"method": "casn", "raw_pixels:rank1": 0.01, "untrained:rank1": 0.02,
+       "raw_pixels:mAP": 0.03, "untrained:mAP": 0.04}]}))
+  (tmp_path / "netvlad_baselines.json").write_text(json.dumps({"rows": [
+      {"row": "netvlad", "mean": 0.7}, {"row": "raw pixels (mean-centred)", "mean": 0.26},
+      {"row": "untrained network (random init)", "mean": 0.21}]}))
+  lines = claims.render_baselines(_results(), tmp_path).splitlines()
+  assert "| CASN (IA + SA) | rank1 | 0.010 | 0.020 | 0.600 ± 0.000 |" in lines
+  assert "| NetVLAD | recall@1 | 0.260 | 0.210 | 0.810 ± 0.010 |" in lines
+  # No report for the face methods: no row rather than a made-up baseline.
+  assert not any(l.startswith("| EQFace") for l in lines)

@@ -517,3 +517,21 @@ def test_proxy_by_tier_bins_each_type_and_keeps_clean_and_constant_types_whole()
     proxy_by_tier(proxy[:3], dtype, level, ("clean",))
   with pytest.raises(ValueError, match="increasing"):
     proxy_by_tier(proxy, dtype, level, ("clean",), level_edges=(0.5, 0.2))
+
+
+def test_image_statistics_rank_degraded_images_lower():
+  from scipy import ndimage
+
+  from jaxset.eval import image_statistics
+  rng = np.random.default_rng(0)
+  sharp = (rng.random((4, 32, 32, 3)) * 255).astype(np.uint8)
+  blurred = ndimage.uniform_filter(sharp.astype(float), size=(1, 5, 5, 1)).astype(np.uint8)
+  dark = (sharp // 4).astype(np.uint8)
+  s, b, d = image_statistics(sharp), image_statistics(blurred), image_statistics(dark)
+  assert (b["sharpness"] < s["sharpness"]).all() and (b["contrast"] < s["contrast"]).all()
+  assert (d["brightness"] < s["brightness"]).all()
+  # uint8 is scaled to [0, 1]: the same image as floats gives the same statistics.
+  f = image_statistics(sharp.astype(np.float64) / 255)
+  np.testing.assert_allclose(f["sharpness"], s["sharpness"])
+  with pytest.raises(ValueError, match="H, W >= 3"):
+    image_statistics(np.zeros((2, 2, 2)))

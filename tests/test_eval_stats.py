@@ -83,3 +83,21 @@ def test_bad_options_are_named():
     stats.verdict((0.1, 0.2), "greater")
   with pytest.raises(ValueError, match="low <= high"):
     stats.verdict((0.2, 0.1), ">")
+
+
+def test_replicate_bootstrap_draws_seeds_then_their_replicates():
+  from jaxset.eval import stats
+  rng = np.random.default_rng(0)
+  # Every seed's replicates lie below 0: held. One seed far above: the seed level
+  # is resampled, so the interval reaches past 0 and the verdict is inconclusive.
+  low = [-0.01 + 0.002 * rng.standard_normal(300) for _ in range(5)]
+  r = stats.replicate_bootstrap(low, [x.mean() for x in low])
+  assert stats.verdict(r, "<") == "held" and r["n_seeds"] == 5 and r["n_units"] == 1500
+  mixed = low[:4] + [0.05 + 0.002 * rng.standard_normal(300)]
+  r = stats.replicate_bootstrap(mixed, [x.mean() for x in mixed])
+  assert stats.verdict(r, "<") == "inconclusive" and r["low"] < 0 < r["high"]
+  # Without seed resampling the same five seeds give a narrow interval above -0.01.
+  fixed = stats.replicate_bootstrap(mixed, [x.mean() for x in mixed], resample_seeds=False)
+  assert fixed["high"] - fixed["low"] < 0.01 < r["high"] - r["low"]
+  with pytest.raises(ValueError, match="one finite value per seed"):
+    stats.replicate_bootstrap(low, [0.0])

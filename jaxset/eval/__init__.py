@@ -3,6 +3,7 @@ EDC/pAUC, top-k search, re-ranking and query expansion."""
 from jaxset.eval.edc import edc, edc_pauc, edc_pauc_bootstrap
 from jaxset.eval.quality import (
   error_vs_reject,
+  image_statistics,
   proxy_by_tier,
   quality_degradation_spearman,
   spearman,
@@ -17,7 +18,12 @@ from jaxset.eval.rerank import (
 )
 from jaxset.eval.retrieval import nearest_neighbors, pairwise_sq_distances, recall_at_n
 from jaxset.eval.search import ShardedDatabase, top_k_search
-from jaxset.eval.stats import minimum_detectable_effect, paired_bootstrap, verdict
+from jaxset.eval.stats import (
+  minimum_detectable_effect,
+  paired_bootstrap,
+  replicate_bootstrap,
+  verdict,
+)
 from jaxset.eval.templates import aggregate_templates, rows_of, template_pair_scores
 from jaxset.eval.verification import (
   combine_flip,

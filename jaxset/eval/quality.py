@@ -202,3 +202,35 @@ def proxy_by_tier(proxy, degradation_type, degradation, type_names: Sequence[str
         rows.append({"type": name, "lo": lo, "hi": hi, "n": int(keep.sum()),
                      "mean": float(q[keep].mean()), "std": float(q[keep].std())})
   return rows
+
+
+def image_statistics(images) -> dict[str, np.ndarray]:
+  """Quality from the pixels alone: the baselines a learned quality must beat.
+
+  images: [N, H, W] grey or [N, H, W, C] colour, uint8 (0..255) or float in
+  [0, 1]. Each image is turned grey (the channel mean) and scaled to [0, 1].
+
+  Returns float64 [N] arrays, larger = better for each:
+    brightness: the mean grey level;
+    contrast: the standard deviation of the grey levels (RMS contrast);
+    sharpness: the variance of the 4-neighbour Laplacian (Pech-Pacheco et al.,
+      ICPR 2000), computed on the interior pixels so no border is invented.
+
+  >>> flat = np.full((1, 8, 8), 0.5); edges = np.tile([0.0, 1.0], (1, 8, 4))
+  >>> s = image_statistics(np.concatenate([flat, edges]))
+  >>> s["sharpness"].round(2).tolist(), s["contrast"].round(2).tolist()
+  ([0.0, 4.0], [0.0, 0.5])
+  """
+  x = np.asarray(images)
+  if x.ndim not in (3, 4) or min(x.shape[1:3], default=0) < 3:
+    raise ValueError(f"images must be [N, H, W] or [N, H, W, C] with H, W >= 3; got shape "
+                     f"{x.shape}.")
+  grey = x.astype(np.float64)
+  if grey.ndim == 4:
+    grey = grey.mean(axis=-1)
+  if x.dtype == np.uint8:
+    grey /= 255.0
+  lap = (grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
+         - 4.0 * grey[:, 1:-1, 1:-1])
+  return {"brightness": grey.mean(axis=(1, 2)), "contrast": grey.std(axis=(1, 2)),
+          "sharpness": lap.reshape(len(grey), -1).var(axis=1)}

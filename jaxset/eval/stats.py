@@ -107,6 +107,54 @@ def paired_bootstrap(differences, *, confidence: float = 0.95, n_resamples: int 
           "mde": minimum_detectable_effect(se, alpha=alpha), "confidence": confidence}
 
 
+def replicate_bootstrap(replicates, estimates, *, confidence: float = 0.95,
+                        n_resamples: int = 2000, resample_seeds: bool = True,
+                        seed: int = 0) -> dict:
+  """The two-level bootstrap for a statistic that is not a mean over units.
+
+  A partial area (edc_pauc) or a rank correlation has no per-unit terms, so the
+  within-seed level cannot be drawn unit by unit at judging time. Instead each
+  seed brings `replicates`: its statistic (e.g. pAUC(method) - pAUC(baseline))
+  recomputed on bootstrap resamples of its test units, the same resamples for
+  both sides. Each outer resample draws S seeds with replacement and, for each
+  drawn seed, one of its replicates; the interval is the percentile interval of
+  the mean over the drawn seeds.
+
+  replicates: S arrays [B_s] (B_s >= 1). estimates: the S per-seed statistics
+  on the full data. Returns the keys of paired_bootstrap (n_units: total
+  replicates).
+
+  >>> r = replicate_bootstrap([[-0.02, -0.03, -0.01], [-0.02, -0.04, -0.02]],
+  ...                         [-0.02, -0.03], n_resamples=500)
+  >>> round(r["estimate"], 3), verdict(r, "<")
+  (-0.025, 'held')
+  """
+  rows = _as_seed_arrays(replicates)
+  est = np.asarray(estimates, np.float64)
+  if est.shape != (len(rows),) or not np.all(np.isfinite(est)):
+    raise ValueError(f"estimates must hold one finite value per seed ({len(rows)}); got "
+                     f"{est.tolist()}.")
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence}.")
+  if int(n_resamples) < 100:
+    raise ValueError(f"n_resamples must be >= 100 for a percentile interval, got {n_resamples}.")
+  rng = np.random.default_rng(seed)
+  s_count, r_count = len(rows), int(n_resamples)
+  slots = (rng.integers(s_count, size=(r_count, s_count)) if resample_seeds
+           else np.broadcast_to(np.arange(s_count), (r_count, s_count)))
+  draws = np.empty((r_count, s_count))
+  for s, row in enumerate(rows):
+    where = np.nonzero(slots == s)
+    draws[where] = row[rng.integers(row.size, size=where[0].size)]
+  stats = draws.mean(axis=1)
+  alpha = 1.0 - confidence
+  low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+  se = float(stats.std(ddof=1))
+  return {"estimate": float(est.mean()), "low": float(low), "high": float(high),
+          "std_error": se, "n_seeds": s_count, "n_units": int(sum(r.size for r in rows)),
+          "mde": minimum_detectable_effect(se, alpha=alpha), "confidence": confidence}
+
+
 def minimum_detectable_effect(std_error: float, *, alpha: float = 0.05,
                               power: float = 0.8) -> float:
   """(z_{1-alpha/2} + z_power) x std_error: the smallest true effect a two-sided
