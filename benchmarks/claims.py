@@ -69,7 +69,9 @@ from benchmarks.report import (  # noqa: E402,F401
   fmt,
   kept_notes,
   machine,
+  render_block,
   report_command,
+  write_json,
 )
 from benchmarks.runs import (  # noqa: E402,F401  (claims.X: the tests' names)
   BUDGETS,
@@ -378,9 +380,10 @@ def baseline_values(docs: Path = DOCS) -> dict:
   return out
 
 
-def render_baselines(results: dict, docs: Path = DOCS) -> str:
-  """Each method at the claims budget next to raw pixels and its untrained network."""
-  base = baseline_values(docs)
+def render_baselines(results: dict, docs: Path = DOCS, base: dict | None = None) -> str:
+  """Each method at the claims budget next to raw pixels and its untrained network
+  (base: baseline_values' result, read from `docs` when None)."""
+  base = baseline_values(docs) if base is None else base
   out = ["| setup | metric | raw pixels | untrained network | this run (mean ± std) |",
          "|---|---|---|---|---|"]
   for setup, metrics in BASELINE_METRICS.items():
@@ -433,7 +436,8 @@ def render_budgets(results: dict) -> str:
     secs = np.mean([r["seconds"] for r in done])
     cpus = [r["cpu_seconds"] for r in done if "cpu_seconds" in r]
     cpu = f"{np.mean(cpus):.0f}" if cpus else "n/a"
-    default = importlib.import_module(f"configs.{done[0]['method']}").get_config().train.steps
+    default = done[0].get("default_steps") or importlib.import_module(
+        f"configs.{done[0]['method']}").get_config().train.steps
     out.append(f"| {SETUPS[setup].label} | configs/{done[0]['method']}.py | {text} | "
                f"{done[0]['steps']} ({default}) | {done[0]['batch_size']} | {secs:.0f} | "
                f"{cpu} |")
@@ -493,11 +497,21 @@ def render_budget_curve(by_budget: dict) -> str:
   return "\n".join(out)
 
 
-def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: float,
-           facts: dict | None = None, quick: bool = False, failures: Sequence[str] = (),
-           load: tuple = (), curve: dict | None = None) -> str:
+def header_facts() -> dict:
+  """When and where a report was made (stored in the JSON, so it re-renders the same)."""
   import flax
   import jax
+  return {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+          "machine": f"{machine()}; jax {jax.__version__} ({jax.default_backend()}, "
+                     f"{jax.device_count()} device(s)), flax {flax.__version__}, python "
+                     f"{platform.python_version()}"}
+
+
+def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: float,
+           facts: dict | None = None, quick: bool = False, failures: Sequence[str] = (),
+           load: tuple = (), curve: dict | None = None, header: dict | None = None,
+           baselines: dict | None = None) -> str:
+  header = header_facts() if header is None else header
   rows = build_rows(results)
   run_seconds = sum(r["seconds"] for runs in results.values() for r in runs if r)
   lines = ["# The papers' claims on the embedded data", ""]
@@ -506,10 +520,8 @@ def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: f
   lines += [
       f"Produced by `{command}` (benchmarks/claims.py).",
       "",
-      f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-      f"- machine: {machine()}; jax {jax.__version__} ({jax.default_backend()}, "
-      f"{jax.device_count()} device(s)), flax {flax.__version__}, python "
-      f"{platform.python_version()}",
+      f"- date: {header['date']}",
+      f"- machine: {header['machine']}",
       f"- wall time of this invocation: {wall_seconds / 60:.1f} min; the runs' own times "
       f"add up to {run_seconds / 60:.1f} min (results from an earlier invocation are read "
       "from the run cache)"
@@ -547,7 +559,7 @@ def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: f
       "(`python -m benchmarks.baselines`, seed 0) and docs/netvlad_baselines.json "
       "(`python -m benchmarks.netvlad_baselines`; untrained: the mean of its seeds).",
       "",
-      render_baselines(results),
+      render_baselines(results, base=baselines),
       "",
       "## How each number is measured",
       "",
@@ -556,9 +568,9 @@ def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: f
       "gallery images (cosine of the embeddings; background frames included), pair quality "
       f"min(q_a, q_b), the threshold fixed at FNMR {EDC_START_FNMR} before anything is "
       "discarded, comparisons of equal quality discarded together; pAUC up to "
-      f"{EDC_DISCARD_LIMIT:.0%} discarded. Interval: each seed's pAUC difference on 1000 "
-      "bootstrap resamples of the comparisons (the same resamples for both qualities), then "
-      "seeds resampled (jaxset.eval.stats.replicate_bootstrap). Spearman rho and the ERC are "
+      f"{EDC_DISCARD_LIMIT:.0%} discarded. Interval: each seed's pAUC difference on "
+      f"{EDC_RESAMPLES} bootstrap resamples of the comparisons (the same resamples for both "
+      "qualities), then seeds resampled (jaxset.eval.stats.replicate_bootstrap). Spearman rho and the ERC are "
       "in the context table.",
       "- QAN: the task's evaluation (train/tasks/qan.py). rho: Spearman of the learned "
       "per-frame mu against the true degradation level over every test frame. Set "
@@ -641,6 +653,64 @@ def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: f
         "",
     ]
   return "\n".join(lines)
+
+
+# -- the JSON report ---------------------------------------------------------------
+
+# What a run's result keeps in docs/claims.json: enough to re-render every table.
+KEPT = ("setup", "seed", "method", "budget", "overrides", "steps", "batch_size", "seconds",
+        "cpu_seconds", "metrics", "proxy_tiers", "units", "replicates", "default_steps")
+
+
+def _rounded(x):
+  if isinstance(x, float):
+    return float(f"{x:.6g}")
+  if isinstance(x, dict):
+    return {k: _rounded(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_rounded(v) for v in x]
+  return x
+
+
+def _trim(results: dict) -> dict:
+  out = {}
+  for setup, runs in results.items():
+    out[setup] = []
+    for r in runs:
+      if r is None:
+        out[setup].append(None)
+        continue
+      r = dict(r)
+      if "default_steps" not in r and "method" in r:
+        r["default_steps"] = importlib.import_module(f"configs.{r['method']}").get_config(
+        ).train.steps
+      out[setup].append(_rounded({k: r[k] for k in KEPT if k in r}))
+  return out
+
+
+def build_report(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: float,
+                 facts: dict | None = None, quick: bool = False,
+                 failures: Sequence[str] = (), load: tuple = (),
+                 curve: dict | None = None) -> dict:
+  """docs/claims.json: the runs' numbers (rounded to 6 digits) and the facts of the
+  invocation; render_report(report) is docs/claims.md."""
+  base = baseline_values()
+  return {"command": command, "seeds": list(seeds), "wall_seconds": wall_seconds,
+          "facts": facts, "quick": quick, "failures": list(failures), "load": list(load),
+          "header": header_facts(), "results": _trim(results),
+          "curve": {repr(float(b)): _trim(r) for b, r in (curve or {}).items()},
+          "baselines": [[k[0], k[1], v["raw pixels"], v["untrained"]] for k, v in base.items()]}
+
+
+def render_report(report: dict) -> str:
+  """docs/claims.md's generated block from docs/claims.json (benchmarks.report)."""
+  curve = {float(b): r for b, r in report["curve"].items()}
+  base = {(s, m): {"raw pixels": raw, "untrained": un} for s, m, raw, un in report["baselines"]}
+  return render(report["results"], report["seeds"], command=report["command"],
+                wall_seconds=report["wall_seconds"], facts=report["facts"],
+                quick=report["quick"], failures=report["failures"],
+                load=tuple(report["load"]), curve=curve, header=report["header"],
+                baselines=base)
 
 
 # -- main ------------------------------------------------------------------------
@@ -753,12 +823,16 @@ def main(argv=None) -> dict:
   curve = other_budgets(workdir, setups, seeds, args.quick)
   curve[args.budget] = results
   command = report_command("benchmarks.claims", argv if argv is not None else sys.argv[1:])
-  text = render(results, seeds, command=command.strip(), wall_seconds=time.perf_counter() - t0,
-                facts=facts, quick=args.quick, failures=failures,
-                load=(load_start, os.getloadavg()[0]), curve=curve)
+  rep = build_report(results, seeds, command=command.strip(),
+                     wall_seconds=time.perf_counter() - t0, facts=facts, quick=args.quick,
+                     failures=failures, load=(load_start, os.getloadavg()[0]), curve=curve)
   out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(text + kept_notes(out))
+  write_json(out.with_suffix(".json"), rep)
+  notes = kept_notes(out)
+  out.write_text("")
+  render_block(out, "claims", render_report(rep))
+  if notes:
+    out.write_text(out.read_text() + notes)
   say(f"wrote {out} ({(time.perf_counter() - t0) / 60:.1f} min)")
   for row in build_rows(results):
     say(f"  {row.claim}: {row.statement[:60]} -> {verdict(row)}")

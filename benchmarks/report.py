@@ -82,6 +82,7 @@ def report_command(module: str, argv: list[str]) -> str:
 # Strings, not imports: the scripts import this module, never the other way round.
 GENERATED = {
     "baselines": ("docs/baselines.json", "benchmarks.baselines:render_report"),
+    "claims": ("docs/claims.json", "benchmarks.claims:render_report"),
     "netvlad_baselines": ("docs/netvlad_baselines.json",
                           "benchmarks.netvlad_baselines:render_report"),
 }

@@ -259,3 +259,20 @@ def test_baselines_table_reads_the_generated_reports(tmp_path):
   assert "| NetVLAD | recall@1 | 0.260 | 0.210 | 0.810 ± 0.010 |" in lines
   # No report for the face methods: no row rather than a made-up baseline.
   assert not any(l.startswith("| EQFace") for l in lines)
+
+
+def test_report_json_round_trip_renders_the_same_doc():
+  r = _results(3)
+  r["netvlad"][0]["units"] = {"recall@1": [1.0, 0.0, 1.0]}
+  rep = claims.build_report(r, [0, 1, 2], command="python -m benchmarks.claims",
+                            wall_seconds=60.0, load=(0.5, 1.0))
+  again = json.loads(json.dumps(rep))
+  text = claims.render_report(again)
+  assert text == claims.render_report(rep)
+  # The numbers are the runs' (rounded to 6 digits), not re-measured.
+  assert again["results"]["qan"][1]["metrics"]["set_pair_acc"] == 0.7
+  assert "| 1 QAN | quality pooling" in text and "2026" not in again["command"]
+  # A hand edit of a number in the JSON changes the rendered doc (the test of
+  # docs/claims.md against docs/claims.json can fail).
+  again["results"]["casn"][0]["metrics"]["rank1"] = 0.9
+  assert claims.render_report(again) != text
