@@ -570,8 +570,8 @@ def render(results: dict, seeds: Sequence[int], *, command: str, wall_seconds: f
       "discarded, comparisons of equal quality discarded together; pAUC up to "
       f"{EDC_DISCARD_LIMIT:.0%} discarded. Interval: each seed's pAUC difference on "
       f"{EDC_RESAMPLES} bootstrap resamples of the comparisons (the same resamples for both "
-      "qualities), then seeds resampled (jaxset.eval.stats.replicate_bootstrap). Spearman rho and the ERC are "
-      "in the context table.",
+      "qualities), then seeds resampled (jaxset.eval.stats.replicate_bootstrap). Spearman "
+      "rho and the ERC are in the context table.",
       "- QAN: the task's evaluation (train/tasks/qan.py). rho: Spearman of the learned "
       "per-frame mu against the true degradation level over every test frame. Set "
       "verification: 10-fold accuracy on the `set_pairs` split, each tracklet pooled "
