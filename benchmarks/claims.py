@@ -121,6 +121,7 @@ class Row:
   threshold: float
   units: list | None = None
   replicates: list | None = None
+  digits: int = 3         # decimals shown (EDC pAUC values are ~0.005: 4)
 
 
 def summarize(values: Sequence) -> dict:
@@ -144,11 +145,11 @@ def judge(values: Sequence, op: str, threshold: float) -> dict:
           "seeds_held": int(sum(OPS[op](x, threshold) for x in s["values"]))}
 
 
-def fmt_series(values) -> str:
+def fmt_series(values, digits: int = 3) -> str:
   s = summarize(values)
   if s["n"] == 0:
     return "n/a"
-  return f"{fmt(s['mean'])} ± {fmt(s['std'])}"
+  return f"{fmt(s['mean'], digits)} ± {fmt(s['std'], digits)}"
 
 
 def interval(row: Row) -> dict | None:
@@ -192,8 +193,9 @@ def verdict(row: Row) -> str:
   if res is None:
     return "not measured"
   j = judge(row.series[row.judged], row.op, row.threshold)
-  return (f"**{res['verdict']}**: [{res['low']:+.3f}, {res['high']:+.3f}] "
-          f"({res['level']} resampled; detectable {res['mde']:.3f}; "
+  d = row.digits
+  return (f"**{res['verdict']}**: [{res['low']:+.{d}f}, {res['high']:+.{d}f}] "
+          f"({res['level']} resampled; detectable {res['mde']:.{d}f}; "
           f"{j['seeds_held']}/{j['n']} seeds)")
 
 
@@ -250,7 +252,7 @@ def edc_rows(results: dict, setup: str) -> list[Row]:
         f"{EDC_START_FNMR} at the start; lower is better)",
         _versus(f"pAUC {proxy}", mine, f"pAUC {base}", other),
         f"pAUC {proxy} - pAUC {base}", "<", 0.0,
-        replicates=_replicates(results, setup, f"edc_pauc_proxy_minus_{base}")))
+        replicates=_replicates(results, setup, f"edc_pauc_proxy_minus_{base}"), digits=4))
   return rows
 
 
@@ -307,7 +309,7 @@ def render_rows(rows: Sequence[Row]) -> str:
   out = ["| claim | statement | measured (mean ± std over seeds) | threshold | result |",
          "|---|---|---|---|---|"]
   for r in rows:
-    measured = "<br>".join(f"{k}: {fmt_series(v)}" for k, v in r.series.items())
+    measured = "<br>".join(f"{k}: {fmt_series(v, r.digits)}" for k, v in r.series.items())
     out.append(f"| {r.claim} | {r.statement} | {measured} | {r.judged} {r.op} "
                f"{r.threshold:g} | {verdict(r)} |")
   return "\n".join(out)
@@ -322,7 +324,7 @@ def render_per_seed(rows: Sequence[Row], seeds: Sequence[int]) -> str:
       if (r.claim, k) in shown:  # e.g. NetVLAD's own series, once for three baselines
         continue
       shown.add((r.claim, k))
-      cells = [fmt(x) for x in v] + ["n/a"] * (len(seeds) - len(v))
+      cells = [fmt(x, r.digits) for x in v] + ["n/a"] * (len(seeds) - len(v))
       out.append(f"| {r.claim} | {k} | " + " | ".join(cells) + " |")
   return "\n".join(out)
 
@@ -408,7 +410,7 @@ def render_edc(results: dict) -> str:
       continue
     label = PROXIES[setup]
     out.append(f"| {SETUPS[setup].label} | {label} (the proxy) | "
-               f"{fmt_series(_metric(results, setup, 'edc_pauc_proxy'))} | | |")
+               f"{fmt_series(_metric(results, setup, 'edc_pauc_proxy'), 4)} | | |")
     for base in EDC_BASELINES:
       vals = _metric(results, setup, f"edc_pauc_{base}")
       reps = _replicates(results, setup, f"edc_pauc_proxy_minus_{base}")
@@ -418,7 +420,8 @@ def render_edc(results: dict) -> str:
         res = stats.replicate_bootstrap(reps, diff, resample_seeds=len(reps) > 1)
         cell = f"{res['estimate']:+.4f} [{res['low']:+.4f}, {res['high']:+.4f}]"
         word = stats.verdict(res, "<") if len(reps) > 1 else "inconclusive"
-      out.append(f"| {SETUPS[setup].label} | {base} | {fmt_series(vals)} | {cell} | {word} |")
+      out.append(f"| {SETUPS[setup].label} | {base} | {fmt_series(vals, 4)} | {cell} | "
+                 f"{word} |")
   return "\n".join(out)
 
 

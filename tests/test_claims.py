@@ -100,7 +100,7 @@ def test_rows_are_judged_by_the_interval_rule():
   edc = text.split("## EDC of every quality source")[1].split("## Quality proxies")[0]
   oracle = next(l for l in edc.splitlines() if l.startswith("| EQFace | oracle |"))
   # The oracle is 0.001 below the proxy, one replicate spread: not decided.
-  assert oracle.startswith("| EQFace | oracle | 0.004 ± 0.000 | +0.0010 [")
+  assert oracle.startswith("| EQFace | oracle | 0.0040 ± 0.0000 | +0.0010 [")
   assert oracle.endswith("| inconclusive |")
   norm = next(l for l in edc.splitlines() if l.startswith("| EQFace | feature norm |"))
   assert norm.endswith("| held |")
