@@ -16,7 +16,7 @@ side, otherwise "inconclusive". The table also says how many seeds satisfy the
 threshold alone, and the smallest effect the seeds could detect.
 
 The budgets (BUDGETS) are smaller than the configs' defaults so that the whole
-script (5 seeds) fits in under an hour on 2 CPU cores, two runs at a time (--jobs:
+script (5 seeds) aims at about an hour on 2 CPU cores, two runs at a time (--jobs:
 one JAX process on the CPU leaves part of two cores idle); a method and its
 baseline always share one budget. The configs themselves are read when the script runs
 (configs/<method>.py), and the budget is applied on top as overrides.
@@ -730,9 +730,9 @@ def parse_args(argv=None):
   ap.add_argument("--compile_cache", default="<workdir>/jax_cache",
                   help="JAX's persistent compilation cache folder; '' turns it off")
   ap.add_argument("--budget", type=float, default=1.0,
-                  help="N times the claims budget (every step count); the default fits "
-                       "under an hour on 2 cores with 5 seeds; larger budgets take "
-                       "proportionally longer")
+                  help="N times the claims budget (every step count); the default aims "
+                       "at about an hour on 2 cores with 5 seeds (docs/claims.md gives the "
+                       "runs' times); larger budgets take proportionally longer")
   ap.add_argument("--jobs", type=int, default=2,
                   help="runs trained side by side, each in its own process (1: one after "
                        "the other in this process)")

@@ -57,8 +57,8 @@ CLAIM_SETUPS = {
 CLAIM_NAMES = tuple(CLAIM_SETUPS)
 
 # Per claim, on top of configs/<method>.py (method and baseline alike): about
-# half the configs' default steps (docs/claims.md lists both), so that 5 seeds of
-# every claim fit in an hour on 2 cores.
+# half the configs' default steps (docs/claims.md lists both), aiming at about an
+# hour on 2 cores for 5 seeds of every claim.
 BUDGETS = {
     "qan": {"train.steps": 150},
     "eqface": {"train.steps": 400},
