@@ -107,13 +107,14 @@ def test_prose_numbers_come_from_reports(name):
 def test_a_number_without_a_report_is_caught(tmp_path):
   (tmp_path / "docs").mkdir()
   (tmp_path / "notebooks").mkdir()
-  (tmp_path / "notebooks" / "README.md").write_text("")
-  (tmp_path / "docs" / "r.md").write_text(
+  # Above the mark: what a script wrote (the source); below it: prose.
+  (tmp_path / "README.md").write_text(
       "Recall@1 0.747\n" + report.NOTES_MARK + "\nRecall@1 0.747, then 0.75 and 0.748.\n")
-  (tmp_path / "README.md").write_text("Recall@1 is 0.7466 (arXiv 2303.13294).\n")
+  (tmp_path / "notebooks" / "README.md").write_text(
+      "Recall@1 is 0.7466 (arXiv 2303.13294).\n")
   values = report_values(tmp_path)
   # 0.748 is no report's number; 0.75 has two decimals (a setting, not checked).
-  assert unsourced(tmp_path, "docs/r.md", values) == ["0.748"]
+  assert unsourced(tmp_path, "README.md", values) == ["0.748"]
   # 0.7466 claims a digit the report did not print (0.747 is 0.7465 .. 0.7475, but
   # 0.7466 says 0.74655 .. 0.74665); the arXiv id is not a measurement.
-  assert unsourced(tmp_path, "README.md", values) == ["0.7466"]
+  assert unsourced(tmp_path, "notebooks/README.md", values) == ["0.7466"]
