@@ -76,17 +76,9 @@ def paired_bootstrap(differences, *, confidence: float = 0.95, n_resamples: int 
   (0.15, True, 'held')
   """
   rows = _as_seed_arrays(differences)
-  if not 0.0 < confidence < 1.0:
-    raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence}.")
-  if int(n_resamples) < 100:
-    raise ValueError(f"n_resamples must be >= 100 for a percentile interval, got {n_resamples}.")
   rng = np.random.default_rng(seed)
-  s_count, r_count = len(rows), int(n_resamples)
-  # Which seed fills each of the S slots of each resample.
-  if resample_seeds:
-    slots = rng.integers(s_count, size=(r_count, s_count))
-  else:
-    slots = np.broadcast_to(np.arange(s_count), (r_count, s_count))
+  slots = _seed_slots(rng, len(rows), n_resamples, confidence, resample_seeds)
+  s_count, r_count = len(rows), slots.shape[0]
   slot_means = np.empty((r_count, s_count))
   for s, row in enumerate(rows):
     where = np.nonzero(slots == s)
@@ -97,13 +89,30 @@ def paired_bootstrap(differences, *, confidence: float = 0.95, n_resamples: int 
       stop = min(start + chunk, where[0].size)
       idx = rng.integers(n, size=(stop - start, n))
       slot_means[where[0][start:stop], where[1][start:stop]] = row[idx].mean(axis=1)
-  stats = slot_means.mean(axis=1)
+  return _interval(slot_means.mean(axis=1), float(np.mean([r.mean() for r in rows])), rows,
+                   confidence)
+
+
+def _seed_slots(rng, s_count: int, n_resamples: int, confidence: float,
+                resample_seeds: bool) -> np.ndarray:
+  """[R, S]: which seed fills each of the S slots of each of the R resamples."""
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence}.")
+  if int(n_resamples) < 100:
+    raise ValueError(f"n_resamples must be >= 100 for a percentile interval, got {n_resamples}.")
+  r_count = int(n_resamples)
+  if resample_seeds:
+    return rng.integers(s_count, size=(r_count, s_count))
+  return np.broadcast_to(np.arange(s_count), (r_count, s_count))
+
+
+def _interval(stats: np.ndarray, estimate: float, rows, confidence: float) -> dict:
+  """The percentile interval, standard error and MDE of a bootstrap distribution."""
   alpha = 1.0 - confidence
   low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
   se = float(stats.std(ddof=1))
-  return {"estimate": float(np.mean([r.mean() for r in rows])), "low": float(low),
-          "high": float(high), "std_error": se, "n_seeds": s_count,
-          "n_units": int(sum(r.size for r in rows)),
+  return {"estimate": estimate, "low": float(low), "high": float(high), "std_error": se,
+          "n_seeds": len(rows), "n_units": int(sum(r.size for r in rows)),
           "mde": minimum_detectable_effect(se, alpha=alpha), "confidence": confidence}
 
 
@@ -134,25 +143,13 @@ def replicate_bootstrap(replicates, estimates, *, confidence: float = 0.95,
   if est.shape != (len(rows),) or not np.all(np.isfinite(est)):
     raise ValueError(f"estimates must hold one finite value per seed ({len(rows)}); got "
                      f"{est.tolist()}.")
-  if not 0.0 < confidence < 1.0:
-    raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence}.")
-  if int(n_resamples) < 100:
-    raise ValueError(f"n_resamples must be >= 100 for a percentile interval, got {n_resamples}.")
   rng = np.random.default_rng(seed)
-  s_count, r_count = len(rows), int(n_resamples)
-  slots = (rng.integers(s_count, size=(r_count, s_count)) if resample_seeds
-           else np.broadcast_to(np.arange(s_count), (r_count, s_count)))
-  draws = np.empty((r_count, s_count))
+  slots = _seed_slots(rng, len(rows), n_resamples, confidence, resample_seeds)
+  draws = np.empty(slots.shape)
   for s, row in enumerate(rows):
     where = np.nonzero(slots == s)
     draws[where] = row[rng.integers(row.size, size=where[0].size)]
-  stats = draws.mean(axis=1)
-  alpha = 1.0 - confidence
-  low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-  se = float(stats.std(ddof=1))
-  return {"estimate": float(est.mean()), "low": float(low), "high": float(high),
-          "std_error": se, "n_seeds": s_count, "n_units": int(sum(r.size for r in rows)),
-          "mde": minimum_detectable_effect(se, alpha=alpha), "confidence": confidence}
+  return _interval(draws.mean(axis=1), float(est.mean()), rows, confidence)
 
 
 def minimum_detectable_effect(std_error: float, *, alpha: float = 0.05,
